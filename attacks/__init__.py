@@ -1,0 +1,1 @@
+"""Attack plugins (one module per attack); shared pieces in ``attacks.common``."""

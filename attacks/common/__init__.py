@@ -1,0 +1,1 @@
+"""Pieces shared by several attacks (losses, latent search, final selection, traces)."""

@@ -1,0 +1,225 @@
+"""The ``bench`` command line.
+
+Exit codes: 0 success; 1 some pairs failed (recorded as failed); 2 invalid input (nothing ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from benchmark.errors import ConfigError
+
+log = logging.getLogger("benchmark")
+
+DEFAULT_SUITE = "suites/quickstart.yaml"
+
+
+def _default_suite() -> str:
+    if Path(DEFAULT_SUITE).is_file():
+        return DEFAULT_SUITE
+    return str(Path(__file__).resolve().parent.parent / DEFAULT_SUITE)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    out = list(args.set or [])
+    if getattr(args, "seeds", None):
+        try:
+            seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds {args.seeds}: give integers separated by commas, e.g. --seeds 0,1,2") from None
+        out.append(f"seeds={seeds}")
+    if getattr(args, "device", None):
+        out.append(f"run.device={args.device}")
+    if getattr(args, "output", None):
+        out.append(f"run.output={args.output}")
+    return out
+
+
+def _load(args: argparse.Namespace):
+    from benchmark.config import load_suite
+    from benchmark.registry import load_plugin_file, load_plugins
+
+    load_plugins()
+    for f in args.plugin or []:
+        load_plugin_file(f)
+    return load_suite(args.suite or _default_suite(), _overrides(args))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from benchmark.plan import describe, make_plan
+    from benchmark.resources import missing_resources
+
+    loaded = _load(args)
+    if not args.schema_only:
+        problems = missing_resources(loaded)
+        if problems:
+            raise ConfigError("\n".join(problems))
+    for line in describe(loaded, make_plan(loaded)):
+        print(line)
+    print(f"{loaded.source}: OK")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.plan import describe
+    from benchmark.resources import missing_resources
+    from benchmark.runner import Runner
+
+    loaded = _load(args)
+    problems = missing_resources(loaded)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
+                    tracking_uri=args.tracking_uri, progress=False if args.no_progress else None)
+    for line in describe(loaded, runner.plan):
+        log.info(line)
+    if args.dry_run:
+        todo, skip = runner.pending()
+        print(f"{len(todo)} pair(s) to run, {len(skip)} already recorded in {runner.run_dir}")
+        for job in todo:
+            print(f"  {job.defense} x {job.attack} seed {job.seed}")
+        return 0
+    tracker = None
+    if loaded.suite.run.tracking and not args.no_tracking:
+        from benchmark.tracking import Tracker, default_tracking_uri
+
+        runner.run_dir.mkdir(parents=True, exist_ok=True)
+        uri = runner.tracking_uri or default_tracking_uri(runner.run_dir)
+        tracker = Tracker(uri, loaded.suite.name, artifact_dir=runner.run_dir / "mlartifacts")
+    summary = runner.run(tracker)
+    board = _write_leaderboard([runner.run_dir], runner.run_dir / "leaderboard")
+    print(board.to_markdown())
+    print(f"\nrun folder: {runner.run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
+          f"{len(summary.failed)} failed)")
+    if tracker is not None:
+        print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
+    if summary.failed:
+        print(f"{len(summary.failed)} pair(s) failed: {', '.join(summary.failed)} (see the records)", file=sys.stderr)
+    return summary.exit_code
+
+
+def _write_leaderboard(run_dirs: list[Path], out_dir: Path):
+    from leaderboard import build_from_dirs
+
+    board = build_from_dirs(run_dirs)
+    board.write(out_dir)
+    return board
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    run_dirs = [Path(d) for d in args.run_dirs]
+    for d in run_dirs:
+        if not (d / "records").is_dir():
+            raise ConfigError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
+    out = Path(args.output) if args.output else run_dirs[0] / "leaderboard"
+    try:
+        board = _write_leaderboard(run_dirs, out)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    print(board.to_markdown())
+    print(f"\nwritten to {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from benchmark.registry import REGISTRIES, load_plugin_file, load_plugins
+
+    load_plugins()
+    for f in args.plugin or []:
+        load_plugin_file(f)
+    kinds = list(REGISTRIES)
+    if args.kind and args.kind not in REGISTRIES:
+        singular = {k.rstrip("s"): k for k in REGISTRIES}
+        if args.kind in singular:
+            args.kind = singular[args.kind]
+        else:
+            # `bench list NAME`: find the plugin in any registry
+            hits = [(k, r.info(args.kind)) for k, r in REGISTRIES.items() if args.kind in r]
+            if not hits:
+                raise ConfigError(f"unknown kind or plugin {args.kind!r}; kinds: {', '.join(kinds)}")
+            for _, info in hits:
+                _print_plugin(info)
+            return 0
+    if args.kind and args.name:
+        _print_plugin(REGISTRIES[args.kind].info(args.name))
+        return 0
+    for kind in [args.kind] if args.kind else kinds:
+        print(f"{kind}:")
+        for info in REGISTRIES[kind]:
+            params = ", ".join(f"{p['name']}={p['default']!r}" for p in info.parameters())
+            print(f"  {info.name:<20} {info.doc}")
+            print(f"  {'':<20} origin: {info.origin}; version {info.version}")
+            if params:
+                print(f"  {'':<20} params: {params}")
+    return 0
+
+
+def _print_plugin(info) -> None:
+    print(f"{info.kind} {info.name}  (version {info.version}; origin: {info.origin})")
+    print(f"  {info.doc}")
+    for p in info.parameters():
+        print(f"  - {p['name']}: {p['type']} = {p['default']!r}  {p['doc']}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bench", description="Inversion Bench: privacy defenses vs model inversion")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, suite: bool = True) -> None:
+        p.add_argument("--plugin", action="append", metavar="FILE.py", help="load plugins from a Python file")
+        if suite:
+            p.add_argument("suite", nargs="?", help=f"suite YAML file (default {DEFAULT_SUITE})")
+            p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                           help="override a suite field, e.g. --set run.device=cpu (repeatable)")
+            p.add_argument("--seeds", help="comma-separated seeds, overrides the suite's seeds")
+            p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+            p.add_argument("--output", help="folder of run folders (run.output)")
+
+    p = sub.add_parser("run", help="train, attack and score every (defense, attack, seed) pair")
+    common(p)
+    p.add_argument("--run-dir", help="run folder (default <output>/<suite name>)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite file in the run folder)")
+    p.add_argument("--no-tracking", action="store_true", help="do not mirror records to MLflow")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="show the pairs that would run, run nothing")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a suite without running anything")
+    common(p)
+    p.add_argument("--schema-only", action="store_true",
+                   help="structure, types and plugin names only; do not look for files on disk")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("list", help="list plugins (KIND: defenses, attacks, metrics, ...; NAME: one plugin)")
+    common(p, suite=False)
+    p.add_argument("kind", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("leaderboard", help="rebuild the leaderboard from run folders' records")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("--output", help="where to write (default RUN_DIR/leaderboard)")
+    p.set_defaults(func=cmd_leaderboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Datasets: face collections (one class per identity) and their private/public splits.
+
+Every image handed to other modules is float32, CHW (NCHW for batches), RGB, in [0, 1].
+
+A dataset plugin turns its parameters into a :class:`FaceCollection`, i.e. images with an identity
+index each. :func:`benchmark.data.splits.make_splits` then picks disjoint private identities (the
+target's classes, split into train/test images) and public identities (the attacker's auxiliary
+data).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from benchmark.registry import PluginParams
+
+
+class FaceCollection(ABC):
+    """Images of identities. ``targets[i]`` is the identity index of image ``i``."""
+
+    identity_names: list[str]
+    targets: Tensor  # [N] int64
+    resolution: int
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def get(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """Images ``indices`` as a float32 [n, 3, R, R] tensor in [0, 1]."""
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        return self.get([i])[0], int(self.targets[i])
+
+
+class TensorFaces(FaceCollection):
+    """A collection held in memory as uint8 (used for generated and small data)."""
+
+    def __init__(self, images_u8: Tensor, targets: Tensor, identity_names: list[str]) -> None:
+        if images_u8.dtype != torch.uint8 or images_u8.ndim != 4 or images_u8.shape[1] != 3:
+            raise ValueError("TensorFaces expects uint8 images [N, 3, R, R]")
+        self.images_u8 = images_u8
+        self.targets = targets.long()
+        self.identity_names = list(identity_names)
+        self.resolution = int(images_u8.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
+
+    def get(self, indices: Sequence[int] | Tensor) -> Tensor:
+        idx = torch.as_tensor(indices, dtype=torch.long)
+        return self.images_u8[idx].float().div_(255.0)
+
+
+class LabeledImages:
+    """A subset of a collection with its own labels (e.g. private classes 0..C-1).
+
+    ``labels[i]`` is the label of ``collection`` image ``indices[i]``.
+    """
+
+    def __init__(self, collection: FaceCollection, indices: Tensor, labels: Tensor, name: str) -> None:
+        self.collection = collection
+        self.indices = indices.long()
+        self.labels = labels.long()
+        self.name = name
+        self.key: str | None = None  # set by the runner: identifies dataset, resolution and split
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    @property
+    def resolution(self) -> int:
+        return self.collection.resolution
+
+    def images(self, positions: Sequence[int] | Tensor | None = None) -> Tensor:
+        """Images at ``positions`` of this subset (all when None), float [n, 3, R, R] in [0, 1]."""
+        if positions is None:
+            return self.collection.get(self.indices)
+        pos = torch.as_tensor(positions, dtype=torch.long)
+        return self.collection.get(self.indices[pos])
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yields (images, labels) batches; shuffled with ``generator`` when asked."""
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        for start in range(0, n, batch_size):
+            pos = order[start : start + batch_size]
+            yield self.images(pos), self.labels[pos]
+
+    def of_labels(self, labels: Sequence[int] | Tensor) -> LabeledImages:
+        """The images whose label is in ``labels``."""
+        wanted = torch.as_tensor(labels, dtype=torch.long)
+        mask = torch.isin(self.labels, wanted)
+        sub = LabeledImages(self.collection, self.indices[mask], self.labels[mask], self.name)
+        if self.key is not None:
+            sub.key = f"{self.key}-labels{hash(tuple(sorted(wanted.tolist()))) & 0xFFFFFFFF:08x}"
+        return sub
+
+
+class DatasetPlugin(ABC):
+    """A dataset plugin: parameters in, a :class:`FaceCollection` out."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
+
+    def missing(self) -> list[str]:
+        """Problems that stop a run before it starts (e.g. a missing folder), each with its fix."""
+        return []
+
+    def identity(self) -> dict[str, Any]:
+        """What identifies the data for cache keys (defaults to the parameters)."""
+        return self.params.model_dump(mode="json")
+
+    @abstractmethod
+    def load(self, resolution: int) -> FaceCollection:
+        """Loads (or generates) the collection at ``resolution`` x ``resolution`` pixels."""

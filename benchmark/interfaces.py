@@ -1,0 +1,350 @@
+"""The plugin interfaces: Classifier, Defense, Attack, Reconstruction, Generator, Metric.
+
+Conventions (see ARCHITECTURE.md): every image tensor passed between modules is float32, NCHW,
+RGB, in [0, 1]; each model normalises its own input.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from benchmark.errors import DivergedError
+from benchmark.registry import PluginParams
+
+if TYPE_CHECKING:
+    from benchmark.data import LabeledImages
+    from benchmark.features import FeatureCache
+    from benchmark.training import Trainer
+
+Direction = Literal["higher", "lower"]
+
+
+# --------------------------------------------------------------------------------------------
+# Classifier
+# --------------------------------------------------------------------------------------------
+class Classifier(nn.Module):
+    """An image classifier that owns its input handling.
+
+    ``forward(x)`` takes images in [0, 1] at any resolution, resizes them to ``input_size``,
+    normalises them with ``mean``/``std`` and returns logits. ``features(x)`` returns the
+    penultimate features (the input of ``head``).
+
+    Args:
+        body: maps a normalised [N, 3, S, S] batch to [N, feature_dim] features.
+        head: maps features to logits (a Linear layer unless a defense replaces it).
+        input_size: the resolution the body expects.
+        mean, std: per-channel normalisation.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Module,
+        *,
+        feature_dim: int,
+        num_classes: int,
+        input_size: int,
+        mean: tuple[float, float, float] = (0.5, 0.5, 0.5),
+        std: tuple[float, float, float] = (0.5, 0.5, 0.5),
+    ) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.feature_dim = feature_dim
+        self.num_classes = num_classes
+        self.input_size = input_size
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def prepare(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"Classifier expects [N, 3, H, W] images, got {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
+                              align_corners=False, antialias=x.shape[-1] > self.input_size)
+        return (x - self.mean) / self.std
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body(self.prepare(x))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))
+
+    def training_outputs(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Logits and auxiliary logits (e.g. Inception-v3's) for the training loss."""
+        return self(x), []
+
+
+class PostprocessedClassifier(nn.Module):
+    """A classifier whose outputs pass through a defense's ``postprocess`` (what attackers see)."""
+
+    def __init__(self, classifier: Classifier, postprocess: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self._post = postprocess
+        self.num_classes = classifier.num_classes
+        self.input_size = classifier.input_size
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.classifier.features(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self._post(self.classifier(x))
+
+
+# --------------------------------------------------------------------------------------------
+# Defense
+# --------------------------------------------------------------------------------------------
+class Defense(ABC):  # noqa: B024 - every hook has a default; subclasses override what they change
+    """A training-time or inference-time defense.
+
+    The default ``fit`` trains with the shared trainer, using ``criterion`` as the loss and the
+    model returned by ``configure_model``. Label smoothing variants only override ``criterion``.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
+
+    def configure_model(self, model: Classifier) -> Classifier:
+        """Changes the architecture before training (e.g. an information bottleneck head)."""
+        return model
+
+    def criterion(self, logits: Tensor, targets: Tensor, progress: float) -> Tensor:
+        """Training loss; ``progress`` is the fraction of training done, in [0, 1)."""
+        return F.cross_entropy(logits, targets)
+
+    def postprocess(self, logits: Tensor) -> Tensor:
+        """Inference-time change of the outputs the attacker sees (default: none)."""
+        return logits
+
+    @property
+    def has_postprocess(self) -> bool:
+        return type(self).postprocess is not Defense.postprocess
+
+    def fit(self, model: Classifier, trainer: Trainer) -> Classifier:
+        """Trains ``model`` (already passed through ``configure_model``) and returns it."""
+        trainer.fit(model, self.criterion)
+        return model
+
+    def report(self) -> dict[str, float]:
+        """Extra numbers for the record after training (e.g. DP-SGD's epsilon)."""
+        return {}
+
+
+# --------------------------------------------------------------------------------------------
+# Generator (image prior)
+# --------------------------------------------------------------------------------------------
+class Generator(nn.Module, ABC):
+    """An image prior: latents in, images in [0, 1] out.
+
+    ``sample_z`` draws prior latents, ``map`` turns them into the space the attack optimises (w for
+    StyleGAN, z itself for DCGAN), ``synthesize`` renders images. ``discriminator_logits`` is the
+    realism score some attacks (GMI) add to their loss.
+    """
+
+    z_dim: int
+    w_dim: int
+    resolution: int
+
+    @abstractmethod
+    def sample_z(self, n: int, generator: torch.Generator) -> Tensor: ...
+
+    def map(self, z: Tensor) -> Tensor:
+        return z
+
+    @abstractmethod
+    def synthesize(self, w: Tensor) -> Tensor: ...
+
+    def constrain(self, w: Tensor) -> Tensor:
+        """Projects optimised latents back onto the prior's support (e.g. clipping z)."""
+        return w
+
+    def discriminator_logits(self, images: Tensor) -> Tensor:
+        raise TypeError(f"{type(self).__name__} has no discriminator")
+
+    @property
+    def has_discriminator(self) -> bool:
+        return False
+
+
+@dataclass
+class PriorContext:
+    """What a generator plugin gets to build its prior."""
+
+    public: LabeledImages
+    resolution: int
+    seed: int
+    device: torch.device
+    weights: Mapping[str, Path]
+    progress: bool = True
+    log_image: Callable[[str, Tensor], None] | None = None
+
+
+class GeneratorPlugin(ABC):
+    """Builds a :class:`Generator`: trains it on public data (DCGAN) or loads it (StyleGAN2-ADA).
+
+    The runner stores what ``save`` writes under a content key and calls ``load`` on later runs.
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
+
+    def required_weights(self) -> dict[str, str]:
+        """Weights names this plugin needs from the suite's ``weights:`` section -> what it is."""
+        return {}
+
+    @abstractmethod
+    def fit(self, ctx: PriorContext) -> Generator: ...
+
+    @abstractmethod
+    def save(self, generator: Generator, folder: Path) -> None: ...
+
+    @abstractmethod
+    def load(self, folder: Path, ctx: PriorContext) -> Generator: ...
+
+
+# --------------------------------------------------------------------------------------------
+# Attack
+# --------------------------------------------------------------------------------------------
+@dataclass
+class Reconstruction:
+    """What an attack produces.
+
+    Attributes:
+        images: [N, 3, H, W] float32 in [0, 1] (on the CPU).
+        labels: [N] int64, the attacked class of each image.
+        latents: the optimised latents, when the attack has any.
+        trace: per-step series, e.g. ``loss``, ``confidence`` (mean target confidence of the
+            attacked class) and ``grad_cosine`` (mean cosine similarity of consecutive gradients).
+        info: scalars about the run (steps, candidates, ...).
+    """
+
+    images: Tensor
+    labels: Tensor
+    latents: Tensor | None = None
+    trace: dict[str, list[float]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        """Raises ValueError on a malformed result and DivergedError on NaN/inf."""
+        if self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"reconstruction images must be [N, 3, H, W], got {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("reconstruction labels must be [N] with one label per image")
+        if not torch.isfinite(self.images).all():
+            raise DivergedError("the attack produced NaN or inf pixel values")
+        for key, series in self.trace.items():
+            if any(not math.isfinite(v) for v in series if v is not None):
+                raise DivergedError(f"the attack's trace {key!r} contains NaN or inf")
+        lo, hi = float(self.images.min()), float(self.images.max())
+        if lo < -1e-4 or hi > 1 + 1e-4:
+            raise ValueError(f"reconstruction images must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+
+    def to_state(self) -> dict[str, Any]:
+        return {"images": self.images, "labels": self.labels, "latents": self.latents,
+                "trace": self.trace, "info": self.info}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> Reconstruction:
+        return cls(images=state["images"], labels=state["labels"], latents=state.get("latents"),
+                   trace=dict(state.get("trace") or {}), info=dict(state.get("info") or {}))
+
+
+@dataclass
+class AttackContext:
+    """Run settings of one attack job."""
+
+    device: torch.device
+    seed: int
+    batch_size: int = 64
+    amp: bool = False
+    progress: bool = True
+    resolution: int = 64  # the dataset resolution (size of the reconstructions when no prior)
+
+    def generator(self) -> torch.Generator:
+        """A CPU random generator seeded with the job seed."""
+        return torch.Generator().manual_seed(self.seed)
+
+
+class Attack(ABC):
+    """A model inversion attack."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    requires: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
+    needs_prior: ClassVar[bool] = False
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
+
+    @abstractmethod
+    def run(
+        self, target: nn.Module, identities: Tensor, prior: Generator | None, ctx: AttackContext
+    ) -> Reconstruction:
+        """Reconstructs images of the classes ``identities`` ([K] int64) from ``target``."""
+
+
+# --------------------------------------------------------------------------------------------
+# Metric
+# --------------------------------------------------------------------------------------------
+@dataclass
+class MetricContext:
+    """What metrics may use for one (defense, attack, seed) pair.
+
+    Attributes:
+        evaluation_model: the suite's separate evaluation classifier (eval mode).
+        target: the attacked classifier.
+        target_report: numbers about the target (``test_accuracy`` and defense extras).
+        private_train: the private training images (labels = target classes).
+        features: the store-backed feature cache (private features are computed once per suite).
+        weights: the suite's ``weights:`` section (name -> local path).
+        details: metrics may put per-identity values and provenance here (kept in the record).
+    """
+
+    evaluation_model: nn.Module
+    target: nn.Module
+    target_report: Mapping[str, float]
+    private_train: LabeledImages
+    features: FeatureCache
+    device: torch.device
+    batch_size: int = 128
+    weights: Mapping[str, Path] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Metric(ABC):
+    """A score of a reconstruction. ``better`` says, per output name, what the defender wants."""
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+    better: ClassVar[Mapping[str, Direction]] = {}
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
+
+    def required_weights(self) -> dict[str, str]:
+        """Weights names this metric needs from the suite's ``weights:`` section -> what it is."""
+        return {}
+
+    @abstractmethod
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+        """Returns name -> value for every name in ``better``; raises MetricUnavailableError."""

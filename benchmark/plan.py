@@ -1,0 +1,120 @@
+"""Planning: the jobs of a suite and the content keys of their products.
+
+Jobs: load data; train the evaluation model (once per suite); fit the prior (once per suite);
+train a target per (defense, seed); attack per (defense, attack, seed); score each attack. Every
+product's key hashes its config, the keys of its inputs and the plugin versions, so a product is
+recomputed exactly when something it depends on changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmark.config import LoadedSuite, entry_id, entry_label
+from benchmark.registry import REGISTRIES
+from benchmark.results import record_filename
+from benchmark.store import content_key
+
+
+def _plugin_spec(kind: str, name: str, params: Any) -> dict[str, Any]:
+    info = REGISTRIES[kind].info(name)
+    dumped = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {})
+    return {"plugin": name, "version": info.version, "params": dumped}
+
+
+def _checkpoint_spec(path: str | None, folder: Path) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    p = Path(path).expanduser()
+    p = p if p.is_absolute() else folder / p
+    st = p.stat() if p.exists() else None
+    return {"path": str(p), "size": st.st_size if st else None, "mtime": int(st.st_mtime) if st else None}
+
+
+@dataclass(frozen=True)
+class PairJob:
+    """One (defense, attack, seed) pair with the keys of everything it needs."""
+
+    defense_index: int
+    attack_index: int
+    seed: int
+    defense: str
+    attack: str
+    target_key: str
+    attack_key: str
+    config_hash: str
+    record_name: str
+
+
+@dataclass
+class Plan:
+    data_key: str
+    evaluator_key: str
+    prior_key: str | None
+    target_keys: dict[tuple[int, int], str]  # (defense index, seed) -> key
+    pairs: list[PairJob]
+    suite_hash: str
+
+
+def make_plan(loaded: LoadedSuite) -> Plan:
+    """Computes the content keys of every product of the suite (nothing is run)."""
+    s = loaded.suite
+    folder = loaded.folder
+    data_spec = {
+        "dataset": _plugin_spec("datasets", s.dataset.name, loaded.dataset_params),
+        "resolution": s.dataset.resolution,
+        "split": s.dataset.split.model_dump(mode="json"),
+    }
+    data_key = content_key(data_spec)
+    evaluator_key = content_key({
+        "job": "evaluator", "data": data_key,
+        "architecture": _plugin_spec("architectures", s.evaluation.architecture.name, loaded.eval_arch_params),
+        "training": s.evaluation.training.model_dump(mode="json"),
+        "checkpoint": _checkpoint_spec(s.evaluation.checkpoint, folder),
+    })
+    prior_key = None
+    if s.prior is not None:
+        prior_key = content_key({"job": "prior", "data": data_key, "seed": s.prior_seed,
+                                 "prior": _plugin_spec("generators", s.prior.name, loaded.prior_params)})
+    target_arch = _plugin_spec("architectures", s.target.architecture.name, loaded.target_arch_params)
+    recipe = s.target.training.model_dump(mode="json")
+    metric_specs = [_plugin_spec("metrics", m.name, p) for m, p in zip(s.metrics, loaded.metric_params, strict=True)]
+    target_keys: dict[tuple[int, int], str] = {}
+    pairs: list[PairJob] = []
+    for di, d in enumerate(s.defenses):
+        for seed in s.seeds:
+            target_keys[(di, seed)] = content_key({
+                "job": "target", "data": data_key, "architecture": target_arch, "training": recipe,
+                "defense": _plugin_spec("defenses", d.name, loaded.defense_params[di]), "seed": seed,
+                "checkpoint": _checkpoint_spec(d.checkpoint, folder),
+            })
+    for di, d in enumerate(s.defenses):
+        for ai, a in enumerate(s.attacks):
+            needs_prior = getattr(REGISTRIES["attacks"].get(a.name), "needs_prior", False)
+            for seed in s.seeds:
+                attack_key = content_key({
+                    "job": "attack", "target": target_keys[(di, seed)],
+                    "prior": prior_key if needs_prior else None,
+                    "attack": _plugin_spec("attacks", a.name, loaded.attack_params[ai]),
+                    "identities": a.identities, "seed": seed,
+                })
+                config_hash = content_key({"attack": attack_key, "evaluator": evaluator_key,
+                                           "metrics": metric_specs})
+                pairs.append(PairJob(di, ai, seed, entry_id(d), entry_id(a), target_keys[(di, seed)],
+                                     attack_key, config_hash, record_filename(entry_id(d), entry_id(a), seed)))
+    suite_hash = content_key({"data": data_key, "evaluator": evaluator_key, "prior": prior_key,
+                              "pairs": [p.config_hash for p in pairs]})
+    return Plan(data_key, evaluator_key, prior_key, target_keys, pairs, suite_hash)
+
+
+def describe(loaded: LoadedSuite, plan: Plan) -> list[str]:
+    s = loaded.suite
+    lines = [f"suite {s.name}: {len(s.defenses)} defense(s) x {len(s.attacks)} attack(s) x "
+             f"{len(s.seeds)} seed(s) = {len(plan.pairs)} pair(s)"]
+    for d in s.defenses:
+        lines.append(f"  defense {entry_id(d)}: {d.name} {d.params} ({entry_label(d)})")
+    for a in s.attacks:
+        lines.append(f"  attack  {entry_id(a)}: {a.name} {a.params}")
+    return lines

@@ -1,0 +1,83 @@
+"""Checks that everything a suite needs on disk is there, before any work starts.
+
+Dataset folders, checkpoints and weights files (ImageNet backbones, StyleGAN2-ADA pickles, FID
+Inception, FaceNet) are listed with whether each is present and where it is expected, so that
+``bench validate`` / ``bench run`` stop with the full list instead of failing after hours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.config import LoadedSuite
+from benchmark.registry import REGISTRIES
+
+
+@dataclass
+class Resource:
+    """One file or folder the suite needs."""
+
+    field: str  # where the suite asks for it, e.g. "weights.facenet"
+    what: str
+    path: Path | None
+    ok: bool
+    problem: str = ""
+
+
+def _plugins(loaded: LoadedSuite):
+    s = loaded.suite
+    yield "target.architecture", REGISTRIES["architectures"].get(s.target.architecture.name), loaded.target_arch_params
+    yield ("evaluation.architecture", REGISTRIES["architectures"].get(s.evaluation.architecture.name),
+           loaded.eval_arch_params)
+    if s.prior is not None:
+        yield "prior", REGISTRIES["generators"].get(s.prior.name), loaded.prior_params
+    for i, m in enumerate(s.metrics):
+        yield f"metrics[{i}]", REGISTRIES["metrics"].get(m.name), loaded.metric_params[i]
+
+
+def check_resources(loaded: LoadedSuite) -> list[Resource]:
+    """Every dataset folder, checkpoint and weights file of the suite, checked on disk."""
+    s = loaded.suite
+    out: list[Resource] = []
+    dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
+    problems = dataset.missing()
+    root = getattr(loaded.dataset_params, "root", None)
+    out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
+                        not problems, "; ".join(problems)))
+    for field, ref in [("evaluation.checkpoint", s.evaluation.checkpoint)] + [
+            (f"defenses[{i}].checkpoint", d.checkpoint) for i, d in enumerate(s.defenses)]:
+        if ref is None:
+            continue
+        p = Path(ref).expanduser()
+        p = p if p.is_absolute() else loaded.folder / p
+        out.append(Resource(field, "trained classifier state dict", p, p.is_file(),
+                            "" if p.is_file() else f"{field}: {p} not found; train it or fix the path"))
+    weights = loaded.weights()
+    seen: set[str] = set()
+    for field, cls, params in _plugins(loaded):
+        plugin = cls(params)
+        needed = plugin.required_weights() if hasattr(plugin, "required_weights") else {}
+        for name, what in needed.items():
+            if name in seen:
+                continue
+            seen.add(name)
+            if name in weights:
+                p = weights[name]
+                ok = p.exists()
+                out.append(Resource(f"weights.{name}", what, p, ok,
+                                    "" if ok else f"weights.{name}: {p} not found ({what}); put the file there "
+                                    "or change the path"))
+            else:
+                p = Path(name).expanduser()
+                if p.exists():
+                    out.append(Resource(field, what, p, True))
+                else:
+                    out.append(Resource(f"weights.{name}", what, None, False,
+                                        f"{field} needs weights {name!r} ({what}); add 'weights: {{{name}: "
+                                        "/path/to/file}' to the suite"))
+    return out
+
+
+def missing_resources(loaded: LoadedSuite) -> list[str]:
+    return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok]

@@ -1,0 +1,104 @@
+"""MLflow mirror of the records: one experiment per suite, one MLflow run per record.
+
+The records are the truth; this module only mirrors them. A record already mirrored (same record
+id and config hash, kept in the run's tags) is not logged again, so a resumed run adds only the new
+pairs. The default tracking store is an SQLite file inside the run folder, with artifacts next to
+it; ``--tracking-uri`` (or ``run.tracking_uri``) points elsewhere, e.g. an ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def default_tracking_uri(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def record_id(record: Mapping[str, Any]) -> str:
+    return f"{record['defense']}__{record['attack']}__seed{record['seed']}@{record['config_hash']}"
+
+
+def _flat_params(prefix: str, params: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in params.items():
+        key = f"{prefix}.{k}"
+        if isinstance(v, Mapping):
+            out.update(_flat_params(key, v))
+        else:
+            out[key] = str(v)[:500]
+    return out
+
+
+class Tracker:
+    """Mirrors records to MLflow runs."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None) -> None:
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        self._mlflow = mlflow
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        if exp is None:
+            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+        else:
+            self.experiment_id = exp.experiment_id
+
+    def mirrored(self) -> set[str]:
+        """Record ids that already have an MLflow run."""
+        ids: set[str] = set()
+        token = None
+        while True:
+            page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token)
+            ids.update(r.data.tags.get("bench.record_id", "") for r in page)
+            token = page.token
+            if not token:
+                return ids
+
+    def mirror(self, record: Mapping[str, Any], artifacts: list[Path] = (),
+               trace: Mapping[str, list[float | None]] | None = None) -> str:
+        """Logs one record as an MLflow run; returns the run id."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        tags = {
+            "bench.record_id": record_id(record), "defense": record["defense"], "attack": record["attack"],
+            "seed": str(record["seed"]), "status": record["status"], "code_version": str(record.get("code_version")),
+            "suite": record.get("suite", ""), "config_hash": record["config_hash"],
+            "mlflow.runName": f"{record['defense']} x {record['attack']} (seed {record['seed']})",
+        }
+        if record.get("error"):
+            tags["error"] = str(record["error"])[:4000]
+        params = {"defense.plugin": record.get("defense_plugin", ""), "attack.plugin": record.get("attack_plugin", ""),
+                  "seed": str(record["seed"])}
+        params.update(_flat_params("defense", record.get("defense_params", {})))
+        params.update(_flat_params("attack", record.get("attack_params", {})))
+        run = self.client.create_run(self.experiment_id, tags=tags)
+        rid = run.info.run_id
+        import time
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in (record.get("metrics") or {}).items() if v is not None]
+        metrics += [Metric(f"time.{k}", float(v), now, 0) for k, v in (record.get("timings") or {}).items()]
+        for name, series in (trace or {}).items():
+            metrics += [Metric(f"trace.{name}", float(v), now, step) for step, v in enumerate(series) if v is not None]
+        param_list = [Param(k, v) for k, v in params.items()]
+        for i in range(0, max(len(metrics), len(param_list), 1), 900):
+            self.client.log_batch(rid, metrics=metrics[i : i + 900], params=param_list[i : i + 100] if i == 0 else [],
+                                  tags=[RunTag(k, v) for k, v in tags.items()] if i == 0 else [])
+        for i in range(100, len(param_list), 100):
+            self.client.log_batch(rid, params=param_list[i : i + 100])
+        for path in artifacts:
+            if Path(path).exists():
+                self.client.log_artifact(rid, str(path))
+        self.client.set_terminated(rid, status="FINISHED" if record["status"] == "ok" else "FAILED")
+        return rid

@@ -1,0 +1,264 @@
+"""The one shared training loop for targets and evaluation models.
+
+Recipe knobs follow the label smoothing paper's setup (Struppek et al., ICLR 2024, building on
+Plug & Play Attacks, ICML 2022): Adam or SGD, MultiStepLR with milestones given as fractions of the
+epochs (0.75 and 0.9 for 100 epochs), random resized crop, colour jitter and horizontal flip.
+Finding 2 of the prototype: negative label smoothing needs the learning rate during its ramp, so
+the schedule is step-wise, never cosine by default.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from benchmark import augment
+from benchmark.data import LabeledImages
+from benchmark.errors import DivergedError
+
+log = logging.getLogger(__name__)
+
+Criterion = Callable[[Tensor, Tensor, float], Tensor]
+
+
+class Augmentation(BaseModel):
+    """Training-time augmentation (applied per sample, on the batch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    random_resized_crop: tuple[float, float] | None = Field(
+        (0.85, 1.0), description="scale range of the random resized crop (None: off)")
+    crop_ratio: tuple[float, float] = Field((1.0, 1.0), description="aspect ratio range of the crop")
+    flip: bool = Field(True, description="random horizontal flip")
+    color_jitter: tuple[float, float, float, float] | None = Field(
+        (0.2, 0.2, 0.1, 0.1), description="brightness, contrast, saturation, hue (None: off)")
+
+
+class TrainingRecipe(BaseModel):
+    """How a classifier is trained."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(30, ge=1, description="training epochs")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser")
+    lr: float = Field(1e-3, gt=0, description="initial learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
+    milestones: list[float] = Field([0.75, 0.9], description="MultiStepLR milestones, fractions of the epochs")
+    gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor at each milestone")
+    augmentation: Augmentation = Field(default_factory=Augmentation)
+    aux_loss_weight: float = Field(0.4, ge=0, description="weight of auxiliary logits' loss (Inception)")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes (0: in-process batches)")
+
+    @model_validator(mode="after")
+    def _check_milestones(self) -> TrainingRecipe:
+        for m in self.milestones:
+            if not 0 < m < 1:
+                raise ValueError(f"milestones are fractions of the epochs in (0, 1), got {m}")
+        return self
+
+
+@dataclass
+class RunSettings:
+    """Device-side settings shared by every job of a run."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    progress: bool = True
+    eval_batch_size: int = 256
+
+    def autocast(self):
+        if not self.amp:
+            return nullcontext()
+        dtype = torch.bfloat16 if (self.device.type == "cpu" or torch.cuda.is_bf16_supported()) else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+@dataclass
+class TrainResult:
+    test_accuracy: float
+    train_accuracy: float
+    history: list[dict[str, float]]
+    seconds: float
+    images_per_second: float
+    logit_std: float  # spread of the test logits: shows whether training changed the model
+
+
+def lr_at_epoch(recipe: TrainingRecipe, epoch: int) -> float:
+    """The MultiStepLR learning rate during ``epoch`` (0-based)."""
+    n_drops = sum(1 for m in recipe.milestones if epoch >= round(m * recipe.epochs))
+    return recipe.lr * recipe.gamma**n_drops
+
+
+def augment_batch(images: Tensor, aug: Augmentation, g: torch.Generator) -> Tensor:
+    x = images
+    if aug.random_resized_crop is not None:
+        x = augment.random_resized_crop(x, g, scale=aug.random_resized_crop, ratio=aug.crop_ratio,
+                                        flip_p=0.5 if aug.flip else 0.0)
+    elif aug.flip:
+        x = augment.horizontal_flip(x, g)
+    if aug.color_jitter is not None:
+        b, c, s, h = aug.color_jitter
+        x = augment.color_jitter(x, g, b, c, s, h)
+    return x
+
+
+class _Indexed(torch.utils.data.Dataset):
+    def __init__(self, data: LabeledImages) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.data.images([i])[0], self.data.labels[i]
+
+
+def iterate(data: LabeledImages, batch_size: int, *, shuffle: bool, g: torch.Generator, workers: int = 0,
+            pin_memory: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
+    """Batches of ``data``: in-process, or through a DataLoader with worker processes."""
+    if workers == 0:
+        yield from data.batches(batch_size, shuffle=shuffle, generator=g)
+        return
+    order = torch.randperm(len(data), generator=g) if shuffle else torch.arange(len(data))
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.Subset(_Indexed(data), order.tolist()), batch_size=batch_size, shuffle=False,
+        num_workers=workers, pin_memory=pin_memory, persistent_workers=False)
+    yield from loader
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, data: LabeledImages, settings: RunSettings) -> Tensor:
+    model.eval()
+    outs = []
+    for images, _ in data.batches(settings.eval_batch_size):
+        with settings.autocast():
+            outs.append(model(images.to(settings.device)).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def accuracy(logits: Tensor, labels: Tensor, k: int = 1) -> float:
+    """Top-k accuracy (fraction in [0, 1])."""
+    if logits.numel() == 0:
+        raise ValueError("accuracy of an empty set is undefined")
+    k = min(k, logits.shape[1])
+    topk = logits.topk(k, dim=1).indices
+    return float((topk == labels.view(-1, 1)).any(dim=1).float().mean())
+
+
+class Trainer:
+    """Trains a classifier on ``train`` and measures it on ``test``."""
+
+    def __init__(self, recipe: TrainingRecipe, train: LabeledImages, test: LabeledImages,
+                 settings: RunSettings, seed: int, desc: str = "train") -> None:
+        self.recipe = recipe
+        self.train = train
+        self.test = test
+        self.settings = settings
+        self.seed = seed
+        self.desc = desc
+        self.result: TrainResult | None = None
+
+    def make_optimizer(self, params) -> torch.optim.Optimizer:
+        r = self.recipe
+        if r.optimizer == "adam":
+            return torch.optim.Adam(params, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
+
+    def fit(self, model: nn.Module, criterion: Criterion,
+            optimizer: torch.optim.Optimizer | None = None,
+            step_hook: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None) -> TrainResult:
+        """Trains ``model`` in place with ``criterion(logits, targets, progress)``.
+
+        Raises:
+            DivergedError: when the loss becomes NaN or inf.
+        """
+        r, s = self.recipe, self.settings
+        torch.manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self.seed)
+        model.to(s.device)
+        if s.channels_last:
+            model.to(memory_format=torch.channels_last)
+        fwd = torch.compile(model) if s.compile else model
+        opt = optimizer or self.make_optimizer([p for p in model.parameters() if p.requires_grad])
+        history: list[dict[str, float]] = []
+        n = len(self.train)
+        n_batches = math.ceil(n / r.batch_size)
+        t0 = time.perf_counter()
+        seen = 0
+        bar = tqdm(total=r.epochs * n_batches, disable=not s.progress, desc=self.desc, leave=False)
+        for epoch in range(r.epochs):
+            for group in opt.param_groups:
+                group["lr"] = lr_at_epoch(r, epoch)
+            model.train()
+            tot_loss, correct, count = 0.0, 0, 0
+            for b, (images, labels) in enumerate(iterate(self.train, r.batch_size, shuffle=True, g=g,
+                                                         workers=r.workers,
+                                                         pin_memory=s.device.type == "cuda")):
+                progress = (epoch + b / n_batches) / r.epochs
+                x = augment_batch(images, r.augmentation, g).to(s.device, non_blocking=True)
+                y = labels.to(s.device, non_blocking=True)
+                if s.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with s.autocast():
+                    if hasattr(model, "training_outputs") and not s.compile:
+                        logits, aux = model.training_outputs(x)
+                    else:
+                        logits, aux = fwd(x), []
+                    loss = criterion(logits.float(), y, progress)
+                    for a in aux:
+                        loss = loss + r.aux_loss_weight * criterion(a.float(), y, progress)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise DivergedError(f"{self.desc}: training diverged at epoch {epoch + 1}, "
+                                        f"batch {b + 1} (loss {float(loss)})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if step_hook is not None:
+                    step_hook(model, opt)
+                opt.step()
+                tot_loss += float(loss) * len(y)
+                correct += int((logits.argmax(1) == y).sum())
+                count += len(y)
+                seen += len(y)
+                bar.update(1)
+            history.append({"epoch": epoch + 1, "loss": tot_loss / count, "train_accuracy": correct / count,
+                            "lr": opt.param_groups[0]["lr"]})
+            bar.set_postfix(loss=f"{tot_loss / count:.3f}", acc=f"{correct / count:.2f}")
+        bar.close()
+        seconds = time.perf_counter() - t0
+        model.eval()
+        logits = predict_logits(model, self.test, s)
+        if not torch.isfinite(logits).all():
+            raise DivergedError(f"{self.desc}: the trained model outputs NaN or inf logits")
+        self.result = TrainResult(
+            test_accuracy=accuracy(logits, self.test.labels),
+            train_accuracy=history[-1]["train_accuracy"],
+            history=history,
+            seconds=seconds,
+            images_per_second=seen / max(seconds, 1e-9),
+            logit_std=float(logits.std(dim=1).mean()),
+        )
+        log.info("%s: test accuracy %.3f after %d epochs (%.1f s)", self.desc, self.result.test_accuracy,
+                 r.epochs, seconds)
+        return self.result
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, progress: float) -> Tensor:
+    """Plain cross-entropy with the criterion signature."""
+    return F.cross_entropy(logits, targets)

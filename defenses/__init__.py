@@ -1,0 +1,1 @@
+"""Defense plugins (one module per defense family)."""

@@ -1,0 +1,1 @@
+"""Metric plugins: pure functions plus a thin plugin class per metric."""

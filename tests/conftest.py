@@ -1,0 +1,50 @@
+"""Shared fixtures: small suites that run in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_suite(**overrides) -> dict:
+    """A suite small enough for end-to-end tests (a few seconds)."""
+    suite = {
+        "name": "tiny",
+        "dataset": {"name": "synthetic-faces", "params": {"num_identities": 10, "images_per_identity": 12, "seed": 0},
+                    "resolution": 16, "split": {"private_identities": 5, "public_identities": "rest",
+                                                "test_fraction": 0.25, "seed": 1}},
+        "target": {"architecture": {"name": "small-cnn", "params": {"width": 8}},
+                   "training": {"epochs": 2, "batch_size": 16}},
+        "evaluation": {"architecture": {"name": "small-resnet", "params": {"width": 8}},
+                       "training": {"epochs": 2, "batch_size": 16}},
+        "defenses": [
+            {"id": "hard", "name": "label_smoothing", "params": {"alpha": 0.0}},
+            {"id": "negls", "name": "label_smoothing", "params": {"alpha": -0.05}},
+        ],
+        "attacks": [{"id": "mif", "name": "mi-face", "params": {"steps": 3, "restarts": 2}}],
+        "metrics": ["test_accuracy", "attack_accuracy", "knn_distance"],
+        "seeds": [0],
+        "run": {"device": "cpu", "progress": False},
+    }
+    for k, v in overrides.items():
+        suite[k] = v
+    return suite
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    def _write(data: dict, name: str = "suite.yaml") -> Path:
+        data = dict(data)
+        data.setdefault("run", {})
+        data["run"] = {**data["run"], "output": str(tmp_path / "runs")}
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+        return p
+
+    return _write

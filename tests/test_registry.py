@@ -1,0 +1,64 @@
+import pytest
+
+from benchmark.errors import ConfigError, UnknownPluginError
+from benchmark.interfaces import Defense
+from benchmark.registry import PluginParams, Registry, defenses, load_plugin_file
+
+
+def test_unknown_name_suggests_and_lists():
+    with pytest.raises(UnknownPluginError) as exc:
+        defenses.get("label_smothing")
+    msg = str(exc.value)
+    assert "unknown defense 'label_smothing'" in msg
+    assert "Did you mean 'label_smoothing'?" in msg
+    assert "Known defenses: " in msg and "label_smoothing" in msg
+
+
+def test_register_and_duplicate_names():
+    reg = Registry("thing", "bench.things")
+
+    @reg.register("a")
+    class A:
+        """An A."""
+
+    assert reg._entries["a"].obj is A and A.name == "a" and A.version == "1"
+
+    class B:
+        pass
+
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.add("a", B)
+
+
+def test_plugin_info_parameters():
+    info = defenses.info("label_smoothing")
+    params = {p["name"]: p for p in info.parameters()}
+    assert params["alpha"]["default"] == 0.0
+    assert "smoothing factor" in params["alpha"]["doc"]
+    assert info.origin == "built-in"
+    assert info.doc.startswith("Label smoothing")
+
+
+def test_plugin_file(tmp_path):
+    f = tmp_path / "my_plugin.py"
+    f.write_text(
+        "from benchmark.interfaces import Defense\n"
+        "from benchmark.registry import defenses, PluginParams\n"
+        "@defenses.register('file-defense')\n"
+        "class FileDefense(Defense):\n"
+        "    '''A defense from a file.'''\n"
+    )
+    load_plugin_file(f)
+    info = defenses.info("file-defense")
+    assert info.origin == f"file {f.resolve()}"
+    with pytest.raises(ConfigError, match="no such file"):
+        load_plugin_file(tmp_path / "missing.py")
+
+
+def test_params_forbid_unknown_keys():
+    class P(PluginParams):
+        x: int = 1
+
+    with pytest.raises(Exception):
+        P(y=2)
+    assert issubclass(Defense, object)
