@@ -1,0 +1,369 @@
+"""Tests of the leaderboard built from hand-made result records."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmark.results import write_record
+from leaderboard import Leaderboard, build, build_from_dirs
+
+DIRECTIONS = {
+    "test_accuracy": "higher",
+    "attack_acc@1": "lower",
+    "attack_acc@5": "lower",
+    "knn_distance": "higher",
+    "fid": "higher",
+}
+# ids deliberately not in alphabetical order of defense_index
+DEFENSES = [("none", "No defense", 0), ("mid_reg", "MID reg", 1), ("broken", "Broken_100%", 2)]
+ATTACKS = [("gmi", "GMI", 0), ("plg_mi", "PLG-MI", 1)]
+SEEDS = [0, 1, 2]
+FAILED = ("mid_reg", "gmi", 1)
+TEST_ACC = {"none": [0.90, 0.92, 0.91], "mid_reg": [0.85, 0.80, 0.83], "broken": [0.12, 0.15, 0.11]}
+
+
+def make_record(
+    defense: tuple[str, str, int],
+    attack: tuple[str, str, int],
+    seed: int,
+    metrics: dict[str, Any] | None,
+    status: str = "ok",
+    error: str | None = None,
+    suite_hash: str = "hash1",
+) -> dict[str, Any]:
+    """A record as written by the runner (only the fields the leaderboard reads)."""
+    return {
+        "schema": 1,
+        "suite": "smoke_suite",
+        "suite_hash": suite_hash,
+        "defense": defense[0],
+        "defense_label": defense[1],
+        "defense_index": defense[2],
+        "attack": attack[0],
+        "attack_label": attack[1],
+        "attack_index": attack[2],
+        "seed": seed,
+        "baseline": "none",
+        "status": status,
+        "error": error,
+        "metrics": metrics or {},
+        "directions": dict(DIRECTIONS) if status == "ok" else {},
+        "num_classes": 10,
+        "code_version": "abc123",
+        "device": "cpu",
+        "created": f"2024-05-0{seed + 1}T12:00:00",
+    }
+
+
+def synthetic_records() -> list[dict[str, Any]]:
+    """3 defenses x 2 attacks x 3 seeds, with one failed pair (mid_reg x gmi, seed 1)."""
+    rng = random.Random(1234)
+    records = []
+    for d in DEFENSES:
+        for a in ATTACKS:
+            for s in SEEDS:
+                if (d[0], a[0], s) == FAILED:
+                    records.append(
+                        make_record(d, a, s, None, status="failed", error="CUDA out of memory\nTraceback ...")
+                    )
+                    continue
+                metrics = {
+                    "test_accuracy": TEST_ACC[d[0]][s],
+                    "attack_acc@1": rng.uniform(0.0, 0.8),
+                    "attack_acc@5": rng.uniform(0.5, 1.0),
+                    "knn_distance": rng.uniform(50.0, 200.0),
+                    "fid": rng.uniform(10.0, 90.0),
+                }
+                records.append(make_record(d, a, s, metrics))
+    rng.shuffle(records)  # order must come from the indices, not from the input
+    return records
+
+
+def values(records: list[dict[str, Any]], defense: str, attack: str, metric: str) -> list[float]:
+    """The raw values of one cell from ok records."""
+    return [
+        r["metrics"][metric]
+        for r in sorted(records, key=lambda r: r["seed"])
+        if r["defense"] == defense and r["attack"] == attack and r["status"] == "ok"
+    ]
+
+
+def md_tables(md: str) -> list[list[dict[str, str]]]:
+    """The pipe tables of a Markdown text, each as a list of {header: cell} rows."""
+    tables: list[list[str]] = []
+    current: list[str] = []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    out = []
+    for lines in tables:
+        split = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in lines]
+        headers = split[0]
+        out.append([dict(zip(headers, row, strict=True)) for row in split[2:]])
+    return out
+
+
+@pytest.fixture()
+def records() -> list[dict[str, Any]]:
+    return synthetic_records()
+
+
+@pytest.fixture()
+def lb(records: list[dict[str, Any]]) -> Leaderboard:
+    return build(records)
+
+
+def test_cell_mean_std_match_numpy(lb: Leaderboard, records: list[dict[str, Any]]) -> None:
+    for d, _, _ in DEFENSES:
+        for a, _, _ in ATTACKS:
+            for m in ("attack_acc@1", "attack_acc@5", "knn_distance", "fid"):
+                vals = values(records, d, a, m)
+                cell = lb.cell(d, f"{a}/{m}")
+                assert cell["n"] == len(vals)
+                assert cell["mean"] == pytest.approx(np.mean(vals), rel=1e-12)
+                assert cell["std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-12)
+        t = lb.cell(d, "test_accuracy")
+        assert t["n"] == 3
+        assert t["mean"] == pytest.approx(np.mean(TEST_ACC[d]))
+        assert t["std"] == pytest.approx(np.std(TEST_ACC[d], ddof=1))
+
+    # the formatted cell shows the same numbers (percent, one decimal)
+    vals = values(records, "none", "gmi", "attack_acc@1")
+    expected = f"{np.mean(vals) * 100:.1f} ± {np.std(vals, ddof=1) * 100:.1f}"
+    main = md_tables(lb.to_markdown())[0]
+    assert main[0]["GMI: attack_acc@1 (%) ↓"] == expected
+    kd = values(records, "none", "plg_mi", "knn_distance")
+    assert main[0]["PLG-MI: knn_distance ↑"] == f"{np.mean(kd):.1f} ± {np.std(kd, ddof=1):.1f}"
+
+
+def test_delta_is_difference_of_means(lb: Leaderboard, records: list[dict[str, Any]]) -> None:
+    for d in ("mid_reg", "broken"):
+        for a, _, _ in ATTACKS:
+            for m in ("attack_acc@1", "knn_distance"):
+                expected = np.mean(values(records, d, a, m)) - np.mean(values(records, "none", a, m))
+                assert lb.cell(d, f"{a}/{m}")["delta"] == pytest.approx(expected, rel=1e-12)
+        assert lb.cell(d, "test_accuracy")["delta"] == pytest.approx(
+            np.mean(TEST_ACC[d]) - np.mean(TEST_ACC["none"])
+        )
+    assert math.isnan(lb.cell("none", "gmi/attack_acc@1")["delta"])
+
+    md = lb.to_markdown()
+    assert "## Δ vs No defense" in md
+    delta = md_tables(md)[1]
+    assert [r["Defense"].split(" ⚠")[0] for r in delta] == ["MID reg", "Broken_100%"]
+    d = np.mean(values(records, "broken", "plg_mi", "attack_acc@1")) - np.mean(
+        values(records, "none", "plg_mi", "attack_acc@1")
+    )
+    assert delta[1]["PLG-MI: attack_acc@1 (pp) ↓"] == f"{d * 100:+.1f}"
+
+
+def test_arrows_follow_directions(lb: Leaderboard) -> None:
+    headers = list(md_tables(lb.to_markdown())[0][0].keys())
+    assert headers[1] == "Test acc. (%) ↑"
+    for a_label in ("GMI", "PLG-MI"):
+        assert f"{a_label}: attack_acc@1 (%) ↓" in headers
+        assert f"{a_label}: attack_acc@5 (%) ↓" in headers
+        assert f"{a_label}: knn_distance ↑" in headers
+        assert f"{a_label}: fid ↑" in headers
+    # fixed metric order: acc@1, acc@5, then the rest sorted; attacks by attack_index
+    assert headers[2:6] == [
+        "GMI: attack_acc@1 (%) ↓",
+        "GMI: attack_acc@5 (%) ↓",
+        "GMI: fid ↑",
+        "GMI: knn_distance ↑",
+    ]
+    assert headers[6].startswith("PLG-MI")
+    assert "↑ higher is better for the defender" in lb.to_markdown()
+
+
+def test_rows_follow_defense_index(lb: Leaderboard) -> None:
+    assert [d.defense for d in lb.defenses] == ["none", "mid_reg", "broken"]
+    main = md_tables(lb.to_markdown())[0]
+    assert [r["Defense"] for r in main] == ["No defense (baseline)", "MID reg", "Broken_100% ⚠ near chance"]
+    assert list(lb.wide()["defense"]) == ["none", "mid_reg", "broken"]
+    assert list(dict.fromkeys(lb.data["defense"])) == ["none", "mid_reg", "broken"]
+
+
+def test_failed_pair_shown_and_listed(lb: Leaderboard, records: list[dict[str, Any]]) -> None:
+    cell = lb.cell("mid_reg", "gmi/attack_acc@1")
+    assert cell["n"] == 2 and cell["n_failed"] == 1
+    md = lb.to_markdown()
+    main = md_tables(md)[0]
+    vals = values(records, "mid_reg", "gmi", "attack_acc@1")
+    assert main[1]["GMI: attack_acc@1 (%) ↓"] == (
+        f"{np.mean(vals) * 100:.1f} ± {np.std(vals, ddof=1) * 100:.1f} (1/3 failed)"
+    )
+    tail = md[md.index("## Failures") :]
+    assert md.rstrip().endswith("seed 1: CUDA out of memory")
+    assert "MID reg (`mid_reg`) × GMI (`gmi`), seed 1: CUDA out of memory" in tail
+    assert "Traceback" not in tail
+    assert [(f.defense, f.attack, f.seed) for f in lb.failures] == [FAILED]
+
+    # every seed of a pair failed: the cell says "failed", never a number
+    recs = [r for r in records if not (r["defense"] == "mid_reg" and r["attack"] == "gmi")]
+    for s in SEEDS:
+        recs.append(make_record(DEFENSES[1], ATTACKS[0], s, None, status="failed", error="boom"))
+    main = md_tables(build(recs).to_markdown())[0]
+    assert all(main[1][h] == "failed" for h in main[1] if h.startswith("GMI"))
+    assert main[1]["Test acc. (%) ↑"] == f"{np.mean(TEST_ACC['mid_reg']) * 100:.1f} ± 2.5"
+
+
+def test_missing_test_accuracy_is_failed() -> None:
+    recs = synthetic_records()
+    extra = ("dead", "Dead defense", 3)
+    for a in ATTACKS:
+        for s in SEEDS:
+            recs.append(make_record(extra, a, s, None, status="failed", error="training diverged"))
+    lb = build(recs)
+    main = md_tables(lb.to_markdown())[0]
+    assert main[3]["Defense"] == "Dead defense"
+    assert set(list(main[3].values())[1:]) == {"failed"}
+    wide = lb.wide().set_index("defense")
+    assert math.isnan(wide.loc["dead", "test_accuracy_mean"])
+    assert wide.loc["dead", "test_accuracy_failed"] == 3
+
+
+def test_near_chance_flag(lb: Leaderboard) -> None:
+    flags = {d.defense: d.near_chance for d in lb.defenses}
+    assert flags == {"none": False, "mid_reg": False, "broken": True}
+    md = lb.to_markdown()
+    assert "Broken_100% ⚠ near chance" in md
+    assert "2× chance level" in md
+    assert "near chance" in lb.to_latex()
+
+
+def test_none_metric_is_na_not_zero() -> None:
+    recs = synthetic_records()
+    for r in recs:
+        if r["defense"] == "none" and r["attack"] == "plg_mi":
+            r["metrics"]["fid"] = None  # every seed: "n/a"
+            if r["seed"] == 0:
+                r["metrics"]["knn_distance"] = float("nan")  # one seed: left out of the mean
+    lb = build(recs)
+    main = md_tables(lb.to_markdown())[0]
+    assert main[0]["PLG-MI: fid ↑"] == "n/a†"
+    kd = [
+        r["metrics"]["knn_distance"]
+        for r in sorted(recs, key=lambda r: r["seed"])
+        if r["defense"] == "none" and r["attack"] == "plg_mi" and r["seed"] != 0
+    ]
+    cell = lb.cell("none", "plg_mi/knn_distance")
+    assert cell["n"] == 2 and cell["n_missing"] == 1
+    assert cell["mean"] == pytest.approx(np.mean(kd))
+    assert main[0]["PLG-MI: knn_distance ↑"].endswith("(1/3 n/a†)")
+    md = lb.to_markdown()
+    assert "† n/a" in md and "No defense × PLG-MI: fid, seeds 0, 1, 2" in md
+    assert math.isnan(lb.cell("none", "plg_mi/fid")["mean"])
+    assert math.isnan(lb.cell("mid_reg", "plg_mi/fid")["delta"])
+
+
+def test_single_seed_shows_mean_only() -> None:
+    recs = [r for r in synthetic_records() if r["seed"] == 0]
+    lb = build(recs)
+    main = md_tables(lb.to_markdown())[0]
+    assert "±" not in main[0]["Test acc. (%) ↑"]
+    assert main[0]["Test acc. (%) ↑"] == "90.0"
+    assert lb.cell("none", "test_accuracy")["n"] == 1
+
+
+def test_csv_round_trip(lb: Leaderboard, records: list[dict[str, Any]], tmp_path: Path) -> None:
+    path = lb.to_csv(tmp_path / "lb.csv")
+    df = pd.read_csv(path)
+    assert list(df.columns[:7]) == [
+        "defense",
+        "defense_label",
+        "test_accuracy_mean",
+        "test_accuracy_std",
+        "test_accuracy_n",
+        "test_accuracy_delta",
+        "test_accuracy_failed",
+    ]
+    df = df.set_index("defense")
+    for d, _, _ in DEFENSES:
+        assert df.loc[d, "test_accuracy_mean"] == pytest.approx(np.mean(TEST_ACC[d]), rel=1e-12)
+        for a, _, _ in ATTACKS:
+            for m in ("attack_acc@1", "knn_distance"):
+                vals = values(records, d, a, m)
+                assert df.loc[d, f"{a}/{m}_mean"] == pytest.approx(np.mean(vals), rel=1e-12)
+                assert df.loc[d, f"{a}/{m}_std"] == pytest.approx(np.std(vals, ddof=1), rel=1e-12)
+                assert df.loc[d, f"{a}/{m}_n"] == len(vals)
+    assert df.loc["mid_reg", "gmi/attack_acc@1_failed"] == 1
+    assert df.loc["mid_reg", "gmi/knn_distance_delta"] == pytest.approx(
+        lb.cell("mid_reg", "gmi/knn_distance")["delta"], rel=1e-12
+    )
+    assert math.isnan(df.loc["none", "gmi/knn_distance_delta"])
+    # a cell with a single value: the CSV holds the stored value exactly
+    single = build([r for r in records if r["seed"] == 2])
+    df1 = pd.read_csv(single.to_csv(tmp_path / "one.csv")).set_index("defense")
+    (rec,) = [r for r in records if (r["defense"], r["attack"], r["seed"]) == ("none", "gmi", 2)]
+    assert df1.loc["none", "gmi/knn_distance_mean"] == rec["metrics"]["knn_distance"]
+    assert df1.loc["none", "gmi/attack_acc@1_mean"] == rec["metrics"]["attack_acc@1"]
+
+
+def test_latex(lb: Leaderboard) -> None:
+    tex = lb.to_latex()
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{4}{c}{GMI}", r"$\pm$"):
+        assert token in tex
+    assert r"attack\_acc@1 (\%) $\downarrow$" in tex
+    assert r"knn\_distance $\uparrow$" in tex
+    assert r"Broken\_100\%" in tex
+    assert r"smoke\_suite" in tex
+    assert "attack_acc" not in tex.replace(r"attack\_acc", "")
+    assert "⚠" not in tex and "±" not in tex
+
+
+def test_write_creates_files(lb: Leaderboard, tmp_path: Path) -> None:
+    paths = lb.write(tmp_path / "out")
+    assert {p.name for p in paths.values()} == {"leaderboard.md", "leaderboard.csv", "leaderboard.tex"}
+    for p in paths.values():
+        assert p.is_file() and p.stat().st_size > 0
+    md = paths["markdown"].read_text(encoding="utf-8")
+    assert md.startswith("# Leaderboard: smoke_suite")
+
+
+def test_data_frame_layout(lb: Leaderboard) -> None:
+    # one row per (defense, column): 3 defenses x (1 + 2 attacks x 4 metrics)
+    assert len(lb.data) == 3 * 9
+    assert {"defense", "column", "mean", "std", "n", "n_failed", "delta"} <= set(lb.data.columns)
+
+
+def test_build_from_dirs(tmp_path: Path, records: list[dict[str, Any]]) -> None:
+    run_a, run_b = tmp_path / "run_a", tmp_path / "run_b"
+    for r in records:  # split by attack: each run holds one attack
+        write_record((run_a if r["attack"] == "gmi" else run_b) / "records", r)
+    combined = build_from_dirs([run_a, run_b])
+    direct = build(records)
+    pd.testing.assert_frame_equal(combined.wide(), direct.wide())
+    assert combined.to_markdown().split("\n", 3)[3] == direct.to_markdown().split("\n", 3)[3]
+
+    # the same (defense, attack, seed) from a different suite version: refused, naming both files
+    run_c = tmp_path / "run_c"
+    other = copy.deepcopy(next(r for r in records if r["attack"] == "gmi" and r["status"] == "ok"))
+    other["suite_hash"] = "hash2"
+    write_record(run_c / "records", other)
+    with pytest.raises(ValueError, match="different suite versions") as exc:
+        build_from_dirs([run_a, run_c])
+    assert str(run_a) in str(exc.value) and str(run_c) in str(exc.value)
+
+
+def test_duplicate_same_version_prefers_ok(records: list[dict[str, Any]]) -> None:
+    rerun = make_record(DEFENSES[1], ATTACKS[0], 1, {"test_accuracy": 0.8, "attack_acc@1": 0.5})
+    lb = build([*records, rerun])
+    assert lb.cell("mid_reg", "gmi/attack_acc@1")["n"] == 3
+    assert lb.failures == []
+
+
+def test_no_records() -> None:
+    with pytest.raises(ValueError):
+        build([])
