@@ -1,0 +1,41 @@
+"""FaceNet distance δ_face (Struppek et al., "Plug & Play Attacks", ICML 2022).
+
+The KNN distance of metrics/knn.py in the embedding space of FaceNet (Schroff et al., CVPR 2015):
+facenet-pytorch's Inception-ResNet-v1 trained on VGGFace2, inputs resized to 160 x 160 and
+standardised as ((255 x - 127.5) / 128), L2-normalised 512-d embeddings. For each reconstruction,
+the minimum squared L2 distance to the embeddings of the private training images of its attacked
+identity; averaged over all reconstructions. Being independent of the target and evaluation models,
+it checks that a reconstruction resembles the identity and not only its class decision.
+
+A larger distance means less leakage: ``better`` is "higher".
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from benchmark.interfaces import MetricContext, Reconstruction
+from benchmark.registry import PluginParams, metrics
+from metrics.extractors import FACENET_FILE, ExtractorPlugin, FeatureMetric, extractor_plugin
+from metrics.knn import feature_distance
+
+
+class _Params(PluginParams):
+    weights: str = Field("facenet", description=f"name in the suite's weights: section (or a file path) of "
+                                                f"{FACENET_FILE} (facenet-pytorch, VGGFace2)")
+
+
+@metrics.register("facenet_distance")
+class FaceNetDistance(FeatureMetric):
+    """Mean min squared L2 distance to the attacked identity's private images in FaceNet space."""
+
+    Params = _Params
+    better = {"facenet_distance": "higher"}
+
+    def _make_plugin(self) -> ExtractorPlugin:
+        return extractor_plugin("facenet", self.params.weights)
+
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+        value, details = feature_distance(rec, ctx, self.extractor(ctx), "facenet_distance")
+        ctx.details["facenet_distance"] = details
+        return {"facenet_distance": value}
