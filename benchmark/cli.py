@@ -63,6 +63,26 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Lists every dataset folder, checkpoint and weights file the suite needs, and their state."""
+    from benchmark.resources import check_resources
+
+    loaded = _load(args)
+    resources = check_resources(loaded)
+    bad = 0
+    for r in resources:
+        mark = "ok     " if r.ok else "MISSING"
+        where = f" {r.path}" if r.path else ""
+        print(f"[{mark}] {r.field}: {r.what}{where}")
+        if not r.ok:
+            bad += 1
+            print(f"          {r.problem}")
+    if not resources:
+        print("the suite needs no files on disk")
+    print(f"{loaded.source}: {len(resources) - bad} of {len(resources)} resource(s) present")
+    return 2 if bad else 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from benchmark.plan import describe
     from benchmark.resources import missing_resources
@@ -193,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schema-only", action="store_true",
                    help="structure, types and plugin names only; do not look for files on disk")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("doctor", help="list the data folders and weights files a suite needs and whether they exist")
+    common(p)
+    p.set_defaults(func=cmd_doctor)
 
     p = sub.add_parser("list", help="list plugins (KIND: defenses, attacks, metrics, ...; NAME: one plugin)")
     common(p, suite=False)

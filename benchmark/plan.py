@@ -62,8 +62,10 @@ def make_plan(loaded: LoadedSuite) -> Plan:
     """Computes the content keys of every product of the suite (nothing is run)."""
     s = loaded.suite
     folder = loaded.folder
+    dataset_plugin = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
     data_spec = {
-        "dataset": _plugin_spec("datasets", s.dataset.name, loaded.dataset_params),
+        "dataset": {**_plugin_spec("datasets", s.dataset.name, loaded.dataset_params),
+                    "identity": dataset_plugin.identity()},
         "resolution": s.dataset.resolution,
         "split": s.dataset.split.model_dump(mode="json"),
     }

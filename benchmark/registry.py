@@ -181,6 +181,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
 BUILTIN_MODULES: tuple[str, ...] = (
     "benchmark.data.synthetic",
     "benchmark.data.image_folder",
+    "benchmark.data.celeba",
     "benchmark.models",
     "defenses.label_smoothing",
     "attacks.mi_face",

@@ -57,6 +57,11 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     seen: set[str] = set()
     for field, cls, params in _plugins(loaded):
         plugin = cls(params)
+        if callable(getattr(plugin, "missing", None)):  # the plugin knows its own lookup (e.g. hub cache)
+            probs = plugin.missing(weights)
+            if probs or plugin.required_weights():
+                out.append(Resource(field, f"weights of {field}", None, not probs, "; ".join(probs)))
+            continue
         needed = plugin.required_weights() if hasattr(plugin, "required_weights") else {}
         for name, what in needed.items():
             if name in seen:

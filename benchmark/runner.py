@@ -165,7 +165,8 @@ class Runner:
         else:
             torch.manual_seed(seed)
             model = build()
-            trainer = Trainer(recipe, sp.private_train, sp.private_test, self.settings, seed, desc=desc)
+            trainer = Trainer(recipe, sp.private_train, sp.private_test, self.settings, seed, desc=desc,
+                              public=sp.public)
             t0 = time.perf_counter()
             if checkpoint is not None:
                 self._load_checkpoint(model, checkpoint)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def mlflow_key(name: str) -> str:
+    """An MLflow-safe metric key ('attack_acc@1' -> 'attack_acc_top1')."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name.replace("@", "_top"))
 
 
 def record_id(record: Mapping[str, Any]) -> str:
@@ -55,12 +61,21 @@ class Tracker:
             self.experiment_id = exp.experiment_id
 
     def mirrored(self) -> set[str]:
-        """Record ids that already have an MLflow run."""
+        """Record ids that already have a complete MLflow run.
+
+        A run left unfinished by a killed process (status RUNNING) is deleted, so that the record
+        is mirrored again in full instead of being counted twice.
+        """
         ids: set[str] = set()
         token = None
         while True:
             page = self.client.search_runs([self.experiment_id], max_results=1000, page_token=token)
-            ids.update(r.data.tags.get("bench.record_id", "") for r in page)
+            for r in page:
+                rid = r.data.tags.get("bench.record_id", "")
+                if r.info.status == "RUNNING":
+                    self.client.delete_run(r.info.run_id)
+                elif rid:
+                    ids.add(rid)
             token = page.token
             if not token:
                 return ids
@@ -87,7 +102,7 @@ class Tracker:
         import time
 
         now = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), now, 0) for k, v in (record.get("metrics") or {}).items() if v is not None]
+        metrics = [Metric(mlflow_key(k), float(v), now, 0) for k, v in (record.get("metrics") or {}).items() if v is not None]
         metrics += [Metric(f"time.{k}", float(v), now, 0) for k, v in (record.get("timings") or {}).items()]
         for name, series in (trace or {}).items():
             metrics += [Metric(f"trace.{name}", float(v), now, step) for step, v in enumerate(series) if v is not None]

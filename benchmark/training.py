@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +30,8 @@ from benchmark.errors import DivergedError
 log = logging.getLogger(__name__)
 
 Criterion = Callable[[Tensor, Tensor, float], Tensor]
+# batches(epoch, g) -> the (images, labels) batches of one epoch (see Trainer.fit)
+BatchSource = Callable[[int, torch.Generator], Iterable[tuple[Tensor, Tensor]]]
 
 
 class Augmentation(BaseModel):
@@ -165,10 +167,11 @@ class Trainer:
     """Trains a classifier on ``train`` and measures it on ``test``."""
 
     def __init__(self, recipe: TrainingRecipe, train: LabeledImages, test: LabeledImages,
-                 settings: RunSettings, seed: int, desc: str = "train") -> None:
+                 settings: RunSettings, seed: int, desc: str = "train", public: LabeledImages | None = None) -> None:
         self.recipe = recipe
         self.train = train
         self.test = test
+        self.public = public  # the attacker's public data (for defenses that pretrain on it, e.g. TL-DMI)
         self.settings = settings
         self.seed = seed
         self.desc = desc
@@ -182,8 +185,14 @@ class Trainer:
 
     def fit(self, model: nn.Module, criterion: Criterion,
             optimizer: torch.optim.Optimizer | None = None,
-            step_hook: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None) -> TrainResult:
+            step_hook: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None,
+            batches: BatchSource | None = None) -> TrainResult:
         """Trains ``model`` in place with ``criterion(logits, targets, progress)``.
+
+        Args:
+            batches: ``batches(epoch, g)`` yields the (images, labels) batches of one epoch, e.g. the
+                Poisson-sampled batches of DP-SGD (default: shuffled batches of ``recipe.batch_size``).
+                Empty batches are skipped.
 
         Raises:
             DivergedError: when the loss becomes NaN or inf.
@@ -207,10 +216,13 @@ class Trainer:
                 group["lr"] = lr_at_epoch(r, epoch)
             model.train()
             tot_loss, correct, count = 0.0, 0, 0
-            for b, (images, labels) in enumerate(iterate(self.train, r.batch_size, shuffle=True, g=g,
-                                                         workers=r.workers,
-                                                         pin_memory=s.device.type == "cuda")):
-                progress = (epoch + b / n_batches) / r.epochs
+            epoch_batches = (batches(epoch, g) if batches is not None else
+                             iterate(self.train, r.batch_size, shuffle=True, g=g, workers=r.workers,
+                                     pin_memory=s.device.type == "cuda"))
+            for b, (images, labels) in enumerate(epoch_batches):
+                if len(labels) == 0:
+                    continue
+                progress = (epoch + min(b / n_batches, 1.0 - 1e-9)) / r.epochs
                 x = augment_batch(images, r.augmentation, g).to(s.device, non_blocking=True)
                 y = labels.to(s.device, non_blocking=True)
                 if s.channels_last:
@@ -232,7 +244,7 @@ class Trainer:
                 if step_hook is not None:
                     step_hook(model, opt)
                 opt.step()
-                tot_loss += float(loss) * len(y)
+                tot_loss += float(loss.detach()) * len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 count += len(y)
                 seen += len(y)

@@ -1,0 +1,102 @@
+"""CelebA identities (Liu et al., ICCV 2015) as used by model inversion papers.
+
+Plug & Play Attacks (Struppek et al., ICML 2022) and the label smoothing paper (ICLR 2024) train
+their CelebA targets on the 1,000 identities with the most images. The dataset is read from the
+official identity file (``identity_CelebA.txt``: ``<file name> <identity id>`` per line) and an
+image folder (the aligned ``img_align_celeba`` or a cropped copy with the same file names).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import Field
+
+from benchmark.data import DatasetPlugin, FaceCollection
+from benchmark.data.image_folder import ImageFolderFaces
+from benchmark.errors import MissingResourceError
+from benchmark.registry import PluginParams, datasets
+
+WHERE = "CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Anno/identity_CelebA.txt, Img/img_align_celeba)"
+
+
+def read_identity_file(path: Path) -> list[tuple[str, int]]:
+    """(file name, identity id) pairs of ``identity_CelebA.txt``."""
+    out = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise MissingResourceError(f"{path}:{lineno}: expected '<file name> <identity id>', got {line!r}")
+        out.append((parts[0], int(parts[1])))
+    return out
+
+
+def most_frequent(pairs: list[tuple[str, int]], n: int) -> list[int]:
+    """The ``n`` identity ids with the most images (ties broken by the smaller id)."""
+    counts = Counter(ident for _, ident in pairs)
+    return [ident for ident, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
+
+
+@datasets.register("celeba")
+class CelebA(DatasetPlugin):
+    """CelebA: the identities with the most images, from the identity file and an image folder."""
+
+    class Params(PluginParams):
+        root: str = Field(description="CelebA folder")
+        identity_file: str = Field("identity_CelebA.txt", description="identity file, relative to root")
+        images: str = Field("img_align_celeba", description="image folder (aligned or cropped), relative to root")
+        num_identities: int = Field(1000, ge=2, description="keep the identities with the most images")
+        cache_images: int = Field(20_000, ge=0, description="decoded images kept in memory (LRU)")
+
+    def _paths(self) -> tuple[Path, Path, Path]:
+        root = Path(self.params.root).expanduser()
+        return root, root / self.params.identity_file, root / self.params.images
+
+    def missing(self) -> list[str]:
+        root, ident, images = self._paths()
+        if not root.is_dir():
+            return [f"dataset.params.root: folder {root} does not exist; {WHERE}"]
+        out = []
+        if not ident.is_file():
+            out.append(f"dataset.params.identity_file: {ident} not found; {WHERE}")
+        if not images.is_dir():
+            out.append(f"dataset.params.images: folder {images} not found; {WHERE}")
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        ident = self.params.model_dump(mode="json")
+        ident.pop("cache_images", None)
+        _, ident_file, _ = self._paths()
+        if ident_file.is_file():
+            ident["identity_file_sha1"] = hashlib.sha1(ident_file.read_bytes()).hexdigest()
+        return ident
+
+    def load(self, resolution: int) -> FaceCollection:
+        problems = self.missing()
+        if problems:
+            raise MissingResourceError("; ".join(problems))
+        _, ident_file, images = self._paths()
+        pairs = read_identity_file(ident_file)
+        keep = most_frequent(pairs, self.params.num_identities)
+        index = {ident: k for k, ident in enumerate(sorted(keep))}
+        paths, targets, missing = [], [], 0
+        for fname, ident in sorted(pairs):
+            if ident in index:
+                p = images / fname
+                if not p.is_file():
+                    missing += 1
+                    continue
+                paths.append(str(p))
+                targets.append(index[ident])
+        if missing:
+            raise MissingResourceError(f"dataset.params.images: {missing} image(s) listed in {ident_file} are not in "
+                                       f"{images}; use the complete image folder")
+        names = [f"celeba_{ident}" for ident in sorted(keep)]
+        return ImageFolderFaces(paths, torch.tensor(targets), names, resolution,
+                                cache_images=self.params.cache_images)
