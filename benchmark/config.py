@@ -346,10 +346,12 @@ class LoadedSuite:
 
     @property
     def folder(self) -> Path:
-        return Path(self.source).resolve().parent if Path(self.source).exists() else Path.cwd()
+        """Relative data, checkpoint and weights paths are taken from here: the working directory
+        (like ``run.output``); only ``include:`` paths are relative to the including file."""
+        return Path.cwd()
 
     def weights(self) -> dict[str, Path]:
-        """The weights section with paths resolved relative to the suite file."""
+        """The weights section with ``~`` expanded and relative paths made absolute."""
         out = {}
         for name, p in self.suite.weights.items():
             path = Path(p).expanduser()

@@ -24,6 +24,14 @@ from benchmark.registry import PluginParams, architectures
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
+# Where torchvision's ImageNet weights come from (download them elsewhere, then point weights: at them).
+TORCHVISION_URLS = {
+    "resnet18": "https://download.pytorch.org/models/resnet18-f37072fd.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
+    "resnet152": "https://download.pytorch.org/models/resnet152-394f9c45.pth",
+    "inception_v3": "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
+}
+
 
 class Architecture(ABC):
     """Builds a :class:`Classifier` for ``num_classes`` classes."""
@@ -162,7 +170,8 @@ def _make_resnet(factory_name: str):
 
         def required_weights(self) -> dict[str, str]:
             ref = self.params.pretrained
-            return {ref: f"ImageNet {factory_name} weights (torchvision state dict)"} if ref else {}
+            return ({ref: f"ImageNet {factory_name} weights (torchvision state dict, from "
+                         f"{TORCHVISION_URLS[factory_name]})"} if ref else {})
 
         def build(self, num_classes: int, resolution: int, weights: Mapping[str, Path]) -> Classifier:
             net = factory(weights=None)
@@ -224,7 +233,8 @@ class InceptionV3(Architecture):
 
     def required_weights(self) -> dict[str, str]:
         ref = self.params.pretrained
-        return {ref: "ImageNet inception_v3 weights (torchvision state dict)"} if ref else {}
+        return ({ref: f"ImageNet inception_v3 weights (torchvision state dict, from "
+                      f"{TORCHVISION_URLS['inception_v3']})"} if ref else {})
 
     def build(self, num_classes: int, resolution: int, weights: Mapping[str, Path]) -> Classifier:
         net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=True)
