@@ -15,9 +15,13 @@ pixel grid, so the output is bit-identical for a given seed whatever the batch o
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +32,7 @@ from pydantic import Field
 from torch import Tensor
 
 from benchmark.data import DatasetPlugin, FaceCollection, TensorFaces
+from benchmark.errors import ConfigError
 from benchmark.registry import PluginParams, datasets
 
 log = logging.getLogger(__name__)
@@ -89,7 +94,7 @@ _WINDOWS = True
 
 
 @dataclass(frozen=True)
-class _Traits:
+class FaceTraits:
     """The stable appearance of one identity (face-frame units; the image spans -1..1)."""
 
     face_w: float
@@ -142,7 +147,7 @@ def _pick(rng: np.random.Generator, table: np.ndarray, p: np.ndarray) -> np.ndar
     return table[int(rng.choice(len(table), p=p / p.sum()))]
 
 
-def identity_traits(seed: int, identity: int) -> _Traits:
+def identity_traits(seed: int, identity: int) -> FaceTraits:
     """Draws the traits of ``identity`` from ``default_rng([seed, identity])``."""
     rng = np.random.default_rng([seed, identity])
     u = rng.uniform
@@ -175,7 +180,7 @@ def identity_traits(seed: int, identity: int) -> _Traits:
     mole = None
     if rng.uniform() < 0.3:
         mole = (u(-0.75, 0.75), u(-0.1, 0.6), u(0.014, 0.024))
-    return _Traits(
+    return FaceTraits(
         face_w=face_w,
         face_h=face_h,
         jaw=u(0.0, 0.42),
@@ -232,7 +237,7 @@ _IMAGE_KEYS = (
 
 
 def image_params(
-    seed: int, identity: int, image: int, traits: _Traits, variation: float = 1.0
+    seed: int, identity: int, image: int, traits: FaceTraits, variation: float = 1.0
 ) -> dict[str, object]:
     """Draws the nuisance of one image from ``default_rng([seed, identity, image])``.
 
@@ -445,7 +450,7 @@ def _tri(t: Tensor) -> Tensor:
     return w * w * (3.0 - 2.0 * w)
 
 
-def _render(tr: _Traits, params: list[dict[str, object]], size: int) -> Tensor:
+def _render(tr: FaceTraits, params: list[dict[str, object]], size: int) -> Tensor:
     """Renders one identity's images at ``size`` pixels: float [B, 3, size, size], roughly in [0, 1]."""
     cv = _Canvas(params, size)
     p = cv.p
@@ -682,7 +687,7 @@ def _render(tr: _Traits, params: list[dict[str, object]], size: int) -> Tensor:
     return img
 
 
-def _paint_hair(cv: _Canvas, tr: _Traits, fu: Tensor) -> None:
+def _paint_hair(cv: _Canvas, tr: FaceTraits, fu: Tensor) -> None:
     """Paints the hair in front of the face for the identity's style."""
     v = cv.v
     W, H = tr.face_w, tr.face_h
@@ -691,11 +696,10 @@ def _paint_hair(cv: _Canvas, tr: _Traits, fu: Tensor) -> None:
     hairline = cv.p["hairline"]
     style = tr.hair_style
     if style == "bald":
-        # A thin ring of hair above the ears.
+        # Tufts of hair above the ears, following the head outline.
         outer = _ellipse(fu, v + H * 0.12, W * 1.06, H * 0.95)
-        d = torch.maximum(outer, W * 0.86 - fu.abs())
-        d = torch.maximum(d, _band(v, tr.eye_v - H * 0.35, tr.eye_v + H * 0.12))
-        cv.paint(cv.cover(d), hair, 0.9)
+        tuft = _ellipse(fu.abs() - W, v - (tr.eye_v - H * 0.12), 0.12, H * 0.26)
+        cv.paint(cv.cover(torch.maximum(outer, tuft)), hair, 0.9)
         return
     cap_d = _ellipse(fu, v + H * 0.12, W * 1.07 * vol, H * 1.0 * vol)
     if style == "curly":
@@ -751,10 +755,40 @@ def render_identity(
     """
     if isinstance(images, int):
         images = range(images)
+    with _single_threaded():
+        return _render_identity(seed, identity, list(images), resolution, noise, variation, chunk)
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    """Runs torch ops on the calling thread only (restores the thread count afterwards).
+
+    The renderer issues many small tensor ops: intra-op threads mostly wait on each other, badly
+    so on a busy machine. :meth:`SyntheticFaces.load` renders identities on parallel threads instead.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _render_identity(
+    seed: int,
+    identity: int,
+    image_list: list[int],
+    resolution: int,
+    noise: float,
+    variation: float,
+    chunk: int,
+) -> Tensor:
     tr = identity_traits(seed, identity)
     ss = max(1, math.ceil(_SS_TARGET / resolution))  # supersampling factor
     out = []
-    image_list = list(images)
     for start in range(0, len(image_list), chunk):
         params = [image_params(seed, identity, j, tr, variation) for j in image_list[start : start + chunk]]
         with torch.no_grad():
@@ -800,16 +834,33 @@ class SyntheticFaces(DatasetPlugin):
         prm = self.params
         assert isinstance(prm, SyntheticFaces.Params)
         if resolution < 8:
-            raise ValueError(f"synthetic-faces needs a resolution of at least 8 pixels, got {resolution}")
+            raise ConfigError(f"dataset.resolution: synthetic-faces needs 8 pixels or more, got {resolution}")
         n_id, n_img = prm.num_identities, prm.images_per_identity
         images = torch.empty(n_id * n_img, 3, resolution, resolution, dtype=torch.uint8)
-        for i in range(n_id):
+        start = time.perf_counter()
+
+        def render(i: int) -> None:
             images[i * n_img : (i + 1) * n_img] = render_identity(
                 prm.seed, i, n_img, resolution, noise=prm.noise, variation=prm.variation
             )
+
+        # Identities are rendered on parallel threads, each running its tensor ops single-threaded.
+        workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1, n_id, 8))
+        with _single_threaded():
+            if workers == 1:
+                for i in range(n_id):
+                    render(i)
+            else:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(render, range(n_id)))
         targets = torch.arange(n_id).repeat_interleave(n_img)
         names = [f"id{i:04d}" for i in range(n_id)]
-        log.debug("rendered %d synthetic faces at %d px", len(targets), resolution)
+        log.info(
+            "rendered %d synthetic faces at %d px in %.1f s",
+            len(targets),
+            resolution,
+            time.perf_counter() - start,
+        )
         return TensorFaces(images, targets, names)
 
 
