@@ -3,7 +3,8 @@
 A suite names the dataset and its split, the target architecture and training recipe, the
 defenses, the evaluation model, the image prior, the attacks, the metrics, the seeds, local
 weights files and run settings. ``include:`` merges a base suite (paths relative to the including
-file; mappings merge key by key, everything else is replaced). CLI overrides beat the YAML, which
+file; mappings merge key by key, everything else is replaced; a block naming another plugin drops
+the base's ``params``). CLI overrides beat the YAML, which
 beats defaults.
 
 Every error names the file, the field path and the fix, e.g.
@@ -164,6 +165,13 @@ def entry_label(entry: DefenseConfig | AttackConfig) -> str:
 # Loading
 # --------------------------------------------------------------------------------------------
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Merges ``over`` into ``base`` key by key (lists and scalars are replaced).
+
+    A plugin block that names another plugin than the base (``name:`` differs) does not inherit
+    the base's ``params``: they belong to the other plugin.
+    """
+    if "name" in over and "name" in base and over["name"] != base["name"]:
+        base = {k: v for k, v in base.items() if k != "params"}
     out = copy.deepcopy(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
