@@ -1,0 +1,72 @@
+"""examples/plugin-defense installs as a package and its defense runs in a suite through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_suite
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "plugin-defense"
+
+
+@pytest.fixture(scope="module")
+def installed_example(tmp_path_factory):
+    # build from a copy, so that the build leaves nothing (build/, *.egg-info) in the example folder
+    src = tmp_path_factory.mktemp("src") / "plugin-defense"
+    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    site = tmp_path_factory.mktemp("site")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--target", str(site), str(src)], check=True)
+    return site
+
+
+def _bench(args, site, cwd):
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=600)
+
+
+def test_noisy_logits_function():
+    from benchmark.registry import defenses
+
+    entries = dict(defenses._entries)  # importing the module registers the defense: undo it afterwards
+    sys.path.insert(0, str(EXAMPLE))
+    try:
+        from bench_example_defense.defense import noisy_logits
+    finally:
+        sys.path.remove(str(EXAMPLE))
+        defenses._entries.clear()
+        defenses._entries.update(entries)
+        for mod in [m for m in sys.modules if m.startswith("bench_example_defense")]:
+            del sys.modules[mod]
+    logits = torch.zeros(2000, 3)
+    out = noisy_logits(logits, 2.0, generator=torch.Generator().manual_seed(0))
+    assert float(out.std()) == pytest.approx(2.0, rel=0.05) and abs(float(out.mean())) < 0.1
+    assert noisy_logits(logits, 0.0) is logits
+
+
+def test_example_plugin_is_listed_and_runs(installed_example, write_suite, tmp_path):
+    out = _bench(["list", "defenses"], installed_example, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "gaussian-logit-noise" in out.stdout
+    assert "entry point bench.defenses:gaussian-logit-noise (bench-example-defense 0.1.0)" in out.stdout
+
+    data = tiny_suite(defenses=[  # one pair keeps the test short; tests/test_entry_point_plugin.py runs two
+        {"id": "noise", "name": "gaussian-logit-noise", "params": {"std": 2.0}, "label": "Logit noise"},
+    ], metrics=["test_accuracy", "attack_accuracy"])
+    suite = write_suite(data)
+    out = _bench(["run", str(suite), "--no-tracking", "--no-progress"], installed_example, tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rec = json.loads((tmp_path / "runs" / "tiny" / "records" / "noise__mif__seed0.json").read_text())
+    assert rec["status"] == "ok" and rec["defense_plugin"] == "gaussian-logit-noise"
+    assert rec["defense_params"] == {"std": 2.0}
+    assert rec["target"]["logit_noise_std"] == 2.0
+    assert 0.0 <= rec["metrics"]["test_accuracy"] <= 1.0
