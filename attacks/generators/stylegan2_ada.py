@@ -1,0 +1,215 @@
+"""Adapter for official StyleGAN2-ADA pickles (generator plugin ``stylegan2-ada``).
+
+Loads ``G_ema`` (and ``D`` when present) from a network pickle of the official
+``stylegan2-ada-pytorch`` code (Karras et al., NeurIPS 2020), as Plug & Play Attacks (Struppek et
+al., ICML 2022) do with the FFHQ, MetFaces and AFHQ models. Latents are mapped with truncation
+(psi 0.5, cutoff 8 in the PPA configs ``configs/attacking/*.yaml``); the attack optimises one
+``w`` vector per image, broadcast to all ``num_ws`` synthesis layers (``single_w: true``), and
+images are synthesised with constant noise (``noise_mode='const'``, ``force_fp32=True``).
+
+Unpickling executes code: only the file configured in the suite's ``weights:`` section (or a
+literal path given as ``pickle``) is ever unpickled. The official code (``dnnlib``,
+``torch_utils``) must be importable; ``code_dir`` puts its folder on ``sys.path`` first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import pickle
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from benchmark.errors import ConfigError, MissingResourceError
+from benchmark.interfaces import Generator, GeneratorPlugin, PriorContext
+from benchmark.registry import PluginParams, generators
+
+log = logging.getLogger(__name__)
+
+_META_FILE = "stylegan2_ada.json"
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _resolve(ref: str, weights: Mapping[str, Path], what: str, *, folder: bool) -> Path:
+    path = Path(weights[ref]) if ref in weights else Path(ref).expanduser()
+    ok = path.is_dir() if folder else path.is_file()
+    if not ok:
+        kind = "folder" if folder else "file"
+        where = f" (weights.{ref} in the suite)" if ref in weights else ""
+        raise MissingResourceError(
+            f"stylegan2-ada: {what} {kind} {path}{where} not found; put the {what} there or change "
+            "the path in the suite's weights: section")
+    return path
+
+
+class StyleGAN2ADAGenerator(Generator):
+    """A StyleGAN2-ADA ``G_ema`` (and optional ``D``) as an image prior.
+
+    ``map(z)`` gives one truncated ``w`` per image ([N, w_dim], the first layer's w, as PPA's
+    ``single_w``); ``synthesize`` accepts [N, w_dim] (broadcast to all layers) or
+    [N, num_ws, w_dim] and returns images in [0, 1].
+
+    Args:
+        g: the generator module (``mapping``, ``synthesis``, ``num_ws``, ``w_dim``, ``z_dim``,
+            ``c_dim``, ``img_resolution``).
+        d: the discriminator (``forward(img, c)``, images in [-1, 1]) or None.
+        truncation_psi, truncation_cutoff: truncation of the mapping.
+        noise_mode: synthesis noise mode ('const' for deterministic images).
+        force_fp32: pass ``force_fp32=True`` to the synthesis when it accepts it.
+    """
+
+    def __init__(self, g: nn.Module, d: nn.Module | None, *, truncation_psi: float = 0.5,
+                 truncation_cutoff: int | None = 8, noise_mode: str = "const",
+                 force_fp32: bool = True) -> None:
+        super().__init__()
+        if int(getattr(g, "c_dim", 0)) > 0:
+            raise ConfigError("stylegan2-ada: conditional generators (c_dim > 0) are not supported")
+        self.g = g
+        self.d = d
+        self.z_dim = int(g.z_dim)
+        self.w_dim = int(g.w_dim)
+        self.num_ws = int(g.num_ws)
+        self.resolution = int(g.img_resolution)
+        self.truncation_psi = truncation_psi
+        self.truncation_cutoff = truncation_cutoff
+        self.noise_mode = noise_mode
+        self._synth_kwargs: dict[str, Any] = {"noise_mode": noise_mode}
+        if force_fp32 and _accepts(g.synthesis, "force_fp32"):
+            self._synth_kwargs["force_fp32"] = True
+
+    def sample_z(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.randn(n, self.z_dim, generator=generator)
+
+    def map_all(self, z: Tensor) -> Tensor:
+        """[N, num_ws, w_dim] truncated w of every layer."""
+        return self.g.mapping(z, None, truncation_psi=self.truncation_psi,
+                              truncation_cutoff=self.truncation_cutoff)
+
+    def map(self, z: Tensor) -> Tensor:
+        return self.map_all(z)[:, 0]
+
+    def synthesize(self, w: Tensor) -> Tensor:
+        if w.ndim == 2:
+            w = w.unsqueeze(1).expand(-1, self.num_ws, -1)
+        elif w.ndim != 3 or w.shape[1] != self.num_ws:
+            raise ValueError(f"stylegan2-ada: w must be [N, {self.w_dim}] or [N, {self.num_ws}, "
+                             f"{self.w_dim}], got {tuple(w.shape)}")
+        img = self.g.synthesis(w, **self._synth_kwargs)
+        return ((img.float() + 1) / 2).clamp(0, 1)
+
+    def discriminator_logits(self, images: Tensor) -> Tensor:
+        if self.d is None:
+            raise TypeError("stylegan2-ada: the pickle holds no discriminator 'D'")
+        r = self.resolution
+        if images.shape[-1] != r or images.shape[-2] != r:
+            images = F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False)
+        return self.d(images * 2 - 1, None).float().flatten()
+
+    @property
+    def has_discriminator(self) -> bool:
+        return self.d is not None
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+@generators.register("stylegan2-ada")
+class StyleGAN2ADAPlugin(GeneratorPlugin):
+    """Official StyleGAN2-ADA pickle (G_ema, D) with truncation; nothing is trained."""
+
+    class Params(PluginParams):
+        pickle: str = Field(..., description="network pickle: a name in the suite's weights: section "
+                                             "or a path")
+        code_dir: str | None = Field(None, description="folder of the official stylegan2-ada-pytorch code "
+                                     "(dnnlib, torch_utils): a weights: name or a path")
+        truncation_psi: float = Field(0.5, ge=0.0, le=1.0, description="truncation psi (PPA: 0.5)")
+        truncation_cutoff: int | None = Field(8, ge=0, description="layers truncated (PPA: 8; None: all)")
+        noise_mode: str = Field("const", description="synthesis noise mode")
+        force_fp32: bool = Field(True, description="synthesise in float32")
+        use_discriminator: bool = Field(True, description="load D too when the pickle has it")
+
+    def required_weights(self) -> dict[str, str]:
+        need = {self.params.pickle: "StyleGAN2-ADA network pickle (official stylegan2-ada-pytorch format)"}
+        if self.params.code_dir is not None:
+            need[self.params.code_dir] = ("folder of the official stylegan2-ada-pytorch code "
+                                          "(dnnlib, torch_utils)")
+        return need
+
+    def pickle_path(self, weights: Mapping[str, Path]) -> Path:
+        return _resolve(self.params.pickle, weights, "network pickle", folder=False)
+
+    def _unpickle(self, ctx: PriorContext) -> tuple[StyleGAN2ADAGenerator, str]:
+        p = self.params
+        path = self.pickle_path(ctx.weights)
+        if p.code_dir is not None:
+            code = str(_resolve(p.code_dir, ctx.weights, "stylegan2-ada-pytorch code", folder=True).resolve())
+            if code not in sys.path:
+                sys.path.insert(0, code)
+        sha = file_sha256(path)
+        try:
+            with open(path, "rb") as f:
+                data = pickle.load(f)  # noqa: S301 - only the configured, trusted network pickle
+        except (ModuleNotFoundError, ImportError) as exc:
+            raise MissingResourceError(
+                f"stylegan2-ada: unpickling {path} needs the official stylegan2-ada-pytorch code "
+                f"({exc}); set code_dir to its folder (the one holding dnnlib and torch_utils)") from exc
+        if not isinstance(data, dict) or "G_ema" not in data:
+            raise ConfigError(f"stylegan2-ada: {path} is not a StyleGAN2-ADA network pickle (no 'G_ema')")
+        d = data.get("D") if p.use_discriminator else None
+        gen = StyleGAN2ADAGenerator(data["G_ema"], d, truncation_psi=p.truncation_psi,
+                                    truncation_cutoff=p.truncation_cutoff, noise_mode=p.noise_mode,
+                                    force_fp32=p.force_fp32)
+        gen.requires_grad_(False)
+        return gen.to(ctx.device).eval(), sha
+
+    def fit(self, ctx: PriorContext) -> StyleGAN2ADAGenerator:
+        """Loads the pickle (nothing to train); ``ctx.public`` is not used."""
+        gen, sha = self._unpickle(ctx)
+        gen.pickle_sha256 = sha
+        log.info("stylegan2-ada: loaded %s (%d px, %d ws, D: %s)", self.params.pickle, gen.resolution,
+                 gen.num_ws, gen.has_discriminator)
+        return gen
+
+    def save(self, generator: Generator, folder: Path) -> None:
+        """Writes a small JSON with the pickle's SHA-256 (the weights stay where they are)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"pickle": self.params.pickle, "sha256": getattr(generator, "pickle_sha256", None)}
+        (folder / _META_FILE).write_text(json.dumps(meta, indent=2))
+
+    def load(self, folder: Path, ctx: PriorContext) -> StyleGAN2ADAGenerator:
+        """Re-reads the configured pickle and checks that it is the one that was saved."""
+        meta_path = Path(folder) / _META_FILE
+        if not meta_path.is_file():
+            raise MissingResourceError(f"stylegan2-ada: {meta_path} is missing; register the prior again")
+        meta = json.loads(meta_path.read_text())
+        gen, sha = self._unpickle(ctx)
+        if meta.get("sha256") and meta["sha256"] != sha:
+            raise ConfigError(
+                f"stylegan2-ada: the pickle {self.pickle_path(ctx.weights)} changed since this prior "
+                f"was stored (sha256 {sha[:12]} vs {meta['sha256'][:12]}); restore the file or clear "
+                "the stored prior")
+        gen.pickle_sha256 = sha
+        return gen

@@ -1,0 +1,218 @@
+"""Plug & Play Attacks (Struppek et al., ICML 2022), attack plugin ``ppa``.
+
+The attack anchors the label smoothing study of Struppek et al. (ICLR 2024, "Be Careful What You
+Smooth For"). Three stages, all batched over identities:
+
+1. Candidate search (:mod:`attacks.common.search`): sample ``search_space_size`` latents from the
+   prior, score each image by the target's softmax confidence for every attacked identity
+   (averaged with the horizontally flipped image) and keep the ``num_candidates`` best latents of
+   each identity.
+2. Optimisation: one ``w`` per candidate (broadcast to all StyleGAN layers) is optimised with Adam
+   (lr 0.005, betas (0.1, 0.1)) on the identity loss of the target's logits for randomly
+   augmented views (fixed centre crop and resize, then a random resized crop with scale 0.9-1.0
+   and aspect ratio 1). The Poincaré loss is PPA's default; cross-entropy and LOMMA's logit loss
+   are the alternatives compared in the ICLR 2024 appendix.
+3. Final selection (:mod:`attacks.common.selection`): each result's mean target confidence over
+   ``iterations`` random transforms (crop scale 0.5-0.9, ratio 0.8-1.2, flip); the
+   ``samples_per_target`` best of each identity are returned.
+
+Defaults follow the reference configs ``configs/attacking/CelebA_FFHQ.yaml`` (search space 5000,
+200 candidates, 70 steps, 50 samples per target, 100 selection iterations, truncation psi 0.5 and
+cutoff 8 in the generator). ``default_attacking_local.yaml`` uses 50 steps with a MultiStepLR
+(milestones 30 and 40, gamma 0.1): set ``num_steps: 50, lr_milestones: [30, 40]``.
+``num_steps: 0`` skips the optimisation: candidate search plus final selection only (the
+"selection only" baseline).
+
+Random transformations are drawn per image (the reference applies one torchvision transform to the
+whole batch); the randomness comes only from the job seed (``ctx.generator()``).
+
+Reconstructions are the fixed views the target saw: the generator output, centre-cropped by
+``center_crop`` pixels and resized to ``resize`` (either None: unchanged), on the CPU in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
+from attacks.common.losses import IdentityLossName, identity_loss
+from attacks.common.optimize import frozen, optimize_latents
+from attacks.common.search import search_candidates
+from attacks.common.selection import score_latents, select_per_identity
+from attacks.common.trace import StepTrace
+from attacks.common.views import FixedView
+from benchmark import augment
+from benchmark.errors import ConfigError, DivergedError
+from benchmark.interfaces import Attack, AttackContext, Generator, Reconstruction
+from benchmark.registry import PluginParams, attacks
+
+log = logging.getLogger(__name__)
+
+
+class PPAParams(PluginParams):
+    """Parameters of :class:`PlugAndPlayAttack` (defaults: the PPA reference configs)."""
+
+    search_space_size: int = Field(5000, ge=1, description="latents sampled in the candidate search")
+    num_candidates: int = Field(200, ge=1, description="optimised latents per identity")
+    search_flip: bool = Field(True, description="average search scores with the flipped image")
+    num_steps: int = Field(70, ge=0, description="optimisation steps (0: search and selection only)")
+    lr: float = Field(0.005, gt=0, description="Adam learning rate")
+    betas: tuple[float, float] = Field((0.1, 0.1), description="Adam betas")
+    lr_milestones: list[int] = Field([], description="MultiStepLR milestones in steps (reference local "
+                                     "config: [30, 40] with 50 steps)")
+    lr_gamma: float = Field(0.1, gt=0, le=1, description="MultiStepLR factor")
+    loss: IdentityLossName = Field("poincare", description="identity loss: poincare, cross_entropy or logit")
+    discriminator_weight: float = Field(0.0, ge=0, description="weight of softplus(-D(x)) (reference: 0)")
+    center_crop: int | None = Field(None, ge=1, description="centre crop of the generator output in "
+                                    "pixels (FFHQ 1024 px: 800)")
+    resize: int | None = Field(None, ge=8, description="side after the centre crop (FFHQ: 224; None: keep)")
+    crop_scale: tuple[float, float] = Field((0.9, 1.0), description="random resized crop scale")
+    crop_ratio: tuple[float, float] = Field((1.0, 1.0), description="random resized crop aspect ratio")
+    samples_per_target: int = Field(50, ge=1, description="images kept per identity")
+    iterations: int = Field(100, ge=0, description="random transforms per image in the final selection")
+    selection_scale: tuple[float, float] = Field((0.5, 0.9), description="final-selection crop scale")
+    selection_ratio: tuple[float, float] = Field((0.8, 1.2), description="final-selection crop ratio")
+    selection_flip: float = Field(0.5, ge=0, le=1, description="final-selection flip probability")
+    batch_size: int | None = Field(None, ge=1, description="latents per batch (None: the run's batch size)")
+
+    @model_validator(mode="after")
+    def _check(self) -> PPAParams:
+        if self.num_candidates > self.search_space_size:
+            raise ValueError(f"num_candidates ({self.num_candidates}) exceeds search_space_size "
+                             f"({self.search_space_size})")
+        if self.samples_per_target > self.num_candidates:
+            raise ValueError(f"samples_per_target ({self.samples_per_target}) exceeds num_candidates "
+                             f"({self.num_candidates})")
+        for name in ("crop_scale", "selection_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
+        return self
+
+
+class PPAObjective:
+    """Per-latent PPA loss of a batch: identity loss of augmented views (+ optional D loss)."""
+
+    def __init__(self, prior: Generator, target: nn.Module, view: FixedView, params: PPAParams,
+                 generator: torch.Generator) -> None:
+        self.prior = prior
+        self.target = target
+        self.view = view
+        self.p = params
+        self.g = generator
+        self.loss_fn = identity_loss(params.loss)
+
+    def __call__(self, w: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        p = self.p
+        images = self.prior.synthesize(w)
+        x = augment.random_resized_crop(self.view(images), self.g, scale=p.crop_scale, ratio=p.crop_ratio)
+        logits = self.target(x)
+        loss = self.loss_fn(logits, y)
+        if p.discriminator_weight > 0:
+            d_logits = self.prior.discriminator_logits(images).float()
+            loss = loss + p.discriminator_weight * F.softplus(-d_logits)
+        return loss, logits
+
+
+@attacks.register("ppa")
+class PlugAndPlayAttack(Attack):
+    """Plug & Play Attacks (Struppek et al., ICML 2022): candidate search, w optimisation, selection."""
+
+    Params = PPAParams
+    requires = "white-box"
+    needs_prior = True
+
+    def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
+            ctx: AttackContext) -> Reconstruction:
+        p: PPAParams = self.params
+        if prior is None:
+            raise ConfigError("ppa needs an image prior (a generator: dcgan or stylegan2-ada)")
+        if p.discriminator_weight > 0 and not prior.has_discriminator:
+            raise ConfigError(f"ppa: discriminator_weight > 0 needs a prior with a discriminator; "
+                              f"{type(prior).__name__} has none")
+        view = FixedView(p.center_crop, p.resize)
+        view.check(prior.resolution)
+        device = ctx.device
+        identities = identities.long().flatten().cpu()
+        bs = p.batch_size or ctx.batch_size
+        g = ctx.generator()
+        timings: dict[str, float] = {}
+        target.to(device)
+        prior.to(device)
+        t_all = time.perf_counter()
+        with frozen(target, prior):
+            t0 = time.perf_counter()
+            latents, labels, search_conf = search_candidates(
+                prior, target, identities, search_space_size=p.search_space_size,
+                num_candidates=p.num_candidates, view=view, batch_size=bs, generator=g, device=device,
+                flip=p.search_flip, progress=ctx.progress)
+            timings["search_s"] = time.perf_counter() - t0
+
+            trace = StepTrace(p.num_steps, device)
+            t0 = time.perf_counter()
+            if p.num_steps > 0:
+                objective = PPAObjective(prior, target, view, p, g)
+                latents = optimize_latents(
+                    latents, labels, objective=objective, make_optimizer=self.make_optimizer,
+                    num_steps=p.num_steps, batch_size=bs, device=device, trace=trace,
+                    project=latent_projection(prior), amp=ctx.amp, progress=ctx.progress, desc="ppa")
+            timings["optimize_s"] = time.perf_counter() - t0
+
+            t0 = time.perf_counter()
+
+            def render(w: Tensor) -> Tensor:
+                return view(prior.synthesize(w))
+
+            scores = score_latents(render, target, latents, labels, iterations=p.iterations, batch_size=bs,
+                                   generator=g, device=device, progress=ctx.progress,
+                                   scale=p.selection_scale, ratio=p.selection_ratio, flip_p=p.selection_flip)
+            if not torch.isfinite(scores).all():
+                raise DivergedError("ppa: the final selection scores contain NaN or inf")
+            keep = select_per_identity(scores, labels, identities, p.samples_per_target)
+            kept_w, kept_labels = latents[keep], labels[keep]
+            with torch.no_grad():
+                side = view.output_size(prior.resolution)
+                images = torch.cat([torch.empty(0, 3, side, side)]
+                                   + [render(kept_w[i : i + bs].to(device)).float().cpu()
+                                      for i in range(0, kept_w.shape[0], bs)])
+            timings["selection_s"] = time.perf_counter() - t0
+        timings["total_s"] = time.perf_counter() - t_all
+        info = {
+            "num_steps": p.num_steps,
+            "num_candidates": p.num_candidates,
+            "search_space_size": p.search_space_size,
+            "num_identities": int(identities.numel()),
+            "num_images": int(images.shape[0]),
+            "loss": p.loss,
+            "search_confidence": float(search_conf.mean()) if search_conf.numel() else 0.0,
+            "selection_confidence": float(scores[keep].mean()) if keep.numel() else 0.0,
+            "image_size": int(images.shape[-1]),
+            **{k: round(v, 3) for k, v in timings.items()},
+        }
+        rec = Reconstruction(images=images.clamp(0, 1), labels=kept_labels.clone(), latents=kept_w.clone(),
+                             trace=trace.as_dict(), info=info)
+        if rec.images.numel():  # Reconstruction.check cannot take the min of an empty tensor
+            rec.check()
+        log.info("ppa: %d identities, %d images, selection confidence %.3f (%.1f s)", info["num_identities"],
+                 info["num_images"], info["selection_confidence"], timings["total_s"])
+        return rec
+
+    def make_optimizer(self, params: list[Tensor]) -> tuple[torch.optim.Optimizer, object | None]:
+        """Adam (betas (0.1, 0.1) in PPA) and the optional MultiStepLR of the reference config."""
+        p: PPAParams = self.params
+        opt = torch.optim.Adam(params, lr=p.lr, betas=p.betas, weight_decay=0.0)
+        sched = None
+        if p.lr_milestones:
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, p.lr_milestones, p.lr_gamma)
+        return opt, sched
+
+
+def latent_projection(prior: Generator) -> Callable[[Tensor], Tensor] | None:
+    """``prior.constrain`` when the prior overrides it (None: nothing to project after a step)."""
+    return prior.constrain if type(prior).constrain is not Generator.constrain else None

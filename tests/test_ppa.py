@@ -1,0 +1,150 @@
+"""Plug & Play Attacks end to end on a tiny random target and a tiny DCGAN prior."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from attacks.generators.dcgan import DCGANPlugin
+from attacks.ppa import PlugAndPlayAttack, PPAParams
+from benchmark.errors import ConfigError, DivergedError
+from benchmark.interfaces import AttackContext, Reconstruction
+from benchmark.models import build_classifier
+from benchmark.registry import attacks
+
+IDS = torch.tensor([0, 3, 5])
+
+
+def _prior(resolution: int = 16):
+    torch.manual_seed(0)
+    return DCGANPlugin(DCGANPlugin.Params(z_dim=8, g_width=4, d_width=4)).build(resolution).eval()
+
+
+def _target(resolution: int = 16) -> nn.Module:
+    torch.manual_seed(1)
+    return build_classifier("small-cnn", {"width": 4}, 6, resolution, {}).eval()
+
+
+def _ctx(seed: int = 0, batch_size: int = 64) -> AttackContext:
+    return AttackContext(device=torch.device("cpu"), seed=seed, batch_size=batch_size, progress=False,
+                         resolution=16)
+
+
+def _params(**kw) -> PPAParams:
+    base = {"search_space_size": 24, "num_candidates": 4, "num_steps": 3, "samples_per_target": 2,
+            "iterations": 2}
+    return PPAParams(**(base | kw))
+
+
+def _run(seed: int = 0, batch_size: int = 64, prior=None, target=None, **kw) -> Reconstruction:
+    attack = PlugAndPlayAttack(_params(**kw))
+    return attack.run(target or _target(), IDS, prior or _prior(), _ctx(seed, batch_size))
+
+
+def test_registered_and_reference_defaults() -> None:
+    assert attacks.get("ppa") is PlugAndPlayAttack and PlugAndPlayAttack.needs_prior
+    p = PPAParams()
+    assert (p.search_space_size, p.num_candidates, p.samples_per_target, p.iterations) == (5000, 200, 50, 100)
+    assert (p.lr, p.betas, p.loss, p.crop_scale, p.crop_ratio) == (0.005, (0.1, 0.1), "poincare", (0.9, 1.0),
+                                                                 (1.0, 1.0))
+    with pytest.raises(ValueError, match="samples_per_target"):
+        PPAParams(num_candidates=4, samples_per_target=5)
+    with pytest.raises(ValueError, match="search_space_size"):
+        PPAParams(search_space_size=10, num_candidates=20, samples_per_target=5)
+
+
+def test_end_to_end_and_deterministic() -> None:
+    target = _target()
+    state = {k: v.clone() for k, v in target.state_dict().items()}
+    rec = _run(target=target)
+    assert rec.images.shape == (6, 3, 16, 16) and rec.images.device.type == "cpu"
+    assert float(rec.images.min()) >= 0 and float(rec.images.max()) <= 1
+    assert rec.labels.tolist() == [0, 0, 3, 3, 5, 5] and rec.labels.dtype == torch.int64
+    assert rec.latents is not None and rec.latents.shape == (6, 8)
+    assert [len(rec.trace[k]) for k in ("loss", "confidence", "grad_cosine")] == [3, 3, 2]
+    for key in ("num_steps", "num_candidates", "selection_confidence", "search_s", "optimize_s",
+                "selection_s"):
+        assert key in rec.info
+    assert 0 <= rec.info["selection_confidence"] <= 1
+    # the target is untouched: same weights, no gradients, flags restored
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in state.items())
+    assert all(p.grad is None and p.requires_grad for p in target.parameters())
+    assert not target.training
+    again = _run(target=target)
+    assert torch.equal(rec.images, again.images) and rec.trace == again.trace
+    other = _run(seed=1, target=target)
+    assert not torch.equal(rec.images, other.images)
+
+
+def test_small_batches() -> None:
+    rec = _run(batch_size=5)  # 12 candidates in batches of 5
+    assert rec.images.shape == (6, 3, 16, 16)
+    assert len(rec.trace["loss"]) == 3
+
+
+def test_selection_only_baseline() -> None:
+    rec = _run(num_steps=0)
+    assert rec.images.shape == (6, 3, 16, 16)
+    assert rec.trace == {"loss": [], "confidence": [], "grad_cosine": []}
+    assert rec.info["num_steps"] == 0
+    # without optimisation the kept latents are search candidates: samples of the prior
+    prior = _prior()
+    z = prior.constrain(prior.sample_z(24, _ctx().generator()))
+    assert all(any(torch.allclose(w, zz) for zz in z) for w in rec.latents)
+
+
+class _Sharp(nn.Module):
+    """The tiny target with logits scaled up, so that its confidences react to the images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _target()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return 50 * self.net(x)
+
+
+@pytest.mark.parametrize("loss", ["poincare", "cross_entropy", "logit"])
+def test_losses_raise_confidence(loss: str) -> None:
+    rec = _run(loss=loss, num_steps=10, lr=0.1, crop_scale=(1.0, 1.0), num_candidates=2, samples_per_target=1,
+               target=_Sharp())
+    conf = rec.trace["confidence"]
+    assert conf[-1] > conf[0]
+
+
+def test_center_crop_and_resize() -> None:
+    rec = _run(center_crop=12, resize=20)
+    assert rec.images.shape == (6, 3, 20, 20) and rec.info["image_size"] == 20
+    with pytest.raises(ConfigError, match="center_crop"):
+        _run(center_crop=40)
+
+
+def test_lr_schedule_and_discriminator_weight() -> None:
+    rec = _run(lr_milestones=[1, 2], discriminator_weight=0.5, num_steps=3)
+    assert rec.images.shape == (6, 3, 16, 16)
+
+
+def test_needs_a_prior() -> None:
+    with pytest.raises(ConfigError, match="prior"):
+        PlugAndPlayAttack(_params()).run(_target(), IDS, None, _ctx())
+
+
+def test_divergence_raises() -> None:
+    class NaNTarget(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 6)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = self.lin(x.mean((2, 3)))
+            return out * float("nan") if torch.is_grad_enabled() else out
+
+    with pytest.raises(DivergedError, match="ppa"):
+        _run(target=NaNTarget())
+
+
+def test_no_identities() -> None:
+    attack = PlugAndPlayAttack(_params())
+    rec = attack.run(_target(), torch.tensor([], dtype=torch.long), _prior(), _ctx())
+    assert rec.images.shape == (0, 3, 16, 16) and rec.labels.shape == (0,)

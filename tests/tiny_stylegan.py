@@ -1,0 +1,72 @@
+"""A tiny stand-in for an official StyleGAN2-ADA network (same call interface, a few weights).
+
+``TinyG`` mirrors ``G_ema``: ``mapping(z, c, truncation_psi, truncation_cutoff)`` returns
+[N, num_ws, w_dim] with the official truncation rule (``w_avg.lerp(w, psi)`` on the first
+``cutoff`` layers), ``synthesis(ws, noise_mode, force_fp32)`` returns [N, 3, R, R] in [-1, 1].
+``TinyD`` mirrors ``D``: ``forward(img, c)`` -> [N, 1]. The classes live at module level so the
+test can pickle them like the official ``{'G_ema': G, 'D': D}`` dictionaries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class TinyMapping(nn.Module):
+    def __init__(self, z_dim: int, w_dim: int, num_ws: int) -> None:
+        super().__init__()
+        self.num_ws = num_ws
+        self.fc = nn.Linear(z_dim, w_dim)
+        self.register_buffer("w_avg", torch.linspace(-0.5, 0.5, w_dim))
+
+    def forward(self, z: Tensor, c: Tensor | None, truncation_psi: float = 1.0,
+                truncation_cutoff: int | None = None) -> Tensor:
+        w = torch.tanh(self.fc(z))
+        x = w.unsqueeze(1).repeat(1, self.num_ws, 1)
+        if truncation_psi != 1:
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            x[:, :cutoff] = self.w_avg.lerp(x[:, :cutoff], truncation_psi)
+        return x
+
+
+class TinySynthesis(nn.Module):
+    def __init__(self, w_dim: int, num_ws: int, resolution: int) -> None:
+        super().__init__()
+        self.resolution = resolution
+        self.layers = nn.ModuleList(nn.Linear(w_dim, 3 * resolution * resolution) for _ in range(num_ws))
+        self.last_kwargs: dict = {}
+
+    def forward(self, ws: Tensor, noise_mode: str = "random", force_fp32: bool = False) -> Tensor:
+        self.last_kwargs = {"noise_mode": noise_mode, "force_fp32": force_fp32}
+        out = sum(layer(ws[:, i]) for i, layer in enumerate(self.layers))
+        return torch.tanh(out).view(ws.shape[0], 3, self.resolution, self.resolution)
+
+
+class TinyG(nn.Module):
+    def __init__(self, z_dim: int = 8, w_dim: int = 6, num_ws: int = 4, resolution: int = 16) -> None:
+        super().__init__()
+        self.z_dim, self.w_dim, self.num_ws, self.c_dim = z_dim, w_dim, num_ws, 0
+        self.img_resolution = resolution
+        self.mapping = TinyMapping(z_dim, w_dim, num_ws)
+        self.synthesis = TinySynthesis(w_dim, num_ws, resolution)
+
+
+class TinyD(nn.Module):
+    def __init__(self, resolution: int = 16) -> None:
+        super().__init__()
+        self.img_resolution = resolution
+        self.fc = nn.Linear(3 * resolution * resolution, 1)
+        self.last_input_range: tuple[float, float] = (0.0, 0.0)
+
+    def forward(self, img: Tensor, c: Tensor | None) -> Tensor:
+        self.last_input_range = (float(img.min()), float(img.max()))
+        return self.fc(img.flatten(1))
+
+
+def make_pickle_dict(seed: int = 0, with_d: bool = True, resolution: int = 16) -> dict[str, nn.Module]:
+    torch.manual_seed(seed)
+    out: dict[str, nn.Module] = {"G_ema": TinyG(resolution=resolution).eval()}
+    if with_d:
+        out["D"] = TinyD(resolution).eval()
+    return out
