@@ -80,6 +80,7 @@ class RunConfig(_Strict):
     attack_batch_size: int = Field(64, ge=1, description="latents/images optimised together")
     eval_batch_size: int = Field(256, ge=1)
     progress: bool = True
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
 
     @field_validator("device")
     @classmethod

@@ -103,6 +103,8 @@ class Runner:
                                     compile=s.run.compile, progress=s.run.progress if progress is None else progress,
                                     eval_batch_size=s.run.eval_batch_size)
         self.tracking_uri = tracking_uri or s.run.tracking_uri
+        if s.run.threads is not None:
+            torch.set_num_threads(s.run.threads)
         self.weights = loaded.weights()
         self.plan: Plan = make_plan(loaded)
         self._splits: Splits | None = None
