@@ -253,6 +253,8 @@ class Reconstruction:
         for key, series in self.trace.items():
             if any(not math.isfinite(v) for v in series if v is not None):
                 raise DivergedError(f"the attack's trace {key!r} contains NaN or inf")
+        if self.images.numel() == 0:
+            return
         lo, hi = float(self.images.min()), float(self.images.max())
         if lo < -1e-4 or hi > 1 + 1e-4:
             raise ValueError(f"reconstruction images must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]")

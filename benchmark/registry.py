@@ -11,8 +11,9 @@ A plugin is a class registered with a decorator::
 
 Other installed packages add plugins through the entry-point groups ``bench.defenses``,
 ``bench.attacks``, ``bench.metrics``, ``bench.datasets``, ``bench.architectures`` and
-``bench.generators`` (and ``bench.extractors`` for feature extractors): the entry point names a module (importing it registers its classes) or a
-class (registered under the entry point's name if it is not registered yet). ``load_plugin_file``
+``bench.generators`` (and ``bench.extractors`` for feature extractors): the entry point names a
+module (importing it registers its classes) or a class (registered under the entry point's name if
+it is not registered yet). ``load_plugin_file``
 imports a single Python file for quick work (``bench --plugin FILE.py``).
 """
 

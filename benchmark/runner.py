@@ -22,13 +22,18 @@ import torch
 
 from benchmark import __version__
 from benchmark.config import LoadedSuite, entry_label
-from benchmark.data import LabeledImages
 from benchmark.data.splits import Splits, make_splits
 from benchmark.errors import BenchError, MetricUnavailableError
 from benchmark.features import FeatureCache
-from benchmark.interfaces import (AttackContext, Classifier, MetricContext, PostprocessedClassifier,
-                                  PriorContext, Reconstruction)
-from benchmark.models import build_classifier, load_state_dict_file
+from benchmark.interfaces import (
+    AttackContext,
+    Classifier,
+    MetricContext,
+    PostprocessedClassifier,
+    PriorContext,
+    Reconstruction,
+)
+from benchmark.models import load_state_dict_file
 from benchmark.plan import PairJob, Plan, make_plan
 from benchmark.registry import REGISTRIES
 from benchmark.results import load_records, write_json_atomic, write_record

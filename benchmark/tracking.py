@@ -102,7 +102,8 @@ class Tracker:
         import time
 
         now = int(time.time() * 1000)
-        metrics = [Metric(mlflow_key(k), float(v), now, 0) for k, v in (record.get("metrics") or {}).items() if v is not None]
+        values = (record.get("metrics") or {}).items()
+        metrics = [Metric(mlflow_key(k), float(v), now, 0) for k, v in values if v is not None]
         metrics += [Metric(f"time.{k}", float(v), now, 0) for k, v in (record.get("timings") or {}).items()]
         for name, series in (trace or {}).items():
             metrics += [Metric(f"trace.{name}", float(v), now, step) for step, v in enumerate(series) if v is not None]

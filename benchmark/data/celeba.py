@@ -21,7 +21,8 @@ from benchmark.data.image_folder import ImageFolderFaces
 from benchmark.errors import MissingResourceError
 from benchmark.registry import PluginParams, datasets
 
-WHERE = "CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html (Anno/identity_CelebA.txt, Img/img_align_celeba)"
+WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
+         "(Anno/identity_CelebA.txt, Img/img_align_celeba)")
 
 
 def read_identity_file(path: Path) -> list[tuple[str, int]]:
