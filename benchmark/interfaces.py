@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from benchmark.errors import DivergedError
-from benchmark.registry import PluginParams
+from benchmark.registry import Plugin
 
 if TYPE_CHECKING:
     from benchmark.data import LabeledImages
@@ -104,19 +104,13 @@ class PostprocessedClassifier(nn.Module):
 # --------------------------------------------------------------------------------------------
 # Defense
 # --------------------------------------------------------------------------------------------
-class Defense(ABC):  # noqa: B024 - every hook has a default; subclasses override what they change
+class Defense(Plugin, ABC):  # noqa: B024 - every hook has a default; subclasses override what they change
     """A training-time or inference-time defense.
 
     The default ``fit`` trains with the shared trainer, using ``criterion`` as the loss and the
     model returned by ``configure_model``. Label smoothing variants only override ``criterion``.
     """
 
-    Params: ClassVar[type[PluginParams]] = PluginParams
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
-
-    def __init__(self, params: PluginParams) -> None:
-        self.params = params
 
     def configure_model(self, model: Classifier) -> Classifier:
         """Changes the architecture before training (e.g. an information bottleneck head)."""
@@ -193,18 +187,12 @@ class PriorContext:
     log_image: Callable[[str, Tensor], None] | None = None
 
 
-class GeneratorPlugin(ABC):
+class GeneratorPlugin(Plugin, ABC):
     """Builds a :class:`Generator`: trains it on public data (DCGAN) or loads it (StyleGAN2-ADA).
 
     The runner stores what ``save`` writes under a content key and calls ``load`` on later runs.
     """
 
-    Params: ClassVar[type[PluginParams]] = PluginParams
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
-
-    def __init__(self, params: PluginParams) -> None:
-        self.params = params
 
     def required_weights(self) -> dict[str, str]:
         """Weights names this plugin needs from the suite's ``weights:`` section -> what it is."""
@@ -285,17 +273,11 @@ class AttackContext:
         return torch.Generator().manual_seed(self.seed)
 
 
-class Attack(ABC):
+class Attack(Plugin, ABC):
     """A model inversion attack."""
 
-    Params: ClassVar[type[PluginParams]] = PluginParams
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
     requires: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
     needs_prior: ClassVar[bool] = False
-
-    def __init__(self, params: PluginParams) -> None:
-        self.params = params
 
     @abstractmethod
     def run(
@@ -332,16 +314,10 @@ class MetricContext:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-class Metric(ABC):
+class Metric(Plugin, ABC):
     """A score of a reconstruction. ``better`` says, per output name, what the defender wants."""
 
-    Params: ClassVar[type[PluginParams]] = PluginParams
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
     better: ClassVar[Mapping[str, Direction]] = {}
-
-    def __init__(self, params: PluginParams) -> None:
-        self.params = params
 
     def required_weights(self) -> dict[str, str]:
         """Weights names this metric needs from the suite's ``weights:`` section -> what it is."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torchvision
@@ -19,7 +18,7 @@ from torch import Tensor, nn
 
 from benchmark.errors import ConfigError, MissingResourceError
 from benchmark.interfaces import Classifier
-from benchmark.registry import PluginParams, architectures
+from benchmark.registry import Plugin, PluginParams, architectures
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -33,15 +32,9 @@ TORCHVISION_URLS = {
 }
 
 
-class Architecture(ABC):
+class Architecture(Plugin, ABC):
     """Builds a :class:`Classifier` for ``num_classes`` classes."""
 
-    Params: ClassVar[type[PluginParams]] = PluginParams
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
-
-    def __init__(self, params: PluginParams) -> None:
-        self.params = params
 
     def required_weights(self) -> dict[str, str]:
         """Names of the suite's ``weights:`` entries this architecture needs -> description."""

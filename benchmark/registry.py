@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +44,21 @@ class PluginParams(BaseModel):
     """Base class of every plugin's parameter model: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Plugin:
+    """Base of every plugin class: typed parameters in, ``self.params`` set.
+
+    ``name`` and ``version`` are set by the registry; bump ``version`` when a change alters results
+    (it is part of every cache key of the plugin's products).
+    """
+
+    Params: ClassVar[type[PluginParams]] = PluginParams
+    name: ClassVar[str]
+    version: ClassVar[str] = "1"
+
+    def __init__(self, params: PluginParams) -> None:
+        self.params = params
 
 
 @dataclass(frozen=True)

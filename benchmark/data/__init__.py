@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from benchmark.registry import PluginParams
+from benchmark.registry import Plugin
 
 
 class FaceCollection(ABC):
@@ -104,15 +104,9 @@ class LabeledImages:
         return sub
 
 
-class DatasetPlugin(ABC):
+class DatasetPlugin(Plugin, ABC):
     """A dataset plugin: parameters in, a :class:`FaceCollection` out."""
 
-    Params: ClassVar[type[PluginParams]] = PluginParams
-    name: ClassVar[str]
-    version: ClassVar[str] = "1"
-
-    def __init__(self, params: PluginParams) -> None:
-        self.params = params
 
     def missing(self) -> list[str]:
         """Problems that stop a run before it starts (e.g. a missing folder), each with its fix."""
