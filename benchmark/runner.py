@@ -259,8 +259,7 @@ class Runner:
     # ---------------------------------------------------------------- pairs
     def attack(self, job: PairJob, target: torch.nn.Module) -> tuple[Reconstruction, float]:
         if self.store.has("attacks", job.attack_key):
-            state = torch.load(self.store.path("attacks", job.attack_key) / "data.pt", map_location="cpu",
-                               weights_only=True)
+            state = self.store.load_torch("attacks", job.attack_key)
             return Reconstruction.from_state(state), float(state.get("info", {}).get("seconds", 0.0))
         a = self.suite.attacks[job.attack_index]
         attack = REGISTRIES["attacks"].get(a.name)(self.loaded.attack_params[job.attack_index])
@@ -448,6 +447,5 @@ class Runner:
                 trace = None
                 akey = rec.get("keys", {}).get("attack")
                 if akey and self.store.has("attacks", akey):
-                    trace = torch.load(self.store.path("attacks", akey) / "data.pt", map_location="cpu",
-                                       weights_only=True).get("trace")
+                    trace = self.store.load_torch("attacks", akey).get("trace")
                 self.mirror(tracker, rec, trace)

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -48,3 +49,26 @@ def write_suite(tmp_path):
         return p
 
     return _write
+
+
+DEFENSE_CLASSES = 6
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test with one torch thread (much faster for tiny models on a busy 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def defense_splits():
+    """6 private identities x 10 synthetic faces at 16 px, for training every defense quickly."""
+    from benchmark.data.splits import SplitSpec, make_splits
+    from benchmark.data.synthetic import SyntheticFaces
+
+    coll = SyntheticFaces(SyntheticFaces.Params(num_identities=9, images_per_identity=10, seed=0)).load(16)
+    return make_splits(coll, SplitSpec(private_identities=DEFENSE_CLASSES, public_identities="rest",
+                                       test_fraction=0.3, seed=1))

@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.data.splits import SplitSpec, make_splits
-from benchmark.data.synthetic import SyntheticFaces
 from benchmark.interfaces import Classifier, Defense, PostprocessedClassifier
 from benchmark.models import SmallCNN
 from benchmark.registry import defenses, load_plugins
 from benchmark.training import RunSettings, Trainer, TrainingRecipe
+from tests.conftest import DEFENSE_CLASSES
 
 # the defenses of this project (until they are listed in benchmark.registry.BUILTIN_MODULES)
 DEFENSE_MODULES = ("defenses.label_smoothing", "defenses.mid", "defenses.bido", "defenses.tl_dmi",
                    "defenses.dp_sgd", "defenses.output")
-NUM_CLASSES = 6
+
+NUM_CLASSES = DEFENSE_CLASSES
 
 
 def _names() -> list[str]:
@@ -38,19 +38,12 @@ def _names() -> list[str]:
 NAMES = _names()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def splits():
-    coll = SyntheticFaces(SyntheticFaces.Params(num_identities=9, images_per_identity=10, seed=0)).load(16)
-    return make_splits(coll, SplitSpec(private_identities=NUM_CLASSES, public_identities="rest",
-                                       test_fraction=0.3, seed=1))
+def splits(defense_splits):
+    return defense_splits
 
 
 def _defense(name: str) -> Defense:

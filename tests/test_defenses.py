@@ -10,8 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.data.splits import SplitSpec, make_splits
-from benchmark.data.synthetic import SyntheticFaces
 from benchmark.errors import ConfigError
 from benchmark.interfaces import PostprocessedClassifier
 from benchmark.models import SmallCNN, SmallResNet, build_classifier
@@ -22,23 +20,17 @@ from defenses.dp_sgd import DPSGD
 from defenses.mid import MID, SIGMA_SHIFT, VIBHead, gaussian_kl
 from defenses.output import ConfidenceRounding, TopKLogits, rounded_log_confidences, top_k_logits
 from defenses.tl_dmi import TLDMI, trainable_prefixes
+from tests.conftest import DEFENSE_CLASSES
 
-NUM_CLASSES = 6
+NUM_CLASSES = DEFENSE_CLASSES
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def splits():
-    coll = SyntheticFaces(SyntheticFaces.Params(num_identities=9, images_per_identity=10, seed=0)).load(16)
-    return make_splits(coll, SplitSpec(private_identities=NUM_CLASSES, public_identities="rest",
-                                       test_fraction=0.3, seed=1))
+def splits(defense_splits):
+    return defense_splits
 
 
 def small_cnn(seed: int = 0):

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from benchmark.registry import Plugin
+from benchmark.store import content_key
 
 
 class FaceCollection(ABC):
@@ -100,7 +101,7 @@ class LabeledImages:
         mask = torch.isin(self.labels, wanted)
         sub = LabeledImages(self.collection, self.indices[mask], self.labels[mask], self.name)
         if self.key is not None:
-            sub.key = f"{self.key}-labels{hash(tuple(sorted(wanted.tolist()))) & 0xFFFFFFFF:08x}"
+            sub.key = f"{self.key}-labels{content_key(sorted(wanted.tolist()), length=8)}"
         return sub
 
 
