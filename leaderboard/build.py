@@ -107,6 +107,10 @@ class DefenseInfo:
         seeds: seeds with at least one record for this defense.
         is_baseline: whether this is the suite's baseline defense.
         near_chance: whether the mean test accuracy is within ``NEAR_CHANCE_FACTOR`` x chance level.
+        epsilon: the formal privacy guarantee's epsilon reported by the defense (e.g. DP-SGD from
+            Opacus' accountant, ``record["target"]["epsilon"]``), the largest over seeds (the
+            weakest guarantee); ``None`` for defenses without one. ``inf`` is kept as ``inf``.
+        delta: the matching delta, ``None`` without a guarantee.
     """
 
     defense: str
@@ -116,6 +120,8 @@ class DefenseInfo:
     seeds: tuple[int, ...]
     is_baseline: bool
     near_chance: bool
+    epsilon: float | None = None
+    delta: float | None = None
 
 
 @dataclass(frozen=True)
@@ -343,6 +349,34 @@ def _dedupe(records: Sequence[dict[str, Any]], notes: list[str]) -> list[dict[st
     return out
 
 
+def privacy_guarantee(records: Iterable[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The weakest (epsilon, delta) guarantee reported by the targets of ``records``.
+
+    Each record's ``target`` block holds what the defense's ``report()`` returned; DP defenses put
+    ``epsilon`` and ``delta`` there. The leaderboard shows the largest epsilon (and largest delta)
+    over seeds, so a row never claims more privacy than its weakest model has.
+
+    Returns:
+        ``(epsilon, delta)``, or ``(None, None)`` when no record reports an epsilon.
+    """
+    eps: list[float] = []
+    deltas: list[float] = []
+    for r in records:
+        target = r.get("target") or {}
+        e = target.get("epsilon")
+        if e is None:
+            continue
+        try:
+            eps.append(float(e))
+        except (TypeError, ValueError):
+            continue
+        if target.get("delta") is not None:
+            deltas.append(float(target["delta"]))
+    if not eps:
+        return None, None
+    return max(eps), (max(deltas) if deltas else None)
+
+
 def _stats(values: Sequence[float]) -> tuple[float, float]:
     if not values:
         return math.nan, math.nan
@@ -493,7 +527,8 @@ def build(records: Sequence[dict[str, Any]]) -> Leaderboard:
             }
         )
         near = bool(num_classes and t_values and mean <= NEAR_CHANCE_FACTOR / num_classes)
-        infos.append(DefenseInfo(d, d_label, d_index, num_classes, seeds, d == baseline, near))
+        epsilon, delta = privacy_guarantee(rs)
+        infos.append(DefenseInfo(d, d_label, d_index, num_classes, seeds, d == baseline, near, epsilon, delta))
 
         # attack metrics
         for col in columns[1:]:

@@ -367,3 +367,33 @@ def test_duplicate_same_version_prefers_ok(records: list[dict[str, Any]]) -> Non
 def test_no_records() -> None:
     with pytest.raises(ValueError):
         build([])
+
+
+def test_dp_epsilon_column_in_every_format(tmp_path: Path) -> None:
+    """A DP defense's (epsilon, delta) from the record's target block shows in md, tex and csv."""
+    recs = []
+    for seed, eps in ((0, 7.5), (1, 8.25)):
+        for d_i, d in enumerate(("hard", "dp")):
+            r = make_record((d, d, d_i), ("a", "A", 0), seed, {"test_accuracy": 0.9, "attack_acc@1": 0.5})
+            r["baseline"] = "hard"
+            r["target"] = {"test_accuracy": 0.9}
+            if d == "dp":
+                r["target"].update(epsilon=eps, delta=1e-5, noise_multiplier=1.1)
+            recs.append(r)
+    lb = build(recs)
+    info = {i.defense: i for i in lb.defenses}
+    assert info["dp"].epsilon == 8.25 and info["dp"].delta == 1e-5  # the weaker guarantee of the two seeds
+    assert info["hard"].epsilon is None
+    md = lb.to_markdown()
+    main = md_tables(md)[0]
+    by_label = {row["Defense"].split(" ")[0]: row for row in main}
+    assert by_label["dp"]["ε (DP)"] == "8.25 (δ=1e-05)"
+    assert by_label["hard"]["ε (DP)"] == "—"
+    assert r"$\varepsilon$ (DP)" in lb.to_latex() and "8.25 ($\\delta$=1e-05)" in lb.to_latex()
+    csv = pd.read_csv(lb.to_csv(tmp_path / "lb.csv")).set_index("defense")
+    assert csv.loc["dp", "epsilon"] == 8.25 and math.isnan(csv.loc["hard", "epsilon"])
+
+
+def test_no_epsilon_column_without_guarantees(lb: Leaderboard) -> None:
+    assert "ε (DP)" not in lb.to_markdown()
+    assert "varepsilon" not in lb.to_latex()
