@@ -1,0 +1,228 @@
+"""A self-contained static HTML page of a leaderboard (no network at view time).
+
+The page holds, inline: the sortable defense x attack table (click a metric header to sort; arrows
+mark the direction that is better for the defender), mean ± std over seeds, the difference to the
+baseline under each value, the target's test accuracy as the first value column, the (epsilon,
+delta) guarantee where a defense reports one, the provenance of the numbers (suite hash, code
+version, creation dates, device, seeds), the figures as base64 PNG (with links to the SVG files
+next to the page), notes and failures.
+
+Every value cell carries its raw number in ``data-value`` (accuracies as fractions, full precision):
+sorting uses it, and tests compare it with the records.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from leaderboard.build import Column, Leaderboard
+from leaderboard.render import (
+    ARROWS,
+    NEAR_CHANCE,
+    _seed_summary,
+    cell_text,
+    column_decimals,
+    delta_text,
+    guarantee_text,
+    has_guarantees,
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;
+padding:0 1rem;color:#222}
+h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem}
+table.lb{border-collapse:collapse;font-size:.9rem;margin-top:1rem}
+table.lb th,table.lb td{padding:.35rem .6rem;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
+table.lb th{background:#f4f4f4;position:sticky;top:0}
+table.lb th.sortable{cursor:pointer;user-select:none} table.lb th.sortable:hover{background:#e8e8ee}
+table.lb td.name,table.lb th.name{text-align:left}
+table.lb tr.baseline td{background:#fbf8e8}
+table.lb .delta{display:block;font-size:.75rem;color:#666}
+table.lb .good{color:#17663a} table.lb .bad{color:#9b1c1c}
+table.lb .ind{color:#555;font-size:.8rem}
+.warn{color:#9b1c1c;font-weight:600}
+dl.prov{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.85rem}
+dl.prov dt{font-weight:600} dl.prov dd{margin:0;font-family:ui-monospace,monospace}
+figure{margin:1.5rem 0} figure img{max-width:100%;border:1px solid #eee}
+figcaption{font-size:.85rem;color:#444;max-width:900px}
+ul.small{font-size:.85rem}
+"""
+
+_JS = """
+(function(){
+  const table=document.getElementById('leaderboard');
+  const body=table.tBodies[0];
+  function value(row,key){
+    const c=row.querySelector('td[data-key="'+key+'"]');
+    if(!c||c.dataset.value===''||c.dataset.value===undefined){return null;}
+    return parseFloat(c.dataset.value);
+  }
+  function sortBy(th){
+    const key=th.dataset.key;
+    const first=key==='name'?'asc':'desc';
+    const dir=th.dataset.sort===first?(first==='asc'?'desc':'asc'):first;
+    table.querySelectorAll('th.sortable').forEach(h=>{h.dataset.sort='';h.querySelector('.ind').textContent='';});
+    th.dataset.sort=dir;
+    th.querySelector('.ind').textContent=dir==='desc'?' \\u25BC':' \\u25B2';
+    const rows=Array.from(body.rows);
+    rows.sort((a,b)=>{
+      if(key==='name'){const x=a.dataset.name,y=b.dataset.name;return dir==='asc'?x.localeCompare(y):y.localeCompare(x);}
+      const x=value(a,key),y=value(b,key);
+      if(x===null&&y===null){return 0;} if(x===null){return 1;} if(y===null){return -1;}
+      return dir==='asc'?x-y:y-x;
+    });
+    rows.forEach(r=>body.appendChild(r));
+  }
+  table.querySelectorAll('th.sortable').forEach(th=>th.addEventListener('click',()=>sortBy(th)));
+})();
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _raw(x: Any) -> str:
+    return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else repr(float(x))
+
+
+def _delta_class(col: Column, delta: float) -> str:
+    if col.direction not in ("higher", "lower") or not math.isfinite(delta) or delta == 0:
+        return ""
+    good = (delta > 0) == (col.direction == "higher")
+    return "good" if good else "bad"
+
+
+def _metric_head(col: Column) -> str:
+    if col.placeholder:
+        name = "status"
+    elif col.is_target:
+        name = "Test acc. (%)"
+    else:
+        name = col.metric + (" (%)" if col.is_accuracy else "")
+    arrow = ARROWS.get(col.direction or "", "")
+    title = {"higher": "higher is better for the defender", "lower": "lower is better for the defender"}.get(
+        col.direction or "", "direction unknown")
+    return (f'<th class="sortable" data-key="{_e(col.key)}" title="{_e(title)}">{_e(name)} {arrow}'
+            '<span class="ind"></span></th>')
+
+
+def _table(lb: Leaderboard) -> str:
+    cols = lb.columns
+    decimals = {c.key: column_decimals(lb, c) for c in cols}
+    cells = {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+    eps_col = has_guarantees(lb)
+    spans: list[tuple[str, int]] = []  # attack id, number of metric columns; the first is the target's
+    for c in cols:
+        if spans and spans[-1][0] == c.attack:
+            spans[-1] = (c.attack, spans[-1][1] + 1)
+        else:
+            spans.append((c.attack, 1))
+    labels = {c.attack: c.attack_label for c in cols}
+    head1 = ['<th class="sortable name" rowspan="2" data-key="name">Defense<span class="ind"></span></th>']
+    if eps_col:
+        head1.append('<th class="sortable" rowspan="2" data-key="epsilon" title="differential privacy guarantee, '
+                     'lower is more private">ε (DP) ↓<span class="ind"></span></th>')
+    head1 += [f'<th colspan="{n}">{_e(labels[a])}</th>' for a, n in spans]
+    head2 = [_metric_head(c) for c in cols]
+    rows_html = []
+    for info in lb.defenses:
+        tr_cls = ' class="baseline"' if info.is_baseline else ""
+        name = _e(info.label) + (" <small>(baseline)</small>" if info.is_baseline else "")
+        if info.near_chance:
+            name += f' <span class="warn" title="test accuracy at most 2x chance level">{_e(NEAR_CHANCE)}</span>'
+        tds = [f'<td class="name" data-key="name">{name}</td>']
+        if eps_col:
+            tds.append(f'<td data-key="epsilon" data-value="{_raw(info.epsilon)}">{_e(guarantee_text(info))}</td>')
+        for c in cols:
+            cell = cells[(info.defense, c.key)]
+            text = _e(cell_text(c, cell, decimals[c.key]))
+            delta = ""
+            if lb.baseline is not None and not info.is_baseline and not c.placeholder and cell["n"]:
+                d = delta_text(c, cell, cells[(lb.baseline, c.key)], decimals[c.key])
+                cls = _delta_class(c, float(cell["delta"]))
+                delta = f'<span class="delta {cls}" title="difference to the baseline">Δ {_e(d)}</span>'
+            raw = _raw(cell["mean"]) if cell["n"] else ""
+            tds.append(f'<td data-key="{_e(c.key)}" data-value="{raw}" data-std="{_raw(cell["std"])}" '
+                       f'data-n="{int(cell["n"])}">{text}{delta}</td>')
+        rows_html.append(f'<tr{tr_cls} data-defense="{_e(info.defense)}" data-name="{_e(info.label)}">'
+                         + "".join(tds) + "</tr>")
+    head = "<tr>" + "".join(head1) + "</tr><tr>" + "".join(head2) + "</tr>"
+    return (f'<table class="lb" id="leaderboard"><thead>{head}</thead>'
+            f'<tbody>{"".join(rows_html)}</tbody></table>')
+
+
+def _provenance(lb: Leaderboard) -> str:
+    meta = lb.meta
+    items = [
+        ("suite", lb.suite),
+        ("suite hash", ", ".join(meta.get("suite_hashes") or []) or "unknown"),
+        ("code version", ", ".join(meta.get("code_versions") or []) or "unknown"),
+        ("device", "; ".join(meta.get("devices") or []) or "unknown"),
+        ("created", " to ".join(dict.fromkeys(meta.get("created") or ())) or "unknown"),
+        ("seeds", _seed_summary(lb)),
+        ("records", str(meta.get("num_records", 0))),
+        ("baseline", lb.baseline_label or "none"),
+    ]
+    return '<dl class="prov">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
+
+
+def _figure(entry: dict[str, Any], base: Path | None) -> str:
+    png = Path(entry["png"])
+    data = base64.b64encode(png.read_bytes()).decode("ascii")
+    svg = Path(entry["svg"])
+    link = svg.relative_to(base).as_posix() if base is not None and svg.is_relative_to(base) else svg.name
+    return (f'<figure id="fig-{_e(entry.get("name", png.stem))}"><h3>{_e(entry["title"])}</h3>'
+            f'<img alt="{_e(entry["title"])}" src="data:image/png;base64,{data}">'
+            f'<figcaption>{_e(entry["caption"])} <a href="{_e(link)}">SVG</a></figcaption></figure>')
+
+
+def render_html(lb: Leaderboard, figures: Sequence[dict[str, Any]] = (), notes: Sequence[str] = (),
+                base: Path | None = None) -> str:
+    """The whole page as one string.
+
+    Args:
+        lb: the leaderboard.
+        figures: ``{name, title, caption, png, svg}`` entries (PNG inlined as base64).
+        notes: extra remarks (e.g. figures that could not be drawn).
+        base: folder the page is written to (for relative SVG links).
+    """
+    legend = [
+        "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
+        f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({_seed_summary(lb)}); accuracies in %.",
+    ]
+    if lb.baseline is not None:
+        legend.append(f"Δ: difference of means to the baseline ({lb.baseline_label}); accuracies in percentage "
+                      "points; green: better for the defender, red: worse.")
+    if has_guarantees(lb):
+        legend.append("ε (DP): the (ε, δ) differential-privacy guarantee reported by the defense (largest ε over "
+                      "seeds); — : no formal guarantee.")
+    legend.append("A defense is only private if its test accuracy stays useful: compare both columns.")
+    all_notes = [*lb.notes, *notes]
+    fails = [f"{f.defense_label} × {f.attack_label}, seed {f.seed}: {f.error or '(no error recorded)'}"
+             for f in lb.failures]
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>Leaderboard: {_e(lb.suite)}</title>",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Leaderboard: {_e(lb.suite)}</h1>",
+        _provenance(lb),
+        _table(lb),
+        '<ul class="small">' + "".join(f"<li>{_e(x)}</li>" for x in legend) + "</ul>",
+    ]
+    if figures:
+        parts.append("<h2>Figures</h2>")
+        parts += [_figure(f, base) for f in figures]
+    if all_notes:
+        parts += ["<h2>Notes</h2>", '<ul class="small">' + "".join(f"<li>{_e(n)}</li>" for n in all_notes) + "</ul>"]
+    parts += ["<h2>Failures</h2>",
+              ('<ul class="small" id="failures">' + "".join(f"<li>{_e(x)}</li>" for x in fails) + "</ul>")
+              if fails else "<p>None.</p>"]
+    parts += [f"<script>{_JS}</script>", "</body></html>"]
+    return "\n".join(parts) + "\n"

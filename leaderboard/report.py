@@ -1,0 +1,202 @@
+"""``bench report``: everything a paper or a project page needs, from one or more run folders.
+
+:func:`build_report` writes into one folder (default ``<first run>/leaderboard``):
+
+* ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.tex`` (see :mod:`leaderboard.render`),
+* ``index.html``: a self-contained sortable page with the figures inline (:mod:`leaderboard.html`),
+* ``figures/*.png`` and ``*.svg`` (:mod:`leaderboard.figures`): the qualitative grid, privacy vs
+  utility, the t-SNE embedding of each defense's penultimate features, the gradient stability of the
+  attacks and, for 2-D suites, the toy example's decision regions.
+
+Numbers come from the records alone; figures also read the products the records point to (targets,
+evaluation model, reconstructions) from each run's store and never train anything. A figure that
+cannot be drawn (e.g. the store was deleted) is left out with its reason in ``notes``, shown on the
+page and printed by the CLI.
+
+Several run folders are combined only when they share dataset (including its split) and evaluation
+model: the attack accuracy of two runs is only comparable when the same evaluation model scored them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from leaderboard.build import Leaderboard, build
+
+log = logging.getLogger(__name__)
+
+COMBINE_FIELDS = ("dataset", "evaluation")
+"""Suite fields that must be equal in every combined run folder (``dataset`` includes ``split``)."""
+
+
+class ReportError(ValueError):
+    """The run folders cannot be reported (or combined); the message says which folder and field."""
+
+
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted path where two JSON-like values differ, with both values, or ``None``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                return sub, a.get(k, "<absent>"), b.get(k, "<absent>")
+            diff = first_difference(a[k], b[k], sub)
+            if diff is not None:
+                return diff
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            diff = first_difference(x, y, f"{path}[{i}]")
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else (path, a, b)
+
+
+def read_suite_json(run_dir: Path) -> dict[str, Any]:
+    """The ``suite.json`` that ``bench run`` writes into a run folder."""
+    path = Path(run_dir) / "suite.json"
+    if not path.is_file():
+        raise ReportError(f"{run_dir}: no suite.json; give a folder written by `bench run`")
+    return json.loads(path.read_text())
+
+
+def check_combinable(run_dirs: Sequence[Path]) -> None:
+    """Refuses run folders that differ in dataset, split or evaluation model.
+
+    Raises:
+        ReportError: naming both folders, the differing field and both values.
+    """
+    if len(run_dirs) < 2:
+        return
+    first = read_suite_json(run_dirs[0])["suite"]
+    for other_dir in run_dirs[1:]:
+        other = read_suite_json(other_dir)["suite"]
+        for name in COMBINE_FIELDS:
+            diff = first_difference(first.get(name), other.get(name), name)
+            if diff is not None:
+                where, x, y = diff
+                raise ReportError(
+                    f"cannot combine {run_dirs[0]} and {other_dir}: {where} differs ({x!r} vs {y!r}); "
+                    "runs are only comparable with the same dataset, split and evaluation model. "
+                    "Report them separately, or re-run one suite with the other's settings."
+                )
+
+
+class RunView:
+    """Read-only access to one run folder's suite, records and stored products (never trains)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from benchmark.config import validate_suite
+        from benchmark.registry import load_plugins
+        from benchmark.results import load_records
+        from benchmark.runner import Runner
+
+        load_plugins()
+        self.run_dir = Path(run_dir)
+        data = read_suite_json(self.run_dir)
+        self.loaded = validate_suite(data["suite"], str(self.run_dir / "suite.json"))
+        self.suite = self.loaded.suite
+        self.runner = Runner(self.loaded, run_dir=self.run_dir, progress=False)
+        self.records = load_records(self.run_dir / "records")
+
+    @property
+    def splits(self) -> Any:
+        return self.runner.splits
+
+    def target(self, record: dict[str, Any]) -> torch.nn.Module:
+        """The target model of a record, loaded from the store."""
+        key = (record.get("keys") or {}).get("target")
+        di, seed = int(record["defense_index"]), int(record["seed"])
+        if not key or not self.runner.store.has("targets", key):
+            raise ReportError(f"target of {record['defense']} seed {seed} is not in {self.runner.store.root}")
+        if self.runner.plan.target_keys.get((di, seed)) != key:
+            raise ReportError(f"target of {record['defense']} seed {seed}: the suite now gives another key "
+                              "(code or plugin versions changed since the run); re-run the suite")
+        return self.runner.target(di, seed)[0]
+
+    def evaluator(self) -> torch.nn.Module:
+        key = self.runner.plan.evaluator_key
+        if not self.runner.store.has("evaluators", key):
+            raise ReportError(f"the evaluation model is not in {self.runner.store.root}")
+        return self.runner.evaluator()[0]
+
+    def reconstruction(self, record: dict[str, Any]) -> Any:
+        """The stored :class:`~benchmark.interfaces.Reconstruction` of an ok record."""
+        from benchmark.interfaces import Reconstruction
+
+        key = (record.get("keys") or {}).get("attack")
+        if not key or not self.runner.store.has("attacks", key):
+            raise ReportError(f"reconstructions of {record['defense']} x {record['attack']} seed "
+                              f"{record['seed']} are not in {self.runner.store.root}")
+        return Reconstruction.from_state(self.runner.store.load_torch("attacks", key))
+
+
+@dataclass
+class Report:
+    """What :func:`build_report` wrote."""
+
+    out_dir: Path
+    board: Leaderboard
+    files: dict[str, Path] = field(default_factory=dict)
+    figures: list[dict[str, Any]] = field(default_factory=list)  # {name, title, caption, png, svg}
+    notes: list[str] = field(default_factory=list)
+
+
+def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
+                 grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
+                 tsne_images_per_identity: int = 30) -> Report:
+    """Writes the tables, figures and ``index.html`` of one or more run folders.
+
+    Args:
+        run_dirs: run folders written by ``bench run`` (records/ and suite.json inside).
+        out_dir: destination (default ``<first run>/leaderboard``).
+        figures: draw the figures (needs the runs' stores); tables and the page are always written.
+        grid_attack: attack id of the qualitative grid (default: the attack with the highest mean
+            attack accuracy against the baseline, i.e. the most revealing one).
+        grid_identities: identities (columns) in the qualitative grid.
+        tsne_identities: identities shown in the embedding figure.
+        tsne_images_per_identity: training images per identity in the embedding figure.
+
+    Raises:
+        ReportError: a folder is not a run folder, has no records, or folders cannot be combined.
+    """
+    from benchmark.results import load_records
+    from leaderboard.html import render_html
+
+    dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not (d / "records").is_dir():
+            raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
+    check_combinable(dirs)
+    records: list[dict[str, Any]] = []
+    for d in dirs:
+        records.extend(load_records(d / "records"))
+    if not records:
+        raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}")
+    board = build(records)
+    out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
+    report = Report(out_dir=out, board=board)
+    report.files.update(board.write(out))
+    if figures:
+        from leaderboard.report_figures import draw_all
+
+        draw_all(report, dirs, records, grid_attack=grid_attack, grid_identities=grid_identities,
+                 tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
+    page = out / "index.html"
+    page.write_text(render_html(board, report.figures, report.notes, base=out), encoding="utf-8")
+    report.files["html"] = page
+    return report
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    return float(arr.mean()) if arr.size else float("nan")

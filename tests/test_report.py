@@ -1,0 +1,226 @@
+"""`bench report`: every output format agrees with the records, figures exist, combining is guarded,
+and the HTML page sorts in a real (headless Chromium) browser."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchmark.cli import main
+from benchmark.results import load_records
+from leaderboard.figures import best_per_identity, mean_series
+from leaderboard.report import ReportError, build_report, check_combinable, first_difference
+from tests.conftest import tiny_suite
+
+FIGURES = ("privacy_utility", "qualitative", "embedding", "gradient_stability")
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished tiny run: 3 defenses x 1 attack x 2 seeds (report written by `bench run`)."""
+    tmp = tmp_path_factory.mktemp("report")
+    data = tiny_suite(seeds=[0, 1])
+    data["defenses"].append({"id": "ls", "name": "label_smoothing", "params": {"alpha": 0.1}, "label": "LS 0.1"})
+    data["target"]["training"] = {"epochs": 8, "batch_size": 16, "lr": 0.003}  # distinct, non-trivial models
+    data["run"] = {**data["run"], "output": str(tmp / "runs"), "threads": 1}
+    suite = tmp / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data, sort_keys=False))
+    n = torch.get_num_threads()
+    try:
+        assert main(["run", str(suite), "--no-tracking"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return tmp / "runs" / "tiny"
+
+
+def expected_cells(records: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
+    """(defense, column) -> (mean, sample std) computed directly from the records with numpy."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for r in records:
+        if r["status"] != "ok":
+            continue
+        for m, v in r["metrics"].items():
+            if m == "test_accuracy":
+                key = (r["defense"], "test_accuracy")
+                if r["attack_index"] != 0:
+                    continue
+            else:
+                key = (r["defense"], f"{r['attack']}/{m}")
+            out.setdefault(key, []).append(float(v))
+    return {k: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else math.nan) for k, v in out.items()}
+
+
+class CellParser(HTMLParser):
+    """Collects the leaderboard table's rows: defense id and each cell's data-key -> data-value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: list[tuple[str, dict[str, str]]] = []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tr" and "data-defense" in a:
+            self.rows.append((a["data-defense"], {}))
+        elif tag == "td" and self.rows and "data-value" in a:
+            self.rows[-1][1][a["data-key"]] = a["data-value"]
+
+
+def test_report_files_after_run(run_dir: Path) -> None:
+    out = run_dir / "leaderboard"
+    for name in ("index.html", "leaderboard.md", "leaderboard.csv", "leaderboard.tex"):
+        assert (out / name).is_file(), name
+    for fig in FIGURES:
+        for ext in ("png", "svg"):
+            assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, (fig, ext)
+    page = (out / "index.html").read_text()
+    assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # no network
+    assert page.count("data:image/png;base64,") == len(FIGURES)
+    for field in ("suite hash", "code version", "device", "created", "seeds"):
+        assert f"<dt>{field}</dt>" in page
+
+
+def test_every_format_agrees_with_records(run_dir: Path) -> None:
+    records = load_records(run_dir / "records")
+    expected = expected_cells(records)
+    out = run_dir / "leaderboard"
+
+    csv = pd.read_csv(out / "leaderboard.csv").set_index("defense")
+    for (d, col), (mean, std) in expected.items():
+        assert csv.loc[d, f"{col}_mean"] == pytest.approx(mean, rel=1e-12, abs=1e-12)
+        if not math.isnan(std):
+            assert csv.loc[d, f"{col}_std"] == pytest.approx(std, rel=1e-9, abs=1e-12)
+
+    parser = CellParser()
+    parser.feed((out / "index.html").read_text())
+    html_cells = {(d, k): float(v) for d, cells in parser.rows for k, v in cells.items() if v}
+    assert {d for d, _ in parser.rows} == {r["defense"] for r in records}
+    for key, (mean, _) in expected.items():
+        assert html_cells[key] == pytest.approx(mean, rel=1e-12, abs=1e-12), key
+
+    md = (out / "leaderboard.md").read_text()
+    tex = (out / "leaderboard.tex").read_text()
+    for (d, col), (mean, std) in expected.items():
+        acc = col == "test_accuracy" or "attack_acc" in col
+        if acc:  # accuracies in % with one decimal, the same text in Markdown, LaTeX and HTML
+            text = f"{100 * mean:.1f} ± {100 * std:.1f}"
+            assert text in md, (d, col, text)
+            assert text.replace(" ± ", r" $\pm$ ") in tex, (d, col)
+
+
+def test_combining_different_evaluation_models_is_refused(run_dir: Path, tmp_path: Path, capsys) -> None:
+    other = tmp_path / "other"
+    shutil.copytree(run_dir / "records", other / "records")
+    suite = json.loads((run_dir / "suite.json").read_text())
+    suite["suite"]["evaluation"]["architecture"]["params"]["width"] = 32
+    (other / "suite.json").write_text(json.dumps(suite))
+    with pytest.raises(ReportError, match=r"evaluation\.architecture\.params\.width differs \(8 vs 32\)"):
+        check_combinable([run_dir, other])
+    assert main(["report", str(run_dir), str(other), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "evaluation.architecture.params.width differs" in err and str(other) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_combining_same_setup_merges_rows(run_dir: Path, tmp_path: Path) -> None:
+    """A second run folder with the same dataset/evaluation but another defense adds a row."""
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other, ignore=shutil.ignore_patterns("store", "leaderboard"))
+    for p in (other / "records").glob("*.json"):
+        rec = json.loads(p.read_text())
+        if rec["defense"] != "ls":
+            p.unlink()
+            continue
+        rec.update(defense="ls2", defense_label="LS copy", defense_index=3)
+        p.unlink()
+        (other / "records" / p.name.replace("ls__", "ls2__")).write_text(json.dumps(rec))
+    rep = build_report([run_dir, other], tmp_path / "combined", figures=False)
+    assert [i.defense for i in rep.board.defenses] == ["hard", "negls", "ls", "ls2"]
+    assert (tmp_path / "combined" / "index.html").is_file()
+
+
+def test_first_difference() -> None:
+    assert first_difference({"a": {"b": [1, 2]}}, {"a": {"b": [1, 3]}}) == ("a.b[1]", 2, 3)
+    assert first_difference({"a": 1}, {"a": 1}) is None
+    assert first_difference({"a": 1}, {"b": 1})[0] == "a"
+
+
+def test_best_per_identity_and_mean_series() -> None:
+    scores = torch.tensor([0.1, 0.9, 0.3, 0.8, 0.2])
+    labels = torch.tensor([0, 0, 1, 1, 1])
+    assert best_per_identity(scores, labels, [1, 0, 2]) == [3, 1, None]
+    got = mean_series([[None, 0.5, 1.0], [None, 0.7]])
+    assert math.isnan(got[0]) and got[1] == pytest.approx(0.6) and got[2] == pytest.approx(1.0)
+
+
+def test_missing_store_leaves_figures_out_with_reason(run_dir: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(run_dir, bare, ignore=shutil.ignore_patterns("store", "leaderboard"))
+    rep = build_report([bare])
+    names = [f["name"] for f in rep.figures]
+    assert names == ["privacy_utility"]  # drawn from the records alone
+    assert any("qualitative" in n and "not in" in n for n in rep.notes)
+    assert "figure embedding not drawn" in (bare / "leaderboard" / "index.html").read_text()
+
+
+def _chromium() -> tuple[str, str] | None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver (see README: Tests)")
+def test_html_sorts_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    browser, driver_path = _chromium()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        driver.get((run_dir / "leaderboard" / "index.html").resolve().as_uri())
+        rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
+        records = load_records(run_dir / "records")
+        assert len(rows) == len({r["defense"] for r in records}) == 3
+
+        key = "mif/knn_distance"
+        header = driver.find_element(By.CSS_SELECTOR, f'#leaderboard th[data-key="{key}"]')
+
+        def column() -> list[float]:
+            cells = driver.find_elements(By.CSS_SELECTOR, f'#leaderboard tbody td[data-key="{key}"]')
+            return [float(c.get_attribute("data-value")) for c in cells]
+
+        def defenses() -> list[str]:
+            return [r.get_attribute("data-defense") for r in
+                    driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")]
+
+        assert len(set(column())) == 3  # distinct values: the order is determined
+        before = defenses()
+        header.click()
+        assert column() == sorted(column(), reverse=True)
+        first = defenses()
+        header.click()
+        assert column() == sorted(column())
+        assert defenses() == list(reversed(first))
+        assert sorted(before) == sorted(first)
+        driver.find_element(By.CSS_SELECTOR, '#leaderboard th[data-key="name"]').click()
+        names = [r.get_attribute("data-name") for r in driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")]
+        assert names == sorted(names, key=str.casefold)
+        shot = tmp_path / "leaderboard.png"
+        assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        shutil.copy(shot, run_dir / "leaderboard" / "screenshot.png")
+    finally:
+        driver.quit()
