@@ -36,6 +36,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;
 padding:0 1rem;color:#222}
 h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem}
+.scroll{overflow-x:auto;max-width:100%}
 table.lb{border-collapse:collapse;font-size:.9rem;margin-top:1rem}
 table.lb th,table.lb td{padding:.35rem .6rem;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
 table.lb th{background:#f4f4f4;position:sticky;top:0}
@@ -71,7 +72,10 @@ _JS = """
     th.querySelector('.ind').textContent=dir==='desc'?' \\u25BC':' \\u25B2';
     const rows=Array.from(body.rows);
     rows.sort((a,b)=>{
-      if(key==='name'){const x=a.dataset.name,y=b.dataset.name;return dir==='asc'?x.localeCompare(y):y.localeCompare(x);}
+      if(key==='name'){
+        const x=a.dataset.name,y=b.dataset.name;
+        return dir==='asc'?x.localeCompare(y):y.localeCompare(x);
+      }
       const x=value(a,key),y=value(b,key);
       if(x===null&&y===null){return 0;} if(x===null){return 1;} if(y===null){return -1;}
       return dir==='asc'?x-y:y-x;
@@ -153,8 +157,8 @@ def _table(lb: Leaderboard) -> str:
         rows_html.append(f'<tr{tr_cls} data-defense="{_e(info.defense)}" data-name="{_e(info.label)}">'
                          + "".join(tds) + "</tr>")
     head = "<tr>" + "".join(head1) + "</tr><tr>" + "".join(head2) + "</tr>"
-    return (f'<table class="lb" id="leaderboard"><thead>{head}</thead>'
-            f'<tbody>{"".join(rows_html)}</tbody></table>')
+    return (f'<div class="scroll"><table class="lb" id="leaderboard"><thead>{head}</thead>'
+            f'<tbody>{"".join(rows_html)}</tbody></table></div>')
 
 
 def _provenance(lb: Leaderboard) -> str:

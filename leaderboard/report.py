@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from leaderboard.build import Leaderboard, build
@@ -186,6 +185,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
+    report.files["records_csv"] = write_records_csv(records, out / "records.csv")
     if figures:
         from leaderboard.report_figures import draw_all
 
@@ -197,6 +197,27 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     return report
 
 
-def finite_mean(values: Sequence[float]) -> float:
-    arr = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
-    return float(arr.mean()) if arr.size else float("nan")
+RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "seed", "status",
+                  "metric", "value", "direction", "error", "code_version", "created")
+
+
+def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Every record's every metric as one long CSV row (the per-seed numbers behind each cell).
+
+    A failed record without metrics still gets one row (metric empty) carrying its error.
+    """
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        base = {k: r.get(k) for k in ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label",
+                                      "seed", "status", "code_version", "created")}
+        base["error"] = (str(r.get("error") or "").splitlines() or [""])[0]
+        metrics = r.get("metrics") or {}
+        if not metrics:
+            rows.append({**base, "metric": "", "value": None, "direction": ""})
+        for m, v in metrics.items():
+            rows.append({**base, "metric": m, "value": v, "direction": (r.get("directions") or {}).get(m, "")})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=list(RECORD_COLUMNS)).to_csv(path, index=False)
+    return path

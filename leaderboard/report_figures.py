@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -110,6 +111,7 @@ def privacy_utility(board: Any, out: Path) -> dict[str, Any] | None:
     if not points:
         return None
     paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=ACC1)
+    pd.DataFrame([p.__dict__ for p in points]).to_csv(out / "privacy_utility.csv", index=False)
     return _entry(paths, "Privacy vs utility",
                   "Test accuracy of the target (x, higher is more useful) against the attack's top-1 accuracy "
                   "measured by the evaluation model (y, lower is more private); mean ± std over seeds; the "
@@ -186,12 +188,14 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
         pos = torch.cat([torch.nonzero(train.labels == i).flatten()[:per_id] for i in ids])
         model = view.target(r)
         device = next(model.parameters()).device
-        feats = _batched(lambda x: model.features(x).flatten(1), train.images(pos), device)
+        feats = _batched(lambda x, m=model: m.features(x).flatten(1), train.images(pos), device)
         panels.append((f"{info.label} (seed {r['seed']})", fig.tsne_2d(feats.numpy(), seed=0)))
         labels_out = train.labels[pos].numpy()
     if not panels or labels_out is None:
         return None
     paths = fig.draw_embeddings(panels, labels_out, out / "embedding")
+    pd.concat([pd.DataFrame({"defense": title, "x": emb[:, 0], "y": emb[:, 1], "identity": labels_out})
+               for title, emb in panels]).to_csv(out / "embedding.csv", index=False)
     return _entry(paths, "Embedding space (t-SNE)",
                   f"2-D t-SNE of the target's penultimate-layer features of private training images "
                   f"({len(set(labels_out.tolist()))} identities, coloured by identity), one panel per defense. "
@@ -218,6 +222,9 @@ def gradient_stability(board: Any, views: _Views, records: Sequence[dict[str, An
     if not panels:
         return None
     paths = fig.draw_gradient_stability(panels, out / "gradient_stability")
+    pd.DataFrame([{"attack": a, "defense": d, "step": i + 1, "grad_cosine": v} for a, lines in panels
+                  for d, values in lines for i, v in enumerate(values)]).to_csv(out / "gradient_stability.csv",
+                                                                                index=False)
     return _entry(paths, "Gradient stability",
                   "Mean cosine similarity between the attack's gradients of consecutive optimisation steps, "
                   "averaged over latents and seeds, one line per defense (Struppek et al., Sec. 4.3: smoothing "

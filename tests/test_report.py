@@ -81,6 +81,8 @@ def test_report_files_after_run(run_dir: Path) -> None:
     for fig in FIGURES:
         for ext in ("png", "svg"):
             assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, (fig, ext)
+    for name in ("privacy_utility", "embedding", "gradient_stability"):
+        assert not pd.read_csv(out / "figures" / f"{name}.csv").empty, name
     page = (out / "index.html").read_text()
     assert "http://" not in page.replace("http://www.w3.org", "") and "https://" not in page  # no network
     assert page.count("data:image/png;base64,") == len(FIGURES)
@@ -105,6 +107,16 @@ def test_every_format_agrees_with_records(run_dir: Path) -> None:
     assert {d for d, _ in parser.rows} == {r["defense"] for r in records}
     for key, (mean, _) in expected.items():
         assert html_cells[key] == pytest.approx(mean, rel=1e-12, abs=1e-12), key
+
+    long = pd.read_csv(out / "records.csv")
+    for (d, col), (mean, _) in expected.items():
+        metric = col.split("/")[-1]
+        sel = long[(long["defense"] == d) & (long["metric"] == metric)]
+        if col != "test_accuracy":
+            sel = sel[sel["attack"] == col.split("/")[0]]
+        else:
+            sel = sel.drop_duplicates("seed")
+        assert sel["value"].mean() == pytest.approx(mean, rel=1e-12, abs=1e-12), (d, col)
 
     md = (out / "leaderboard.md").read_text()
     tex = (out / "leaderboard.tex").read_text()
