@@ -5,6 +5,12 @@ Basic Countermeasures", CCS 2015. For each attacked class, starting from a neutr
 ``c(x) = 1 - p_target(x) + tv_weight * TV(x)`` by gradient descent, keeping ``x`` in [0, 1]. The
 original runs plain gradient descent; restarts add small noise to the neutral start. All
 identities and restarts are optimised together, in batches.
+
+With ``record_trajectory`` the input after every step is kept in the reconstruction's
+``extras["trajectory"]``: float32 [T+1, N, 3, H, W] on the CPU, T = ``steps``, entry 0 the start
+and entry T the returned image. It is stored in the attack product (``store/attacks/<key>/data.pt``)
+and is what the 2-D toy figure of Struppek et al. (ICLR 2024, Fig. 1) draws
+(see ``leaderboard/toy2d.py``).
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ class MIFace(Attack):
         start_noise: float = Field(0.1, ge=0, description="std of the noise added for restarts after the first")
         tv_weight: float = Field(0.0, ge=0, description="weight of the total-variation prior")
         resolution: int | None = Field(None, ge=8, description="image size (default: the dataset's)")
+        record_trajectory: bool = Field(
+            False, description="keep the input of every step in extras['trajectory'], [steps+1, N, 3, H, W]")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:
@@ -78,6 +86,7 @@ class MIFace(Attack):
         for param in target.parameters():
             param.requires_grad_(False)
         out = torch.empty_like(starts)
+        trajectory = torch.empty((p.steps + 1, *starts.shape)) if p.record_trajectory else None
         steps_loss = torch.zeros(p.steps)
         steps_conf = torch.zeros(p.steps)
         steps_cos = torch.zeros(p.steps)
@@ -92,6 +101,8 @@ class MIFace(Attack):
                    else torch.optim.Adam([x], lr=p.lr))
             prev_grad: Tensor | None = None
             w = x.shape[0] / n
+            if trajectory is not None:
+                trajectory[0, sl] = x.detach().cpu()
             for step in range(p.steps):
                 logits = target(x)
                 cost = mi_face_loss(logits.float(), y, x, p.tv_weight)
@@ -111,11 +122,14 @@ class MIFace(Attack):
                 opt.step()
                 with torch.no_grad():
                     x.clamp_(0, 1)
+                    if trajectory is not None:
+                        trajectory[step + 1, sl] = x.detach().cpu()
                 bar.update(1)
             out[sl] = x.detach().cpu()
         bar.close()
         trace = {"loss": steps_loss.tolist(), "confidence": steps_conf.tolist(),
                  "grad_cosine": [None] + steps_cos[1:].tolist()}
+        extras = {"trajectory": trajectory} if trajectory is not None else {}
         return Reconstruction(images=out, labels=labels.clone(), trace=trace,
                               info={"steps": p.steps, "restarts": p.restarts,
-                                    "seconds": time.perf_counter() - t0})
+                                    "seconds": time.perf_counter() - t0}, extras=extras)

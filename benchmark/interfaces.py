@@ -222,6 +222,10 @@ class Reconstruction:
         trace: per-step series, e.g. ``loss``, ``confidence`` (mean target confidence of the
             attacked class) and ``grad_cosine`` (mean cosine similarity of consecutive gradients).
         info: scalars about the run (steps, candidates, ...).
+        extras: named tensors the attack keeps beside its result, stored in the attack product but
+            neither checked nor mirrored to MLflow (unlike ``trace``, which holds per-step float
+            series). E.g. MI-Face with ``record_trajectory`` keeps ``extras["trajectory"]``, the
+            input at every step, [T+1, N, 3, H, W] (Struppek et al., ICLR 2024, Fig. 1 toy).
     """
 
     images: Tensor
@@ -229,6 +233,7 @@ class Reconstruction:
     latents: Tensor | None = None
     trace: dict[str, list[float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, Tensor] = field(default_factory=dict)
 
     def check(self) -> None:
         """Raises ValueError on a malformed result and DivergedError on NaN/inf."""
@@ -249,12 +254,13 @@ class Reconstruction:
 
     def to_state(self) -> dict[str, Any]:
         return {"images": self.images, "labels": self.labels, "latents": self.latents,
-                "trace": self.trace, "info": self.info}
+                "trace": self.trace, "info": self.info, "extras": self.extras}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Reconstruction:
         return cls(images=state["images"], labels=state["labels"], latents=state.get("latents"),
-                   trace=dict(state.get("trace") or {}), info=dict(state.get("info") or {}))
+                   trace=dict(state.get("trace") or {}), info=dict(state.get("info") or {}),
+                   extras=dict(state.get("extras") or {}))
 
 
 @dataclass

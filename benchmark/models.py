@@ -1,8 +1,9 @@
 """Classifier architectures, registered by name.
 
-CPU scale: ``small-cnn`` and ``small-resnet``. Paper scale: torchvision ``resnet18``, ``resnet50``,
-``resnet152`` and ``inception_v3`` (with auxiliary logits), optionally initialised from a local
-ImageNet weights file (the suite's ``weights:`` section or a path; nothing is downloaded).
+CPU scale: ``small-cnn`` and ``small-resnet``; ``mlp`` for the 2-D toy (``toy2d`` dataset). Paper
+scale: torchvision ``resnet18``, ``resnet50``, ``resnet152`` and ``inception_v3`` (with auxiliary
+logits), optionally initialised from a local ImageNet weights file (the suite's ``weights:`` section
+or a path; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from pydantic import Field
 from torch import Tensor, nn
@@ -109,6 +112,62 @@ class SmallResNet(Architecture):
         body = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p.dropout))
         return Classifier(body, nn.Linear(cin, num_classes), feature_dim=cin,
                           num_classes=num_classes, input_size=p.input_size or resolution)
+
+
+class MLPClassifier(Classifier):
+    """A classifier on flattened inputs: the first ``in_channels`` channels, pooled to ``input_size``.
+
+    ``prepare`` takes [N, C, H, W] images in [0, 1] (C >= ``in_channels``), keeps channels
+    0..in_channels-1, average-pools (or nearest-upsamples) them to ``input_size`` x ``input_size``,
+    maps [0, 1] to [-1, 1] and flattens. Channels it does not read get no gradient.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, *, in_channels: int, feature_dim: int,
+                 num_classes: int, input_size: int) -> None:
+        super().__init__(body, head, feature_dim=feature_dim, num_classes=num_classes, input_size=input_size)
+        self.in_channels = in_channels
+
+    def prepare(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] < self.in_channels:
+            raise ValueError(f"the mlp expects [N, C >= {self.in_channels}, H, W] images, got {tuple(x.shape)}")
+        x = x[:, : self.in_channels]
+        s = self.input_size
+        if x.shape[-2:] != (s, s):
+            x = (F.adaptive_avg_pool2d(x, s) if x.shape[-1] >= s and x.shape[-2] >= s
+                 else F.interpolate(x, size=(s, s), mode="nearest"))
+        return ((x - 0.5) / 0.5).flatten(1)
+
+
+class _MLPParams(PluginParams):
+    width: int = Field(64, ge=1, description="units of each hidden layer")
+    depth: int = Field(2, ge=1, description="hidden layers (Linear + activation each)")
+    in_channels: int = Field(3, ge=1, le=3, description="leading input channels read (2 for toy2d's (x, y) points)")
+    input_size: int | None = Field(
+        None, ge=1, description="side the input is pooled to before flattening (default: the dataset's; 1 for toy2d)")
+    activation: Literal["relu", "tanh", "gelu"] = Field("relu", description="hidden activation")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before the classifier head")
+
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
+
+
+@architectures.register("mlp")
+class MLP(Architecture):
+    """A multilayer perceptron on the flattened, normalised input (the 2-D toy of Struppek et al., ICLR 2024)."""
+
+    Params = _MLPParams
+
+    def build(self, num_classes: int, resolution: int, weights: Mapping[str, Path]) -> Classifier:
+        p = self.params
+        size = p.input_size or resolution
+        layers: list[nn.Module] = []
+        d_in = p.in_channels * size * size
+        for _ in range(p.depth):
+            layers += [nn.Linear(d_in, p.width), _ACTIVATIONS[p.activation]()]
+            d_in = p.width
+        body = nn.Sequential(*layers, nn.Dropout(p.dropout))
+        return MLPClassifier(body, nn.Linear(p.width, num_classes), in_channels=p.in_channels,
+                             feature_dim=p.width, num_classes=num_classes, input_size=size)
 
 
 class _TorchvisionParams(PluginParams):

@@ -198,6 +198,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "benchmark.data.synthetic",
     "benchmark.data.image_folder",
     "benchmark.data.celeba",
+    "benchmark.data.toy2d",
     "benchmark.models",
     "defenses.label_smoothing",
     "defenses.mid",
