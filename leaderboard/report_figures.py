@@ -235,25 +235,23 @@ def toy2d(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Pat
     first = _record(records, board.defenses[0].defense)
     if first is None or views.of(first).suite.dataset.name != "toy2d":
         return None
+    from benchmark.data.toy2d import decode_points
     from leaderboard.toy2d import draw_toy2d, toy2d_inputs
 
     view = views.of(first)
     train = view.splits.private_train
-    points = train.images().flatten(1)[:, :2]
+    points = decode_points(train.images())
+    ok = _ok(records)
+    attack = next((r["attack"] for r in ok if "trajectory" in (views.of(r).reconstruction(r).extras or {})), None)
     panels = []
     for info in board.defenses:
-        r = _record(records, info.defense)
+        r = _record(records, info.defense, attack)
         if r is None:
             continue
-        v = views.of(r)
-        traj, classes = None, None
-        attack = [x for x in _ok(records) if x["defense"] == info.defense]
-        for a in attack:
-            rec = v.reconstruction(a)
-            if "trajectory" in (rec.extras or {}):
-                traj, classes = toy2d_inputs(rec.extras["trajectory"]), rec.labels
-                break
-        panels.append((info.label, v.target(r), traj, classes))
+        rec = views.of(r).reconstruction(r)
+        traj = rec.extras.get("trajectory")
+        panels.append((info.label, views.of(r).target(r), None if traj is None else toy2d_inputs(traj),
+                       None if traj is None else rec.labels))
     paths = draw_toy2d(panels, points, train.labels, out / "toy2d")
     return _entry(paths, "Toy example: decision regions and attack trajectories",
                   "Decision regions of each 2-D classifier with the training points and the model inversion "

@@ -17,8 +17,6 @@ stores the path in its attack product as ``extras["trajectory"]``.
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -140,67 +138,3 @@ def _draw_trajectories(ax, traj: Tensor, traj_cls: Tensor | None, colours: list)
         ax.plot(xy[:, k, 0], xy[:, k, 1], color=colour, linewidth=1.3)
         ax.plot(xy[0, k, 0], xy[0, k, 1], "o", color="w", markeredgecolor="k", markersize=5)
         ax.plot(xy[-1, k, 0], xy[-1, k, 1], "*", color=colour, markeredgecolor="k", markersize=11)
-
-
-def panels_from_run(run_dir: str | Path, attack: str | None = None, seed: int | None = None
-                    ) -> tuple[list[Panel], Tensor, Tensor]:
-    """The panels (one per defense), training points and labels of a toy2d run folder.
-
-    Rebuilds each target from ``store/targets`` and reads the trajectory from the attack product's
-    ``extras["trajectory"]``. ``attack`` (an attack id) and ``seed`` default to the first ones found.
-    """
-    from benchmark.data.splits import SplitSpec, make_splits
-    from benchmark.models import build_classifier
-    from benchmark.registry import REGISTRIES
-    from benchmark.store import Store
-
-    run = Path(run_dir)
-    suite = json.loads((run / "suite.json").read_text())["suite"]
-    if suite["dataset"]["name"] != "toy2d":
-        raise ValueError(f"{run}: dataset.name is {suite['dataset']['name']!r}; this figure needs a toy2d run")
-    store = Store(run / "store")
-    ds = REGISTRIES["datasets"].get("toy2d")
-    collection = ds(ds.Params(**suite["dataset"].get("params", {}))).load(1)
-    train = make_splits(collection, SplitSpec(**suite["dataset"]["split"])).private_train
-    points = collection.points[train.indices]
-    records = [json.loads(p.read_text()) for p in sorted((run / "records").glob("*.json"))]
-    records = [r for r in records if r.get("status") == "ok"
-               and (attack is None or r["attack"] == attack) and (seed is None or r["seed"] == seed)]
-    if not records:
-        raise ValueError(f"{run}/records: no successful record (attack={attack}, seed={seed}); run the suite first")
-    attack, seed = records[0]["attack"], records[0]["seed"]
-    by_defense = {r["defense"]: r for r in records if r["attack"] == attack and r["seed"] == seed}
-    arch = suite["target"]["architecture"]
-    panels: list[Panel] = []
-    for d in suite["defenses"]:
-        rec = by_defense.get(d["id"])
-        if rec is None:
-            continue
-        model = build_classifier(arch["name"], arch.get("params") or {}, rec["num_classes"],
-                                 suite["dataset"]["resolution"], {})
-        plugin = REGISTRIES["defenses"].get(d["name"])
-        model = plugin(plugin.Params(**(d.get("params") or {}))).configure_model(model)
-        model.load_state_dict(store.load_torch("targets", rec["keys"]["target"])["state_dict"])
-        state = store.load_torch("attacks", rec["keys"]["attack"])
-        traj = (state.get("extras") or {}).get("trajectory")
-        panels.append((rec.get("defense_label") or d["id"], model.eval(),
-                       toy2d_inputs(traj) if traj is not None else None, state["labels"]))
-    return panels, points, train.labels
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m leaderboard.toy2d RUN_DIR [OUT_STEM]``: the figure of a toy2d run."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if not 1 <= len(args) <= 2:
-        print("usage: python -m leaderboard.toy2d RUN_DIR [OUT_STEM]  (default OUT_STEM: RUN_DIR/figures/toy2d)",
-              file=sys.stderr)
-        return 2
-    run = Path(args[0])
-    panels, points, labels = panels_from_run(run)
-    for path in draw_toy2d(panels, points, labels, args[1] if len(args) > 1 else run / "figures" / "toy2d"):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

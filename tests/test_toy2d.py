@@ -14,7 +14,7 @@ from benchmark.cli import main
 from benchmark.data.toy2d import PAD_VALUE, Toy2D, decode_points, encode_points
 from benchmark.interfaces import AttackContext, Reconstruction
 from benchmark.models import build_classifier
-from leaderboard.toy2d import draw_toy2d, panels_from_run, toy2d_inputs
+from leaderboard.toy2d import draw_toy2d, toy2d_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,10 @@ def test_toy2d_suite_runs(tmp_path, one_thread):
     run = tmp_path / "runs" / "toy2d"
     records = [json.loads(p.read_text()) for p in (run / "records").glob("*.json")]
     assert len(records) == 3 and all(r["status"] == "ok" for r in records)
-    panels, points, labels = panels_from_run(run)
-    assert [p[0] for p in panels] == ["Hard labels", "LS α=0.1", "Negative LS α=-0.05"]
-    assert all(p[2].shape == (21, 6, 2) for p in panels)
-    assert points.shape[0] == labels.shape[0] == 90
+    for r in records:  # the attack's path is stored with the reconstructions, start included
+        state = torch.load(run / "store" / "attacks" / r["keys"]["attack"] / "data.pt", weights_only=True)
+        assert toy2d_inputs(state["extras"]["trajectory"]).shape == (21, 6, 2)
+    # `bench run` ends with the report, which draws the decision regions and paths of every defense
+    figures = run / "leaderboard" / "figures"
+    assert (figures / "toy2d.png").stat().st_size > 1000 and (figures / "toy2d.svg").is_file()
+    assert "Toy example" in (run / "leaderboard" / "index.html").read_text()
