@@ -6,7 +6,9 @@ Exit codes: 0 success; 1 some pairs failed (recorded as failed); 2 invalid input
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -35,6 +37,10 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"run.device={args.device}")
     if getattr(args, "output", None):
         out.append(f"run.output={args.output}")
+    if getattr(args, "executor", None):
+        out.append(f"run.executor={args.executor}")
+    if getattr(args, "address", None):
+        out.append(f"run.ray.address={json.dumps(args.address)}")  # JSON string: YAML would read 1:30 as a number
     return out
 
 
@@ -84,6 +90,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmark.executors import make_executor
     from benchmark.plan import describe
     from benchmark.resources import missing_resources
     from benchmark.runner import Runner
@@ -92,6 +99,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     problems = missing_resources(loaded)
     if problems:
         raise ConfigError("\n".join(problems))
+    if args.run_dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", args.run_dir):
+        raise ConfigError(f"--run-dir {args.run_dir}: must be a local path (like run.output); remote storage URLs "
+                          "are not supported: mount the storage at the same path on every node and give that path")
+    executor = None if args.dry_run else make_executor(loaded.suite.run)  # exits 2 here when Ray is missing
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
                     tracking_uri=args.tracking_uri, progress=False if args.no_progress else None)
     for line in describe(loaded, runner.plan):
@@ -109,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner.run_dir.mkdir(parents=True, exist_ok=True)
         uri = runner.tracking_uri or default_tracking_uri(runner.run_dir)
         tracker = Tracker(uri, loaded.suite.name, artifact_dir=runner.run_dir / "mlartifacts")
-    summary = runner.run(tracker)
+    summary = runner.run(tracker, executor=executor)
     board = _write_leaderboard([runner.run_dir], runner.run_dir / "leaderboard")
     print(board.to_markdown())
     print(f"\nrun folder: {runner.run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
@@ -206,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tracking", action="store_true", help="do not mirror records to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--dry-run", action="store_true", help="show the pairs that would run, run nothing")
+    p.add_argument("--executor", choices=["local", "ray"],
+                   help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
+    p.add_argument("--address", help="Ray cluster: auto, ray://host:port or host:port (run.ray.address; "
+                   "default: start a local one)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a suite without running anything")

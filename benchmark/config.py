@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from benchmark.data.splits import SplitSpec
 from benchmark.errors import ConfigError, UnknownPluginError
@@ -69,9 +69,40 @@ class AttackConfig(_Strict):
         "all", description="attacked classes: 'all', the first N, or a list of class indices")
 
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class RayConfig(_Strict):
+    """Resources and retries of every job when the suite runs on a Ray cluster (``--executor ray``).
+
+    Each job (evaluation model, prior, one target per defense and seed, one attack+scoring per pair)
+    is one Ray task with these resource requests.
+    """
+
+    address: str | None = Field(None, description="cluster to join: auto (the one `ray start` began on this "
+                                "machine), ray://host:port, host:port; default: start a local one")
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores per task (torch threads = this, or run.threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per task (fractions share a GPU)")
+    memory: ByteSize | None = Field(None, description="memory per task for Ray's scheduler, e.g. 4GB (default: none)")
+    max_retries: int = Field(3, ge=0, description="reruns of a task whose worker process or node died")
+    retry_exceptions: bool = Field(False, description="also rerun a task that raised a Python exception "
+                                   "(off: training that diverged with a fixed seed would diverge again)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v in ("auto", "local") or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", v):
+            return v
+        raise ValueError(f"must be auto, local, ray://host:port or host:port, got {v!r}")
+
+
 class RunConfig(_Strict):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
-    output: str = Field("runs", description="folder holding run folders; the run folder is <output>/<name>")
+    output: str = Field("runs", description="folder holding run folders; the run folder is <output>/<name>; "
+                        "a local path (on a cluster: a shared filesystem mounted at the same path on every node)")
+    executor: Literal["local", "ray"] = Field("local", description="local: every job in this process; "
+                                              "ray: every job a task on a Ray cluster (see run.ray)")
+    ray: RayConfig = Field(default_factory=RayConfig)
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite file in the run folder)")
     tracking: bool = Field(True, description="mirror records to MLflow")
     amp: bool = Field(False, description="automatic mixed precision (bf16 where supported)")
@@ -87,6 +118,22 @@ class RunConfig(_Strict):
     def _device(cls, v: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
             raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _ray_gpus(self) -> RunConfig:
+        if self.executor == "ray" and self.device.startswith("cuda") and self.ray.num_gpus == 0:
+            raise ValueError(f"run.device {self.device} with run.executor ray needs GPUs for the tasks; set "
+                             "run.ray.num_gpus (e.g. 1), or run.device: auto")
+        return self
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        if _URL.match(v):
+            raise ValueError(f"must be a local path, got the URL {v!r}: remote storage URLs (fsspec) are not "
+                             "supported; mount the storage (NFS, a FUSE mount of the bucket) at the same path on "
+                             "every node and give that path, e.g. /mnt/shared/runs")
         return v
 
 

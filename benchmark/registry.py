@@ -283,3 +283,8 @@ def load_plugin_file(path: str | Path) -> None:
     finally:
         _current_origin.pop()
     _loaded_files.add(p)
+
+
+def loaded_plugin_files() -> list[Path]:
+    """The ``--plugin`` files imported in this process (other processes, e.g. Ray workers, load them too)."""
+    return sorted(_loaded_files)

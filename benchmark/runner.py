@@ -1,4 +1,9 @@
-"""The local executor: runs a suite's pairs in dependency order, in this process.
+"""The jobs of a run, and the run itself: one ``Runner`` per suite and run folder.
+
+The job code lives here and is shared by every executor (``benchmark.executors``): ``evaluator()``,
+``prior()``, ``target()`` and ``run_pair()`` (attack + score + record). The local executor calls them
+in this process; the Ray executor calls the same methods on a ``Runner`` that each worker rebuilds
+from the suite, the jobs handing their products over through the store.
 
 Products (evaluation model, prior, targets, reconstructions, features) come from the store when
 their key is there and are computed and stored otherwise; a pair whose record exists with the same
@@ -36,7 +41,7 @@ from benchmark.interfaces import (
 from benchmark.models import load_state_dict_file
 from benchmark.plan import PairJob, Plan, make_plan
 from benchmark.registry import REGISTRIES
-from benchmark.results import load_records, write_json_atomic, write_record
+from benchmark.results import load_records, record_filename, write_json_atomic, write_record
 from benchmark.store import Store
 from benchmark.training import RunSettings, Trainer
 
@@ -229,6 +234,10 @@ class Runner:
             self._targets[k] = (model, report)
         return self._targets[k]
 
+    def forget_failures(self) -> None:
+        """Drops remembered target failures, so that a retried job trains the target again."""
+        self._target_errors.clear()
+
     def prior(self):
         if self._prior is None:
             s = self.suite
@@ -367,16 +376,36 @@ class Runner:
                            attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
                            num_reconstructions=int(rec.images.shape[0]))
         except Exception as exc:  # a failing pair is recorded, the others still run
-            log.error("pair %s x %s seed %d failed: %s", job.defense, job.attack, job.seed, exc)
-            rec_out.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(),
-                           metrics={}, directions={})
-            tr = self._targets.get((job.defense_index, job.seed))
-            if tr is not None:
-                rec_out["metrics"] = {"test_accuracy": float(tr[1]["test_accuracy"])}
-                rec_out["directions"] = {"test_accuracy": "higher"}
+            rec_out = self.failed_record(job, f"{type(exc).__name__}: {exc}", traceback.format_exc(), rec_out)
         rec_out["timings"] = timings
         path = write_record(self.records_dir, rec_out)
         return {"record": rec_out, "path": path, "trace": trace}
+
+    def failed_record(self, job: PairJob, error: str, trace_text: str,
+                      base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The record of a pair that failed with ``error`` (``"Type: message"``) and its traceback.
+
+        The target's test accuracy is kept when the target was trained (in this process or, by
+        another worker, in the store): nothing computed is lost.
+        """
+        log.error("pair %s x %s seed %d failed: %s", job.defense, job.attack, job.seed, error)
+        rec = dict(base) if base is not None else self._base_record(job)
+        rec.update(status="failed", error=error, traceback=trace_text, metrics={}, directions={})
+        rec.setdefault("timings", {})
+        accuracy = self._known_test_accuracy(job)
+        if accuracy is not None:
+            rec["metrics"] = {"test_accuracy": accuracy}
+            rec["directions"] = {"test_accuracy": "higher"}
+        return rec
+
+    def _known_test_accuracy(self, job: PairJob) -> float | None:
+        tr = self._targets.get((job.defense_index, job.seed))
+        if tr is not None:
+            return float(tr[1]["test_accuracy"])
+        if self.store.has("targets", job.target_key):
+            value = self.store.load_meta("targets", job.target_key).get("test_accuracy")
+            return float(value) if value is not None else None
+        return None
 
     # ---------------------------------------------------------------- whole run
     def pending(self) -> tuple[list[PairJob], list[PairJob]]:
@@ -407,7 +436,19 @@ class Runner:
         write_json_atomic(dest, old)
         path.unlink()
 
-    def run(self, tracker: Any = None) -> RunSummary:
+    def run(self, tracker: Any = None, executor: Any = None) -> RunSummary:
+        """Runs every pending pair with ``executor`` (default: the in-process ``LocalExecutor``)."""
+        if executor is None:
+            from benchmark.executors.local import LocalExecutor
+
+            executor = LocalExecutor()
+        return executor.run(self, tracker)
+
+    def begin(self) -> tuple[RunSummary, list[PairJob]]:
+        """Prepares the run folder; returns the summary (skipped pairs filled in) and the pairs to run.
+
+        Records of pairs to run whose configuration changed are moved to ``records/superseded/``.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.store.clean_partial()
         write_json_atomic(self.run_dir / "suite.json", {"source": self.loaded.source,
@@ -419,13 +460,14 @@ class Runner:
         log.info("%d pair(s) to run, %d already recorded", len(todo), len(skip))
         for job in todo:
             self._supersede(job)
-            out = self.run_pair(job)
-            (summary.ok if out["record"]["status"] == "ok" else summary.failed).append(job.record_name)
-            if tracker is not None:
-                self.mirror(tracker, out["record"], out["trace"])
+        return summary, todo
+
+    def finish_pair(self, summary: RunSummary, record: dict[str, Any], trace: dict | None, tracker: Any) -> None:
+        """Counts a written record in ``summary`` and mirrors it to MLflow."""
+        name = record_filename(record["defense"], record["attack"], record["seed"])
+        (summary.ok if record["status"] == "ok" else summary.failed).append(name)
         if tracker is not None:
-            self.mirror_missing(tracker)
-        return summary
+            self.mirror(tracker, record, trace)
 
     def mirror(self, tracker: Any, record: dict[str, Any], trace: dict | None) -> None:
         artifacts = []

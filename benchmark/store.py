@@ -4,6 +4,10 @@ Every product lives in ``<root>/<kind>/<key>/`` where ``key`` hashes everything 
 (its job's config, the keys of its inputs, plugin versions). A product folder is written under a
 temporary name and renamed into place when complete, so a folder that exists is complete: this is
 both the cache and ``--resume``.
+
+Several processes, on several machines sharing the folder (NFS and the like), may write the same
+product at once: each writes its own temporary folder (named after the host and process), the
+first rename wins and the others discard theirs, so a product folder is never a mix of two writers.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,6 +45,10 @@ def file_sha256(path: Path, length: int = 16) -> str:
     return h.hexdigest()[:length]
 
 
+STALE_TMP_SECONDS = 3600.0
+"""A temporary product folder of another host untouched this long is a leftover (writes take seconds)."""
+
+
 class Store:
     """Product folders keyed by content hash under ``root``."""
 
@@ -59,7 +70,7 @@ class Store:
         """
         final = self.path(kind, key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(key), suffix=".tmp", dir=final.parent))
         try:
             yield tmp
             try:
@@ -86,14 +97,56 @@ class Store:
         p = self.path(kind, key) / "meta.json"
         return json.loads(p.read_text()) if p.exists() else {}
 
-    def clean_partial(self) -> int:
-        """Removes temporary folders left by killed runs; returns how many."""
+    def clean_partial(self, max_age_s: float = STALE_TMP_SECONDS) -> int:
+        """Removes temporary folders left by killed writers; returns how many.
+
+        A folder is removed when its writer is gone: a process of this host that no longer runs, or
+        (another host, or an unknown writer) a folder untouched for ``max_age_s`` seconds. Folders
+        of live writers, e.g. Ray workers of a run in progress, are kept.
+        """
         n = 0
         if not self.root.is_dir():
             return 0
+        now = time.time()
+        host = _host()
         for kind_dir in self.root.iterdir():
             if kind_dir.is_dir():
                 for p in kind_dir.glob(".*.tmp"):
-                    shutil.rmtree(p, ignore_errors=True)
-                    n += 1
+                    try:
+                        age = now - p.stat().st_mtime
+                    except OSError:
+                        continue
+                    if tmp_is_stale(p.name, host, age, max_age_s, _pid_alive):
+                        shutil.rmtree(p, ignore_errors=True)
+                        n += 1
         return n
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+
+
+def tmp_prefix(key: str) -> str:
+    """The name prefix of a temporary product folder: ``.<key>.<host>.<pid>.``."""
+    return f".{key}.{_host()}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def tmp_is_stale(name: str, host: str, age_s: float, max_age_s: float, pid_alive) -> bool:
+    """Whether the temporary folder ``name`` was left by a writer that is gone.
+
+    ``name`` is ``.<key>.<host>.<pid>.<random>.tmp`` (older runs: ``.<key>.<random>.tmp``).
+    """
+    parts = name.split(".")
+    if len(parts) >= 6 and parts[-3].isdigit() and parts[-4] == host:
+        return not pid_alive(int(parts[-3]))
+    return age_s > max_age_s

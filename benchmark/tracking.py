@@ -4,6 +4,10 @@ The records are the truth; this module only mirrors them. A record already mirro
 id and config hash, kept in the run's tags) is not logged again, so a resumed run adds only the new
 pairs. The default tracking store is an SQLite file inside the run folder, with artifacts next to
 it; ``--tracking-uri`` (or ``run.tracking_uri``) points elsewhere, e.g. an ``mlflow server``.
+
+Only the process that runs ``bench run`` (the driver) logs: with the Ray executor the workers write
+records to the run folder and return them, and the driver mirrors each record as it arrives, so a
+cluster has one tracking store (the run folder's SQLite file or the server), never one per node.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ log = logging.getLogger(__name__)
 
 def default_tracking_uri(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / 'mlflow.db').resolve()}"
+
+
+def is_server_uri(uri: str) -> bool:
+    """Whether ``uri`` is a tracking server (``http(s)://``) rather than a file or database of this machine."""
+    return uri.startswith(("http://", "https://"))
 
 
 def mlflow_key(name: str) -> str:
@@ -55,7 +64,9 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
-            location = artifact_dir.resolve().as_uri() if artifact_dir is not None else None
+            # a tracking server stores artifacts where it was told to (mlflow server --artifacts-destination)
+            local = artifact_dir is not None and not is_server_uri(tracking_uri)
+            location = artifact_dir.resolve().as_uri() if local else None
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         else:
             self.experiment_id = exp.experiment_id

@@ -1,0 +1,284 @@
+"""The Ray executor (``bench run --executor ray``): same records as in-process, retries, failures,
+shared-storage safety of the store, and the error when Ray is missing.
+
+The cluster is a local one (``ray.init(num_cpus=2)``) shared by the tests of this module; its
+worker processes are reused from test to test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.cli import main
+from benchmark.executors.base import Job, job_graph
+from benchmark.plan import PairJob, Plan
+from benchmark.store import Store, tmp_is_stale, tmp_prefix
+from tests.conftest import tiny_suite
+
+pytestmark = pytest.mark.slow
+
+CRASH_PLUGIN = '''
+"""A defense that kills its worker process in its first attempts (to test Ray's retries)."""
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from benchmark.interfaces import Defense
+from benchmark.registry import PluginParams, defenses
+
+
+@defenses.register("crash-worker")
+class CrashWorker(Defense):
+    """Appends its pid to ``marker``; while ``marker`` has <= ``crashes`` lines, kills its own process
+    (``how: exit``) or raises (``how: raise``) instead of training."""
+
+    class Params(PluginParams):
+        marker: str = Field(description="file counting the training attempts")
+        crashes: int = Field(1, ge=0, description="attempts that fail")
+        how: Literal["exit", "raise"] = "exit"
+
+    def fit(self, model, trainer):
+        marker = Path(self.params.marker)
+        with open(marker, "a") as fh:
+            fh.write(f"{os.getpid()}\\n")
+        attempt = len(marker.read_text().splitlines())
+        if attempt <= self.params.crashes:
+            if self.params.how == "exit":
+                os._exit(1)
+            raise RuntimeError(f"attempt {attempt} failed on purpose")
+        return super().fit(model, trainer)
+
+
+@defenses.register("nan-loss")
+class NanLoss(Defense):
+    """A broken defense whose loss is NaN."""
+
+    def criterion(self, logits, targets, progress):
+        return logits.sum() * float("nan")
+'''
+
+
+def _records(run_dir: Path) -> dict[str, dict]:
+    return {p.name: json.loads(p.read_text()) for p in sorted((run_dir / "records").glob("*.json"))}
+
+
+class MirrorLog:
+    """A stand-in for the MLflow tracker that remembers which records it was asked to mirror."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+
+    def mirror(self, record, artifacts=(), trace=None) -> str:
+        from benchmark.tracking import record_id
+
+        self.ids.append(record_id(record))
+        return "run-id"
+
+    def mirrored(self) -> set[str]:
+        return set(self.ids)
+
+
+def _run(suite: Path, plugin: Path | None = None, tracker=None):
+    """``bench run SUITE`` without the report (records only): the executor is the suite's run.executor."""
+    from benchmark.config import load_suite
+    from benchmark.executors import make_executor
+    from benchmark.registry import load_plugin_file, load_plugins
+    from benchmark.runner import Runner
+
+    load_plugins()
+    if plugin is not None:
+        load_plugin_file(plugin)
+    loaded = load_suite(suite)
+    return Runner(loaded).run(tracker, executor=make_executor(loaded.suite.run))
+
+
+def _suite(name: str, **run) -> dict:
+    """The tiny suite with one torch thread everywhere (results must not depend on the executor)."""
+    data = tiny_suite(name=name)
+    data["run"] = {**data["run"], "threads": 1, **run}
+    return data
+
+
+@pytest.fixture(scope="module")
+def crash_plugin(tmp_path_factory) -> Path:
+    """One plugin file for the module: a plugin name may be registered once per process."""
+    path = tmp_path_factory.mktemp("plugins") / "crash_plugin.py"
+    path.write_text(CRASH_PLUGIN)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+# ------------------------------------------------------------------------------------------ no Ray
+def test_missing_ray_says_how_to_install_and_exits_2(write_suite, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    suite = write_suite(_suite("noray"))
+    assert main(["run", str(suite), "--executor", "ray", "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert 'pip install -e ".[ray]"' in err and "--executor ray" in err
+    assert not (tmp_path / "runs" / "noray").exists()  # nothing ran
+
+
+def test_remote_output_url_is_refused_naming_the_field(write_suite, capsys):
+    suite = write_suite(_suite("url"))
+    assert main(["run", str(suite), "--set", "run.output=s3://bucket/runs", "--no-tracking"]) == 2
+    err = capsys.readouterr().err
+    assert "run.output" in err and "s3://bucket/runs" in err and "mount" in err
+
+
+def test_ray_settings_are_validated(write_suite, capsys):
+    suite = write_suite(_suite("bad", executor="ray", device="cuda", ray={"memory": "2GB"}))
+    assert main(["validate", "--schema-only", str(suite)]) == 2
+    assert "run.ray.num_gpus" in capsys.readouterr().err
+    suite = write_suite(_suite("bad", ray={"max_retries": -1}))
+    assert main(["validate", "--schema-only", str(suite)]) == 2
+    assert "run.ray.max_retries: must be >= 0" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ job graph
+def _pair(di: int, ai: int, seed: int) -> PairJob:
+    return PairJob(di, ai, seed, f"d{di}", f"a{ai}", f"t{di}{seed}", f"k{di}{ai}{seed}", "h", f"d{di}__a{ai}__s{seed}")
+
+
+def test_job_graph_dependencies():
+    pairs = [_pair(d, a, s) for d in range(2) for a in range(2) for s in (0, 1)]
+    plan = Plan("data", "ev", "prior", {(d, s): f"t{d}{s}" for d in range(2) for s in (0, 1)}, pairs, "hash")
+    jobs = job_graph(plan, pairs, attack_needs_prior=[False, True])
+    by_id = {j.id: j for j in jobs}
+    assert [j.kind for j in jobs].count("target") == 4 and [j.kind for j in jobs].count("pair") == 8
+    for i, job in enumerate(jobs):  # every job after what it depends on
+        assert all(d in {j.id for j in jobs[:i]} for d in job.deps)
+    assert by_id["pair:d1__a0__s1"].deps == ("target:1:1", "evaluator")
+    assert by_id["pair:d1__a1__s1"].deps == ("target:1:1", "evaluator", "prior")
+    assert by_id["evaluator"].deps == () and by_id["target:0:1"].deps == ()
+    # no prior job when no pending pair needs it; only the targets of pending pairs
+    jobs = job_graph(plan, [p for p in pairs if p.attack_index == 0 and p.defense_index == 1], [False, True])
+    assert {j.id for j in jobs} == {"evaluator", "target:1:0", "target:1:1", "pair:d1__a0__s0", "pair:d1__a0__s1"}
+    assert job_graph(plan, [], [False, True]) == []
+    assert Job("evaluator", "evaluator") == Job("evaluator", "evaluator")
+
+
+# ------------------------------------------------------------------------------------------ store
+def test_concurrent_writers_of_one_product_leave_one_complete_folder(tmp_path):
+    store = Store(tmp_path / "store")
+    barrier = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def write(i: int) -> None:
+        try:
+            with store.writing("targets", "samekey") as tmp:
+                (tmp / "a.txt").write_text(str(i))
+                barrier.wait()  # all four have written half their product before any renames
+                (tmp / "b.txt").write_text(str(i))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    final = store.path("targets", "samekey")
+    assert (final / "a.txt").read_text() == (final / "b.txt").read_text()  # one writer's product, whole
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt", "b.txt"]
+    assert not list((tmp_path / "store" / "targets").glob(".*.tmp"))
+
+
+def test_clean_partial_keeps_folders_of_live_writers(tmp_path):
+    store = Store(tmp_path / "store")
+    kind = tmp_path / "store" / "attacks"
+    kind.mkdir(parents=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live_dir = kind / f"{tmp_prefix('k1')}abc.tmp"
+    dead_dir = kind / f"{tmp_prefix('k2')}abc.tmp".replace(f".{os.getpid()}.", f".{dead.pid}.")
+    fresh_unknown = kind / ".k3.xyz.tmp"
+    old_unknown = kind / ".k4.xyz.tmp"
+    for d in (live_dir, dead_dir, fresh_unknown, old_unknown):
+        d.mkdir()
+    os.utime(old_unknown, (time.time() - 7200, time.time() - 7200))
+    assert store.clean_partial() == 2
+    assert live_dir.is_dir() and fresh_unknown.is_dir()
+    assert not dead_dir.exists() and not old_unknown.exists()
+    # another host's folder: only by age
+    assert not tmp_is_stale(".k.otherhost.1.abc.tmp", "thishost", 10.0, 3600.0, lambda pid: False)
+    assert tmp_is_stale(".k.otherhost.1.abc.tmp", "thishost", 4000.0, 3600.0, lambda pid: True)
+
+
+# ------------------------------------------------------------------------------------------ on Ray
+def test_ray_records_equal_local_records(ray_cluster, write_suite, tmp_path, one_thread):
+    assert _run(write_suite(_suite("local"), "local.yaml")).exit_code == 0
+    tracker = MirrorLog()
+    remote = write_suite(_suite("remote", executor="ray"), "remote.yaml")
+    summary = _run(remote, tracker=tracker)
+    assert summary.exit_code == 0 and sorted(summary.ok) == ["hard__mif__seed0.json", "negls__mif__seed0.json"]
+    recs_local, recs_ray = _records(tmp_path / "runs" / "local"), _records(tmp_path / "runs" / "remote")
+    assert sorted(recs_local) == sorted(recs_ray) == ["hard__mif__seed0.json", "negls__mif__seed0.json"]
+    for name, r in recs_ray.items():
+        assert r["status"] == "ok"
+        assert r["metrics"] == pytest.approx(recs_local[name]["metrics"], rel=1e-6, abs=1e-9), name
+        assert r["keys"] == recs_local[name]["keys"] and r["config_hash"] == recs_local[name]["config_hash"]
+    # the driver mirrored each record once, as it arrived
+    from benchmark.tracking import record_id
+
+    assert sorted(tracker.ids) == sorted(record_id(r) for r in recs_ray.values())
+
+    # a rerun comes from the records: no task runs, records untouched
+    before = {k: v["created"] for k, v in recs_ray.items()}
+    again = _run(remote, tracker=tracker)
+    assert again.exit_code == 0 and len(again.skipped) == 2 and not again.ok
+    assert {k: v["created"] for k, v in _records(tmp_path / "runs" / "remote").items()} == before
+    assert len(tracker.ids) == 2
+
+
+def test_killed_worker_is_retried_and_the_suite_completes(ray_cluster, crash_plugin, write_suite, tmp_path):
+    marker = tmp_path / "attempts.txt"
+    data = _suite("retry", ray={"max_retries": 2})
+    data["defenses"][1] = {"id": "crashy", "name": "crash-worker", "params": {"marker": str(marker), "crashes": 1}}
+    suite = write_suite(data)
+    assert main(["run", str(suite), "--executor", "ray", "--no-tracking", "--plugin", str(crash_plugin)]) == 0
+    attempts = marker.read_text().split()
+    assert len(attempts) == 2 and attempts[0] != attempts[1]  # killed once, then rerun in a new worker process
+    recs = _records(tmp_path / "runs" / "retry")
+    assert sorted(recs) == ["crashy__mif__seed0.json", "hard__mif__seed0.json"]
+    assert all(r["status"] == "ok" for r in recs.values())
+
+
+def test_failures_after_retries_are_recorded_and_others_still_run(ray_cluster, crash_plugin, write_suite, tmp_path):
+    marker = tmp_path / "attempts.txt"
+    data = _suite("fails", executor="ray", ray={"max_retries": 1, "retry_exceptions": True})
+    data["defenses"] = [
+        {"id": "hard", "name": "label_smoothing", "params": {"alpha": 0.0}},
+        {"id": "flaky", "name": "crash-worker", "params": {"marker": str(marker), "crashes": 99, "how": "raise"}},
+        {"id": "broken", "name": "nan-loss"},
+    ]
+    summary = _run(write_suite(data), crash_plugin)
+    assert summary.exit_code == 1 and summary.ok == ["hard__mif__seed0.json"] and len(summary.failed) == 2
+    assert len(marker.read_text().split()) == 2  # the first attempt + max_retries = 1
+    recs = _records(tmp_path / "runs" / "fails")
+    assert recs["hard__mif__seed0.json"]["status"] == "ok"
+    flaky = recs["flaky__mif__seed0.json"]
+    assert flaky["status"] == "failed" and flaky["error"] == "RuntimeError: attempt 2 failed on purpose"
+    assert "Traceback" in flaky["traceback"] and flaky["metrics"] == {}
+    broken = recs["broken__mif__seed0.json"]  # the same record as the in-process executor writes
+    assert broken["status"] == "failed"
+    assert broken["error"].startswith("DivergedError: target broken seed 0: training diverged at epoch 1")
+    assert "Traceback" in broken["traceback"] and broken["config_hash"] and broken["timings"] == {}
