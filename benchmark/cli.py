@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the pairs that would run, run nothing")
     p.add_argument("--executor", choices=["local", "ray"],
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
-    p.add_argument("--address", help="Ray cluster: auto, ray://host:port or host:port (run.ray.address; "
-                   "default: start a local one)")
+    p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
+                   "default: the running one, else a new local one)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a suite without running anything")

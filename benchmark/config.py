@@ -79,8 +79,9 @@ class RayConfig(_Strict):
     is one Ray task with these resource requests.
     """
 
-    address: str | None = Field(None, description="cluster to join: auto (the one `ray start` began on this "
-                                "machine), ray://host:port, host:port; default: start a local one")
+    address: str | None = Field(None, description="cluster to join: auto (RAY_ADDRESS or the one `ray start` "
+                                "began on this machine; an error if none), host:port, ray://host:port (Ray "
+                                "client), local (always a new local one); default: like auto, else a new local one")
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per task (torch threads = this, or run.threads)")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per task (fractions share a GPU)")
     memory: ByteSize | None = Field(None, description="memory per task for Ray's scheduler, e.g. 4GB (default: none)")

@@ -37,7 +37,7 @@ from benchmark.interfaces import Defense
 from benchmark.registry import PluginParams, defenses
 
 
-@defenses.register("crash-worker")
+@defenses.register("ray-test-crash-worker")
 class CrashWorker(Defense):
     """Appends its pid to ``marker``; while ``marker`` has <= ``crashes`` lines, kills its own process
     (``how: exit``) or raises (``how: raise``) instead of training."""
@@ -59,7 +59,7 @@ class CrashWorker(Defense):
         return super().fit(model, trainer)
 
 
-@defenses.register("nan-loss")
+@defenses.register("ray-test-nan-loss")
 class NanLoss(Defense):
     """A broken defense whose loss is NaN."""
 
@@ -111,7 +111,8 @@ def _suite(name: str, **run) -> dict:
 
 @pytest.fixture(scope="module")
 def crash_plugin(tmp_path_factory) -> Path:
-    """One plugin file for the module: a plugin name may be registered once per process."""
+    """One plugin file for the module: a plugin name may be registered once per process (names unique
+    to this module, as other test modules register their own test plugins in the same process)."""
     path = tmp_path_factory.mktemp("plugins") / "crash_plugin.py"
     path.write_text(CRASH_PLUGIN)
     return path
@@ -224,14 +225,25 @@ def test_clean_partial_keeps_folders_of_live_writers(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ on Ray
+def _with_prior(data: dict) -> dict:
+    """Adds a tiny DCGAN prior and GMI (an attack that needs it): every kind of job runs."""
+    data["prior"] = {"name": "dcgan", "params": {"steps": 5, "batch_size": 16, "g_width": 8, "d_width": 8}}
+    data["attacks"] = [*data["attacks"],
+                       {"id": "gmi", "name": "gmi", "params": {"num_steps": 3, "num_restarts": 1,
+                                                                "samples_per_target": 1}}]
+    return data
+
+
 def test_ray_records_equal_local_records(ray_cluster, write_suite, tmp_path, one_thread):
-    assert _run(write_suite(_suite("local"), "local.yaml")).exit_code == 0
+    names = sorted(f"{d}__{a}__seed0.json" for d in ("hard", "negls") for a in ("mif", "gmi"))
+    assert _run(write_suite(_with_prior(_suite("local")), "local.yaml")).exit_code == 0
     tracker = MirrorLog()
-    remote = write_suite(_suite("remote", executor="ray"), "remote.yaml")
+    remote = write_suite(_with_prior(_suite("remote", executor="ray")), "remote.yaml")
     summary = _run(remote, tracker=tracker)
-    assert summary.exit_code == 0 and sorted(summary.ok) == ["hard__mif__seed0.json", "negls__mif__seed0.json"]
+    assert summary.exit_code == 0 and sorted(summary.ok) == names
+    assert (tmp_path / "runs" / "remote" / "figures" / "prior_dcgan_samples.png").is_file()  # written by a worker
     recs_local, recs_ray = _records(tmp_path / "runs" / "local"), _records(tmp_path / "runs" / "remote")
-    assert sorted(recs_local) == sorted(recs_ray) == ["hard__mif__seed0.json", "negls__mif__seed0.json"]
+    assert sorted(recs_local) == sorted(recs_ray) == names
     for name, r in recs_ray.items():
         assert r["status"] == "ok"
         assert r["metrics"] == pytest.approx(recs_local[name]["metrics"], rel=1e-6, abs=1e-9), name
@@ -244,15 +256,16 @@ def test_ray_records_equal_local_records(ray_cluster, write_suite, tmp_path, one
     # a rerun comes from the records: no task runs, records untouched
     before = {k: v["created"] for k, v in recs_ray.items()}
     again = _run(remote, tracker=tracker)
-    assert again.exit_code == 0 and len(again.skipped) == 2 and not again.ok
+    assert again.exit_code == 0 and len(again.skipped) == 4 and not again.ok
     assert {k: v["created"] for k, v in _records(tmp_path / "runs" / "remote").items()} == before
-    assert len(tracker.ids) == 2
+    assert len(tracker.ids) == 4
 
 
 def test_killed_worker_is_retried_and_the_suite_completes(ray_cluster, crash_plugin, write_suite, tmp_path):
     marker = tmp_path / "attempts.txt"
     data = _suite("retry", ray={"max_retries": 2})
-    data["defenses"][1] = {"id": "crashy", "name": "crash-worker", "params": {"marker": str(marker), "crashes": 1}}
+    data["defenses"][1] = {"id": "crashy", "name": "ray-test-crash-worker",
+                           "params": {"marker": str(marker), "crashes": 1}}
     suite = write_suite(data)
     assert main(["run", str(suite), "--executor", "ray", "--no-tracking", "--plugin", str(crash_plugin)]) == 0
     attempts = marker.read_text().split()
@@ -267,8 +280,9 @@ def test_failures_after_retries_are_recorded_and_others_still_run(ray_cluster, c
     data = _suite("fails", executor="ray", ray={"max_retries": 1, "retry_exceptions": True})
     data["defenses"] = [
         {"id": "hard", "name": "label_smoothing", "params": {"alpha": 0.0}},
-        {"id": "flaky", "name": "crash-worker", "params": {"marker": str(marker), "crashes": 99, "how": "raise"}},
-        {"id": "broken", "name": "nan-loss"},
+        {"id": "flaky", "name": "ray-test-crash-worker",
+         "params": {"marker": str(marker), "crashes": 99, "how": "raise"}},
+        {"id": "broken", "name": "ray-test-nan-loss"},
     ]
     summary = _run(write_suite(data), crash_plugin)
     assert summary.exit_code == 1 and summary.ok == ["hard__mif__seed0.json"] and len(summary.failed) == 2

@@ -16,6 +16,7 @@ rerun up to ``max_retries`` times; when it still fails (or raised an exception a
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from benchmark.config import RayConfig
 from benchmark.errors import BenchError, ConfigError
 from benchmark.executors.base import Executor, Job, attack_needs_prior, job_graph, run_job
+from benchmark.plan import PairJob
 from benchmark.results import write_record
 from benchmark.store import content_key
 
@@ -201,11 +203,27 @@ class RayExecutor(Executor):
                 try:
                     out = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    # the task (or one it depends on) failed after its retries: record the pair as failed
-                    record = runner.failed_record(job.pair, error_text(exc), _traceback_text(exc))
-                    write_record(runner.records_dir, record)
-                    out = {"record": record, "trace": None}
+                    out = {"record": _record_of_failed_task(runner, job.pair, exc), "trace": None}
                 runner.finish_pair(summary, out["record"], out["trace"], tracker)
+
+
+def _record_of_failed_task(runner: Runner, pair: PairJob, exc: BaseException) -> dict[str, Any]:
+    """The record of a pair whose task (or a task it depends on) failed after its retries.
+
+    An ok record of the same configuration that the task wrote before its worker died is kept;
+    otherwise the pair is recorded as failed with the task's error and traceback.
+    """
+    path = runner.records_dir / pair.record_name
+    if path.is_file():
+        try:
+            written = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            written = {}
+        if written.get("status") == "ok" and written.get("config_hash") == pair.config_hash:
+            return written
+    record = runner.failed_record(pair, error_text(exc), _traceback_text(exc))
+    write_record(runner.records_dir, record)
+    return record
 
 
 def _traceback_text(exc: BaseException) -> str:
