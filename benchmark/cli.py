@@ -121,8 +121,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         uri = runner.tracking_uri or default_tracking_uri(runner.run_dir)
         tracker = Tracker(uri, loaded.suite.name, artifact_dir=runner.run_dir / "mlartifacts")
     summary = runner.run(tracker, executor=executor)
-    board = _write_leaderboard([runner.run_dir], runner.run_dir / "leaderboard")
+    report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures)
+    board = report.board
     print(board.to_markdown())
+    print(f"report: {report.files['html']}")
     print(f"\nrun folder: {runner.run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
           f"{len(summary.failed)} failed)")
     if tracker is not None:
@@ -132,26 +134,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _write_leaderboard(run_dirs: list[Path], out_dir: Path):
-    from leaderboard import build_from_dirs
+def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = True, **kwargs):
+    from leaderboard.report import build_report
 
-    board = build_from_dirs(run_dirs)
-    board.write(out_dir)
-    return board
+    try:
+        report = build_report(run_dirs, out_dir, figures=figures, **kwargs)
+    except ValueError as exc:  # ReportError and leaderboard errors name the folder and field
+        raise ConfigError(str(exc)) from None
+    for note in report.notes:
+        log.warning("%s", note)
+    return report
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    run_dirs = [Path(d) for d in args.run_dirs]
-    for d in run_dirs:
-        if not (d / "records").is_dir():
-            raise ConfigError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
-    out = Path(args.output) if args.output else run_dirs[0] / "leaderboard"
-    try:
-        board = _write_leaderboard(run_dirs, out)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    print(board.to_markdown())
-    print(f"\nwritten to {out}")
+    """Tables and index.html from the records only (fast: no figures, no stored models read)."""
+    report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
+                           figures=False)
+    print(report.board.to_markdown())
+    print(f"\nwritten to {report.out_dir}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Tables, figures and index.html of one or more run folders (combined when comparable)."""
+    report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
+                           figures=not args.no_figures, grid_attack=args.grid_attack,
+                           grid_identities=args.grid_identities)
+    print(report.board.to_markdown())
+    print(f"\nwritten to {report.out_dir}:")
+    for name, path in sorted(report.files.items()):
+        print(f"  {name:<9} {path}")
+    for fig in report.figures:
+        print(f"  figure    {fig['png']} (+ .svg)")
+    if report.notes:
+        print("notes:\n" + "\n".join(f"  - {n}" for n in report.notes))
     return 0
 
 
@@ -221,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
+    p.add_argument("--no-figures", action="store_true", help="write the report without figures")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a suite without running anything")
@@ -239,10 +256,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("leaderboard", help="rebuild the leaderboard from run folders' records")
+    p = sub.add_parser("leaderboard", help="rebuild the tables and index.html from run folders' records")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="where to write (default RUN_DIR/leaderboard)")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser("report", help="tables, figures and index.html of one or more run folders")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders; several are combined if they share dataset, split and evaluation model")
+    p.add_argument("--output", help="where to write (default: the first RUN_DIR/leaderboard)")
+    p.add_argument("--no-figures", action="store_true", help="tables and page only")
+    p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
+    p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
+    p.set_defaults(func=cmd_report)
     return parser
 
 
