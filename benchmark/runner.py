@@ -215,13 +215,18 @@ class Runner:
                                                   seed=0, desc="evaluation model")
         return self._evaluator
 
+    def defense(self, di: int) -> Any:
+        """A fresh instance of defense ``di`` with its validated parameters (no state shared between
+        the instance that trains a target and the one whose ``postprocess`` wraps it for an attack)."""
+        return REGISTRIES["defenses"].get(self.suite.defenses[di].name)(self.loaded.defense_params[di])
+
     def target(self, di: int, seed: int) -> tuple[Classifier, dict[str, Any]]:
         k = (di, seed)
         if k in self._target_errors:
             raise self._target_errors[k]
         if k not in self._targets:
             d = self.suite.defenses[di]
-            defense = REGISTRIES["defenses"].get(d.name)(self.loaded.defense_params[di])
+            defense = self.defense(di)
             try:
                 model, report = self._train_or_load(
                     "targets", self.plan.target_keys[k], self.suite.target.architecture,
@@ -358,8 +363,7 @@ class Runner:
             timings["target_s"] = float(report.get("seconds", time.perf_counter() - t0))
             rec_out["num_classes"] = self.splits.num_classes
             rec_out["target"] = {k: v for k, v in report.items() if k != "history"}
-            defense = REGISTRIES["defenses"].get(self.suite.defenses[job.defense_index].name)(
-                self.loaded.defense_params[job.defense_index])
+            defense = self.defense(job.defense_index)
             attacked = PostprocessedClassifier(model, defense.postprocess) if defense.has_postprocess else model
             ev, ev_report = self.evaluator()
             rec_out["evaluator"] = {"test_accuracy": ev_report["test_accuracy"],
