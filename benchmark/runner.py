@@ -353,18 +353,33 @@ class Runner:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 
+    def attacked_target(self, di: int, seed: int) -> tuple[Classifier, dict[str, Any], torch.nn.Module]:
+        """(target, its training report, the target as attacks see it: behind the defense's postprocess)."""
+        model, report = self.target(di, seed)
+        defense = self.defense(di)
+        attacked = PostprocessedClassifier(model, defense.postprocess) if defense.has_postprocess else model
+        return model, report, attacked
+
+    def reconstruct(self, job: PairJob) -> str:
+        """Only the attack of ``job``: its reconstructions land in the store; returns their key.
+
+        The Ray executor runs this as a task of its own, so attacks do not wait for the evaluation
+        model; :meth:`run_pair` then loads the reconstructions instead of attacking again.
+        """
+        _, _, attacked = self.attacked_target(job.defense_index, job.seed)
+        self.attack(job, attacked)
+        return job.attack_key
+
     def run_pair(self, job: PairJob) -> dict[str, Any]:
         rec_out = self._base_record(job)
         timings: dict[str, float] = {}
         trace = None
         try:
             t0 = time.perf_counter()
-            model, report = self.target(job.defense_index, job.seed)
+            model, report, attacked = self.attacked_target(job.defense_index, job.seed)
             timings["target_s"] = float(report.get("seconds", time.perf_counter() - t0))
             rec_out["num_classes"] = self.splits.num_classes
             rec_out["target"] = {k: v for k, v in report.items() if k != "history"}
-            defense = self.defense(job.defense_index)
-            attacked = PostprocessedClassifier(model, defense.postprocess) if defense.has_postprocess else model
             ev, ev_report = self.evaluator()
             rec_out["evaluator"] = {"test_accuracy": ev_report["test_accuracy"],
                                     "architecture": self.suite.evaluation.architecture.name}

@@ -163,15 +163,19 @@ def test_job_graph_dependencies():
     plan = Plan("data", "ev", "prior", {(d, s): f"t{d}{s}" for d in range(2) for s in (0, 1)}, pairs, "hash")
     jobs = job_graph(plan, pairs, attack_needs_prior=[False, True])
     by_id = {j.id: j for j in jobs}
-    assert [j.kind for j in jobs].count("target") == 4 and [j.kind for j in jobs].count("pair") == 8
+    kinds = [j.kind for j in jobs]
+    assert kinds.count("target") == 4 and kinds.count("attack") == 8 and kinds.count("pair") == 8
     for i, job in enumerate(jobs):  # every job after what it depends on
         assert all(d in {j.id for j in jobs[:i]} for d in job.deps)
-    assert by_id["pair:d1__a0__s1"].deps == ("target:1:1", "evaluator")
-    assert by_id["pair:d1__a1__s1"].deps == ("target:1:1", "evaluator", "prior")
+    # attacks need their target (and the prior), not the evaluation model; scoring needs both
+    assert by_id["attack:d1__a0__s1"].deps == ("target:1:1",)
+    assert by_id["attack:d1__a1__s1"].deps == ("target:1:1", "prior")
+    assert by_id["pair:d1__a1__s1"].deps == ("attack:d1__a1__s1", "evaluator")
     assert by_id["evaluator"].deps == () and by_id["target:0:1"].deps == ()
     # no prior job when no pending pair needs it; only the targets of pending pairs
     jobs = job_graph(plan, [p for p in pairs if p.attack_index == 0 and p.defense_index == 1], [False, True])
-    assert {j.id for j in jobs} == {"evaluator", "target:1:0", "target:1:1", "pair:d1__a0__s0", "pair:d1__a0__s1"}
+    assert {j.id for j in jobs} == {"evaluator", "target:1:0", "target:1:1", "attack:d1__a0__s0", "attack:d1__a0__s1",
+                                    "pair:d1__a0__s0", "pair:d1__a0__s1"}
     assert job_graph(plan, [], [False, True]) == []
     assert Job("evaluator", "evaluator") == Job("evaluator", "evaluator")
 

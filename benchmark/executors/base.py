@@ -1,9 +1,10 @@
 """The executor interface and the job graph of a run.
 
 A run is a graph of jobs: the evaluation model and the image prior (once per suite), one target
-per (defense, seed), and one pair job per (defense, attack, seed) that attacks the target, scores
-the reconstructions and writes the record. A pair depends on its target, on the evaluation model
-and, when its attack needs one, on the prior. Jobs hand their products over through the
+per (defense, seed), one attack job per (defense, attack, seed) that stores the reconstructions,
+and one pair job per (defense, attack, seed) that scores them and writes the record. An attack
+depends on its target and, when it needs one, on the prior; a pair depends on its attack and on the
+evaluation model (so attacks run while the evaluation model still trains). Jobs hand their products over through the
 content-addressed store: a product job's result is its store key.
 """
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
     from benchmark.config import LoadedSuite, RunConfig
     from benchmark.runner import Runner, RunSummary
 
-JobKind = Literal["evaluator", "prior", "target", "pair"]
+JobKind = Literal["evaluator", "prior", "target", "attack", "pair"]
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,13 @@ def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[
         targets.setdefault(tid, Job("target", tid, defense_index=p.defense_index, seed=p.seed))
     jobs.extend(targets.values())
     for p in todo:
-        deps = [target_job_id(p.defense_index, p.seed), "evaluator"]
+        deps = [target_job_id(p.defense_index, p.seed)]
         if attack_needs_prior[p.attack_index] and plan.prior_key is not None:
             deps.append("prior")
-        jobs.append(Job("pair", f"pair:{p.record_name}", tuple(deps), p.defense_index, p.seed, p))
+        jobs.append(Job("attack", f"attack:{p.record_name}", tuple(deps), p.defense_index, p.seed, p))
+    for p in todo:
+        jobs.append(Job("pair", f"pair:{p.record_name}", (f"attack:{p.record_name}", "evaluator"),
+                        p.defense_index, p.seed, p))
     return jobs
 
 
@@ -86,6 +90,9 @@ def run_job(runner: Runner, job: Job) -> Any:
         assert job.defense_index is not None and job.seed is not None
         runner.target(job.defense_index, job.seed)
         return runner.plan.target_keys[(job.defense_index, job.seed)]
+    if job.kind == "attack":
+        assert job.pair is not None
+        return runner.reconstruct(job.pair)
     if job.kind == "pair":
         assert job.pair is not None
         out = runner.run_pair(job.pair)
