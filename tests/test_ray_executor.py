@@ -300,3 +300,68 @@ def test_failures_after_retries_are_recorded_and_others_still_run(ray_cluster, c
     assert broken["status"] == "failed"
     assert broken["error"].startswith("DivergedError: target broken seed 0: training diverged at epoch 1")
     assert "Traceback" in broken["traceback"] and broken["config_hash"] and broken["timings"] == {}
+
+
+# ------------------------------------------------------------------------------------------ MLflow server
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """An `mlflow server` on the loopback interface (stopped after the test; start bounded to 90 s)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", (tmp_path / "server-artifacts").as_uri(), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start (exit code {proc.poll()})")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def test_ray_run_logs_to_tracking_server(ray_cluster, mlflow_server, write_suite, tmp_path):
+    """With a tracking server, every record becomes one run there; no SQLite file in the run folder."""
+    from mlflow.tracking import MlflowClient
+
+    suite = write_suite(_suite("served"))
+    assert main(["run", str(suite), "--executor", "ray", "--tracking-uri", mlflow_server, "--no-figures"]) == 0
+    run_dir = tmp_path / "runs" / "served"
+    recs = _records(run_dir)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    exp = client.get_experiment_by_name("served")
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == len(recs) == 2
+    by_defense = {r.data.tags["defense"]: r for r in runs}
+    for rec in recs.values():
+        logged = by_defense[rec["defense"]].data.metrics
+        assert logged["attack_acc_top1"] == pytest.approx(rec["metrics"]["attack_acc@1"])
+    assert not (run_dir / "mlflow.db").exists()
+    assert list((tmp_path / "server-artifacts").rglob("grid.png"))  # artifacts went to the server
