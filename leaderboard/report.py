@@ -68,8 +68,26 @@ def read_suite_json(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def _product_keys(run_dir: Path) -> dict[str, set[str]]:
+    """The data and evaluation-model store keys named by a run folder's records."""
+    from benchmark.results import load_records
+
+    keys: dict[str, set[str]] = {"data": set(), "evaluator": set()}
+    for rec in load_records(Path(run_dir) / "records"):
+        for name in keys:
+            value = (rec.get("keys") or {}).get(name)
+            if value:
+                keys[name].add(str(value))
+    return keys
+
+
 def check_combinable(run_dirs: Sequence[Path]) -> None:
     """Refuses run folders that differ in dataset, split or evaluation model.
+
+    The products decide: two runs are comparable when their records name the same data and
+    evaluation-model store keys (content hashes of everything that determines them). Where they
+    differ, the message names the first differing suite field (``dataset...``/``evaluation...``), or
+    says that the same settings produced different products (another code or plugin version).
 
     Raises:
         ReportError: naming both folders, the differing field and both values.
@@ -77,9 +95,14 @@ def check_combinable(run_dirs: Sequence[Path]) -> None:
     if len(run_dirs) < 2:
         return
     first = read_suite_json(run_dirs[0])["suite"]
+    first_keys = _product_keys(run_dirs[0])
     for other_dir in run_dirs[1:]:
         other = read_suite_json(other_dir)["suite"]
+        other_keys = _product_keys(other_dir)
         for name in COMBINE_FIELDS:
+            key = "data" if name == "dataset" else "evaluator"
+            if first_keys[key] and first_keys[key] == other_keys[key]:
+                continue  # the very same products: settings that do not change them may differ
             diff = first_difference(first.get(name), other.get(name), name)
             if diff is not None:
                 where, x, y = diff
@@ -87,6 +110,12 @@ def check_combinable(run_dirs: Sequence[Path]) -> None:
                     f"cannot combine {run_dirs[0]} and {other_dir}: {where} differs ({x!r} vs {y!r}); "
                     "runs are only comparable with the same dataset, split and evaluation model. "
                     "Report them separately, or re-run one suite with the other's settings."
+                )
+            if first_keys[key] and other_keys[key]:
+                raise ReportError(
+                    f"cannot combine {run_dirs[0]} and {other_dir}: the same {name} settings gave different "
+                    f"{'data' if key == 'data' else 'evaluation models'} ({sorted(first_keys[key])} vs "
+                    f"{sorted(other_keys[key])}; another code or plugin version). Re-run one of them."
                 )
 
 

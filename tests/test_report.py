@@ -128,9 +128,25 @@ def test_every_format_agrees_with_records(run_dir: Path) -> None:
             assert text.replace(" ± ", r" $\pm$ ") in tex, (d, col)
 
 
+def _copy_with_evaluator(run_dir: Path, dest: Path, evaluator_key: str) -> Path:
+    """A copy of a run folder's records and suite whose records name another evaluation model."""
+    (dest / "records").mkdir(parents=True)
+    shutil.copy(run_dir / "suite.json", dest / "suite.json")
+    for p in (run_dir / "records").glob("*.json"):
+        rec = json.loads(p.read_text())
+        rec["keys"]["evaluator"] = evaluator_key
+        (dest / "records" / p.name).write_text(json.dumps(rec))
+    return dest
+
+
+def test_same_settings_but_another_evaluation_model_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    other = _copy_with_evaluator(run_dir, tmp_path / "other", "0123456789abcdef")
+    with pytest.raises(ReportError, match="same evaluation settings gave different evaluation models"):
+        check_combinable([run_dir, other])
+
+
 def test_combining_different_evaluation_models_is_refused(run_dir: Path, tmp_path: Path, capsys) -> None:
-    other = tmp_path / "other"
-    shutil.copytree(run_dir / "records", other / "records")
+    other = _copy_with_evaluator(run_dir, tmp_path / "other", "0123456789abcdef")
     suite = json.loads((run_dir / "suite.json").read_text())
     suite["suite"]["evaluation"]["architecture"]["params"]["width"] = 32
     (other / "suite.json").write_text(json.dumps(suite))
