@@ -28,6 +28,7 @@ from leaderboard.render import (
     cell_text,
     column_decimals,
     delta_text,
+    format_value,
     guarantee_text,
     has_guarantees,
 )
@@ -116,6 +117,17 @@ def _metric_head(col: Column) -> str:
             '<span class="ind"></span></th>')
 
 
+def _cell_title(col: Column, cell: Any, decimals: int) -> str:
+    """Tooltip of a cell: the value of every seed behind it, and what was left out."""
+    parts = [f"seed {seed}: {format_value(col, v, decimals)}" for seed, v in zip(cell["seeds"], cell["values"],
+                                                                                 strict=True)]
+    if cell["n_failed"]:
+        parts.append(f"{int(cell['n_failed'])} failed")
+    if cell["n_missing"]:
+        parts.append(f"{int(cell['n_missing'])} not computed")
+    return "; ".join(parts) or "no record"
+
+
 def _table(lb: Leaderboard) -> str:
     cols = lb.columns
     decimals = {c.key: column_decimals(lb, c) for c in cols}
@@ -153,7 +165,8 @@ def _table(lb: Leaderboard) -> str:
                 delta = f'<span class="delta {cls}" title="difference to the baseline">Δ {_e(d)}</span>'
             raw = _raw(cell["mean"]) if cell["n"] else ""
             tds.append(f'<td data-key="{_e(c.key)}" data-value="{raw}" data-std="{_raw(cell["std"])}" '
-                       f'data-n="{int(cell["n"])}">{text}{delta}</td>')
+                       f'data-n="{int(cell["n"])}" title="{_e(_cell_title(c, cell, decimals[c.key]))}">'
+                       f'{text}{delta}</td>')
         rows_html.append(f'<tr{tr_cls} data-defense="{_e(info.defense)}" data-name="{_e(info.label)}">'
                          + "".join(tds) + "</tr>")
     head = "<tr>" + "".join(head1) + "</tr><tr>" + "".join(head2) + "</tr>"

@@ -60,11 +60,13 @@ def expected_cells(records: list[dict]) -> dict[tuple[str, str], tuple[float, fl
 
 
 class CellParser(HTMLParser):
-    """Collects the leaderboard table's rows: defense id and each cell's data-key -> data-value."""
+    """Collects the leaderboard table's rows: defense id and each cell's data-key -> data-value
+    (and the per-seed tooltips in ``titles``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[tuple[str, dict[str, str]]] = []
+        self.titles: dict[tuple[str, str], str] = {}
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -72,6 +74,7 @@ class CellParser(HTMLParser):
             self.rows.append((a["data-defense"], {}))
         elif tag == "td" and self.rows and "data-value" in a:
             self.rows[-1][1][a["data-key"]] = a["data-value"]
+            self.titles[(self.rows[-1][0], a["data-key"])] = a.get("title", "")
 
 
 def test_report_files_after_run(run_dir: Path) -> None:
@@ -107,6 +110,9 @@ def test_every_format_agrees_with_records(run_dir: Path) -> None:
     assert {d for d, _ in parser.rows} == {r["defense"] for r in records}
     for key, (mean, _) in expected.items():
         assert html_cells[key] == pytest.approx(mean, rel=1e-12, abs=1e-12), key
+    for r in records:  # each seed's own number is in the cell's tooltip (accuracies in %)
+        v = r["metrics"]["attack_acc@1"]
+        assert f"seed {r['seed']}: {100 * v:.1f}" in parser.titles[(r["defense"], "mif/attack_acc@1")]
 
     long = pd.read_csv(out / "records.csv")
     for (d, col), (mean, _) in expected.items():
