@@ -1,9 +1,10 @@
 """The Ray executor: every job of a run is a Ray task (``bench run SUITE --executor ray``).
 
-Jobs and dependencies: the evaluation model, the prior and one target per (defense, seed) are
-tasks without dependencies, so they run at the same time as far as the cluster's resources allow;
-each pair task (attack + score + record) receives the object references of its target, of the
-evaluation model and, when its attack needs one, of the prior, so Ray starts it when those are done.
+Jobs and dependencies (:func:`benchmark.executors.base.job_graph`): the evaluation model, the prior
+and one target per (defense, seed) are tasks without dependencies, so they run at the same time as
+far as the cluster's resources allow; each attack task receives the object references of its target
+and, when it needs one, of the prior; each pair task (score + record) receives those of its attack
+and of the evaluation model. Ray starts a task when its dependencies are done.
 
 Products move through the store, never through Ray's object store: a product task returns its
 content key, and a worker rebuilds a ``Runner`` from the suite (``RunnerSpec``) and reads its inputs
