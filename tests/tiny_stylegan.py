@@ -60,7 +60,7 @@ class TinyD(nn.Module):
         self.last_input_range: tuple[float, float] = (0.0, 0.0)
 
     def forward(self, img: Tensor, c: Tensor | None) -> Tensor:
-        self.last_input_range = (float(img.min()), float(img.max()))
+        self.last_input_range = (float(img.detach().min()), float(img.detach().max()))
         return self.fc(img.flatten(1))
 
 
