@@ -35,7 +35,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from attacks.common.losses import IdentityLossName, identity_loss, target_confidence
-from attacks.common.optimize import frozen, optimize_latents
+from attacks.common.optimize import attack_setup, frozen, optimize_latents
 from attacks.common.selection import select_per_identity
 from attacks.common.trace import StepTrace
 from benchmark.errors import ConfigError, DivergedError
@@ -110,12 +110,8 @@ class GenerativeModelInversion(Attack):
             raise ConfigError(f"gmi needs a prior with a discriminator; {type(prior).__name__} has none "
                               "(use dcgan, or a stylegan2-ada pickle that holds D)")
         device = ctx.device
-        identities = identities.long().flatten().cpu()
+        identities, bs, g = attack_setup(target, prior, identities, p.batch_size, ctx)
         k, r = identities.numel(), p.num_restarts
-        bs = p.batch_size or ctx.batch_size
-        g = ctx.generator()
-        target.to(device)
-        prior.to(device)
         objective = GMIObjective(prior, target, p)
         labels = identities.repeat_interleave(r)  # identity-major: restarts of an identity together
         z0 = prior.sample_z(k * r, g)
@@ -161,8 +157,7 @@ class GenerativeModelInversion(Attack):
         }
         rec = Reconstruction(images=images.clamp(0, 1), labels=labels[keep].clone(),
                              latents=z[keep].clone(), trace=trace.as_dict(), info=info)
-        if rec.images.numel():  # Reconstruction.check cannot take the min of an empty tensor
-            rec.check()
+        rec.check()
         log.info("gmi: %d identities x %d restarts, selection confidence %.3f (%.1f s)", k, r,
                  info["selection_confidence"], total)
         return rec

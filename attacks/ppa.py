@@ -42,7 +42,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from attacks.common.losses import IdentityLossName, identity_loss
-from attacks.common.optimize import frozen, optimize_latents
+from attacks.common.optimize import attack_setup, frozen, optimize_latents
 from attacks.common.search import search_candidates
 from attacks.common.selection import score_latents, select_per_identity
 from attacks.common.trace import StepTrace
@@ -139,12 +139,8 @@ class PlugAndPlayAttack(Attack):
         view = FixedView(p.center_crop, p.resize)
         view.check(prior.resolution)
         device = ctx.device
-        identities = identities.long().flatten().cpu()
-        bs = p.batch_size or ctx.batch_size
-        g = ctx.generator()
+        identities, bs, g = attack_setup(target, prior, identities, p.batch_size, ctx)
         timings: dict[str, float] = {}
-        target.to(device)
-        prior.to(device)
         t_all = time.perf_counter()
         with frozen(target, prior):
             t0 = time.perf_counter()
@@ -197,8 +193,7 @@ class PlugAndPlayAttack(Attack):
         }
         rec = Reconstruction(images=images.clamp(0, 1), labels=kept_labels.clone(), latents=kept_w.clone(),
                              trace=trace.as_dict(), info=info)
-        if rec.images.numel():  # Reconstruction.check cannot take the min of an empty tensor
-            rec.check()
+        rec.check()
         log.info("ppa: %d identities, %d images, selection confidence %.3f (%.1f s)", info["num_identities"],
                  info["num_images"], info["selection_confidence"], timings["total_s"])
         return rec

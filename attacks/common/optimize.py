@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -18,6 +19,9 @@ from tqdm.auto import tqdm
 
 from attacks.common.losses import target_confidence
 from attacks.common.trace import StepTrace
+
+if TYPE_CHECKING:
+    from benchmark.interfaces import AttackContext
 
 # objective(latents [B, d], labels [B]) -> (per-latent loss [B], target logits [B, C])
 Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
@@ -41,6 +45,19 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
             m.train(training)
             for p, flag in flags:
                 p.requires_grad_(flag)
+
+
+def attack_setup(target: nn.Module, prior: nn.Module, identities: Tensor, batch_size: int | None,
+                 ctx: AttackContext) -> tuple[Tensor, int, torch.Generator]:
+    """The common start of a generator-based attack.
+
+    Moves ``target`` and ``prior`` to ``ctx.device`` and returns the identities as a flat CPU long
+    tensor, the batch size (``batch_size`` or the run's ``ctx.batch_size``) and the job's seeded
+    random generator.
+    """
+    target.to(ctx.device)
+    prior.to(ctx.device)
+    return identities.long().flatten().cpu(), batch_size or ctx.batch_size, ctx.generator()
 
 
 def autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
