@@ -121,7 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         uri = runner.tracking_uri or default_tracking_uri(runner.run_dir)
         tracker = Tracker(uri, loaded.suite.name, artifact_dir=runner.run_dir / "mlartifacts")
     summary = runner.run(tracker, executor=executor)
-    report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures)
+    report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures,
+                           runners=[runner])
     board = report.board
     print(board.to_markdown())
     print(f"report: {report.files['html']}")
@@ -141,9 +142,7 @@ def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = Tr
         report = build_report(run_dirs, out_dir, figures=figures, **kwargs)
     except ValueError as exc:  # ReportError and leaderboard errors name the folder and field
         raise ConfigError(str(exc)) from None
-    for note in report.notes:
-        log.warning("%s", note)
-    return report
+    return report  # figures left out were logged with their reason where they failed
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -166,8 +165,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"  {name:<9} {path}")
     for fig in report.figures:
         print(f"  figure    {fig['png']} (+ .svg)")
-    if report.notes:
-        print("notes:\n" + "\n".join(f"  - {n}" for n in report.notes))
     return 0
 
 

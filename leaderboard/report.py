@@ -21,14 +21,17 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from leaderboard.build import Leaderboard, build
+
+if TYPE_CHECKING:
+    from benchmark.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +71,10 @@ def read_suite_json(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def _product_keys(run_dir: Path) -> dict[str, set[str]]:
+def _product_keys(records: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
     """The data and evaluation-model store keys named by a run folder's records."""
-    from benchmark.results import load_records
-
     keys: dict[str, set[str]] = {"data": set(), "evaluator": set()}
-    for rec in load_records(Path(run_dir) / "records"):
+    for rec in records:
         for name in keys:
             value = (rec.get("keys") or {}).get(name)
             if value:
@@ -81,7 +82,8 @@ def _product_keys(run_dir: Path) -> dict[str, set[str]]:
     return keys
 
 
-def check_combinable(run_dirs: Sequence[Path]) -> None:
+def check_combinable(run_dirs: Sequence[Path],
+                     records: Mapping[Path, Sequence[dict[str, Any]]] | None = None) -> None:
     """Refuses run folders that differ in dataset, split or evaluation model.
 
     The products decide: two runs are comparable when their records name the same data and
@@ -89,16 +91,26 @@ def check_combinable(run_dirs: Sequence[Path]) -> None:
     differ, the message names the first differing suite field (``dataset...``/``evaluation...``), or
     says that the same settings produced different products (another code or plugin version).
 
+    Args:
+        run_dirs: the run folders.
+        records: each folder's records when already loaded (read from ``records/`` otherwise).
+
     Raises:
         ReportError: naming both folders, the differing field and both values.
     """
     if len(run_dirs) < 2:
         return
+    from benchmark.results import load_records
+
+    def keys_of(run_dir: Path) -> dict[str, set[str]]:
+        recs = records[run_dir] if records is not None else load_records(Path(run_dir) / "records")
+        return _product_keys(recs)
+
     first = read_suite_json(run_dirs[0])["suite"]
-    first_keys = _product_keys(run_dirs[0])
+    first_keys = keys_of(run_dirs[0])
     for other_dir in run_dirs[1:]:
         other = read_suite_json(other_dir)["suite"]
-        other_keys = _product_keys(other_dir)
+        other_keys = keys_of(other_dir)
         for name in COMBINE_FIELDS:
             key = "data" if name == "dataset" else "evaluator"
             if first_keys[key] and first_keys[key] == other_keys[key]:
@@ -120,21 +132,28 @@ def check_combinable(run_dirs: Sequence[Path]) -> None:
 
 
 class RunView:
-    """Read-only access to one run folder's suite, records and stored products (never trains)."""
+    """Read-only access to one run folder's suite and stored products (never trains).
 
-    def __init__(self, run_dir: Path) -> None:
+    Args:
+        run_dir: the run folder.
+        runner: the ``Runner`` that just ran this folder, if there is one (``bench run`` passes it):
+            its data and models already in memory are used instead of being loaded again.
+    """
+
+    def __init__(self, run_dir: Path, runner: Runner | None = None) -> None:
         from benchmark.config import validate_suite
         from benchmark.registry import load_plugins
-        from benchmark.results import load_records
         from benchmark.runner import Runner
 
-        load_plugins()
         self.run_dir = Path(run_dir)
-        data = read_suite_json(self.run_dir)
-        self.loaded = validate_suite(data["suite"], str(self.run_dir / "suite.json"))
-        self.suite = self.loaded.suite
-        self.runner = Runner(self.loaded, run_dir=self.run_dir, progress=False)
-        self.records = load_records(self.run_dir / "records")
+        if runner is None:
+            load_plugins()
+            data = read_suite_json(self.run_dir)
+            runner = Runner(validate_suite(data["suite"], str(self.run_dir / "suite.json")), run_dir=self.run_dir,
+                            progress=False)
+        self.runner = runner
+        self.loaded = runner.loaded
+        self.suite = runner.suite
 
     @property
     def splits(self) -> Any:
@@ -181,7 +200,7 @@ class Report:
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
-                 tsne_images_per_identity: int = 30) -> Report:
+                 tsne_images_per_identity: int = 30, runners: Sequence[Runner] = ()) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -193,6 +212,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         grid_identities: identities (columns) in the qualitative grid.
         tsne_identities: identities shown in the embedding figure.
         tsne_images_per_identity: training images per identity in the embedding figure.
+        runners: ``Runner`` objects that just ran some of ``run_dirs`` (their data and models in
+            memory are reused by the figures).
 
     Raises:
         ReportError: a folder is not a run folder, has no records, or folders cannot be combined.
@@ -204,10 +225,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
-    check_combinable(dirs)
-    records: list[dict[str, Any]] = []
-    for d in dirs:
-        records.extend(load_records(d / "records"))
+    per_dir = {d: load_records(d / "records") for d in dirs}
+    check_combinable(dirs, per_dir)
+    records = [r for d in dirs for r in per_dir[d]]
     if not records:
         raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}")
     board = build(records)
@@ -218,7 +238,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if figures:
         from leaderboard.report_figures import draw_all
 
-        draw_all(report, dirs, records, grid_attack=grid_attack, grid_identities=grid_identities,
+        draw_all(report, dirs, records, runners=runners, grid_attack=grid_attack, grid_identities=grid_identities,
                  tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
     page = out / "index.html"
     page.write_text(render_html(board, report.figures, report.notes, base=out), encoding="utf-8")

@@ -27,9 +27,11 @@ ACC1 = "attack_acc@1"
 class _Views:
     """One lazily opened :class:`~leaderboard.report.RunView` per run folder."""
 
-    def __init__(self, dirs: Sequence[Path]) -> None:
+    def __init__(self, dirs: Sequence[Path], runners: Sequence[Any] = ()) -> None:
+        from leaderboard.report import RunView
+
         self.dirs = [Path(d) for d in dirs]
-        self._views: dict[Path, Any] = {}
+        self._views: dict[Path, Any] = {Path(r.run_dir).resolve(): RunView(r.run_dir, r) for r in runners}
 
     def of(self, record: dict[str, Any]) -> Any:
         path = record.get("_path")
@@ -62,10 +64,11 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device
     return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
 
 
-def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]], *, grid_attack: str | None,
-             grid_identities: int, tsne_identities: int, tsne_images_per_identity: int) -> None:
+def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]], *, runners: Sequence[Any],
+             grid_attack: str | None, grid_identities: int, tsne_identities: int,
+             tsne_images_per_identity: int) -> None:
     """Draws every figure into ``report.out_dir / "figures"`` and lists them in ``report.figures``."""
-    views = _Views(dirs)
+    views = _Views(dirs, runners)
     out = report.out_dir / "figures"
     jobs: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
         ("privacy_utility", lambda: privacy_utility(report.board, out)),
@@ -241,8 +244,8 @@ def toy2d(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Pat
     view = views.of(first)
     train = view.splits.private_train
     points = decode_points(train.images())
-    ok = _ok(records)
-    attack = next((r["attack"] for r in ok if "trajectory" in (views.of(r).reconstruction(r).extras or {})), None)
+    attack = next((r["attack"] for r in _ok(records) if (r.get("attack_params") or {}).get("record_trajectory")),
+                  None)
     panels = []
     for info in board.defenses:
         r = _record(records, info.defense, attack)
