@@ -25,8 +25,9 @@ from leaderboard.render import (
     ARROWS,
     NEAR_CHANCE,
     _seed_summary,
+    cell_rows,
     cell_text,
-    column_decimals,
+    decimals_by_column,
     delta_text,
     format_value,
     guarantee_text,
@@ -130,8 +131,8 @@ def _cell_title(col: Column, cell: Any, decimals: int) -> str:
 
 def _table(lb: Leaderboard) -> str:
     cols = lb.columns
-    decimals = {c.key: column_decimals(lb, c) for c in cols}
-    cells = {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+    decimals = decimals_by_column(lb)
+    cells = cell_rows(lb)
     eps_col = has_guarantees(lb)
     spans: list[tuple[str, int]] = []  # attack id, number of metric columns; the first is the target's
     for c in cols:

@@ -63,6 +63,16 @@ def column_decimals(lb: Leaderboard, col: Column) -> int:
     return min(6, 2 - math.floor(math.log10(biggest)))
 
 
+def cell_rows(lb: Leaderboard) -> dict[tuple[str, str], pd.Series]:
+    """Every row of :attr:`Leaderboard.data` keyed by (defense id, column key), for rendering."""
+    return {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+
+
+def decimals_by_column(lb: Leaderboard) -> dict[str, int]:
+    """:func:`column_decimals` of every column, keyed by column key."""
+    return {c.key: column_decimals(lb, c) for c in lb.columns}
+
+
 def _scaled(col: Column, x: float) -> float:
     return x * 100.0 if col.is_accuracy else x
 
@@ -210,8 +220,8 @@ def render_markdown(lb: Leaderboard) -> str:
     Returns:
         Markdown text ending with a newline.
     """
-    decimals = {c.key: column_decimals(lb, c) for c in lb.columns}
-    cells = {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+    decimals = decimals_by_column(lb)
+    cells = cell_rows(lb)
     eps_col = has_guarantees(lb)
     headers = ["Defense", *(["ε (DP)"] if eps_col else []), *(_header(c, ARROWS) for c in lb.columns)]
     align = ["left", *(["right"] * (len(lb.columns) + int(eps_col)))]
@@ -335,7 +345,7 @@ def wide_frame(lb: Leaderboard) -> pd.DataFrame:
     Returns:
         The wide DataFrame.
     """
-    cells = {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+    cells = cell_rows(lb)
     rows = []
     for info in lb.defenses:
         row: dict[str, Any] = {"defense": info.defense, "defense_label": info.label}
@@ -384,8 +394,8 @@ def render_latex(lb: Leaderboard) -> str:
     Returns:
         LaTeX source ending with a newline.
     """
-    decimals = {c.key: column_decimals(lb, c) for c in lb.columns}
-    cells = {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+    decimals = decimals_by_column(lb)
+    cells = cell_rows(lb)
     cols = lb.columns
     na_mark = r"\textsuperscript{\textdagger}"
 
