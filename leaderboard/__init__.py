@@ -17,7 +17,7 @@ from leaderboard.build import (
     build,
     build_from_dirs,
 )
-from leaderboard.render import latex_escape
+from leaderboard.latex import latex_escape
 
 __all__ = [
     "DATA_COLUMNS",

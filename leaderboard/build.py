@@ -222,7 +222,7 @@ class Leaderboard:
 
     def to_latex(self) -> str:
         """Renders the main table as a LaTeX ``table`` using booktabs rules."""
-        from leaderboard.render import render_latex
+        from leaderboard.latex import render_latex
 
         return render_latex(self)
 

@@ -24,7 +24,6 @@ from leaderboard.build import Column, Leaderboard
 from leaderboard.render import (
     ARROWS,
     NEAR_CHANCE,
-    _seed_summary,
     cell_rows,
     cell_text,
     decimals_by_column,
@@ -32,6 +31,7 @@ from leaderboard.render import (
     format_value,
     guarantee_text,
     has_guarantees,
+    seed_summary,
 )
 
 _CSS = """
@@ -183,7 +183,7 @@ def _provenance(lb: Leaderboard) -> str:
         ("code version", ", ".join(meta.get("code_versions") or []) or "unknown"),
         ("device", "; ".join(meta.get("devices") or []) or "unknown"),
         ("created", " to ".join(dict.fromkeys(meta.get("created") or ())) or "unknown"),
-        ("seeds", _seed_summary(lb)),
+        ("seeds", seed_summary(lb)),
         ("records", str(meta.get("num_records", 0))),
         ("baseline", lb.baseline_label or "none"),
     ]
@@ -212,7 +212,7 @@ def render_html(lb: Leaderboard, figures: Sequence[dict[str, Any]] = (), notes: 
     """
     legend = [
         "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
-        f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({_seed_summary(lb)}); accuracies in %.",
+        f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({seed_summary(lb)}); accuracies in %.",
     ]
     if lb.baseline is not None:
         legend.append(f"Δ: difference of means to the baseline ({lb.baseline_label}); accuracies in percentage "
