@@ -1,1 +1,1 @@
-"""Attack plugins (one module per attack); shared pieces in ``attacks.common``."""
+"""Attack plugins (one module per attack); shared pieces in ``inversion_bench.attacks.common``."""

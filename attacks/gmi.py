@@ -31,16 +31,15 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss, target_confidence
+from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
+from inversion_bench.attacks.common.selection import select_per_identity
+from inversion_bench.attacks.common.trace import StepTrace
+from inversion_bench.errors import ConfigError, DivergedError
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.registry import PluginParams, attacks
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-
-from attacks.common.losses import IdentityLossName, identity_loss, target_confidence
-from attacks.common.optimize import attack_setup, frozen, optimize_latents
-from attacks.common.selection import select_per_identity
-from attacks.common.trace import StepTrace
-from benchmark.errors import ConfigError, DivergedError
-from benchmark.interfaces import Attack, AttackContext, Generator, Reconstruction
-from benchmark.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)
 

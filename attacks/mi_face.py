@@ -20,13 +20,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.errors import DivergedError
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.registry import PluginParams, attacks
 from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from benchmark.errors import DivergedError
-from benchmark.interfaces import Attack, AttackContext, Generator, Reconstruction
-from benchmark.registry import PluginParams, attacks
 
 
 def total_variation(x: Tensor) -> Tensor:

@@ -3,7 +3,7 @@
 The attack anchors the label smoothing study of Struppek et al. (ICLR 2024, "Be Careful What You
 Smooth For"). Three stages, all batched over identities:
 
-1. Candidate search (:mod:`attacks.common.search`): sample ``search_space_size`` latents from the
+1. Candidate search (:mod:`inversion_bench.attacks.common.search`): sample ``search_space_size`` latents from the
    prior, score each image by the target's softmax confidence for every attacked identity
    (averaged with the horizontally flipped image) and keep the ``num_candidates`` best latents of
    each identity.
@@ -12,7 +12,7 @@ Smooth For"). Three stages, all batched over identities:
    augmented views (fixed centre crop and resize, then a random resized crop with scale 0.9-1.0
    and aspect ratio 1). The Poincaré loss is PPA's default; cross-entropy and LOMMA's logit loss
    are the alternatives compared in the ICLR 2024 appendix.
-3. Final selection (:mod:`attacks.common.selection`): each result's mean target confidence over
+3. Final selection (:mod:`inversion_bench.attacks.common.selection`): each result's mean target confidence over
    ``iterations`` random transforms (crop scale 0.5-0.9, ratio 0.8-1.2, flip); the
    ``samples_per_target`` best of each identity are returned.
 
@@ -38,19 +38,18 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from inversion_bench import augment
+from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
+from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
+from inversion_bench.attacks.common.search import search_candidates
+from inversion_bench.attacks.common.selection import score_latents, select_per_identity
+from inversion_bench.attacks.common.trace import StepTrace
+from inversion_bench.attacks.common.views import FixedView
+from inversion_bench.errors import ConfigError, DivergedError
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.registry import PluginParams, attacks
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-
-from attacks.common.losses import IdentityLossName, identity_loss
-from attacks.common.optimize import attack_setup, frozen, optimize_latents
-from attacks.common.search import search_candidates
-from attacks.common.selection import score_latents, select_per_identity
-from attacks.common.trace import StepTrace
-from attacks.common.views import FixedView
-from benchmark import augment
-from benchmark.errors import ConfigError, DivergedError
-from benchmark.interfaces import Attack, AttackContext, Generator, Reconstruction
-from benchmark.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)
 

@@ -12,17 +12,20 @@ import re
 import sys
 from pathlib import Path
 
-from benchmark.errors import ConfigError
+from inversion_bench.errors import ConfigError
 
-log = logging.getLogger("benchmark")
+log = logging.getLogger("inversion_bench")
 
 DEFAULT_SUITE = "suites/quickstart.yaml"
 
 
 def _default_suite() -> str:
+    """``suites/quickstart.yaml`` of the working directory, else the copy installed with the package."""
     if Path(DEFAULT_SUITE).is_file():
         return DEFAULT_SUITE
-    return str(Path(__file__).resolve().parent.parent / DEFAULT_SUITE)
+    from importlib.resources import files
+
+    return str(files("inversion_bench.suites") / "quickstart.yaml")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -45,8 +48,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _load(args: argparse.Namespace):
-    from benchmark.config import load_suite
-    from benchmark.registry import load_plugin_file, load_plugins
+    from inversion_bench.config import load_suite
+    from inversion_bench.registry import load_plugin_file, load_plugins
 
     load_plugins()
     for f in args.plugin or []:
@@ -55,8 +58,8 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from benchmark.plan import describe, make_plan
-    from benchmark.resources import missing_resources
+    from inversion_bench.plan import describe, make_plan
+    from inversion_bench.resources import missing_resources
 
     loaded = _load(args)
     if not args.schema_only:
@@ -71,7 +74,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Lists every dataset folder, checkpoint and weights file the suite needs, and their state."""
-    from benchmark.resources import check_resources
+    from inversion_bench.resources import check_resources
 
     loaded = _load(args)
     resources = check_resources(loaded)
@@ -90,10 +93,10 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmark.executors import make_executor
-    from benchmark.plan import describe
-    from benchmark.resources import missing_resources
-    from benchmark.runner import Runner
+    from inversion_bench.executors import make_executor
+    from inversion_bench.plan import describe
+    from inversion_bench.resources import missing_resources
+    from inversion_bench.runner import Runner
 
     loaded = _load(args)
     problems = missing_resources(loaded)
@@ -115,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     tracker = None
     if loaded.suite.run.tracking and not args.no_tracking:
-        from benchmark.tracking import Tracker, default_tracking_uri
+        from inversion_bench.tracking import Tracker, default_tracking_uri
 
         runner.run_dir.mkdir(parents=True, exist_ok=True)
         uri = runner.tracking_uri or default_tracking_uri(runner.run_dir)
@@ -136,7 +139,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = True, **kwargs):
-    from leaderboard.report import build_report
+    from inversion_bench.leaderboard.report import build_report
 
     try:
         report = build_report(run_dirs, out_dir, figures=figures, **kwargs)
@@ -169,7 +172,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from benchmark.registry import REGISTRIES, load_plugin_file, load_plugins
+    from inversion_bench.registry import REGISTRIES, load_plugin_file, load_plugins
 
     load_plugins()
     for f in args.plugin or []:

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from inversion_bench.data.splits import SplitSpec
+from inversion_bench.errors import ConfigError, UnknownPluginError
+from inversion_bench.registry import REGISTRIES, Registry
+from inversion_bench.training import TrainingRecipe
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from benchmark.data.splits import SplitSpec
-from benchmark.errors import ConfigError, UnknownPluginError
-from benchmark.registry import REGISTRIES, Registry
-from benchmark.training import TrainingRecipe
 
 
 class _Strict(BaseModel):

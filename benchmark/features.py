@@ -12,13 +12,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
+from inversion_bench.store import Store
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from benchmark.store import Store
-
 if TYPE_CHECKING:
-    from benchmark.data import LabeledImages
+    from inversion_bench.data import LabeledImages
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +38,7 @@ class FeatureExtractor:
 
 
 def model_features(key: str, model: nn.Module) -> FeatureExtractor:
-    """The penultimate features of a :class:`~benchmark.interfaces.Classifier`."""
+    """The penultimate features of a :class:`~inversion_bench.interfaces.Classifier`."""
     return FeatureExtractor(key, model.features, model)
 
 

@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.errors import DivergedError
+from inversion_bench.registry import Plugin
 from torch import Tensor, nn
 
-from benchmark.errors import DivergedError
-from benchmark.registry import Plugin
-
 if TYPE_CHECKING:
-    from benchmark.data import LabeledImages
-    from benchmark.features import FeatureCache
-    from benchmark.training import Trainer
+    from inversion_bench.data import LabeledImages
+    from inversion_bench.features import FeatureCache
+    from inversion_bench.training import Trainer
 
 Direction = Literal["higher", "lower"]
 

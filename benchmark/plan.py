@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmark.config import LoadedSuite, entry_id, entry_label
-from benchmark.registry import REGISTRIES
-from benchmark.results import record_filename
-from benchmark.store import content_key
+from inversion_bench.config import LoadedSuite, entry_id, entry_label
+from inversion_bench.registry import REGISTRIES
+from inversion_bench.results import record_filename
+from inversion_bench.store import content_key
 
 
 def _plugin_spec(kind: str, name: str, params: Any) -> dict[str, Any]:

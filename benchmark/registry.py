@@ -2,7 +2,7 @@
 
 A plugin is a class registered with a decorator::
 
-    from benchmark.registry import defenses
+    from inversion_bench.registry import defenses
 
     @defenses.register("my_defense")
     class MyDefense(Defense):
@@ -31,9 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
+from inversion_bench.errors import ConfigError, UnknownPluginError
 from pydantic import BaseModel, ConfigDict
-
-from benchmark.errors import ConfigError, UnknownPluginError
 
 log = logging.getLogger(__name__)
 
@@ -195,28 +194,28 @@ REGISTRIES: dict[str, Registry[Any]] = {
 
 # Built-in plugins: importing these modules registers everything the suite ships with.
 BUILTIN_MODULES: tuple[str, ...] = (
-    "benchmark.data.synthetic",
-    "benchmark.data.image_folder",
-    "benchmark.data.celeba",
-    "benchmark.data.toy2d",
-    "benchmark.models",
-    "defenses.label_smoothing",
-    "defenses.mid",
-    "defenses.bido",
-    "defenses.tl_dmi",
-    "defenses.dp_sgd",
-    "defenses.output",
-    "attacks.mi_face",
-    "attacks.generators.dcgan",
-    "attacks.generators.stylegan2_ada",
-    "attacks.ppa",
-    "attacks.gmi",
-    "metrics.accuracy",
-    "metrics.knn",
-    "metrics.extractors",
-    "metrics.fid",
-    "metrics.facenet",
-    "metrics.prdc",
+    "inversion_bench.data.synthetic",
+    "inversion_bench.data.image_folder",
+    "inversion_bench.data.celeba",
+    "inversion_bench.data.toy2d",
+    "inversion_bench.models",
+    "inversion_bench.defenses.label_smoothing",
+    "inversion_bench.defenses.mid",
+    "inversion_bench.defenses.bido",
+    "inversion_bench.defenses.tl_dmi",
+    "inversion_bench.defenses.dp_sgd",
+    "inversion_bench.defenses.output",
+    "inversion_bench.attacks.mi_face",
+    "inversion_bench.attacks.generators.dcgan",
+    "inversion_bench.attacks.generators.stylegan2_ada",
+    "inversion_bench.attacks.ppa",
+    "inversion_bench.attacks.gmi",
+    "inversion_bench.metrics.accuracy",
+    "inversion_bench.metrics.knn",
+    "inversion_bench.metrics.extractors",
+    "inversion_bench.metrics.fid",
+    "inversion_bench.metrics.facenet",
+    "inversion_bench.metrics.prdc",
 )
 
 _loaded = False

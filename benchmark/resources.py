@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.config import LoadedSuite
-from benchmark.registry import REGISTRIES
+from inversion_bench.config import LoadedSuite
+from inversion_bench.registry import REGISTRIES
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The jobs of a run, and the run itself: one ``Runner`` per suite and run folder.
 
-The job code lives here and is shared by every executor (``benchmark.executors``): ``evaluator()``,
+The job code lives here and is shared by every executor (``inversion_bench.executors``): ``evaluator()``,
 ``prior()``, ``target()`` and ``run_pair()`` (attack + score + record). The local executor calls them
 in this process; the Ray executor calls the same methods on a ``Runner`` that each worker rebuilds
 from the suite, the jobs handing their products over through the store.
@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from benchmark import __version__
-from benchmark.config import LoadedSuite, entry_label
-from benchmark.data.splits import Splits, make_splits
-from benchmark.errors import BenchError, MetricUnavailableError
-from benchmark.features import FeatureCache
-from benchmark.interfaces import (
+from inversion_bench import __version__
+from inversion_bench.config import LoadedSuite, entry_label
+from inversion_bench.data.splits import Splits, make_splits
+from inversion_bench.errors import BenchError, MetricUnavailableError
+from inversion_bench.features import FeatureCache
+from inversion_bench.interfaces import (
     AttackContext,
     Classifier,
     MetricContext,
@@ -38,12 +37,12 @@ from benchmark.interfaces import (
     PriorContext,
     Reconstruction,
 )
-from benchmark.models import load_state_dict_file
-from benchmark.plan import PairJob, Plan, make_plan
-from benchmark.registry import REGISTRIES
-from benchmark.results import load_records, record_filename, write_json_atomic, write_record
-from benchmark.store import Store
-from benchmark.training import RunSettings, Trainer
+from inversion_bench.models import load_state_dict_file
+from inversion_bench.plan import PairJob, Plan, make_plan
+from inversion_bench.registry import REGISTRIES
+from inversion_bench.results import load_records, record_filename, write_json_atomic, write_record
+from inversion_bench.store import Store
+from inversion_bench.training import RunSettings, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +182,7 @@ class Runner:
             if checkpoint is not None:
                 self._load_checkpoint(model, checkpoint)
                 model.to(self.device)
-                from benchmark.training import accuracy, predict_logits
+                from inversion_bench.training import accuracy, predict_logits
 
                 logits = predict_logits(model, sp.private_test, self.settings)
                 report = {"test_accuracy": accuracy(logits, sp.private_test.labels), "checkpoint": checkpoint,
@@ -458,7 +457,7 @@ class Runner:
     def run(self, tracker: Any = None, executor: Any = None) -> RunSummary:
         """Runs every pending pair with ``executor`` (default: the in-process ``LocalExecutor``)."""
         if executor is None:
-            from benchmark.executors.local import LocalExecutor
+            from inversion_bench.executors.local import LocalExecutor
 
             executor = LocalExecutor()
         return executor.run(self, tracker)
@@ -500,7 +499,7 @@ class Runner:
 
     def mirror_missing(self, tracker: Any) -> None:
         """Mirrors records that have no MLflow run yet (e.g. after a kill between record and mirror)."""
-        from benchmark.tracking import record_id
+        from inversion_bench.tracking import record_id
 
         have = tracker.mirrored()
         for rec in load_records(self.records_dir):

@@ -19,13 +19,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from inversion_bench import augment
+from inversion_bench.data import LabeledImages
+from inversion_bench.errors import DivergedError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from benchmark import augment
-from benchmark.data import LabeledImages
-from benchmark.errors import DivergedError
 
 log = logging.getLogger(__name__)
 

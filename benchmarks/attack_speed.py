@@ -1,7 +1,7 @@
 """Overhead of the attack step against a bare forward/backward pass (PPA and GMI).
 
 For each attack, one process times (a) the attack's optimisation step as the attacks run it
-(:func:`attacks.common.optimize.optimize_latents`: objective, summed loss, backward, trace with
+(:func:`inversion_bench.attacks.common.optimize.optimize_latents`: objective, summed loss, backward, trace with
 gradient cosine, optimiser step, latent projection) and (b) a bare forward and backward pass
 through the same generator and target at the same batch size, with the same per-step
 augmentation (PPA: random resized crop; GMI: none) and, for GMI, the same discriminator pass.
@@ -26,15 +26,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from attacks.common.losses import poincare_loss  # noqa: E402
-from attacks.common.optimize import frozen, optimize_latents  # noqa: E402
-from attacks.common.trace import StepTrace  # noqa: E402
-from attacks.common.views import FixedView  # noqa: E402
-from attacks.generators.dcgan import DCGANGenerator  # noqa: E402
-from attacks.gmi import GenerativeModelInversion, GMIObjective, GMIParams  # noqa: E402
-from attacks.ppa import PlugAndPlayAttack, PPAObjective, PPAParams, latent_projection  # noqa: E402
-from benchmark import augment  # noqa: E402
-from benchmark.models import build_classifier  # noqa: E402
+from inversion_bench import augment  # noqa: E402
+from inversion_bench.attacks.common.losses import poincare_loss  # noqa: E402
+from inversion_bench.attacks.common.optimize import frozen, optimize_latents  # noqa: E402
+from inversion_bench.attacks.common.trace import StepTrace  # noqa: E402
+from inversion_bench.attacks.common.views import FixedView  # noqa: E402
+from inversion_bench.attacks.generators.dcgan import DCGANGenerator  # noqa: E402
+from inversion_bench.attacks.gmi import GenerativeModelInversion, GMIObjective, GMIParams  # noqa: E402
+from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAObjective, PPAParams, latent_projection  # noqa: E402
+from inversion_bench.models import build_classifier  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from benchmark.data import LabeledImages, TensorFaces  # noqa: E402
-from benchmark.interfaces import AttackContext, PriorContext  # noqa: E402
-from benchmark.models import build_classifier  # noqa: E402
-from benchmark.registry import attacks, generators, load_plugins  # noqa: E402
-from benchmark.training import RunSettings, Trainer, TrainingRecipe  # noqa: E402
+from inversion_bench.data import LabeledImages, TensorFaces  # noqa: E402
+from inversion_bench.interfaces import AttackContext, PriorContext  # noqa: E402
+from inversion_bench.models import build_classifier  # noqa: E402
+from inversion_bench.registry import attacks, generators, load_plugins  # noqa: E402
+from inversion_bench.training import RunSettings, Trainer, TrainingRecipe  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -30,14 +30,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.errors import ConfigError
+from inversion_bench.interfaces import Classifier, Defense
+from inversion_bench.registry import PluginParams, defenses
+from inversion_bench.training import Trainer
 from pydantic import Field
 from torch import Tensor, nn
 from torchvision.models import inception, resnet
-
-from benchmark.errors import ConfigError
-from benchmark.interfaces import Classifier, Defense
-from benchmark.registry import PluginParams, defenses
-from benchmark.training import Trainer
 
 
 def _opacus():

@@ -24,12 +24,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.interfaces import Classifier, Defense
+from inversion_bench.registry import PluginParams, defenses
+from inversion_bench.training import Trainer
 from pydantic import Field
 from torch import Tensor, nn
-
-from benchmark.interfaces import Classifier, Defense
-from benchmark.registry import PluginParams, defenses
-from benchmark.training import Trainer
 
 SIGMA_SHIFT = 5.0  # sigma = softplus(s - 5), as in the reference implementation
 

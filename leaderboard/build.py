@@ -1,6 +1,6 @@
 """Aggregates result records into a :class:`Leaderboard` (rows = defenses, columns = attack metrics).
 
-The leaderboard is rebuilt from records alone (see :mod:`benchmark.results`). Aggregation rules:
+The leaderboard is rebuilt from records alone (see :mod:`inversion_bench.results`). Aggregation rules:
 
 * Rows are defenses in ``defense_index`` order. The target's utility (``metrics["test_accuracy"]``) is
   taken once per (defense, seed) -- it is the same for every attack of that target -- then averaged
@@ -210,19 +210,19 @@ class Leaderboard:
             ``<attack>/<metric>``: ``_mean, _std, _n, _delta, _failed``, then ``num_classes`` and
             ``near_chance``. Placeholder columns of attacks without any metric are left out.
         """
-        from leaderboard.render import wide_frame
+        from inversion_bench.leaderboard.render import wide_frame
 
         return wide_frame(self)
 
     def to_markdown(self) -> str:
         """Renders the leaderboard as Markdown (title, table, Δ table, legend, notes, failures)."""
-        from leaderboard.render import render_markdown
+        from inversion_bench.leaderboard.render import render_markdown
 
         return render_markdown(self)
 
     def to_latex(self) -> str:
         """Renders the main table as a LaTeX ``table`` using booktabs rules."""
-        from leaderboard.latex import render_latex
+        from inversion_bench.leaderboard.latex import render_latex
 
         return render_latex(self)
 
@@ -403,7 +403,7 @@ def build(records: Sequence[dict[str, Any]]) -> Leaderboard:
     """Builds the leaderboard from result records alone.
 
     Args:
-        records: records as written by :func:`benchmark.results.write_record` (any order). Several
+        records: records as written by :func:`inversion_bench.results.write_record` (any order). Several
             records for the same (defense, attack, seed) of the same suite version are deduplicated.
 
     Returns:
@@ -632,7 +632,7 @@ def build_from_dirs(run_dirs: Sequence[str | Path]) -> Leaderboard:
         ValueError: if there are no records, or two run folders hold a record for the same
             (defense, attack, seed) with different ``suite_hash`` (the message names both files).
     """
-    from benchmark.results import load_records
+    from inversion_bench.results import load_records
 
     records: list[dict[str, Any]] = []
     for run_dir in run_dirs:

@@ -1,6 +1,6 @@
 """The figures of a report (matplotlib, PNG and SVG), drawn from plain arrays.
 
-Each ``draw_*`` function takes numbers, not run folders (:mod:`leaderboard.report` gathers them), and
+Each ``draw_*`` function takes numbers, not run folders (:mod:`inversion_bench.leaderboard.report` gathers them), and
 writes ``<stem>.png`` and ``<stem>.svg``. They reproduce the analyses of Struppek, Hintersdorf and
 Kersting (ICLR 2024, "Be Careful What You Smooth For"):
 

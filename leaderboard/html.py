@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from leaderboard.build import Column, Leaderboard
-from leaderboard.render import (
+from inversion_bench.leaderboard.build import Column, Leaderboard
+from inversion_bench.leaderboard.render import (
     ARROWS,
     NEAR_CHANCE,
     cell_rows,

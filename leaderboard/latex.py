@@ -1,10 +1,10 @@
-"""Renders a :class:`~leaderboard.build.Leaderboard` as a LaTeX (booktabs) table."""
+"""Renders a :class:`~inversion_bench.leaderboard.build.Leaderboard` as a LaTeX (booktabs) table."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from leaderboard.render import (
+from inversion_bench.leaderboard.render import (
     NOT_RUN,
     cell_rows,
     cell_text,
@@ -15,7 +15,7 @@ from leaderboard.render import (
 )
 
 if TYPE_CHECKING:
-    from leaderboard.build import Column, Leaderboard
+    from inversion_bench.leaderboard.build import Column, Leaderboard
 
 LATEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
 

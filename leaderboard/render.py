@@ -1,5 +1,5 @@
-"""Renders a :class:`~leaderboard.build.Leaderboard` as Markdown and a wide CSV table; the number and
-cell formatting shared with :mod:`leaderboard.latex` and :mod:`leaderboard.html`."""
+"""Renders a :class:`~inversion_bench.leaderboard.build.Leaderboard` as Markdown and a wide CSV table; the number and
+cell formatting shared with :mod:`inversion_bench.leaderboard.latex` and :mod:`inversion_bench.leaderboard.html`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 from tabulate import tabulate
 
 if TYPE_CHECKING:
-    from leaderboard.build import Column, Leaderboard
+    from inversion_bench.leaderboard.build import Column, Leaderboard
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 NEAR_CHANCE = "⚠ near chance"
@@ -177,7 +177,7 @@ def guarantee_text(info: Any, latex: bool = False) -> str:
     """The (epsilon, delta) cell of a row: ``"8.52 (δ=1e-05)"``, ``"∞"`` or ``"—"`` (none reported).
 
     Args:
-        info: a :class:`~leaderboard.build.DefenseInfo`.
+        info: a :class:`~inversion_bench.leaderboard.build.DefenseInfo`.
         latex: LaTeX markup instead of Unicode.
     """
     if info.epsilon is None:

@@ -2,9 +2,9 @@
 
 :func:`build_report` writes into one folder (default ``<first run>/leaderboard``):
 
-* ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.tex`` (see :mod:`leaderboard.render`),
-* ``index.html``: a self-contained sortable page with the figures inline (:mod:`leaderboard.html`),
-* ``figures/*.png`` and ``*.svg`` (:mod:`leaderboard.figures`): the qualitative grid, privacy vs
+* ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.tex`` (see :mod:`inversion_bench.leaderboard.render`),
+* ``index.html``: a self-contained sortable page with the figures inline (:mod:`inversion_bench.leaderboard.html`),
+* ``figures/*.png`` and ``*.svg`` (:mod:`inversion_bench.leaderboard.figures`): the qualitative grid, privacy vs
   utility, the t-SNE embedding of each defense's penultimate features, the gradient stability of the
   attacks and, for 2-D suites, the toy example's decision regions.
 
@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-
-from leaderboard.build import Leaderboard, build
+from inversion_bench.leaderboard.build import Leaderboard, build
 
 if TYPE_CHECKING:
-    from benchmark.runner import Runner
+    from inversion_bench.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ def check_combinable(run_dirs: Sequence[Path],
     """
     if len(run_dirs) < 2:
         return
-    from benchmark.results import load_records
+    from inversion_bench.results import load_records
 
     def keys_of(run_dir: Path) -> dict[str, set[str]]:
         recs = records[run_dir] if records is not None else load_records(Path(run_dir) / "records")
@@ -141,9 +140,9 @@ class RunView:
     """
 
     def __init__(self, run_dir: Path, runner: Runner | None = None) -> None:
-        from benchmark.config import validate_suite
-        from benchmark.registry import load_plugins
-        from benchmark.runner import Runner
+        from inversion_bench.config import validate_suite
+        from inversion_bench.registry import load_plugins
+        from inversion_bench.runner import Runner
 
         self.run_dir = Path(run_dir)
         if runner is None:
@@ -177,8 +176,8 @@ class RunView:
         return self.runner.evaluator()[0]
 
     def reconstruction(self, record: dict[str, Any]) -> Any:
-        """The stored :class:`~benchmark.interfaces.Reconstruction` of an ok record."""
-        from benchmark.interfaces import Reconstruction
+        """The stored :class:`~inversion_bench.interfaces.Reconstruction` of an ok record."""
+        from inversion_bench.interfaces import Reconstruction
 
         key = (record.get("keys") or {}).get("attack")
         if not key or not self.runner.store.has("attacks", key):
@@ -218,8 +217,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     Raises:
         ReportError: a folder is not a run folder, has no records, or folders cannot be combined.
     """
-    from benchmark.results import load_records
-    from leaderboard.html import render_html
+    from inversion_bench.leaderboard.html import render_html
+    from inversion_bench.results import load_records
 
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
@@ -236,7 +235,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     report.files.update(board.write(out))
     report.files["records_csv"] = write_records_csv(records, out / "records.csv")
     if figures:
-        from leaderboard.report_figures import draw_all
+        from inversion_bench.leaderboard.report_figures import draw_all
 
         draw_all(report, dirs, records, runners=runners, grid_attack=grid_attack, grid_identities=grid_identities,
                  tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)

@@ -1,4 +1,4 @@
-"""Gathers the numbers of each report figure from run folders and draws it (:mod:`leaderboard.figures`).
+"""Gathers the numbers of each report figure from run folders and draws it (:mod:`inversion_bench.leaderboard.figures`).
 
 Every figure is drawn independently: one that cannot be drawn adds its reason to ``report.notes``
 instead of stopping the report.
@@ -15,9 +15,8 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-
-from leaderboard import figures as fig
-from leaderboard.build import TEST_ACCURACY
+from inversion_bench.leaderboard import figures as fig
+from inversion_bench.leaderboard.build import TEST_ACCURACY
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +24,10 @@ ACC1 = "attack_acc@1"
 
 
 class _Views:
-    """One lazily opened :class:`~leaderboard.report.RunView` per run folder."""
+    """One lazily opened :class:`~inversion_bench.leaderboard.report.RunView` per run folder."""
 
     def __init__(self, dirs: Sequence[Path], runners: Sequence[Any] = ()) -> None:
-        from leaderboard.report import RunView
+        from inversion_bench.leaderboard.report import RunView
 
         self.dirs = [Path(d) for d in dirs]
         self._views: dict[Path, Any] = {Path(r.run_dir).resolve(): RunView(r.run_dir, r) for r in runners}
@@ -39,7 +38,7 @@ class _Views:
         return self.get(run_dir)
 
     def get(self, run_dir: Path) -> Any:
-        from leaderboard.report import RunView
+        from inversion_bench.leaderboard.report import RunView
 
         key = Path(run_dir).resolve()
         if key not in self._views:
@@ -238,8 +237,8 @@ def toy2d(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Pat
     first = _record(records, board.defenses[0].defense)
     if first is None or views.of(first).suite.dataset.name != "toy2d":
         return None
-    from benchmark.data.toy2d import decode_points
-    from leaderboard.toy2d import draw_toy2d, toy2d_inputs
+    from inversion_bench.data.toy2d import decode_points
+    from inversion_bench.leaderboard.toy2d import draw_toy2d, toy2d_inputs
 
     view = views.of(first)
     train = view.splits.private_train

@@ -26,10 +26,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from inversion_bench.data.toy2d import decode_points, encode_points  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
-
-from benchmark.data.toy2d import decode_points, encode_points  # noqa: E402
 
 DPI = 150
 # (title, model, trajectories [T+1, K, 2] in [0, 1] or None, attacked class of each trajectory [K] or None)
@@ -40,7 +39,7 @@ def toy2d_inputs(trajectory: Tensor) -> Tensor:
     """A stored trajectory -> point coordinates [T+1, K, 2] in [0, 1].
 
     Accepts MI-Face's ``extras["trajectory"]`` ([T+1, N, C, H, W], C >= 2; the point is the spatial
-    mean of channels 0 and 1, see :func:`benchmark.data.toy2d.decode_points`) or coordinates
+    mean of channels 0 and 1, see :func:`inversion_bench.data.toy2d.decode_points`) or coordinates
     [T+1, K, 2] (returned as float32).
     """
     if trajectory.ndim == 3 and trajectory.shape[-1] == 2:

@@ -1,10 +1,10 @@
 """Feature extractor plugins for the feature-space metrics (FID, PRDC, KNN and FaceNet distance).
 
-An extractor plugin turns a :class:`~benchmark.interfaces.MetricContext` into a
-:class:`~benchmark.features.FeatureExtractor` whose ``key`` names the network and the sha256 of its
+An extractor plugin turns a :class:`~inversion_bench.interfaces.MetricContext` into a
+:class:`~inversion_bench.features.FeatureExtractor` whose ``key`` names the network and the sha256 of its
 weights, so that the store-backed feature cache never mixes features of different weights.
 
-Built-in extractors (registry ``benchmark.registry.extractors``):
+Built-in extractors (registry ``inversion_bench.registry.extractors``):
 
 * ``evaluation-model``: the penultimate features of the suite's evaluation model (offline; the
   default of every metric with an ``extractor`` parameter).
@@ -33,15 +33,14 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.errors import ConfigError, MetricUnavailableError, MissingResourceError
+from inversion_bench.features import FeatureExtractor
+from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.models import load_state_dict_file
+from inversion_bench.registry import PluginParams, extractors
+from inversion_bench.store import file_sha256
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-
-from benchmark.errors import ConfigError, MetricUnavailableError, MissingResourceError
-from benchmark.features import FeatureExtractor
-from benchmark.interfaces import Metric, MetricContext, Reconstruction
-from benchmark.models import load_state_dict_file
-from benchmark.registry import PluginParams, extractors
-from benchmark.store import file_sha256
 
 log = logging.getLogger(__name__)
 

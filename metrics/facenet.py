@@ -12,12 +12,11 @@ A larger distance means less leakage: ``better`` is "higher".
 
 from __future__ import annotations
 
+from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.metrics.extractors import FACENET_FILE, ExtractorPlugin, FeatureMetric, extractor_plugin
+from inversion_bench.metrics.knn import feature_distance
+from inversion_bench.registry import PluginParams, metrics
 from pydantic import Field
-
-from benchmark.interfaces import MetricContext, Reconstruction
-from benchmark.registry import PluginParams, metrics
-from metrics.extractors import FACENET_FILE, ExtractorPlugin, FeatureMetric, extractor_plugin
-from metrics.knn import feature_distance
 
 
 class _Params(PluginParams):

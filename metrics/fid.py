@@ -24,13 +24,12 @@ import warnings
 
 import numpy as np
 import torch
+from inversion_bench.errors import MetricUnavailableError
+from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.metrics.accuracy import evaluation_logits, topk_hits
+from inversion_bench.metrics.extractors import FeatureMetric, private_features, provenance, reconstruction_features
+from inversion_bench.registry import metrics
 from torch import Tensor
-
-from benchmark.errors import MetricUnavailableError
-from benchmark.interfaces import MetricContext, Reconstruction
-from benchmark.registry import metrics
-from metrics.accuracy import evaluation_logits, topk_hits
-from metrics.extractors import FeatureMetric, private_features, provenance, reconstruction_features
 
 log = logging.getLogger(__name__)
 

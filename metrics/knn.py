@@ -14,13 +14,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from inversion_bench.errors import MetricUnavailableError
+from inversion_bench.features import FeatureExtractor
+from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.metrics.extractors import extractor_plugin, private_features, provenance, reconstruction_features
+from inversion_bench.registry import PluginParams, metrics
 from torch import Tensor
-
-from benchmark.errors import MetricUnavailableError
-from benchmark.features import FeatureExtractor
-from benchmark.interfaces import Metric, MetricContext, Reconstruction
-from benchmark.registry import PluginParams, metrics
-from metrics.extractors import extractor_plugin, private_features, provenance, reconstruction_features
 
 
 def min_sq_distances(fake: Tensor, fake_labels: Tensor, real: Tensor, real_labels: Tensor) -> Tensor:

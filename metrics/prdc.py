@@ -21,19 +21,18 @@ import logging
 
 import numpy as np
 import torch
-from pydantic import Field
-from torch import Tensor
-
-from benchmark.errors import MetricUnavailableError
-from benchmark.interfaces import MetricContext, Reconstruction
-from benchmark.registry import metrics
-from metrics.extractors import (
+from inversion_bench.errors import MetricUnavailableError
+from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.metrics.extractors import (
     ExtractorParams,
     FeatureMetric,
     private_features,
     provenance,
     reconstruction_features,
 )
+from inversion_bench.registry import metrics
+from pydantic import Field
+from torch import Tensor
 
 log = logging.getLogger(__name__)
 

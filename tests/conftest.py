@@ -66,8 +66,8 @@ def one_thread():
 @pytest.fixture(scope="module")
 def defense_splits():
     """6 private identities x 10 synthetic faces at 16 px, for training every defense quickly."""
-    from benchmark.data.splits import SplitSpec, make_splits
-    from benchmark.data.synthetic import SyntheticFaces
+    from inversion_bench.data.splits import SplitSpec, make_splits
+    from inversion_bench.data.synthetic import SyntheticFaces
 
     coll = SyntheticFaces(SyntheticFaces.Params(num_identities=9, images_per_identity=10, seed=0)).load(16)
     return make_splits(coll, SplitSpec(private_identities=DEFENSE_CLASSES, public_identities="rest",

@@ -6,22 +6,21 @@ import math
 
 import pytest
 import torch
-from torch import Tensor, nn
-
-from attacks.common.losses import (
+from inversion_bench.attacks.common.losses import (
     cross_entropy_loss,
     identity_loss,
     logit_loss,
     poincare_loss,
     target_confidence,
 )
-from attacks.common.optimize import frozen, optimize_latents
-from attacks.common.search import identity_confidences, search_candidates, top_candidates
-from attacks.common.selection import score_latents, select_per_identity, transform_scores
-from attacks.common.trace import StepTrace, cosine_series, gradient_cosine
-from attacks.common.views import FixedView
-from benchmark.errors import ConfigError, DivergedError
-from benchmark.interfaces import Generator
+from inversion_bench.attacks.common.optimize import frozen, optimize_latents
+from inversion_bench.attacks.common.search import identity_confidences, search_candidates, top_candidates
+from inversion_bench.attacks.common.selection import score_latents, select_per_identity, transform_scores
+from inversion_bench.attacks.common.trace import StepTrace, cosine_series, gradient_cosine
+from inversion_bench.attacks.common.views import FixedView
+from inversion_bench.errors import ConfigError, DivergedError
+from inversion_bench.interfaces import Generator
+from torch import Tensor, nn
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import yaml
+from inversion_bench.cli import main
+from inversion_bench.config import load_suite
+from inversion_bench.errors import ConfigError
 
-from benchmark.cli import main
-from benchmark.config import load_suite
-from benchmark.errors import ConfigError
 from tests.conftest import tiny_suite
 
 
@@ -40,7 +40,8 @@ def test_valid_tiny_suite(write_suite, capsys):
         (lambda s: s["dataset"].update(name="image-folder", params={"root": "/no/such/folder"}),
          "dataset.params.root: folder /no/such/folder does not exist"),
         (lambda s: s["attacks"][0].update(name="mi-fase"), "Did you mean 'mi-face'?"),
-        (lambda s: s["defenses"][0]["params"].update(alpah=0.1), "defenses[0].params.alpah: unknown key. Did you mean 'alpha'?"),
+        (lambda s: s["defenses"][0]["params"].update(alpah=0.1),
+         "defenses[0].params.alpah: unknown key. Did you mean 'alpha'?"),
         (lambda s: s.update(evaluation=copy.deepcopy(s["target"])), "evaluation.architecture: must differ"),
         (lambda s: s["run"].update(device="gpu"), "run.device: must be auto, cpu, cuda or cuda:N"),
     ],

@@ -8,15 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from inversion_bench.data import TensorFaces
+from inversion_bench.data.image_folder import ImageFolder, ImageFolderFaces
+from inversion_bench.data.splits import SplitSpec, make_splits
+from inversion_bench.data.synthetic import SyntheticFaces, render_identity, save_preview
+from inversion_bench.errors import ConfigError
+from inversion_bench.registry import datasets
 from PIL import Image
 from pydantic import ValidationError
-
-from benchmark.data import TensorFaces
-from benchmark.data.image_folder import ImageFolder, ImageFolderFaces
-from benchmark.data.splits import SplitSpec, make_splits
-from benchmark.data.synthetic import SyntheticFaces, render_identity, save_preview
-from benchmark.errors import ConfigError
-from benchmark.registry import datasets
 
 
 def synthetic(resolution: int = 32, **params) -> TensorFaces:
@@ -105,7 +104,7 @@ def test_synthetic_threads_do_not_change_pixels():
 
 def test_synthetic_windows_are_exact(monkeypatch):
     """Small features painted on cropped windows give exactly the full-canvas pixels."""
-    import benchmark.data.synthetic as synth
+    import inversion_bench.data.synthetic as synth
 
     # Identities with glasses, beards, earrings and hats, at the strongest per-image variation.
     idents = [3, 4, 5, 18, 21, 23, 38, 53]

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from inversion_bench.interfaces import Classifier, Defense, PostprocessedClassifier
+from inversion_bench.models import SmallCNN
+from inversion_bench.registry import defenses, load_plugins
+from inversion_bench.training import RunSettings, Trainer, TrainingRecipe
 
-from benchmark.interfaces import Classifier, Defense, PostprocessedClassifier
-from benchmark.models import SmallCNN
-from benchmark.registry import defenses, load_plugins
-from benchmark.training import RunSettings, Trainer, TrainingRecipe
 from tests.conftest import DEFENSE_CLASSES
 
-# the defenses of this project (until they are listed in benchmark.registry.BUILTIN_MODULES)
-DEFENSE_MODULES = ("defenses.label_smoothing", "defenses.mid", "defenses.bido", "defenses.tl_dmi",
-                   "defenses.dp_sgd", "defenses.output")
+# the defenses of this project (until they are listed in inversion_bench.registry.BUILTIN_MODULES)
+DEFENSE_MODULES = tuple(f"inversion_bench.defenses.{m}"
+                        for m in ("label_smoothing", "mid", "bido", "tl_dmi", "dp_sgd", "output"))
 
 NUM_CLASSES = DEFENSE_CLASSES
 
@@ -107,7 +107,7 @@ def test_defense_trains_and_reloads(name, splits):
 
 
 def test_defenses_suite_validates():
-    from benchmark.config import load_suite
+    from inversion_bench.config import load_suite
 
     root = Path(__file__).resolve().parent.parent
     loaded = load_suite(root / "suites" / "defenses.yaml")

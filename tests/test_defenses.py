@@ -9,17 +9,26 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from inversion_bench.defenses._parts import body_stages
+from inversion_bench.defenses.bido import (
+    BiDO,
+    bido_terms,
+    center,
+    coco,
+    gaussian_kernel,
+    hsic,
+    linear_kernel,
+    normalized_hsic,
+)
+from inversion_bench.defenses.dp_sgd import DPSGD
+from inversion_bench.defenses.mid import MID, SIGMA_SHIFT, VIBHead, gaussian_kl
+from inversion_bench.defenses.output import ConfidenceRounding, TopKLogits, rounded_log_confidences, top_k_logits
+from inversion_bench.defenses.tl_dmi import TLDMI, trainable_prefixes
+from inversion_bench.errors import ConfigError
+from inversion_bench.interfaces import PostprocessedClassifier
+from inversion_bench.models import SmallCNN, SmallResNet, build_classifier
+from inversion_bench.training import RunSettings, Trainer, TrainingRecipe
 
-from benchmark.errors import ConfigError
-from benchmark.interfaces import PostprocessedClassifier
-from benchmark.models import SmallCNN, SmallResNet, build_classifier
-from benchmark.training import RunSettings, Trainer, TrainingRecipe
-from defenses._parts import body_stages
-from defenses.bido import BiDO, bido_terms, center, coco, gaussian_kernel, hsic, linear_kernel, normalized_hsic
-from defenses.dp_sgd import DPSGD
-from defenses.mid import MID, SIGMA_SHIFT, VIBHead, gaussian_kl
-from defenses.output import ConfidenceRounding, TopKLogits, rounded_log_confidences, top_k_logits
-from defenses.tl_dmi import TLDMI, trainable_prefixes
 from tests.conftest import DEFENSE_CLASSES
 
 NUM_CLASSES = DEFENSE_CLASSES

@@ -24,7 +24,7 @@ def installed_plugin(tmp_path_factory):
 
 def _bench(args, site, cwd):
     env = {**__import__("os").environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "inversion_bench.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
 
 

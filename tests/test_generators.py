@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from attacks.generators.dcgan import DCGANGenerator, DCGANPlugin
-from attacks.generators.stylegan2_ada import StyleGAN2ADAGenerator, StyleGAN2ADAPlugin
-from benchmark.data import LabeledImages, TensorFaces
-from benchmark.errors import ConfigError, MissingResourceError
-from benchmark.interfaces import PriorContext
-from benchmark.registry import generators
+from inversion_bench.attacks.generators.dcgan import DCGANGenerator, DCGANPlugin
+from inversion_bench.attacks.generators.stylegan2_ada import StyleGAN2ADAGenerator, StyleGAN2ADAPlugin
+from inversion_bench.data import LabeledImages, TensorFaces
+from inversion_bench.errors import ConfigError, MissingResourceError
+from inversion_bench.interfaces import PriorContext
+from inversion_bench.registry import generators
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_stylegan  # noqa: E402

@@ -2,8 +2,7 @@ import math
 
 import pytest
 import torch
-
-from defenses.label_smoothing import LabelSmoothing, smoothing_loss, warmup_alpha
+from inversion_bench.defenses.label_smoothing import LabelSmoothing, smoothing_loss, warmup_alpha
 
 
 def test_smoothing_loss_hand_computed():

@@ -11,9 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-
-from benchmark.results import write_record
-from leaderboard import Leaderboard, build, build_from_dirs
+from inversion_bench.leaderboard import Leaderboard, build, build_from_dirs
+from inversion_bench.results import write_record
 
 DIRECTIONS = {
     "test_accuracy": "higher",

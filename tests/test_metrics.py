@@ -14,25 +14,24 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from torch import Tensor, nn
-
-from benchmark.data import LabeledImages, TensorFaces
-from benchmark.errors import ConfigError, MetricUnavailableError, MissingResourceError
-from benchmark.features import FeatureCache
-from benchmark.interfaces import MetricContext, Reconstruction
-from benchmark.models import build_classifier
-from benchmark.registry import extractors, metrics
-from benchmark.store import Store, file_sha256
-from metrics.extractors import (
+from inversion_bench.data import LabeledImages, TensorFaces
+from inversion_bench.errors import ConfigError, MetricUnavailableError, MissingResourceError
+from inversion_bench.features import FeatureCache
+from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.metrics.extractors import (
     FACENET_FILE,
     FACENET_URL,
     FID_INCEPTION_FILE,
     FID_INCEPTION_URL,
     fid_inception_architecture,
 )
-from metrics.fid import common_subspace, frechet_distance
-from metrics.knn import min_sq_distances
-from metrics.prdc import prdc
+from inversion_bench.metrics.fid import common_subspace, frechet_distance
+from inversion_bench.metrics.knn import min_sq_distances
+from inversion_bench.metrics.prdc import prdc
+from inversion_bench.models import build_classifier
+from inversion_bench.registry import extractors, metrics
+from inversion_bench.store import Store, file_sha256
+from torch import Tensor, nn
 
 RES = 32
 FEATURE_METRICS = ("fid", "fid_correct", "knn_distance", "facenet_distance", "prdc")

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from benchmark.cli import main
+from inversion_bench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
@@ -28,8 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     from facenet_pytorch import InceptionResnetV1
-
-    from metrics.extractors import fid_inception_architecture
+    from inversion_bench.metrics.extractors import fid_inception_architecture
 
     sys.path.insert(0, str(TESTS))
     import tiny_stylegan

@@ -30,12 +30,12 @@ def installed_example(tmp_path_factory):
 
 def _bench(args, site, cwd):
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "benchmark.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "inversion_bench.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=600)
 
 
 def test_noisy_logits_function():
-    from benchmark.registry import defenses
+    from inversion_bench.registry import defenses
 
     entries = dict(defenses._entries)  # importing the module registers the defense: undo it afterwards
     sys.path.insert(0, str(EXAMPLE))

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from inversion_bench.attacks.generators.dcgan import DCGANPlugin
+from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAParams
+from inversion_bench.errors import ConfigError, DivergedError
+from inversion_bench.interfaces import AttackContext, Reconstruction
+from inversion_bench.models import build_classifier
+from inversion_bench.registry import attacks
 from torch import Tensor, nn
-
-from attacks.generators.dcgan import DCGANPlugin
-from attacks.ppa import PlugAndPlayAttack, PPAParams
-from benchmark.errors import ConfigError, DivergedError
-from benchmark.interfaces import AttackContext, Reconstruction
-from benchmark.models import build_classifier
-from benchmark.registry import attacks
 
 IDS = torch.tensor([0, 3, 5])
 

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from inversion_bench.cli import main
+from inversion_bench.executors.base import Job, job_graph
+from inversion_bench.plan import PairJob, Plan
+from inversion_bench.store import Store, tmp_is_stale, tmp_prefix
 
-from benchmark.cli import main
-from benchmark.executors.base import Job, job_graph
-from benchmark.plan import PairJob, Plan
-from benchmark.store import Store, tmp_is_stale, tmp_prefix
 from tests.conftest import tiny_suite
 
 pytestmark = pytest.mark.slow
@@ -33,8 +33,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from benchmark.interfaces import Defense
-from benchmark.registry import PluginParams, defenses
+from inversion_bench.interfaces import Defense
+from inversion_bench.registry import PluginParams, defenses
 
 
 @defenses.register("ray-test-crash-worker")
@@ -79,7 +79,7 @@ class MirrorLog:
         self.ids: list[str] = []
 
     def mirror(self, record, artifacts=(), trace=None) -> str:
-        from benchmark.tracking import record_id
+        from inversion_bench.tracking import record_id
 
         self.ids.append(record_id(record))
         return "run-id"
@@ -90,10 +90,10 @@ class MirrorLog:
 
 def _run(suite: Path, plugin: Path | None = None, tracker=None):
     """``bench run SUITE`` without the report (records only): the executor is the suite's run.executor."""
-    from benchmark.config import load_suite
-    from benchmark.executors import make_executor
-    from benchmark.registry import load_plugin_file, load_plugins
-    from benchmark.runner import Runner
+    from inversion_bench.config import load_suite
+    from inversion_bench.executors import make_executor
+    from inversion_bench.registry import load_plugin_file, load_plugins
+    from inversion_bench.runner import Runner
 
     load_plugins()
     if plugin is not None:
@@ -253,7 +253,7 @@ def test_ray_records_equal_local_records(ray_cluster, write_suite, tmp_path, one
         assert r["metrics"] == pytest.approx(recs_local[name]["metrics"], rel=1e-6, abs=1e-9), name
         assert r["keys"] == recs_local[name]["keys"] and r["config_hash"] == recs_local[name]["config_hash"]
     # the driver mirrored each record once, as it arrived
-    from benchmark.tracking import record_id
+    from inversion_bench.tracking import record_id
 
     assert sorted(tracker.ids) == sorted(record_id(r) for r in recs_ray.values())
 

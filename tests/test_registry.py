@@ -1,8 +1,7 @@
 import pytest
-
-from benchmark.errors import ConfigError, UnknownPluginError
-from benchmark.interfaces import Defense
-from benchmark.registry import PluginParams, Registry, defenses, load_plugin_file
+from inversion_bench.errors import ConfigError, UnknownPluginError
+from inversion_bench.interfaces import Defense
+from inversion_bench.registry import PluginParams, Registry, defenses, load_plugin_file
 
 
 def test_unknown_name_suggests_and_lists():
@@ -42,8 +41,8 @@ def test_plugin_info_parameters():
 def test_plugin_file(tmp_path):
     f = tmp_path / "my_plugin.py"
     f.write_text(
-        "from benchmark.interfaces import Defense\n"
-        "from benchmark.registry import defenses, PluginParams\n"
+        "from inversion_bench.interfaces import Defense\n"
+        "from inversion_bench.registry import defenses, PluginParams\n"
         "@defenses.register('file-defense')\n"
         "class FileDefense(Defense):\n"
         "    '''A defense from a file.'''\n"

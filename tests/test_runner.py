@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from inversion_bench.cli import main
 
-from benchmark.cli import main
 from tests.conftest import tiny_suite
 
 pytestmark = pytest.mark.slow
@@ -68,8 +68,8 @@ def test_run_writes_records_leaderboard_and_mlflow(write_suite, tmp_path, capsys
 def test_failed_pair_is_recorded_and_others_run(write_suite, tmp_path, capsys):
     plugin = tmp_path / "nan_defense.py"
     plugin.write_text(
-        "from benchmark.interfaces import Defense\n"
-        "from benchmark.registry import defenses\n"
+        "from inversion_bench.interfaces import Defense\n"
+        "from inversion_bench.registry import defenses\n"
         "@defenses.register('nan-loss')\n"
         "class NanLoss(Defense):\n"
         "    'A broken defense whose loss is NaN.'\n"
@@ -93,7 +93,7 @@ def test_failed_pair_is_recorded_and_others_run(write_suite, tmp_path, capsys):
 
 
 def _bench_subprocess(suite: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", str(suite), "--no-progress"],
+    return subprocess.Popen([sys.executable, "-m", "inversion_bench.cli", "run", str(suite), "--no-progress"],
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 
 

@@ -8,13 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
-from attacks.mi_face import MIFace
-from benchmark.cli import main
-from benchmark.data.toy2d import PAD_VALUE, Toy2D, decode_points, encode_points
-from benchmark.interfaces import AttackContext, Reconstruction
-from benchmark.models import build_classifier
-from leaderboard.toy2d import draw_toy2d, toy2d_inputs
+from inversion_bench.attacks.mi_face import MIFace
+from inversion_bench.cli import main
+from inversion_bench.data.toy2d import PAD_VALUE, Toy2D, decode_points, encode_points
+from inversion_bench.interfaces import AttackContext, Reconstruction
+from inversion_bench.leaderboard.toy2d import draw_toy2d, toy2d_inputs
+from inversion_bench.models import build_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 

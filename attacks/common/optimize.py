@@ -3,7 +3,7 @@
 Latents of many identities (candidates or restarts) are optimised together in batches: one
 optimiser over a ``[B, d]`` tensor, the loss summed over the batch so that each latent receives the
 gradient of its own loss (Adam and SGD update element-wise, so the latents of a batch do not
-interact). The loop records a :class:`~attacks.common.trace.StepTrace` from tensors it already has.
+interact). The loop records a :class:`~inversion_bench.attacks.common.trace.StepTrace` from tensors it already has.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from inversion_bench.attacks.common.losses import target_confidence
+from inversion_bench.attacks.common.trace import StepTrace
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from attacks.common.losses import target_confidence
-from attacks.common.trace import StepTrace
-
 if TYPE_CHECKING:
-    from benchmark.interfaces import AttackContext
+    from inversion_bench.interfaces import AttackContext
 
 # objective(latents [B, d], labels [B]) -> (per-latent loss [B], target logits [B, C])
 Objective = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from inversion_bench import augment
+from inversion_bench.attacks.common.losses import target_confidence
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from attacks.common.losses import target_confidence
-from benchmark import augment
 
 
 @torch.no_grad()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inversion_bench import augment
+from inversion_bench.errors import ConfigError
 from torch import Tensor
-
-from benchmark import augment
-from benchmark.errors import ConfigError
 
 
 @dataclass(frozen=True)

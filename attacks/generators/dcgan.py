@@ -31,14 +31,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from inversion_bench import augment
+from inversion_bench.errors import ConfigError, DivergedError, MissingResourceError
+from inversion_bench.interfaces import Generator, GeneratorPlugin, PriorContext
+from inversion_bench.registry import PluginParams, generators
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
-
-from benchmark import augment
-from benchmark.errors import ConfigError, DivergedError, MissingResourceError
-from benchmark.interfaces import Generator, GeneratorPlugin, PriorContext
-from benchmark.registry import PluginParams, generators
 
 log = logging.getLogger(__name__)
 

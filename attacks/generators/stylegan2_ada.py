@@ -26,12 +26,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from inversion_bench.errors import ConfigError, MissingResourceError
+from inversion_bench.interfaces import Generator, GeneratorPlugin, PriorContext
+from inversion_bench.registry import PluginParams, generators
 from pydantic import Field
 from torch import Tensor, nn
-
-from benchmark.errors import ConfigError, MissingResourceError
-from benchmark.interfaces import Generator, GeneratorPlugin, PriorContext
-from benchmark.registry import PluginParams, generators
 
 log = logging.getLogger(__name__)
 

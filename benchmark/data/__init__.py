@@ -3,7 +3,7 @@
 Every image handed to other modules is float32, CHW (NCHW for batches), RGB, in [0, 1].
 
 A dataset plugin turns its parameters into a :class:`FaceCollection`, i.e. images with an identity
-index each. :func:`benchmark.data.splits.make_splits` then picks disjoint private identities (the
+index each. :func:`inversion_bench.data.splits.make_splits` then picks disjoint private identities (the
 target's classes, split into train/test images) and public identities (the attacker's auxiliary
 data).
 """
@@ -15,10 +15,9 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from inversion_bench.registry import Plugin
+from inversion_bench.store import content_key
 from torch import Tensor
-
-from benchmark.registry import Plugin
-from benchmark.store import content_key
 
 
 class FaceCollection(ABC):

@@ -14,12 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from inversion_bench.data import DatasetPlugin, FaceCollection
+from inversion_bench.data.image_folder import ImageFolderFaces
+from inversion_bench.errors import MissingResourceError
+from inversion_bench.registry import PluginParams, datasets
 from pydantic import Field
-
-from benchmark.data import DatasetPlugin, FaceCollection
-from benchmark.data.image_folder import ImageFolderFaces
-from benchmark.errors import MissingResourceError
-from benchmark.registry import PluginParams, datasets
 
 WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
          "(Anno/identity_CelebA.txt, Img/img_align_celeba)")

@@ -23,13 +23,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from inversion_bench.data import DatasetPlugin, FaceCollection
+from inversion_bench.errors import MissingResourceError
+from inversion_bench.registry import PluginParams, datasets
 from PIL import Image, ImageOps
 from pydantic import Field
 from torch import Tensor
-
-from benchmark.data import DatasetPlugin, FaceCollection
-from benchmark.errors import MissingResourceError
-from benchmark.registry import PluginParams, datasets
 
 log = logging.getLogger(__name__)
 

@@ -6,10 +6,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from inversion_bench.data import FaceCollection, LabeledImages
+from inversion_bench.errors import ConfigError
 from pydantic import BaseModel, ConfigDict, Field
-
-from benchmark.data import FaceCollection, LabeledImages
-from benchmark.errors import ConfigError
 
 
 class SplitSpec(BaseModel):

@@ -28,12 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from inversion_bench.data import DatasetPlugin, FaceCollection, TensorFaces
+from inversion_bench.errors import ConfigError
+from inversion_bench.registry import PluginParams, datasets
 from pydantic import Field
 from torch import Tensor
-
-from benchmark.data import DatasetPlugin, FaceCollection, TensorFaces
-from benchmark.errors import ConfigError
-from benchmark.registry import PluginParams, datasets
 
 log = logging.getLogger(__name__)
 

@@ -28,12 +28,11 @@ import math
 from collections.abc import Sequence
 
 import torch
+from inversion_bench.data import DatasetPlugin, FaceCollection
+from inversion_bench.errors import ConfigError
+from inversion_bench.registry import PluginParams, datasets
 from pydantic import Field
 from torch import Tensor
-
-from benchmark.data import DatasetPlugin, FaceCollection
-from benchmark.errors import ConfigError
-from benchmark.registry import PluginParams, datasets
 
 PAD_VALUE = 0.5  # the constant third channel of an encoded point (MI-Face's neutral start value)
 

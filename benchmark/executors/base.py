@@ -15,11 +15,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from benchmark.plan import PairJob, Plan
+from inversion_bench.plan import PairJob, Plan
 
 if TYPE_CHECKING:
-    from benchmark.config import LoadedSuite, RunConfig
-    from benchmark.runner import Runner, RunSummary
+    from inversion_bench.config import LoadedSuite, RunConfig
+    from inversion_bench.runner import Runner, RunSummary
 
 JobKind = Literal["evaluator", "prior", "target", "attack", "pair"]
 
@@ -69,7 +69,7 @@ def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[
 
 def attack_needs_prior(loaded: LoadedSuite) -> list[bool]:
     """For each attack of the suite, whether it needs the image prior."""
-    from benchmark.registry import REGISTRIES
+    from inversion_bench.registry import REGISTRIES
 
     return [bool(getattr(REGISTRIES["attacks"].get(a.name), "needs_prior", False)) for a in loaded.suite.attacks]
 
@@ -113,9 +113,9 @@ class Executor(ABC):
 def make_executor(run: RunConfig) -> Executor:
     """The executor ``run.executor`` names; raises ``ConfigError`` (exit 2) when Ray is missing."""
     if run.executor == "ray":
-        from benchmark.executors.ray import RayExecutor
+        from inversion_bench.executors.ray import RayExecutor
 
         return RayExecutor(run.ray, threads=run.threads)
-    from benchmark.executors.local import LocalExecutor
+    from inversion_bench.executors.local import LocalExecutor
 
     return LocalExecutor()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from benchmark.executors.base import Executor, Job, run_job
+from inversion_bench.executors.base import Executor, Job, run_job
 
 if TYPE_CHECKING:
-    from benchmark.runner import Runner, RunSummary
+    from inversion_bench.runner import Runner, RunSummary
 
 
 class LocalExecutor(Executor):

@@ -1,6 +1,6 @@
 """The Ray executor: every job of a run is a Ray task (``bench run SUITE --executor ray``).
 
-Jobs and dependencies (:func:`benchmark.executors.base.job_graph`): the evaluation model, the prior
+Jobs and dependencies (:func:`inversion_bench.executors.base.job_graph`): the evaluation model, the prior
 and one target per (defense, seed) are tasks without dependencies, so they run at the same time as
 far as the cluster's resources allow; each attack task receives the object references of its target
 and, when it needs one, of the prior; each pair task (score + record) receives those of its attack
@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from benchmark.config import RayConfig
-from benchmark.errors import BenchError, ConfigError
-from benchmark.executors.base import Executor, Job, attack_needs_prior, job_graph, run_job
-from benchmark.plan import PairJob
-from benchmark.results import write_record
-from benchmark.store import content_key
+from inversion_bench.config import RayConfig
+from inversion_bench.errors import BenchError, ConfigError
+from inversion_bench.executors.base import Executor, Job, attack_needs_prior, job_graph, run_job
+from inversion_bench.plan import PairJob
+from inversion_bench.results import write_record
+from inversion_bench.store import content_key
 
 if TYPE_CHECKING:
-    from benchmark.runner import Runner, RunSummary
+    from inversion_bench.runner import Runner, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class RunnerSpec:
 
     @classmethod
     def of(cls, runner: Runner) -> RunnerSpec:
-        from benchmark.registry import loaded_plugin_files
+        from inversion_bench.registry import loaded_plugin_files
 
         return cls(raw=runner.loaded.raw, source=runner.loaded.source, cwd=os.getcwd(),
                    plugin_files=tuple(str(p) for p in loaded_plugin_files()),
@@ -98,9 +98,9 @@ def worker_runner(spec: RunnerSpec) -> Runner:
     """The ``Runner`` of ``spec`` in this worker process (built once, then reused by its later tasks)."""
     runner = _WORKER_RUNNER.get(spec.key)
     if runner is None:
-        from benchmark.config import validate_suite
-        from benchmark.registry import load_plugin_file, load_plugins
-        from benchmark.runner import Runner
+        from inversion_bench.config import validate_suite
+        from inversion_bench.registry import load_plugin_file, load_plugins
+        from inversion_bench.runner import Runner
 
         host = socket.gethostname()
         if not Path(spec.cwd).is_dir():

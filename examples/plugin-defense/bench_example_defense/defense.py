@@ -14,11 +14,10 @@ can average it away: a weakness the benchmark should show, not hide.
 from __future__ import annotations
 
 import torch
+from inversion_bench.interfaces import Defense
+from inversion_bench.registry import PluginParams, defenses
 from pydantic import Field
 from torch import Tensor
-
-from benchmark.interfaces import Defense
-from benchmark.registry import PluginParams, defenses
 
 
 def noisy_logits(logits: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
