@@ -1,0 +1,199 @@
+"""The suite schema: typed models of every section of a suite file.
+
+A suite names the dataset and its split, the target architecture and training recipe, the
+defenses, the evaluation model, the image prior, the attacks, the metrics, the seeds, local
+weights files and run settings (``run:``, with ``run.ray:`` for the Ray executor). Plugin
+``params`` stay plain mappings here; ``inversion_bench.config`` validates them against each
+plugin's ``Params`` and reads, merges and overrides suite files into these models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from inversion_bench.data.splits import SplitSpec
+from inversion_bench.training import TrainingRecipe
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PluginRef(_Strict):
+    """A plugin by name with its parameters (validated against the plugin's ``Params``)."""
+
+    name: str = Field(description="registered plugin name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the plugin's parameters")
+
+
+class DatasetConfig(_Strict):
+    name: str = Field("synthetic-faces", description="dataset plugin")
+    params: dict[str, Any] = Field(default_factory=dict)
+    resolution: int = Field(64, ge=8, le=1024, description="images are resized to this square size")
+    split: SplitSpec = Field(default_factory=SplitSpec)
+
+
+class ModelConfig(_Strict):
+    architecture: PluginRef
+    training: TrainingRecipe = Field(default_factory=TrainingRecipe)
+    checkpoint: str | None = Field(None, description="an already-trained state dict to load instead of training")
+
+
+class DefenseConfig(_Strict):
+    name: str = Field(description="defense plugin")
+    params: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(None, description="short unique id used in file names (default: from the label)")
+    label: str | None = Field(None, description="display name in tables")
+    checkpoint: str | None = Field(None, description="an already-trained target state dict instead of training")
+
+
+class AttackConfig(_Strict):
+    name: str = Field(description="attack plugin")
+    params: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+    label: str | None = None
+    identities: Literal["all"] | int | list[int] = Field(
+        "all", description="attacked classes: 'all', the first N, or a list of class indices")
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+class RayConfig(_Strict):
+    """Resources and retries of every job when the suite runs on a Ray cluster (``--executor ray``).
+
+    Each job (evaluation model, prior, one target per defense and seed, one attack+scoring per pair)
+    is one Ray task with these resource requests.
+    """
+
+    address: str | None = Field(None, description="cluster to join: auto (RAY_ADDRESS or the one `ray start` "
+                                "began on this machine; an error if none), host:port, ray://host:port (Ray "
+                                "client), local (always a new local one); default: like auto, else a new local one")
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores per task (torch threads = this, or run.threads)")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per task (fractions share a GPU)")
+    memory: ByteSize | None = Field(None, description="memory per task for Ray's scheduler, e.g. 4GB (default: none)")
+    max_retries: int = Field(3, ge=0, description="reruns of a task whose worker process or node died")
+    retry_exceptions: bool = Field(False, description="also rerun a task that raised a Python exception "
+                                   "(off: training that diverged with a fixed seed would diverge again)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is None or v in ("auto", "local") or re.fullmatch(r"(ray://)?[A-Za-z0-9_.\-\[\]:]+:\d+", v):
+            return v
+        raise ValueError(f"must be auto, local, ray://host:port or host:port, got {v!r}")
+
+
+class RunConfig(_Strict):
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    output: str = Field("runs", description="folder holding run folders; the run folder is <output>/<name>; "
+                        "a local path (on a cluster: a shared filesystem mounted at the same path on every node)")
+    executor: Literal["local", "ray"] = Field("local", description="local: every job in this process; "
+                                              "ray: every job a task on a Ray cluster (see run.ray)")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite file in the run folder)")
+    tracking: bool = Field(True, description="mirror records to MLflow")
+    amp: bool = Field(False, description="automatic mixed precision (bf16 where supported)")
+    channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile models for training")
+    attack_batch_size: int = Field(64, ge=1, description="latents/images optimised together")
+    eval_batch_size: int = Field(256, ge=1)
+    progress: bool = True
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", v):
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, got {v!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _ray_gpus(self) -> RunConfig:
+        if self.executor == "ray" and self.device.startswith("cuda") and self.ray.num_gpus == 0:
+            raise ValueError(f"run.device {self.device} with run.executor ray needs GPUs for the tasks; set "
+                             "run.ray.num_gpus (e.g. 1), or run.device: auto")
+        return self
+
+    @field_validator("output")
+    @classmethod
+    def _output(cls, v: str) -> str:
+        if _URL.match(v):
+            raise ValueError(f"must be a local path, got the URL {v!r}: remote storage URLs (fsspec) are not "
+                             "supported; mount the storage (NFS, a FUSE mount of the bucket) at the same path on "
+                             "every node and give that path, e.g. /mnt/shared/runs")
+        return v
+
+
+class Suite(_Strict):
+    """A whole benchmark: every defense against every attack, scored by every metric."""
+
+    name: str = Field(description="suite name; also the run folder's name")
+    description: str = ""
+    dataset: DatasetConfig = Field(default_factory=DatasetConfig)
+    target: ModelConfig
+    evaluation: ModelConfig
+    prior: PluginRef | None = Field(None, description="image prior (generator) for attacks that need one")
+    prior_seed: int = Field(0, description="seed of prior training")
+    defenses: list[DefenseConfig] = Field(min_length=1)
+    baseline: str | None = Field(None, description="id of the defense the others are compared with (default: first)")
+    attacks: list[AttackConfig] = Field(min_length=1)
+    metrics: list[PluginRef] = Field(min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+    weights: dict[str, str] = Field(default_factory=dict, description="name -> local file or folder")
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"use letters, digits, '-', '_' and '.', got {v!r}")
+        return v
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _metric_strings(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": m} if isinstance(m, str) else m for m in v]
+        return v
+
+    @model_validator(mode="after")
+    def _ids(self) -> Suite:
+        for kind in ("defenses", "attacks"):
+            seen: dict[str, int] = {}
+            for i, entry in enumerate(getattr(self, kind)):
+                ident = entry_id(entry)
+                if ident in seen:
+                    raise ValueError(f"{kind}[{i}] and {kind}[{seen[ident]}] share the id {ident!r}; "
+                                     "give each an 'id' (or a different label)")
+                seen[ident] = i
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+        return self
+
+    # convenience ---------------------------------------------------------------------------
+    def defense_ids(self) -> list[str]:
+        return [entry_id(d) for d in self.defenses]
+
+    def attack_ids(self) -> list[str]:
+        return [entry_id(a) for a in self.attacks]
+
+    @property
+    def baseline_id(self) -> str:
+        return self.baseline or self.defense_ids()[0]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower() or "x"
+
+
+def entry_id(entry: DefenseConfig | AttackConfig) -> str:
+    if entry.id:
+        return entry.id
+    return slug(entry.label) if entry.label else entry.name
+
+
+def entry_label(entry: DefenseConfig | AttackConfig) -> str:
+    return entry.label or entry_id(entry)
