@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from inversion_bench.cli import main
-from inversion_bench.executors.base import Job, job_graph
+from inversion_bench.jobs import Job, job_graph
 from inversion_bench.plan import PairJob, Plan
 from inversion_bench.store import Store, tmp_is_stale, tmp_prefix
 

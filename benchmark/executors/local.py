@@ -1,27 +1,78 @@
-"""The in-process executor: every pair in turn, in this process (the default)."""
+"""The in-process executor (the default): walks the job graph in this process."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import logging
+import traceback
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
 
-from inversion_bench.executors.base import Executor, Job, run_job
+from inversion_bench.executors.base import Executor, RecordSink
+from inversion_bench.jobs import Job, record_failed_pair, run_job, target_uses
+from inversion_bench.run_context import RunContext
 
-if TYPE_CHECKING:
-    from inversion_bench.runner import Runner, RunSummary
+log = logging.getLogger(__name__)
 
 
 class LocalExecutor(Executor):
-    """Runs the pairs one after the other; each pair builds its target, the evaluation model and
-    the prior on first use (from the store when there), so a pair's record is written as soon as it
-    is scored and memory holds one seed's targets at a time."""
+    """Runs the graph pair by pair in dependency order: before each pair job, the jobs it needs that
+    have not run yet (its target, the prior, its attack, the evaluation model). So a pair's record
+    is written as soon as it is scored, and a target is released from memory as soon as its last
+    attack and scoring are done. A failed job fails every job that depends on it, with its error;
+    the other pairs still run."""
 
     name = "local"
 
-    def run(self, runner: Runner, tracker: Any = None) -> RunSummary:
-        summary, todo = runner.begin()
-        for pair in todo:
-            out = run_job(runner, Job("pair", f"pair:{pair.record_name}", pair=pair))
-            runner.finish_pair(summary, out["record"], out["trace"], tracker)
-        if tracker is not None:
-            runner.mirror_missing(tracker)
-        return summary
+    def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
+        _Walk(ctx, jobs, on_record).run()
+
+
+class _Walk:
+    def __init__(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
+        self.ctx = ctx
+        self.jobs = list(jobs)
+        self.by_id = {j.id: j for j in self.jobs}
+        self.on_record = on_record
+        self.users = Counter(t for t in map(target_uses, self.jobs) if t is not None)
+        self.done: set[str] = set()
+        self.failures: dict[str, tuple[str, str]] = {}  # job id -> (error, traceback)
+
+    def run(self) -> None:
+        for job in self.jobs:
+            if job.kind == "pair":
+                self.visit(job)
+        for job in self.jobs:  # anything no pair needs (none today)
+            self.visit(job)
+
+    def visit(self, job: Job) -> None:
+        if job.id in self.done:
+            return
+        for dep in job.deps:
+            self.visit(self.by_id[dep])
+        failed = next((self.failures[d] for d in job.deps if d in self.failures), None)
+        out: Any = None
+        if failed is None:
+            try:
+                out = run_job(self.ctx, job)
+            except Exception as exc:  # recorded on every pair that depends on this job
+                failed = (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                log.error("job %s failed: %s", job.id, failed[0])
+        if failed is not None:
+            self.failures[job.id] = failed
+        self.done.add(job.id)
+        if job.kind == "pair":
+            assert job.pair is not None
+            if failed is not None:
+                self.on_record(record_failed_pair(self.ctx, job.pair, *failed), None)
+            else:
+                self.on_record(out["record"], out["trace"])
+        self._release(job)
+
+    def _release(self, job: Job) -> None:
+        """Drops the job's target from memory once no pending job uses it."""
+        used = target_uses(job)
+        if used is not None:
+            self.users[used] -= 1
+            if self.users[used] == 0:
+                self.ctx.held.release_target(used)

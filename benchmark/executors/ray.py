@@ -1,13 +1,13 @@
 """The Ray executor: every job of a run is a Ray task (``bench run SUITE --executor ray``).
 
-Jobs and dependencies (:func:`inversion_bench.executors.base.job_graph`): the evaluation model, the prior
+Jobs and dependencies (:func:`inversion_bench.jobs.job_graph`): the evaluation model, the prior
 and one target per (defense, seed) are tasks without dependencies, so they run at the same time as
 far as the cluster's resources allow; each attack task receives the object references of its target
 and, when it needs one, of the prior; each pair task (score + record) receives those of its attack
 and of the evaluation model. Ray starts a task when its dependencies are done.
 
 Products move through the store, never through Ray's object store: a product task returns its
-content key, and a worker rebuilds a ``Runner`` from the suite (``RunnerSpec``) and reads its inputs
+content key, and a worker rebuilds the run's context from the suite (``ContextSpec``) and reads its inputs
 from the run folder, which therefore sits on a filesystem every node mounts at the same path. A pair
 task writes its record itself and returns it, so that the driver can mirror it to MLflow as it
 arrives. Resources and retries come from ``run.ray``: a task whose worker process or node dies is
@@ -17,24 +17,22 @@ rerun up to ``max_retries`` times; when it still fails (or raised an exception a
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import traceback
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from inversion_bench.config import RayConfig
+from inversion_bench.config import RayConfig, validate_suite
 from inversion_bench.errors import BenchError, ConfigError
-from inversion_bench.executors.base import Executor, Job, attack_needs_prior, job_graph, run_job
-from inversion_bench.plan import PairJob
-from inversion_bench.results import write_record
+from inversion_bench.executors.base import Executor, RecordSink
+from inversion_bench.jobs import Job, record_failed_pair, run_job
+from inversion_bench.registry import load_plugin_file, load_plugins, loaded_plugin_files
+from inversion_bench.run_context import RunContext
 from inversion_bench.store import content_key
-
-if TYPE_CHECKING:
-    from inversion_bench.runner import Runner, RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +64,8 @@ def torch_threads(run_threads: int | None, num_cpus: float) -> int:
 
 
 @dataclass(frozen=True)
-class RunnerSpec:
-    """What a worker needs to rebuild the driver's ``Runner``: the resolved suite mapping (includes
+class ContextSpec:
+    """What a worker needs to rebuild the driver's ``RunContext``: the resolved suite mapping (includes
     merged, overrides applied), the driver's working directory (relative paths in the suite are
     taken from it), the ``--plugin`` files, the run folder and the plan's hash to check against."""
 
@@ -79,29 +77,23 @@ class RunnerSpec:
     suite_hash: str
 
     @classmethod
-    def of(cls, runner: Runner) -> RunnerSpec:
-        from inversion_bench.registry import loaded_plugin_files
-
-        return cls(raw=runner.loaded.raw, source=runner.loaded.source, cwd=os.getcwd(),
+    def of(cls, ctx: RunContext) -> ContextSpec:
+        return cls(raw=ctx.loaded.raw, source=ctx.loaded.source, cwd=os.getcwd(),
                    plugin_files=tuple(str(p) for p in loaded_plugin_files()),
-                   run_dir=str(runner.run_dir.resolve()), suite_hash=runner.plan.suite_hash)
+                   run_dir=str(ctx.run_dir.resolve()), suite_hash=ctx.plan.suite_hash)
 
     @property
     def key(self) -> str:
         return content_key(asdict(self))
 
 
-_WORKER_RUNNER: dict[str, Runner] = {}
+_WORKER_CONTEXT: dict[str, RunContext] = {}
 
 
-def worker_runner(spec: RunnerSpec) -> Runner:
-    """The ``Runner`` of ``spec`` in this worker process (built once, then reused by its later tasks)."""
-    runner = _WORKER_RUNNER.get(spec.key)
-    if runner is None:
-        from inversion_bench.config import validate_suite
-        from inversion_bench.registry import load_plugin_file, load_plugins
-        from inversion_bench.runner import Runner
-
+def worker_context(spec: ContextSpec) -> RunContext:
+    """The ``RunContext`` of ``spec`` in this worker process (built once, then reused by its later tasks)."""
+    ctx = _WORKER_CONTEXT.get(spec.key)
+    if ctx is None:
         host = socket.gethostname()
         if not Path(spec.cwd).is_dir():
             raise BenchError(f"{host}: the driver's working directory {spec.cwd} does not exist on this node; "
@@ -112,18 +104,18 @@ def worker_runner(spec: RunnerSpec) -> Runner:
         for f in spec.plugin_files:
             load_plugin_file(f)
         loaded = validate_suite(spec.raw, spec.source)
-        runner = Runner(loaded, run_dir=Path(spec.run_dir), progress=False)
-        if runner.plan.suite_hash != spec.suite_hash:
+        ctx = RunContext(loaded, run_dir=Path(spec.run_dir), progress=False)
+        if ctx.plan.suite_hash != spec.suite_hash:
             raise BenchError(f"{host}: the suite resolves to other products on this node (suite hash "
-                             f"{runner.plan.suite_hash}, driver {spec.suite_hash}); install the same code and "
+                             f"{ctx.plan.suite_hash}, driver {spec.suite_hash}); install the same code and "
                              "plugins on every node and give data, weights and checkpoints on a shared filesystem")
-        _WORKER_RUNNER.clear()  # one suite per worker process at a time
-        _WORKER_RUNNER[spec.key] = runner
-    return runner
+        _WORKER_CONTEXT.clear()  # one suite per worker process at a time
+        _WORKER_CONTEXT[spec.key] = ctx
+    return ctx
 
 
-def execute(spec: RunnerSpec, job: Job, threads: int, *dependencies: Any) -> Any:
-    """The body of every Ray task: ``job`` on this worker's ``Runner``.
+def execute(spec: ContextSpec, job: Job, threads: int, *dependencies: Any) -> Any:
+    """The body of every Ray task: ``job`` in this worker's ``RunContext``.
 
     ``dependencies`` are the store keys of the jobs ``job`` depends on (Ray resolves the object
     references before starting the task); the products themselves are read from the store.
@@ -131,12 +123,11 @@ def execute(spec: RunnerSpec, job: Job, threads: int, *dependencies: Any) -> Any
     import torch
 
     torch.set_num_threads(threads)
-    runner = worker_runner(spec)
-    runner.forget_failures()  # a retried job runs again instead of repeating a cached error
+    ctx = worker_context(spec)
     for key in dependencies:
         if key is not None and not isinstance(key, str):
             raise BenchError(f"job {job.id}: dependency result {key!r} is not a store key")
-    return run_job(runner, job)
+    return run_job(ctx, job)
 
 
 def error_text(exc: BaseException) -> str:
@@ -171,60 +162,38 @@ class RayExecutor(Executor):
                               "start a local one") from None
         return True
 
-    def run(self, runner: Runner, tracker: Any = None) -> RunSummary:
+    def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
+        if not jobs:
+            return
         started = self._connect()
         try:
-            summary, todo = runner.begin()
-            self._run_pairs(runner, summary, todo, tracker)
+            self._submit_and_wait(ctx, jobs, on_record)
         finally:
             if started:
                 self.ray.shutdown()
-        if tracker is not None:
-            runner.mirror_missing(tracker)
-        return summary
 
-    def _run_pairs(self, runner: Runner, summary: RunSummary, todo: list, tracker: Any) -> None:
+    def _submit_and_wait(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
         ray = self.ray
-        graph = job_graph(runner.plan, todo, attack_needs_prior(runner.loaded))
-        if not graph:
-            return
         task = ray.remote(execute)
         options = task_options(self.cfg)
-        spec = ray.put(RunnerSpec.of(runner))
+        spec = ray.put(ContextSpec.of(ctx))
         refs: dict[str, Any] = {}
-        for job in graph:
+        for job in jobs:
             refs[job.id] = task.options(name=job.id, **options).remote(
                 spec, job, self.threads, *(refs[d] for d in job.deps))
-        pending = {refs[job.id]: job for job in graph if job.kind == "pair"}
-        log.info("ray: %d task(s) submitted, %d pair(s)", len(graph), len(pending))
+        pending = {refs[job.id]: job for job in jobs if job.kind == "pair"}
+        log.info("ray: %d task(s) submitted, %d pair(s)", len(jobs), len(pending))
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 job = pending.pop(ref)
+                assert job.pair is not None
                 try:
                     out = ray.get(ref)
-                except ray.exceptions.RayError as exc:
-                    out = {"record": _record_of_failed_task(runner, job.pair, exc), "trace": None}
-                runner.finish_pair(summary, out["record"], out["trace"], tracker)
-
-
-def _record_of_failed_task(runner: Runner, pair: PairJob, exc: BaseException) -> dict[str, Any]:
-    """The record of a pair whose task (or a task it depends on) failed after its retries.
-
-    An ok record of the same configuration that the task wrote before its worker died is kept;
-    otherwise the pair is recorded as failed with the task's error and traceback.
-    """
-    path = runner.records_dir / pair.record_name
-    if path.is_file():
-        try:
-            written = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            written = {}
-        if written.get("status") == "ok" and written.get("config_hash") == pair.config_hash:
-            return written
-    record = runner.failed_record(pair, error_text(exc), _traceback_text(exc))
-    write_record(runner.records_dir, record)
-    return record
+                except ray.exceptions.RayError as exc:  # the task or one it depends on failed after its retries
+                    out = {"record": record_failed_pair(ctx, job.pair, error_text(exc), _traceback_text(exc)),
+                           "trace": None}
+                on_record(out["record"], out["trace"])
 
 
 def _traceback_text(exc: BaseException) -> str:

@@ -1,0 +1,129 @@
+"""The job graph of a run, walked by every executor (:mod:`inversion_bench.executors`).
+
+A run is a graph of jobs: the evaluation model and the image prior (once per suite), one target
+per (defense, seed), one attack job per (defense, attack, seed) that stores the reconstructions,
+and one pair job per (defense, attack, seed) that scores them and writes the record. An attack
+depends on its target and, when it needs one, on the prior; a pair depends on its attack and on the
+evaluation model (so on a cluster attacks run while the evaluation model still trains). Jobs hand
+their products over through the content-addressed store: a product job's result is its store key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from inversion_bench.config import LoadedSuite
+from inversion_bench.plan import PairJob, Plan
+from inversion_bench.products.evaluator import evaluator
+from inversion_bench.products.prior import prior
+from inversion_bench.products.reconstruction import reconstruct
+from inversion_bench.products.record import failed_record, score_pair
+from inversion_bench.products.target import target
+from inversion_bench.registry import REGISTRIES
+from inversion_bench.results import write_record
+from inversion_bench.run_context import RunContext
+
+JobKind = Literal["evaluator", "prior", "target", "attack", "pair"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work; ``deps`` are the ids of the jobs whose products it reads from the store."""
+
+    kind: JobKind
+    id: str
+    deps: tuple[str, ...] = ()
+    defense_index: int | None = None
+    seed: int | None = None
+    pair: PairJob | None = None
+
+
+def target_job_id(defense_index: int, seed: int) -> str:
+    return f"target:{defense_index}:{seed}"
+
+
+def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[bool]) -> list[Job]:
+    """The jobs needed to run the pairs ``todo``, each listed after the jobs it depends on.
+
+    ``attack_needs_prior[i]`` says whether attack ``i`` needs the image prior. Only the targets of
+    pairs in ``todo`` are listed, and the prior only when one of their attacks needs it.
+    """
+    if not todo:
+        return []
+    jobs = [Job("evaluator", "evaluator")]
+    if plan.prior_key is not None and any(attack_needs_prior[p.attack_index] for p in todo):
+        jobs.append(Job("prior", "prior"))
+    targets: dict[str, Job] = {}
+    for p in todo:
+        tid = target_job_id(p.defense_index, p.seed)
+        targets.setdefault(tid, Job("target", tid, defense_index=p.defense_index, seed=p.seed))
+    jobs.extend(targets.values())
+    for p in todo:
+        deps = [target_job_id(p.defense_index, p.seed)]
+        if attack_needs_prior[p.attack_index] and plan.prior_key is not None:
+            deps.append("prior")
+        jobs.append(Job("attack", f"attack:{p.record_name}", tuple(deps), p.defense_index, p.seed, p))
+    for p in todo:
+        jobs.append(Job("pair", f"pair:{p.record_name}", (f"attack:{p.record_name}", "evaluator"),
+                        p.defense_index, p.seed, p))
+    return jobs
+
+
+def attack_needs_prior(loaded: LoadedSuite) -> list[bool]:
+    """For each attack of the suite, whether it needs the image prior."""
+    return [bool(getattr(REGISTRIES["attacks"].get(a.name), "needs_prior", False)) for a in loaded.suite.attacks]
+
+
+def target_uses(job: Job) -> tuple[int, int] | None:
+    """The (defense index, seed) of the target ``job`` holds in memory while it runs (attack and
+    pair jobs), else None; an executor may release a target once no pending job uses it."""
+    if job.kind in ("attack", "pair") and job.defense_index is not None and job.seed is not None:
+        return (job.defense_index, job.seed)
+    return None
+
+
+def run_job(ctx: RunContext, job: Job) -> Any:
+    """Carries out ``job`` (products already in the store are loaded, not recomputed).
+
+    Returns the product's store key, or for a pair ``{"record": ..., "trace": ...}`` after the
+    record was written.
+    """
+    if job.kind == "evaluator":
+        evaluator(ctx)
+        return ctx.plan.evaluator_key
+    if job.kind == "prior":
+        prior(ctx)
+        return ctx.plan.prior_key
+    if job.kind == "target":
+        assert job.defense_index is not None and job.seed is not None
+        target(ctx, job.defense_index, job.seed)
+        return ctx.plan.target_keys[(job.defense_index, job.seed)]
+    if job.kind == "attack":
+        assert job.pair is not None
+        return reconstruct(ctx, job.pair)
+    if job.kind == "pair":
+        assert job.pair is not None
+        return score_pair(ctx, job.pair)
+    raise ValueError(f"unknown job kind {job.kind!r}")
+
+
+def record_failed_pair(ctx: RunContext, pair: PairJob, error: str, trace_text: str) -> dict[str, Any]:
+    """The record of a pair whose own job or a job it depends on failed, written to the run folder.
+
+    An ok record of the same configuration written before the failure was reported (e.g. by a Ray
+    worker that died after writing it) is kept and returned instead.
+    """
+    path = ctx.records_dir / pair.record_name
+    if path.is_file():
+        try:
+            written = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            written = {}
+        if written.get("status") == "ok" and written.get("config_hash") == pair.config_hash:
+            return written
+    record = failed_record(ctx, pair, error, trace_text)
+    write_record(ctx.records_dir, record)
+    return record

@@ -1,0 +1,29 @@
+"""The data product: the dataset plugin's images, split into private train/test and public parts."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from inversion_bench.data.splits import Splits, make_splits
+from inversion_bench.registry import REGISTRIES
+from inversion_bench.run_context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def splits(ctx: RunContext) -> Splits:
+    """The suite's splits (rendered or read once per process; each part keyed by the plan's data key)."""
+    if ctx.held.splits is None:
+        s = ctx.suite
+        t0 = time.perf_counter()
+        plugin = REGISTRIES["datasets"].get(s.dataset.name)(ctx.loaded.dataset_params)
+        collection = plugin.load(s.dataset.resolution)
+        sp = make_splits(collection, s.dataset.split)
+        for part in (sp.private_train, sp.private_test, sp.public):
+            part.key = f"{ctx.plan.data_key}-{part.name}"
+        log.info("data: %d private identities (%d train / %d test images), %d public identities (%d images), "
+                 "%.1f s", sp.num_classes, len(sp.private_train), len(sp.private_test), len(sp.public_names),
+                 len(sp.public), time.perf_counter() - t0)
+        ctx.held.splits = sp
+    return ctx.held.splits

@@ -1,0 +1,81 @@
+"""The reconstruction product: one attack's output against one target (per defense, attack, seed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from inversion_bench.errors import BenchError
+from inversion_bench.interfaces import AttackContext, Reconstruction
+from inversion_bench.plan import PairJob
+from inversion_bench.products.data import splits
+from inversion_bench.products.prior import prior
+from inversion_bench.products.target import attacked_target
+from inversion_bench.registry import REGISTRIES
+from inversion_bench.run_context import RunContext
+
+
+def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, per_identity: int = 4,
+              max_identities: int = 16) -> Path:
+    """A PNG grid: one row per identity (first ``per_identity`` images of each)."""
+    import torchvision
+
+    rows = []
+    for c in labels.unique()[:max_identities]:
+        imgs = images[labels == c][:per_identity]
+        if imgs.shape[0] < per_identity:
+            pad = torch.ones(per_identity - imgs.shape[0], *imgs.shape[1:])
+            imgs = torch.cat([imgs, pad])
+        rows.append(imgs)
+    grid = torchvision.utils.make_grid(torch.cat(rows), nrow=per_identity, padding=1, pad_value=1.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torchvision.utils.save_image(grid, path)
+    return path
+
+
+def attacked_identities(spec: str | int | list[int], n_classes: int, where: str) -> torch.Tensor:
+    """The class indices an attack's ``identities`` setting names (``all``, the first N, or a list)."""
+    if spec == "all":
+        return torch.arange(n_classes)
+    if isinstance(spec, int):
+        return torch.arange(min(spec, n_classes))
+    bad = [i for i in spec if not 0 <= i < n_classes]
+    if bad:
+        raise BenchError(f"{where}: {bad} outside 0..{n_classes - 1}")
+    return torch.tensor(spec)
+
+
+def reconstruct(ctx: RunContext, job: PairJob) -> str:
+    """Runs the attack of ``job`` unless its reconstructions are stored; returns their store key.
+
+    The attack sees the target behind the defense's ``postprocess``. Images and labels are stored
+    on the CPU with the attack's wall time in ``info["seconds"]``, next to a ``grid.png``.
+    """
+    if ctx.store.has("attacks", job.attack_key):
+        return job.attack_key
+    _, _, attacked = attacked_target(ctx, job.defense_index, job.seed)
+    a = ctx.suite.attacks[job.attack_index]
+    attack = REGISTRIES["attacks"].get(a.name)(ctx.loaded.attack_params[job.attack_index])
+    gen = prior(ctx) if attack.needs_prior else None
+    identities = attacked_identities(a.identities, splits(ctx).num_classes, f"attacks[{job.attack_index}].identities")
+    actx = AttackContext(device=ctx.device, seed=job.seed, batch_size=ctx.suite.run.attack_batch_size,
+                         amp=ctx.suite.run.amp, progress=ctx.settings.progress,
+                         resolution=ctx.suite.dataset.resolution)
+    torch.manual_seed(job.seed)
+    t0 = time.perf_counter()
+    rec = attack.run(attacked, identities, gen, actx)
+    seconds = time.perf_counter() - t0
+    rec.images = rec.images.detach().float().cpu()
+    rec.labels = rec.labels.detach().long().cpu()
+    rec.check()
+    rec.info["seconds"] = seconds
+    with ctx.store.writing("attacks", job.attack_key) as tmp:
+        torch.save(rec.to_state(), tmp / "data.pt")
+        save_grid(rec.images, rec.labels, tmp / "grid.png")
+    return job.attack_key
+
+
+def load_reconstruction(ctx: RunContext, attack_key: str) -> Reconstruction:
+    """The stored reconstructions of one pair."""
+    return Reconstruction.from_state(ctx.store.load_torch("attacks", attack_key))

@@ -1,0 +1,166 @@
+"""Scoring a pair's reconstructions and its JSON record (the truth of a run; see :mod:`inversion_bench.results`)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import platform
+import time
+import traceback
+from typing import Any
+
+import torch
+from inversion_bench.config import entry_label
+from inversion_bench.errors import MetricUnavailableError
+from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.plan import PairJob
+from inversion_bench.products.data import splits
+from inversion_bench.products.evaluator import evaluator
+from inversion_bench.products.reconstruction import load_reconstruction
+from inversion_bench.products.target import known_test_accuracy, target
+from inversion_bench.registry import REGISTRIES
+from inversion_bench.results import load_records, write_json_atomic, write_record
+from inversion_bench.run_context import RunContext
+
+log = logging.getLogger(__name__)
+
+Scores = tuple[dict[str, float], dict[str, str], dict[str, Any], dict[str, str]]
+
+
+def score(ctx: RunContext, rec: Reconstruction, target_model: torch.nn.Module, report: dict[str, Any]) -> Scores:
+    """Every metric of the suite on ``rec``: (values, directions, details, errors by metric name).
+
+    A metric that cannot be computed (``MetricUnavailableError``) or returns a non-finite value is
+    reported under ``errors`` with its reason, never as a number.
+    """
+    ev, _ = evaluator(ctx)
+    mctx = MetricContext(evaluation_model=ev, target=target_model, target_report=report,
+                         private_train=splits(ctx).private_train, features=ctx.features, device=ctx.device,
+                         batch_size=ctx.suite.run.eval_batch_size, weights=ctx.weights)
+    values: dict[str, float] = {}
+    directions: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    for m, params in zip(ctx.suite.metrics, ctx.loaded.metric_params, strict=True):
+        metric = REGISTRIES["metrics"].get(m.name)(params)
+        directions.update(metric.better)
+        try:
+            out = metric.compute(rec, mctx)
+        except MetricUnavailableError as exc:
+            for name in metric.better:
+                errors[name] = str(exc)
+            continue
+        for name, v in out.items():
+            if v is None or not torch.isfinite(torch.tensor(float(v))):
+                errors[name] = f"{m.name} returned {v}"
+            else:
+                values[name] = float(v)
+    return values, directions, mctx.details, errors
+
+
+def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
+    """What every record of ``job`` holds, ok or failed: the pair, its settings, keys and provenance."""
+    s, plan = ctx.suite, ctx.plan
+    d, a = s.defenses[job.defense_index], s.attacks[job.attack_index]
+    dp, ap = ctx.loaded.defense_params[job.defense_index], ctx.loaded.attack_params[job.attack_index]
+    return {
+        "suite": s.name, "suite_hash": plan.suite_hash, "run_dir": str(ctx.run_dir),
+        "defense": job.defense, "defense_label": entry_label(d), "defense_plugin": d.name,
+        "defense_params": dp.model_dump(mode="json"), "defense_index": job.defense_index,
+        "attack": job.attack, "attack_label": entry_label(a), "attack_plugin": a.name,
+        "attack_params": ap.model_dump(mode="json"), "attack_index": job.attack_index,
+        "seed": job.seed, "baseline": s.baseline_id, "config_hash": job.config_hash,
+        "keys": {"target": job.target_key, "attack": job.attack_key, "evaluator": plan.evaluator_key,
+                 "prior": plan.prior_key, "data": plan.data_key},
+        "code_version": ctx.code_version,
+        "plugin_versions": {f"defense:{d.name}": REGISTRIES["defenses"].info(d.name).version,
+                            f"attack:{a.name}": REGISTRIES["attacks"].info(a.name).version,
+                            **{f"metric:{m.name}": REGISTRIES["metrics"].info(m.name).version
+                               for m in s.metrics}},
+        "device": f"{ctx.device} ({platform.processor() or platform.machine()}, torch {torch.__version__})",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dict[str, float],
+                keep: dict[str, Any]) -> None:
+    """Fills ``out`` with the scores of ``job``'s stored reconstructions (their trace into ``keep``)."""
+    t0 = time.perf_counter()
+    model, report = target(ctx, job.defense_index, job.seed)
+    timings["target_s"] = float(report.get("seconds", time.perf_counter() - t0))
+    out["num_classes"] = splits(ctx).num_classes
+    out["target"] = {k: v for k, v in report.items() if k != "history"}
+    _, ev_report = evaluator(ctx)
+    out["evaluator"] = {"test_accuracy": ev_report["test_accuracy"],
+                        "architecture": ctx.suite.evaluation.architecture.name}
+    rec = load_reconstruction(ctx, job.attack_key)
+    keep["trace"] = rec.trace
+    timings["attack_s"] = float(rec.info.get("seconds", 0.0))
+    t1 = time.perf_counter()
+    values, directions, details, errors = score(ctx, rec, model, report)
+    timings["metrics_s"] = time.perf_counter() - t1
+    out.update(status="ok", error=None, metrics={"test_accuracy": float(report["test_accuracy"]), **values},
+               directions={"test_accuracy": "higher", **directions}, metric_details=details, metric_errors=errors,
+               attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+               num_reconstructions=int(rec.images.shape[0]))
+
+
+def score_pair(ctx: RunContext, job: PairJob) -> dict[str, Any]:
+    """Scores ``job``'s stored reconstructions and writes its record (failed, with the reason, when
+    scoring raises). Returns ``{"record": ..., "trace": ...}``; the trace feeds the MLflow mirror."""
+    out = base_record(ctx, job)
+    timings: dict[str, float] = {}
+    keep: dict[str, Any] = {}
+    try:
+        _score_into(ctx, job, out, timings, keep)
+    except Exception as exc:  # a failing pair is recorded, the others still run
+        out = failed_record(ctx, job, f"{type(exc).__name__}: {exc}", traceback.format_exc(), out)
+    out["timings"] = timings
+    write_record(ctx.records_dir, out)
+    return {"record": out, "trace": keep.get("trace")}
+
+
+def failed_record(ctx: RunContext, job: PairJob, error: str, trace_text: str,
+                  base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a pair that failed with ``error`` (``"Type: message"``) and its traceback.
+
+    The target's test accuracy is kept when the target was trained (in this process or, by
+    another worker, in the store): nothing computed is lost.
+    """
+    log.error("pair %s x %s seed %d failed: %s", job.defense, job.attack, job.seed, error)
+    rec = dict(base) if base is not None else base_record(ctx, job)
+    rec.update(status="failed", error=error, traceback=trace_text, metrics={}, directions={})
+    rec.setdefault("timings", {})
+    accuracy = known_test_accuracy(ctx, job.defense_index, job.seed)
+    if accuracy is not None:
+        rec["metrics"] = {"test_accuracy": accuracy}
+        rec["directions"] = {"test_accuracy": "higher"}
+    return rec
+
+
+def pending(ctx: RunContext) -> tuple[list[PairJob], list[PairJob]]:
+    """(pairs to run, pairs whose ok record with the same config hash exists)."""
+    done = {}
+    for r in load_records(ctx.records_dir) if ctx.records_dir.is_dir() else []:
+        done[(r["defense"], r["attack"], r["seed"])] = r
+    todo, skip = [], []
+    for job in ctx.plan.pairs:
+        r = done.get((job.defense, job.attack, job.seed))
+        if r is not None and r.get("status") == "ok" and r.get("config_hash") == job.config_hash:
+            skip.append(job)
+        else:
+            todo.append(job)
+    return todo, skip
+
+
+def supersede(ctx: RunContext, job: PairJob) -> None:
+    """Moves an existing record of ``job`` with another config hash aside (never deletes it)."""
+    path = ctx.records_dir / job.record_name
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if old.get("config_hash") == job.config_hash:
+        return
+    dest = ctx.records_dir / "superseded" / f"{path.stem}.{old.get('config_hash', 'unknown')}.json"
+    write_json_atomic(dest, old)
+    path.unlink()
