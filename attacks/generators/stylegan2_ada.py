@@ -9,18 +9,23 @@ images are synthesised with constant noise (``noise_mode='const'``, ``force_fp32
 
 Unpickling executes code: only the file configured in the suite's ``weights:`` section (or a
 literal path given as ``pickle``) is ever unpickled. The official code (``dnnlib``,
-``torch_utils``) must be importable; ``code_dir`` puts its folder on ``sys.path`` first.
+``torch_utils``) must be importable; ``code_dir`` puts its folder on ``sys.path`` first, and
+:func:`code_dir_imports` makes the pickle import that folder's own top-level packages (its
+``training``, ``metrics``, ...) even when modules of the same names were imported from elsewhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.machinery
 import inspect
 import json
 import logging
 import pickle
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,100 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+# Never evicted, even when code_dir holds a module of the same name: this package, and the standard
+# library and interpreter built-ins (re-importing those mid-process would break their other users).
+_PROTECTED = frozenset({"inversion_bench", *sys.builtin_module_names, *getattr(sys, "stdlib_module_names", ())})
+
+
+def top_level_names(code_dir: str | Path) -> set[str]:
+    """The top-level modules ``code_dir`` provides: regular packages (folders with an ``__init__``)
+    and modules (``.py``, bytecode or extension files); dunder names (``__main__.py``) are left out."""
+    suffixes = sorted(importlib.machinery.all_suffixes(), key=len, reverse=True)
+    names: set[str] = set()
+    for entry in Path(code_dir).iterdir():
+        if entry.is_dir():
+            if any((entry / f"__init__{s}").is_file() for s in suffixes):
+                names.add(entry.name)
+            continue
+        suffix = next((s for s in suffixes if entry.name.endswith(s)), None)
+        if suffix is not None:
+            names.add(entry.name[: -len(suffix)])
+    return {n for n in names if n.isidentifier() and not n.startswith("__")}
+
+
+def _module_location(module: Any) -> str:
+    """Where a module was imported from: its file, its namespace folders, or 'built-in'."""
+    file = getattr(module, "__file__", None)
+    if file:
+        return str(file)
+    path = list(getattr(module, "__path__", None) or [])
+    return ", ".join(map(str, path)) if path else "built-in"
+
+
+def _from_folder(module: Any, folder: Path) -> bool:
+    """Whether ``module`` was imported from a file inside ``folder`` (a resolved path)."""
+    file = getattr(module, "__file__", None)
+    if not file:
+        return False
+    try:
+        return Path(file).resolve().is_relative_to(folder)
+    except (OSError, ValueError):
+        return False
+
+
+def shadowed_modules(code_dir: str | Path, modules: Mapping[str, Any] | None = None, *,
+                     protected: bool = False) -> dict[str, str]:
+    """Top-level modules that ``code_dir`` provides but that ``modules`` (default ``sys.modules``) holds
+    from another location: name -> where the loaded one came from.
+
+    Names never evicted (``inversion_bench``, the standard library, built-ins) are left out, or with
+    ``protected=True`` they are the only ones given."""
+    modules = sys.modules if modules is None else modules
+    folder = Path(code_dir).resolve()
+    out: dict[str, str] = {}
+    for name in sorted(top_level_names(folder)):
+        module = modules.get(name)
+        if module is not None and (name in _PROTECTED) == protected and not _from_folder(module, folder):
+            out[name] = _module_location(module)
+    return out
+
+
+def _evict(name: str, modules: MutableMapping[str, Any]) -> None:
+    """Drops ``name`` and its submodules from ``modules``."""
+    for key in [k for k in list(modules) if k == name or k.startswith(name + ".")]:
+        modules.pop(key, None)
+
+
+@contextmanager
+def code_dir_imports(code_dir: str | Path) -> Iterator[dict[str, str]]:
+    """Imports inside the block come from ``code_dir`` first (a third-party code folder, e.g. the
+    official stylegan2-ada-pytorch code with its own top-level ``training``, ``metrics``, ``dnnlib``).
+
+    Puts ``code_dir`` first on ``sys.path`` (it stays there afterwards: objects unpickled from its
+    code may import more of it later) and evicts from ``sys.modules`` every top-level module that
+    ``code_dir`` provides but that was imported from another location (with its submodules), so the
+    code_dir's own is imported instead of the other being silently reused. Modules already imported
+    from ``code_dir``, ``inversion_bench.*``, the standard library and built-ins are never touched
+    (a code_dir module shadowing one of those is logged as a warning and not used).
+    Yields the evicted names -> where they had been imported from (logged at INFO).
+    """
+    folder = Path(code_dir).resolve()
+    code = str(folder)
+    while code in sys.path:
+        sys.path.remove(code)
+    sys.path.insert(0, code)
+    evicted = shadowed_modules(folder)
+    for name in evicted:
+        _evict(name, sys.modules)
+    if evicted:
+        log.info("stylegan2-ada: importing %s from %s, not the modules already loaded (%s)",
+                 ", ".join(evicted), code, "; ".join(f"{n} from {loc}" for n, loc in evicted.items()))
+    for name, loc in shadowed_modules(folder, protected=True).items():
+        log.warning("stylegan2-ada: %s in %s is not used: %s is already imported from %s", name, code, name, loc)
+    importlib.invalidate_caches()
+    yield evicted
 
 
 def _resolve(ref: str, weights: Mapping[str, Path], what: str, *, folder: bool) -> Path:
@@ -162,13 +261,12 @@ class StyleGAN2ADAPlugin(GeneratorPlugin):
     def _unpickle(self, ctx: PriorContext) -> tuple[StyleGAN2ADAGenerator, str]:
         p = self.params
         path = self.pickle_path(ctx.weights)
+        code = None
         if p.code_dir is not None:
-            code = str(_resolve(p.code_dir, ctx.weights, "stylegan2-ada-pytorch code", folder=True).resolve())
-            if code not in sys.path:
-                sys.path.insert(0, code)
+            code = _resolve(p.code_dir, ctx.weights, "stylegan2-ada-pytorch code", folder=True).resolve()
         sha = file_sha256(path)
         try:
-            with open(path, "rb") as f:
+            with code_dir_imports(code) if code is not None else nullcontext(), open(path, "rb") as f:
                 data = pickle.load(f)  # noqa: S301 - only the configured, trusted network pickle
         except (ModuleNotFoundError, ImportError) as exc:
             raise MissingResourceError(
