@@ -6,18 +6,17 @@ Example:
     >>> lb.write("runs/2024-05-01_smoke/leaderboard")  # doctest: +SKIP
 """
 
-from inversion_bench.leaderboard.build import (
+from inversion_bench.leaderboard.build import Leaderboard, build, build_from_dirs
+from inversion_bench.leaderboard.latex import latex_escape
+from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
     NEAR_CHANCE_FACTOR,
     TEST_ACCURACY,
     Column,
     DefenseInfo,
     Failure,
-    Leaderboard,
-    build,
-    build_from_dirs,
+    LeaderboardTable,
 )
-from inversion_bench.leaderboard.latex import latex_escape
 
 __all__ = [
     "DATA_COLUMNS",
@@ -27,6 +26,7 @@ __all__ = [
     "DefenseInfo",
     "Failure",
     "Leaderboard",
+    "LeaderboardTable",
     "build",
     "build_from_dirs",
     "latex_escape",

@@ -20,8 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inversion_bench.leaderboard.build import Column, Leaderboard
-from inversion_bench.leaderboard.render import (
+from inversion_bench.leaderboard.formatting import (
     ARROWS,
     NEAR_CHANCE,
     cell_rows,
@@ -33,6 +32,7 @@ from inversion_bench.leaderboard.render import (
     has_guarantees,
     seed_summary,
 )
+from inversion_bench.leaderboard.model import Column, LeaderboardTable
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;
@@ -129,7 +129,7 @@ def _cell_title(col: Column, cell: Any, decimals: int) -> str:
     return "; ".join(parts) or "no record"
 
 
-def _table(lb: Leaderboard) -> str:
+def _table(lb: LeaderboardTable) -> str:
     cols = lb.columns
     decimals = decimals_by_column(lb)
     cells = cell_rows(lb)
@@ -175,7 +175,7 @@ def _table(lb: Leaderboard) -> str:
             f'<tbody>{"".join(rows_html)}</tbody></table></div>')
 
 
-def _provenance(lb: Leaderboard) -> str:
+def _provenance(lb: LeaderboardTable) -> str:
     meta = lb.meta
     items = [
         ("suite", lb.suite),
@@ -200,7 +200,7 @@ def _figure(entry: dict[str, Any], base: Path | None) -> str:
             f'<figcaption>{_e(entry["caption"])} <a href="{_e(link)}">SVG</a></figcaption></figure>')
 
 
-def render_html(lb: Leaderboard, figures: Sequence[dict[str, Any]] = (), notes: Sequence[str] = (),
+def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), notes: Sequence[str] = (),
                 base: Path | None = None) -> str:
     """The whole page as one string.
 

@@ -11,12 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import inversion_bench.leaderboard.figures as fig
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from inversion_bench.leaderboard import figures as fig
-from inversion_bench.leaderboard.build import TEST_ACCURACY
+from inversion_bench.leaderboard.model import TEST_ACCURACY
+from inversion_bench.leaderboard.runs import RunView
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +25,9 @@ ACC1 = "attack_acc@1"
 
 
 class _Views:
-    """One lazily opened :class:`~inversion_bench.leaderboard.report.RunView` per run folder."""
+    """One lazily opened :class:`~inversion_bench.leaderboard.runs.RunView` per run folder."""
 
     def __init__(self, dirs: Sequence[Path], runners: Sequence[Any] = ()) -> None:
-        from inversion_bench.leaderboard.report import RunView
-
         self.dirs = [Path(d) for d in dirs]
         self._views: dict[Path, Any] = {Path(r.run_dir).resolve(): RunView(r.run_dir, r) for r in runners}
 
@@ -38,8 +37,6 @@ class _Views:
         return self.get(run_dir)
 
     def get(self, run_dir: Path) -> Any:
-        from inversion_bench.leaderboard.report import RunView
-
         key = Path(run_dir).resolve()
         if key not in self._views:
             self._views[key] = RunView(Path(run_dir))

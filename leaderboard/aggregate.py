@@ -1,0 +1,314 @@
+"""Aggregates result records into a :class:`~inversion_bench.leaderboard.model.LeaderboardTable`.
+
+The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Aggregation rules:
+
+* Rows are defenses in ``defense_index`` order. The target's utility (``metrics["test_accuracy"]``) is
+  taken once per (defense, seed) -- it is the same for every attack of that target -- then averaged
+  over seeds. It is taken from an ``ok`` record when there is one, otherwise from a failed record
+  that still carries a finite value (the target trained, the attack failed afterwards).
+* Columns are, for every attack in ``attack_index`` order, every metric found in that attack's records
+  except ``test_accuracy``: ``attack_acc@1`` and ``attack_acc@5`` first, then the others sorted.
+* A cell is the mean and sample standard deviation (``ddof=1``) over the seeds whose record is ``ok``
+  and whose value is finite. Failed seeds and missing values (``None``/NaN/inf in ``ok`` records) are
+  counted separately and never enter the numbers.
+* ``delta`` is, for every non-baseline defense, ``mean(defense) - mean(baseline)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from inversion_bench.leaderboard.model import (
+    DATA_COLUMNS,
+    NEAR_CHANCE_FACTOR,
+    TARGET_COLUMN,
+    TEST_ACCURACY,
+    Column,
+    DefenseInfo,
+    Failure,
+    LeaderboardTable,
+)
+from inversion_bench.leaderboard.records import dedupe, distinct, finite, first_line, is_ok, privacy_guarantee, where
+
+_FIRST_METRICS = ("attack_acc@1", "attack_acc@5")
+
+
+@dataclass
+class _Cells:
+    """What the cells of every row add up to, in row order."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    infos: list[DefenseInfo] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    missing: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+def _metric_order(name: str) -> tuple[int, int, str]:
+    if name in _FIRST_METRICS:
+        return (0, _FIRST_METRICS.index(name), name)
+    return (1, 0, name)
+
+
+def _stats(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    arr = np.asarray(values, dtype=float)
+    mean = float(arr.mean())
+    std = float(arr.std(ddof=1)) if arr.size > 1 else math.nan
+    return mean, std
+
+
+def _label(records: Sequence[dict[str, Any]], key: str, default: str) -> str:
+    """The first display name ``key`` in ``records``, else ``default``."""
+    return str(distinct(records, key)[0]) if distinct(records, key) else default
+
+
+def _status_notes(recs: Sequence[dict[str, Any]]) -> list[str]:
+    return [
+        f"record {where(r)} has status {r.get('status')!r}; it is counted as failed."
+        for r in recs
+        if r.get("status") not in ("ok", "failed")
+    ]
+
+
+def _by_defense(recs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The records of every defense, defenses in order of first appearance (the records' order)."""
+    return {d: [r for r in recs if r["defense"] == d] for d in dict.fromkeys(r["defense"] for r in recs)}
+
+
+def _by_attack(recs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The records of every attack, attacks in ``attack_index`` order."""
+    ordered = sorted(recs, key=lambda r: (int(r.get("attack_index") or 0), str(r["attack"])))
+    return {a: [r for r in recs if r["attack"] == a] for a in dict.fromkeys(r["attack"] for r in ordered)}
+
+
+def _baseline(recs: Sequence[dict[str, Any]], defenses: Collection[str], notes: list[str]) -> str | None:
+    """The baseline defense named by the records, ``None`` without one or when it has no records."""
+    baselines = distinct(recs, "baseline")
+    if len(baselines) > 1:
+        raise ValueError(f"records name different baseline defenses: {baselines}")
+    baseline = baselines[0] if baselines and baselines[0] in defenses else None
+    if baselines and baseline is None:
+        notes.append(f"the baseline defense {baselines[0]!r} has no records; no differences are shown.")
+    return baseline
+
+
+def _direction(metric: str, recs: Iterable[dict[str, Any]], default: str | None, notes: list[str]) -> str | None:
+    """The direction the records give ``metric`` (the first if they disagree, noted), else ``default``."""
+    found = distinct(((r.get("directions") or {}) for r in recs), metric)
+    found = [f for f in found if f in ("higher", "lower")]
+    if len(found) > 1:
+        notes.append(f"records disagree on the direction of {metric!r} ({found}); using {found[0]!r}.")
+    return found[0] if found else default
+
+
+def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
+    """The columns of one attack: its metrics in display order, or one placeholder without any."""
+    label = _label(recs, "attack_label", attack)
+    index = int(recs[0].get("attack_index") or 0)
+    names: set[str] = set()
+    for r in recs:
+        names.update((r.get("metrics") or {}).keys())
+        names.update((r.get("directions") or {}).keys())
+    names.discard(TEST_ACCURACY)
+    if not names:
+        return [Column(attack, label, index, "status", None, placeholder=True)]
+    return [Column(attack, label, index, m, _direction(m, recs, None, notes))
+            for m in sorted(names, key=_metric_order)]
+
+
+def _columns(recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
+    """The test-accuracy column, then every attack's columns in ``attack_index`` order."""
+    columns = [
+        Column(TARGET_COLUMN, "Target", -1, TEST_ACCURACY, _direction(TEST_ACCURACY, recs, "higher", notes))
+    ]
+    for attack, rs in _by_attack(recs).items():
+        columns += _attack_columns(attack, rs, notes)
+    return columns
+
+
+def _row(base: dict[str, Any], col: Column, values: list[float], seeds: list[int], n_failed: int, n_missing: int,
+         n_records: int) -> dict[str, Any]:
+    """One row of :attr:`LeaderboardTable.data` (without ``delta``)."""
+    mean, std = _stats(values)
+    return {
+        **base,
+        "attack": col.attack,
+        "attack_label": col.attack_label,
+        "attack_index": col.attack_index,
+        "metric": col.metric,
+        "column": col.key,
+        "direction": col.direction,
+        "mean": mean,
+        "std": std,
+        "n": len(values),
+        "n_failed": n_failed,
+        "n_missing": n_missing,
+        "n_records": n_records,
+        "values": tuple(values),
+        "seeds": tuple(seeds),
+    }
+
+
+def _test_accuracies(recs: Sequence[dict[str, Any]], seeds: Sequence[int], label: str,
+                     notes: list[str]) -> tuple[list[float], list[int], int]:
+    """The defense's test accuracy once per seed: (values, their seeds, number of seeds without one)."""
+    values: list[float] = []
+    v_seeds: list[int] = []
+    n_failed = 0
+    for s in seeds:
+        seed_recs = [r for r in recs if int(r["seed"]) == s]
+        ok_vals = [finite((r.get("metrics") or {}).get(TEST_ACCURACY)) for r in seed_recs if is_ok(r)]
+        ok_vals = [v for v in ok_vals if v is not None]
+        other = [finite((r.get("metrics") or {}).get(TEST_ACCURACY)) for r in seed_recs if not is_ok(r)]
+        other = [v for v in other if v is not None]
+        vals = ok_vals or other
+        if not vals:
+            n_failed += 1
+            continue
+        if max(vals) - min(vals) > 1e-9:
+            notes.append(
+                f"{label}, seed {s}: test accuracy differs between attacks "
+                f"({min(vals):.6g}..{max(vals):.6g}); the first is used."
+            )
+        values.append(vals[0])
+        v_seeds.append(s)
+    return values, v_seeds, n_failed
+
+
+def _attack_row(base: dict[str, Any], col: Column, recs: Sequence[dict[str, Any]],
+                missing: list[tuple[str, str, int]]) -> dict[str, Any]:
+    """The cell of one attack column; values missing in ok records are added to ``missing``."""
+    pair = [r for r in recs if r["attack"] == col.attack]
+    values: list[float] = []
+    v_seeds: list[int] = []
+    n_failed = 0
+    n_missing = 0
+    for r in pair:
+        if not is_ok(r):
+            n_failed += 1
+            continue
+        if col.placeholder:
+            continue
+        v = finite((r.get("metrics") or {}).get(col.metric))
+        if v is None:
+            n_missing += 1
+            missing.append((base["defense"], col.key, int(r["seed"])))
+            continue
+        values.append(v)
+        v_seeds.append(int(r["seed"]))
+    return _row(base, col, values, v_seeds, n_failed, n_missing, len(pair))
+
+
+def _failures(defense: str, label: str, recs: Sequence[dict[str, Any]]) -> list[Failure]:
+    """The defense's records that are not ``ok``, with the first line of their error."""
+    out = []
+    for r in recs:
+        if not is_ok(r):
+            a = r["attack"]
+            a_label = str(r.get("attack_label") or a)
+            err = first_line(r.get("error")) or first_line(r.get("traceback"))
+            if r.get("status") not in ("ok", "failed"):
+                err = err or f"status {r.get('status')!r}"
+            out.append(Failure(defense, label, a, a_label, int(r["seed"]), err, r.get("_path")))
+    return out
+
+
+def _add_defense(cells: _Cells, defense: str, recs: Sequence[dict[str, Any]], columns: Sequence[Column],
+                 baseline: str | None, notes: list[str]) -> None:
+    """Adds one defense's row info, cells (test accuracy first) and failures to ``cells``."""
+    label = _label(recs, "defense_label", defense)
+    index = int(recs[0].get("defense_index") or 0)
+    seeds = tuple(sorted({int(r["seed"]) for r in recs}))
+    num_classes_all = distinct(recs, "num_classes")
+    if len(num_classes_all) > 1:
+        notes.append(f"{label}: records disagree on num_classes ({num_classes_all}).")
+    num_classes = int(num_classes_all[0]) if num_classes_all else None
+
+    base = {"defense": defense, "defense_label": label, "defense_index": index}
+    t_values, t_seeds, t_failed = _test_accuracies(recs, seeds, label, notes)
+    target_row = _row(base, columns[0], t_values, t_seeds, t_failed, 0, len(seeds))
+    cells.rows.append(target_row)
+    near = bool(num_classes and t_values and target_row["mean"] <= NEAR_CHANCE_FACTOR / num_classes)
+    epsilon, delta = privacy_guarantee(recs)
+    cells.infos.append(
+        DefenseInfo(defense, label, index, num_classes, seeds, defense == baseline, near, epsilon, delta)
+    )
+    cells.rows += [_attack_row(base, col, recs, cells.missing) for col in columns[1:]]
+    cells.failures += _failures(defense, label, recs)
+
+
+def _data(rows: list[dict[str, Any]], baseline: str | None) -> pd.DataFrame:
+    """The long table of :data:`DATA_COLUMNS` with ``delta`` against the baseline's means."""
+    data = pd.DataFrame(rows)
+    data["delta"] = math.nan
+    if baseline is not None:
+        base_means = data[data["defense"] == baseline].set_index("column")["mean"]
+        mask = data["defense"] != baseline
+        data.loc[mask, "delta"] = data.loc[mask, "mean"].to_numpy() - data.loc[mask, "column"].map(
+            base_means
+        ).to_numpy(dtype=float)
+    data = data[list(DATA_COLUMNS)]
+    return data.astype({"n": int, "n_failed": int, "n_missing": int, "n_records": int})
+
+
+def _meta(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Provenance of the records (see :attr:`LeaderboardTable.meta`)."""
+    created = sorted(str(c) for c in distinct(recs, "created"))
+    return {
+        "suites": [str(s) for s in distinct(recs, "suite")],
+        "suite_hashes": [str(h) for h in distinct(recs, "suite_hash")],
+        "code_versions": [str(v) for v in distinct(recs, "code_version")],
+        "devices": [str(v) for v in distinct(recs, "device")],
+        "created": (created[0], created[-1]) if created else None,
+        "num_records": len(recs),
+        "seeds": sorted({int(r["seed"]) for r in recs}),
+    }
+
+
+def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
+    """Aggregates result records into the leaderboard's table model.
+
+    Args:
+        records: records as written by :func:`inversion_bench.results.write_record` (any order). Several
+            records for the same (defense, attack, seed) of the same suite version are deduplicated.
+
+    Returns:
+        The :class:`~inversion_bench.leaderboard.model.LeaderboardTable`.
+
+    Raises:
+        ValueError: if there are no records, a record lacks its defense/attack/seed, or two records
+            for the same (defense, attack, seed) have different ``suite_hash``.
+    """
+    if not records:
+        raise ValueError("no records to build a leaderboard from")
+    notes: list[str] = []
+    recs = dedupe(records, notes)
+    notes += _status_notes(recs)
+    by_defense = _by_defense(recs)
+    baseline = _baseline(recs, by_defense, notes)
+    columns = _columns(recs, notes)
+    cells = _Cells()
+    for defense, rs in by_defense.items():
+        _add_defense(cells, defense, rs, columns, baseline, notes)
+    data = _data(cells.rows, baseline)
+    meta = _meta(recs)
+    infos = sorted(cells.infos, key=lambda i: (i.index, i.defense))
+    order = {info.defense: k for k, info in enumerate(infos)}
+    data = data.sort_values(by=["defense"], key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
+    return LeaderboardTable(
+        suite=" + ".join(meta["suites"]) if meta["suites"] else "unnamed suite",
+        baseline=baseline,
+        defenses=infos,
+        columns=columns,
+        data=data,
+        failures=cells.failures,
+        missing=cells.missing,
+        notes=notes,
+        meta=meta,
+    )

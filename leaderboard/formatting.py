@@ -1,0 +1,176 @@
+"""Number and cell formatting shared by the renderers of a leaderboard.
+
+:mod:`~inversion_bench.leaderboard.render` (Markdown, CSV), :mod:`~inversion_bench.leaderboard.latex` and
+:mod:`~inversion_bench.leaderboard.html` format the cells of a
+:class:`~inversion_bench.leaderboard.model.LeaderboardTable` with these helpers, so that every format shows
+the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
+
+ARROWS = {"higher": "↑", "lower": "↓"}
+NEAR_CHANCE = "⚠ near chance"
+NA_MARK = "†"
+NOT_RUN = "—"
+
+
+# --------------------------------------------------------------------------------------------------
+# numbers
+
+
+def _isnan(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
+def column_decimals(lb: LeaderboardTable, col: Column) -> int:
+    """Decimals used for every number of a column (means, stds and differences alike).
+
+    Accuracies are shown in percent with one decimal. Other metrics get about three significant
+    digits from the largest absolute mean of the column: ``0.412``, ``1.234``, ``12.3``, ``123.4``.
+
+    Args:
+        lb: the leaderboard.
+        col: the column.
+
+    Returns:
+        Number of decimals.
+    """
+    if col.is_accuracy:
+        return 1
+    means = lb.data.loc[lb.data["column"] == col.key, "mean"].dropna().abs()
+    biggest = float(means.max()) if not means.empty else 0.0
+    if biggest >= 10:
+        return 1
+    if biggest >= 1 or biggest == 0.0:
+        return 3
+    return min(6, 2 - math.floor(math.log10(biggest)))
+
+
+def cell_rows(lb: LeaderboardTable) -> dict[tuple[str, str], pd.Series]:
+    """Every row of :attr:`LeaderboardTable.data` keyed by (defense id, column key), for rendering."""
+    return {(r.defense, r.column): r for _, r in lb.data.iterrows()}
+
+
+def decimals_by_column(lb: LeaderboardTable) -> dict[str, int]:
+    """:func:`column_decimals` of every column, keyed by column key."""
+    return {c.key: column_decimals(lb, c) for c in lb.columns}
+
+
+def _scaled(col: Column, x: float) -> float:
+    return x * 100.0 if col.is_accuracy else x
+
+
+def format_value(col: Column, x: float, decimals: int, signed: bool = False) -> str:
+    """Formats one raw number of ``col`` (accuracies as percentages).
+
+    Args:
+        col: the column the number belongs to.
+        x: the raw number (accuracies as fractions).
+        decimals: decimals to show.
+        signed: prefix a ``+`` for positive numbers (differences).
+
+    Returns:
+        The text.
+    """
+    v = _scaled(col, x)
+    text = f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
+    if float(text) == 0.0:  # no "-0.0" / "+0.0"
+        text = f"{0.0:.{decimals}f}"
+    return text
+
+
+def _annotation(cell: pd.Series, na_mark: str) -> str:
+    parts = []
+    total = int(cell["n_records"])
+    if cell["n_failed"]:
+        parts.append(f"{cell['n_failed']}/{total} failed")
+    if cell["n_missing"]:
+        parts.append(f"{cell['n_missing']}/{total} n/a{na_mark}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def cell_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", na_mark: str = NA_MARK) -> str:
+    """Display text of a main-table cell.
+
+    ``"36.9 ± 2.1"``; one seed: ``"36.9"``; every seed failed: ``"failed"``; some failed:
+    ``"36.9 (1/3 failed)"``; value missing in an ok record: ``"n/a†"``; no record: ``"—"``.
+
+    Args:
+        col: the column.
+        cell: the row of :attr:`LeaderboardTable.data`.
+        decimals: decimals of the column.
+        pm: the plus-minus sign.
+        na_mark: footnote mark for missing values.
+
+    Returns:
+        The text.
+    """
+    if cell["n"] == 0:
+        if cell["n_failed"]:
+            return "failed"
+        if cell["n_missing"]:
+            return f"n/a{na_mark}"
+        return NOT_RUN
+    text = format_value(col, float(cell["mean"]), decimals)
+    if cell["n"] > 1 and not _isnan(cell["std"]):
+        text += f" {pm} {format_value(col, float(cell['std']), decimals)}"
+    return text + _annotation(cell, na_mark)
+
+
+def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_mark: str = NA_MARK) -> str:
+    """Display text of a Δ-table cell (difference of means to the baseline).
+
+    Args:
+        col: the column.
+        cell: the defense's row of :attr:`LeaderboardTable.data`.
+        base: the baseline's row for the same column.
+        decimals: decimals of the column.
+        na_mark: footnote mark for missing values.
+
+    Returns:
+        The text (``"failed"``/``"n/a"``/``"—"`` where no difference can be taken).
+    """
+    if cell["n"] == 0:
+        return cell_text(col, cell, decimals, na_mark=na_mark)
+    if base["n"] == 0 or _isnan(cell["delta"]):
+        return NOT_RUN
+    return format_value(col, float(cell["delta"]), decimals, signed=True) + _annotation(cell, na_mark)
+
+
+# --------------------------------------------------------------------------------------------------
+# rows
+
+
+def has_guarantees(lb: LeaderboardTable) -> bool:
+    """Whether any row reports a formal (epsilon, delta) guarantee (then the ε column is shown)."""
+    return any(i.epsilon is not None for i in lb.defenses)
+
+
+def guarantee_text(info: DefenseInfo, latex: bool = False) -> str:
+    """The (epsilon, delta) cell of a row: ``"8.52 (δ=1e-05)"``, ``"∞"`` or ``"—"`` (none reported).
+
+    Args:
+        info: the row.
+        latex: LaTeX markup instead of Unicode.
+    """
+    if info.epsilon is None:
+        return "--" if latex else NOT_RUN
+    if math.isinf(info.epsilon):
+        eps = r"$\infty$" if latex else "∞"
+    else:
+        eps = f"{info.epsilon:.2f}"
+    if info.delta is None:
+        return eps
+    return f"{eps} ($\\delta$={info.delta:.0e})" if latex else f"{eps} (δ={info.delta:.0e})"
+
+
+def seed_summary(lb: LeaderboardTable) -> str:
+    """``"3 seeds: 0, 1, 2"``: the seeds of every record behind the leaderboard."""
+    seeds = lb.meta.get("seeds") or []
+    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {', '.join(str(s) for s in seeds)}"

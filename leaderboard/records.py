@@ -1,0 +1,133 @@
+"""Reading result records for the leaderboard: field look-ups, validation and deduplication.
+
+Records are plain dicts as written by :func:`inversion_bench.results.write_record`; nothing here
+aggregates over them (see :mod:`inversion_bench.leaderboard.aggregate`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float if it is a finite number, else ``None``."""
+    if value is None or isinstance(value, bool | str):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def first_line(text: Any) -> str:
+    """The first non-blank line of ``text``, stripped (``""`` for none)."""
+    if not text:
+        return ""
+    for line in str(text).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def where(rec: dict[str, Any]) -> str:
+    """Where a record comes from (its file or run folder), for messages."""
+    return str(rec.get("_path") or rec.get("run_dir") or "<record without path>")
+
+
+def is_ok(rec: dict[str, Any]) -> bool:
+    """Whether the record's status is ``ok``."""
+    return rec.get("status") == "ok"
+
+
+def distinct(records: Iterable[dict[str, Any]], key: str) -> list[Any]:
+    """The distinct non-``None`` values of ``key`` over ``records``, in order of first appearance."""
+    seen: list[Any] = []
+    for r in records:
+        v = r.get(key)
+        if v is not None and v not in seen:
+            seen.append(v)
+    return seen
+
+
+def validate(rec: dict[str, Any]) -> None:
+    """Raises ``ValueError`` if a record lacks its defense/attack/seed or has non-mapping metrics/directions."""
+    missing = [k for k in ("defense", "attack", "seed") if rec.get(k) is None]
+    if missing:
+        raise ValueError(f"record {where(rec)} lacks {', '.join(missing)}")
+    for key in ("metrics", "directions"):
+        if rec.get(key) is not None and not isinstance(rec[key], dict):
+            raise ValueError(f"record {where(rec)}: {key!r} must be a mapping")
+
+
+def dedupe(records: Sequence[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """One record per (defense, attack, seed); raises on records of different suite versions.
+
+    Among records of the same suite hash an ``ok`` record wins over a failed one, then the newest.
+    """
+    by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+    superseded = 0
+    for rec in records:
+        validate(rec)
+        key = (str(rec["defense"]), str(rec["attack"]), int(rec["seed"]))
+        old = by_key.get(key)
+        if old is None:
+            by_key[key] = rec
+            continue
+        if old.get("suite_hash") != rec.get("suite_hash"):
+            raise ValueError(
+                f"records for defense={key[0]!r}, attack={key[1]!r}, seed={key[2]} come from different "
+                f"suite versions: {where(old)} (suite_hash={old.get('suite_hash')!r}) and "
+                f"{where(rec)} (suite_hash={rec.get('suite_hash')!r})"
+            )
+        superseded += 1
+        rank_old = (is_ok(old), str(old.get("created") or ""))
+        rank_new = (is_ok(rec), str(rec.get("created") or ""))
+        if rank_new > rank_old:
+            by_key[key] = rec
+    if superseded:
+        notes.append(
+            f"{superseded} duplicate record(s) for the same (defense, attack, seed) were superseded "
+            "(an ok record wins over a failed one, then the newest)."
+        )
+    out = list(by_key.values())
+    out.sort(
+        key=lambda r: (
+            int(r.get("defense_index") or 0),
+            str(r["defense"]),
+            int(r.get("attack_index") or 0),
+            str(r["attack"]),
+            int(r["seed"]),
+        )
+    )
+    return out
+
+
+def privacy_guarantee(records: Iterable[dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The weakest (epsilon, delta) guarantee reported by the targets of ``records``.
+
+    Each record's ``target`` block holds what the defense's ``report()`` returned; DP defenses put
+    ``epsilon`` and ``delta`` there. The leaderboard shows the largest epsilon (and largest delta)
+    over seeds, so a row never claims more privacy than its weakest model has.
+
+    Returns:
+        ``(epsilon, delta)``, or ``(None, None)`` when no record reports an epsilon.
+    """
+    eps: list[float] = []
+    deltas: list[float] = []
+    for r in records:
+        target = r.get("target") or {}
+        e = target.get("epsilon")
+        if e is None:
+            continue
+        try:
+            eps.append(float(e))
+        except (TypeError, ValueError):
+            continue
+        if target.get("delta") is not None:
+            deltas.append(float(target["delta"]))
+    if not eps:
+        return None, None
+    return max(eps), (max(deltas) if deltas else None)

@@ -1,0 +1,82 @@
+"""Read-only access to ``bench run`` folders: their ``suite.json`` and stored products (targets, evaluation
+model, reconstructions), for the figures of a report (:mod:`inversion_bench.leaderboard.report_figures`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:
+    from inversion_bench.runner import Runner
+
+
+class ReportError(ValueError):
+    """The run folders cannot be reported (or combined); the message says which folder and field."""
+
+
+def read_suite_json(run_dir: Path) -> dict[str, Any]:
+    """The ``suite.json`` that ``bench run`` writes into a run folder."""
+    path = Path(run_dir) / "suite.json"
+    if not path.is_file():
+        raise ReportError(f"{run_dir}: no suite.json; give a folder written by `bench run`")
+    return json.loads(path.read_text())
+
+
+class RunView:
+    """Read-only access to one run folder's suite and stored products (never trains).
+
+    Args:
+        run_dir: the run folder.
+        runner: the ``Runner`` that just ran this folder, if there is one (``bench run`` passes it):
+            its data and models already in memory are used instead of being loaded again.
+    """
+
+    def __init__(self, run_dir: Path, runner: Runner | None = None) -> None:
+        from inversion_bench.config import validate_suite
+        from inversion_bench.registry import load_plugins
+        from inversion_bench.runner import Runner
+
+        self.run_dir = Path(run_dir)
+        if runner is None:
+            load_plugins()
+            data = read_suite_json(self.run_dir)
+            runner = Runner(validate_suite(data["suite"], str(self.run_dir / "suite.json")), run_dir=self.run_dir,
+                            progress=False)
+        self.runner = runner
+        self.loaded = runner.loaded
+        self.suite = runner.suite
+
+    @property
+    def splits(self) -> Any:
+        return self.runner.splits
+
+    def target(self, record: dict[str, Any]) -> torch.nn.Module:
+        """The target model of a record, loaded from the store."""
+        key = (record.get("keys") or {}).get("target")
+        di, seed = int(record["defense_index"]), int(record["seed"])
+        if not key or not self.runner.store.has("targets", key):
+            raise ReportError(f"target of {record['defense']} seed {seed} is not in {self.runner.store.root}")
+        if self.runner.plan.target_keys.get((di, seed)) != key:
+            raise ReportError(f"target of {record['defense']} seed {seed}: the suite now gives another key "
+                              "(code or plugin versions changed since the run); re-run the suite")
+        return self.runner.target(di, seed)[0]
+
+    def evaluator(self) -> torch.nn.Module:
+        key = self.runner.plan.evaluator_key
+        if not self.runner.store.has("evaluators", key):
+            raise ReportError(f"the evaluation model is not in {self.runner.store.root}")
+        return self.runner.evaluator()[0]
+
+    def reconstruction(self, record: dict[str, Any]) -> Any:
+        """The stored :class:`~inversion_bench.interfaces.Reconstruction` of an ok record."""
+        from inversion_bench.interfaces import Reconstruction
+
+        key = (record.get("keys") or {}).get("attack")
+        if not key or not self.runner.store.has("attacks", key):
+            raise ReportError(f"reconstructions of {record['defense']} x {record['attack']} seed "
+                              f"{record['seed']} are not in {self.runner.store.root}")
+        return Reconstruction.from_state(self.runner.store.load_torch("attacks", key))
