@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         tracker = Tracker(uri, loaded.suite.name, artifact_dir=runner.run_dir / "mlartifacts")
     summary = runner.run(tracker, executor=executor)
     report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures,
-                           runners=[runner])
+                           contexts=[runner.ctx])
     board = report.board
     print(board.to_markdown())
     print(f"report: {report.files['html']}")

@@ -29,7 +29,7 @@ from inversion_bench.leaderboard.build import Leaderboard, build
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 
 if TYPE_CHECKING:
-    from inversion_bench.runner import Runner
+    from inversion_bench.run_context import RunContext
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Report:
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
-                 tsne_images_per_identity: int = 30, runners: Sequence[Runner] = ()) -> Report:
+                 tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = ()) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -142,7 +142,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         grid_identities: identities (columns) in the qualitative grid.
         tsne_identities: identities shown in the embedding figure.
         tsne_images_per_identity: training images per identity in the embedding figure.
-        runners: ``Runner`` objects that just ran some of ``run_dirs`` (their data and models in
+        contexts: ``RunContext`` objects of runs that just ran some of ``run_dirs`` (their data and models in
             memory are reused by the figures).
 
     Raises:
@@ -168,7 +168,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     if figures:
         from inversion_bench.leaderboard.report_figures import draw_all
 
-        draw_all(report, dirs, records, runners=runners, grid_attack=grid_attack, grid_identities=grid_identities,
+        draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
                  tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
     page = out / "index.html"
     page.write_text(render_html(board, report.figures, report.notes, base=out), encoding="utf-8")

@@ -27,9 +27,9 @@ ACC1 = "attack_acc@1"
 class _Views:
     """One lazily opened :class:`~inversion_bench.leaderboard.runs.RunView` per run folder."""
 
-    def __init__(self, dirs: Sequence[Path], runners: Sequence[Any] = ()) -> None:
+    def __init__(self, dirs: Sequence[Path], contexts: Sequence[Any] = ()) -> None:
         self.dirs = [Path(d) for d in dirs]
-        self._views: dict[Path, Any] = {Path(r.run_dir).resolve(): RunView(r.run_dir, r) for r in runners}
+        self._views: dict[Path, Any] = {Path(c.run_dir).resolve(): RunView(c.run_dir, c) for c in contexts}
 
     def of(self, record: dict[str, Any]) -> Any:
         path = record.get("_path")
@@ -60,11 +60,11 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device
     return torch.cat([fn(x[i:i + batch].to(device)).float().cpu() for i in range(0, len(x), batch)])
 
 
-def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]], *, runners: Sequence[Any],
+def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]], *, contexts: Sequence[Any],
              grid_attack: str | None, grid_identities: int, tsne_identities: int,
              tsne_images_per_identity: int) -> None:
     """Draws every figure into ``report.out_dir / "figures"`` and lists them in ``report.figures``."""
-    views = _Views(dirs, runners)
+    views = _Views(dirs, contexts)
     out = report.out_dir / "figures"
     jobs: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
         ("privacy_utility", lambda: privacy_utility(report.board, out)),

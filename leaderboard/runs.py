@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from inversion_bench.runner import Runner
+    from inversion_bench.run_context import RunContext
 
 
 class ReportError(ValueError):
@@ -31,52 +31,58 @@ class RunView:
 
     Args:
         run_dir: the run folder.
-        runner: the ``Runner`` that just ran this folder, if there is one (``bench run`` passes it):
-            its data and models already in memory are used instead of being loaded again.
+        ctx: the ``RunContext`` of the run that just ran this folder, if there is one (``bench run``
+            passes it): its data and models already in memory are used instead of being loaded again.
     """
 
-    def __init__(self, run_dir: Path, runner: Runner | None = None) -> None:
+    def __init__(self, run_dir: Path, ctx: RunContext | None = None) -> None:
         from inversion_bench.config import validate_suite
         from inversion_bench.registry import load_plugins
-        from inversion_bench.runner import Runner
+        from inversion_bench.run_context import RunContext
 
         self.run_dir = Path(run_dir)
-        if runner is None:
+        if ctx is None:
             load_plugins()
             data = read_suite_json(self.run_dir)
-            runner = Runner(validate_suite(data["suite"], str(self.run_dir / "suite.json")), run_dir=self.run_dir,
-                            progress=False)
-        self.runner = runner
-        self.loaded = runner.loaded
-        self.suite = runner.suite
+            ctx = RunContext(validate_suite(data["suite"], str(self.run_dir / "suite.json")), run_dir=self.run_dir,
+                             progress=False)
+        self.ctx = ctx
+        self.loaded = ctx.loaded
+        self.suite = ctx.suite
 
     @property
     def splits(self) -> Any:
-        return self.runner.splits
+        from inversion_bench.products.data import splits
+
+        return splits(self.ctx)
 
     def target(self, record: dict[str, Any]) -> torch.nn.Module:
         """The target model of a record, loaded from the store."""
+        from inversion_bench.products.target import target
+
         key = (record.get("keys") or {}).get("target")
         di, seed = int(record["defense_index"]), int(record["seed"])
-        if not key or not self.runner.store.has("targets", key):
-            raise ReportError(f"target of {record['defense']} seed {seed} is not in {self.runner.store.root}")
-        if self.runner.plan.target_keys.get((di, seed)) != key:
+        store = self.ctx.store
+        if not key or not store.has("targets", key):
+            raise ReportError(f"target of {record['defense']} seed {seed} is not in {store.root}")
+        if self.ctx.plan.target_keys.get((di, seed)) != key:
             raise ReportError(f"target of {record['defense']} seed {seed}: the suite now gives another key "
                               "(code or plugin versions changed since the run); re-run the suite")
-        return self.runner.target(di, seed)[0]
+        return target(self.ctx, di, seed)[0]
 
     def evaluator(self) -> torch.nn.Module:
-        key = self.runner.plan.evaluator_key
-        if not self.runner.store.has("evaluators", key):
-            raise ReportError(f"the evaluation model is not in {self.runner.store.root}")
-        return self.runner.evaluator()[0]
+        from inversion_bench.products.evaluator import evaluator
+
+        if not self.ctx.store.has("evaluators", self.ctx.plan.evaluator_key):
+            raise ReportError(f"the evaluation model is not in {self.ctx.store.root}")
+        return evaluator(self.ctx)[0]
 
     def reconstruction(self, record: dict[str, Any]) -> Any:
         """The stored :class:`~inversion_bench.interfaces.Reconstruction` of an ok record."""
-        from inversion_bench.interfaces import Reconstruction
+        from inversion_bench.products.reconstruction import load_reconstruction
 
         key = (record.get("keys") or {}).get("attack")
-        if not key or not self.runner.store.has("attacks", key):
+        if not key or not self.ctx.store.has("attacks", key):
             raise ReportError(f"reconstructions of {record['defense']} x {record['attack']} seed "
-                              f"{record['seed']} are not in {self.runner.store.root}")
-        return Reconstruction.from_state(self.runner.store.load_torch("attacks", key))
+                              f"{record['seed']} are not in {self.ctx.store.root}")
+        return load_reconstruction(self.ctx, key)

@@ -122,6 +122,8 @@ def test_no_import_circles_in_the_package():
                                   "inversion_bench.products")),
     ("inversion_bench.attacks", ("inversion_bench.runner", "inversion_bench.executors", "inversion_bench.jobs",
                                  "inversion_bench.products")),
+    ("inversion_bench.leaderboard", ("inversion_bench.runner", "inversion_bench.executors", "inversion_bench.jobs",
+                                     "inversion_bench.cli")),
     ("inversion_bench.metrics", ("inversion_bench.runner", "inversion_bench.executors", "inversion_bench.jobs",
                                  "inversion_bench.products")),
 ])

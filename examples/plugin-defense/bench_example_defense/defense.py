@@ -14,8 +14,7 @@ can average it away: a weakness the benchmark should show, not hide.
 from __future__ import annotations
 
 import torch
-from inversion_bench.interfaces import Defense
-from inversion_bench.registry import PluginParams, defenses
+from inversion_bench import Defense, PluginParams, defenses
 from pydantic import Field
 from torch import Tensor
 
