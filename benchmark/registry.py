@@ -213,6 +213,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.metrics.accuracy",
     "inversion_bench.metrics.knn",
     "inversion_bench.metrics.extractors",
+    "inversion_bench.metrics.file_extractors",
     "inversion_bench.metrics.fid",
     "inversion_bench.metrics.facenet",
     "inversion_bench.metrics.prdc",

@@ -182,6 +182,39 @@ class Trainer:
             return torch.optim.Adam(params, lr=r.lr, betas=r.betas, weight_decay=r.weight_decay)
         return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay)
 
+    def _batch_loss(self, model: nn.Module, fwd: Callable[[Tensor], Tensor], criterion: Criterion,
+                    images: Tensor, labels: Tensor, progress: float,
+                    g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Augments one training batch (drawing from ``g``), moves it to the device and computes its loss.
+
+        Args:
+            model: the model being trained (its ``training_outputs`` gives auxiliary logits, when it has one).
+            fwd: the model's forward pass (compiled when ``settings.compile``).
+            criterion: ``criterion(logits, targets, progress)``.
+            images: the batch, on the CPU.
+            labels: its labels, on the CPU.
+            progress: fraction of the training done, passed to ``criterion``.
+            g: the generator of the augmentation.
+
+        Returns:
+            The loss (auxiliary losses included, weighted by ``recipe.aux_loss_weight``), the main
+            logits and the labels on the device.
+        """
+        r, s = self.recipe, self.settings
+        x = augment_batch(images, r.augmentation, g).to(s.device, non_blocking=True)
+        y = labels.to(s.device, non_blocking=True)
+        if s.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with s.autocast():
+            if hasattr(model, "training_outputs") and not s.compile:
+                logits, aux = model.training_outputs(x)
+            else:
+                logits, aux = fwd(x), []
+            loss = criterion(logits.float(), y, progress)
+            for a in aux:
+                loss = loss + r.aux_loss_weight * criterion(a.float(), y, progress)
+        return loss, logits, y
+
     def fit(self, model: nn.Module, criterion: Criterion,
             optimizer: torch.optim.Optimizer | None = None,
             step_hook: Callable[[nn.Module, torch.optim.Optimizer], None] | None = None,
@@ -222,18 +255,7 @@ class Trainer:
                 if len(labels) == 0:
                     continue
                 progress = (epoch + min(b / n_batches, 1.0 - 1e-9)) / r.epochs
-                x = augment_batch(images, r.augmentation, g).to(s.device, non_blocking=True)
-                y = labels.to(s.device, non_blocking=True)
-                if s.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with s.autocast():
-                    if hasattr(model, "training_outputs") and not s.compile:
-                        logits, aux = model.training_outputs(x)
-                    else:
-                        logits, aux = fwd(x), []
-                    loss = criterion(logits.float(), y, progress)
-                    for a in aux:
-                        loss = loss + r.aux_loss_weight * criterion(a.float(), y, progress)
+                loss, logits, y = self._batch_loss(model, fwd, criterion, images, labels, progress, g)
                 if not torch.isfinite(loss):
                     bar.close()
                     raise DivergedError(f"{self.desc}: training diverged at epoch {epoch + 1}, "

@@ -17,7 +17,8 @@ import torch
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.features import FeatureExtractor
 from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
-from inversion_bench.metrics.extractors import extractor_plugin, private_features, provenance, reconstruction_features
+from inversion_bench.metrics.extractors import extractor_plugin, provenance
+from inversion_bench.metrics.feature_metric import private_features, reconstruction_features
 from inversion_bench.registry import PluginParams, metrics
 from torch import Tensor
 

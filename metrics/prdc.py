@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import MetricContext, Reconstruction
-from inversion_bench.metrics.extractors import (
+from inversion_bench.metrics.extractors import provenance
+from inversion_bench.metrics.feature_metric import (
     ExtractorParams,
     FeatureMetric,
     private_features,
-    provenance,
     reconstruction_features,
 )
 from inversion_bench.registry import metrics

@@ -104,12 +104,12 @@ def test_synthetic_threads_do_not_change_pixels():
 
 def test_synthetic_windows_are_exact(monkeypatch):
     """Small features painted on cropped windows give exactly the full-canvas pixels."""
-    import inversion_bench.data.synthetic as synth
+    import inversion_bench.data.synthetic_draw as synth_draw
 
     # Identities with glasses, beards, earrings and hats, at the strongest per-image variation.
     idents = [3, 4, 5, 18, 21, 23, 38, 53]
     windowed = [render_identity(5, i, 6, 40, variation=2.0, noise=0.0) for i in idents]
-    monkeypatch.setattr(synth, "_WINDOWS", False)
+    monkeypatch.setattr(synth_draw, "_WINDOWS", False)
     full = [render_identity(5, i, 6, 40, variation=2.0, noise=0.0) for i in idents]
     for a, b in zip(windowed, full, strict=True):
         assert torch.equal(a, b)

@@ -18,14 +18,14 @@ from inversion_bench.data import LabeledImages, TensorFaces
 from inversion_bench.errors import ConfigError, MetricUnavailableError, MissingResourceError
 from inversion_bench.features import FeatureCache
 from inversion_bench.interfaces import MetricContext, Reconstruction
-from inversion_bench.metrics.extractors import (
+from inversion_bench.metrics.fid import common_subspace, frechet_distance
+from inversion_bench.metrics.file_extractors import (
     FACENET_FILE,
     FACENET_URL,
     FID_INCEPTION_FILE,
     FID_INCEPTION_URL,
     fid_inception_architecture,
 )
-from inversion_bench.metrics.fid import common_subspace, frechet_distance
 from inversion_bench.metrics.knn import min_sq_distances
 from inversion_bench.metrics.prdc import prdc
 from inversion_bench.models import build_classifier

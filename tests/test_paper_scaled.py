@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     from facenet_pytorch import InceptionResnetV1
-    from inversion_bench.metrics.extractors import fid_inception_architecture
+    from inversion_bench.metrics.file_extractors import fid_inception_architecture
 
     sys.path.insert(0, str(TESTS))
     import tiny_stylegan
