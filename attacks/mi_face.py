@@ -20,12 +20,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from inversion_bench.errors import DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
-from inversion_bench.registry import PluginParams, attacks
 from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from inversion_bench.errors import DivergedError
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.registry import PluginParams, attacks
 
 
 def total_variation(x: Tensor) -> Tensor:

@@ -38,6 +38,9 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import Tensor, nn
+
 from inversion_bench import augment
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
@@ -48,8 +51,6 @@ from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
-from pydantic import Field, model_validator
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 

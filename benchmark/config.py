@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
+
 from inversion_bench.config_messages import format_error, raise_validation
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
@@ -33,7 +35,6 @@ from inversion_bench.suite_schema import (
     entry_label,
     slug,
 )
-from pydantic import ValidationError
 
 __all__ = [
     "AttackConfig", "DatasetConfig", "DefenseConfig", "LoadedSuite", "ModelConfig", "PluginRef", "RayConfig",

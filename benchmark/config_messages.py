@@ -10,8 +10,9 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from inversion_bench.errors import ConfigError
 from pydantic import BaseModel, ValidationError
+
+from inversion_bench.errors import ConfigError
 
 
 def _loc_text(loc: tuple[Any, ...]) -> str:

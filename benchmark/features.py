@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
-from inversion_bench.store import Store
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from inversion_bench.store import Store
 
 if TYPE_CHECKING:
     from inversion_bench.data import LabeledImages

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from inversion_bench.errors import DivergedError
 from inversion_bench.registry import Plugin
-from torch import Tensor, nn
 
 if TYPE_CHECKING:
     from inversion_bench.data import LabeledImages

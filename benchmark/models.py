@@ -16,11 +16,12 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 import torchvision
+from pydantic import Field
+from torch import Tensor, nn
+
 from inversion_bench.errors import ConfigError, MissingResourceError
 from inversion_bench.interfaces import Classifier
 from inversion_bench.registry import Plugin, PluginParams, architectures
-from pydantic import Field
-from torch import Tensor, nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

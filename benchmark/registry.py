@@ -31,8 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 
-from inversion_bench.errors import ConfigError, UnknownPluginError
 from pydantic import BaseModel, ConfigDict
+
+from inversion_bench.errors import ConfigError, UnknownPluginError
 
 log = logging.getLogger(__name__)
 

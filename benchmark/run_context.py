@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from inversion_bench import __version__
 from inversion_bench.config import LoadedSuite
 from inversion_bench.data.splits import Splits

@@ -12,9 +12,10 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
+from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
+
 from inversion_bench.data.splits import SplitSpec
 from inversion_bench.training import TrainingRecipe
-from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):

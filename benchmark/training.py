@@ -19,12 +19,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from inversion_bench import augment
-from inversion_bench.data import LabeledImages
-from inversion_bench.errors import DivergedError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from inversion_bench import augment
+from inversion_bench.data import LabeledImages
+from inversion_bench.errors import DivergedError
 
 log = logging.getLogger(__name__)
 

@@ -39,13 +39,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
 from inversion_bench.defenses._parts import body_stages
 from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Classifier, Defense
 from inversion_bench.registry import PluginParams, defenses
 from inversion_bench.training import Trainer
-from pydantic import Field
-from torch import Tensor, nn
 
 REFERENCE_SIGMA = 5.0
 # (lambda_x, lambda_y) of the authors' best utility/robustness trade-off for VGG16 on CelebA

@@ -30,13 +30,14 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+from torchvision.models import inception, resnet
+
 from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Classifier, Defense
 from inversion_bench.registry import PluginParams, defenses
 from inversion_bench.training import Trainer
-from pydantic import Field
-from torch import Tensor, nn
-from torchvision.models import inception, resnet
 
 
 def _opacus():

@@ -16,10 +16,11 @@ the paper trains with a warm-up: hard labels for the first half of training, the
 from __future__ import annotations
 
 import torch.nn.functional as F
-from inversion_bench.interfaces import Defense
-from inversion_bench.registry import PluginParams, defenses
 from pydantic import Field, model_validator
 from torch import Tensor
+
+from inversion_bench.interfaces import Defense
+from inversion_bench.registry import PluginParams, defenses
 
 
 def smoothing_loss(logits: Tensor, targets: Tensor, alpha: float) -> Tensor:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
 from inversion_bench.interfaces import Classifier, Defense
 from inversion_bench.registry import PluginParams, defenses
 from inversion_bench.training import Trainer
-from pydantic import Field
-from torch import Tensor, nn
 
 SIGMA_SHIFT = 5.0  # sigma = softplus(s - 5), as in the reference implementation
 

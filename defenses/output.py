@@ -20,10 +20,11 @@ value).
 from __future__ import annotations
 
 import torch
-from inversion_bench.interfaces import Defense
-from inversion_bench.registry import PluginParams, defenses
 from pydantic import Field
 from torch import Tensor
+
+from inversion_bench.interfaces import Defense
+from inversion_bench.registry import PluginParams, defenses
 
 MASKED_LOGIT = -1e4  # exp(-1e4 - max logit) underflows to 0 in float32 and bfloat16
 

@@ -22,13 +22,14 @@ the head, about 40 % of the conv layers; for the 4-stage CPU networks that is th
 from __future__ import annotations
 
 import torch
+from pydantic import Field
+from torch import nn
+
 from inversion_bench.defenses._parts import body_stages, under
 from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Classifier, Defense
 from inversion_bench.registry import PluginParams, defenses
 from inversion_bench.training import Trainer, cross_entropy
-from pydantic import Field
-from torch import nn
 
 
 def trainable_prefixes(model: Classifier, finetune_stages: int, names: list[str] | None = None) -> list[str]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
     NEAR_CHANCE_FACTOR,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
 from inversion_bench.leaderboard.aggregate import aggregate
 from inversion_bench.leaderboard.latex import render_latex
 from inversion_bench.leaderboard.model import LeaderboardTable

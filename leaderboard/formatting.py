@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import pandas as pd
+
 from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
 
 ARROWS = {"higher": "↑", "lower": "↓"}

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 import pandas as pd
+from tabulate import tabulate
+
 from inversion_bench.leaderboard.formatting import (
     ARROWS,
     NA_MARK,
@@ -23,7 +25,6 @@ from inversion_bench.leaderboard.formatting import (
     seed_summary,
 )
 from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
-from tabulate import tabulate
 
 Cells = dict[tuple[str, str], pd.Series]
 """The rows of :attr:`LeaderboardTable.data` keyed by (defense id, column key), see ``cell_rows``."""

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import inversion_bench.leaderboard.figures as fig
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+
+import inversion_bench.leaderboard.figures as fig
 from inversion_bench.leaderboard.model import TEST_ACCURACY
 from inversion_bench.leaderboard.runs import RunView
 

@@ -26,9 +26,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from inversion_bench.data.toy2d import decode_points, encode_points  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
+
+from inversion_bench.data.toy2d import decode_points, encode_points  # noqa: E402
 
 DPI = 150
 # (title, model, trajectories [T+1, K, 2] in [0, 1] or None, attacked class of each trajectory [K] or None)

@@ -9,10 +9,11 @@ attacked identity (top-1 and top-5). A separate model is essential: attacks over
 from __future__ import annotations
 
 import torch
+from torch import Tensor
+
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
 from inversion_bench.registry import metrics
-from torch import Tensor
 
 
 def topk_hits(logits: Tensor, labels: Tensor, k: int) -> Tensor:

@@ -30,11 +30,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
+from torch import Tensor, nn
+
 from inversion_bench.errors import ConfigError
 from inversion_bench.features import FeatureExtractor
 from inversion_bench.interfaces import MetricContext
 from inversion_bench.registry import PluginParams, extractors
-from torch import Tensor, nn
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,13 +12,14 @@ A larger distance means less leakage: ``better`` is "higher".
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from inversion_bench.interfaces import MetricContext, Reconstruction
 from inversion_bench.metrics.extractors import ExtractorPlugin, extractor_plugin
 from inversion_bench.metrics.feature_metric import FeatureMetric
 from inversion_bench.metrics.file_extractors import FACENET_FILE
 from inversion_bench.metrics.knn import feature_distance
 from inversion_bench.registry import PluginParams, metrics
-from pydantic import Field
 
 
 class _Params(PluginParams):

@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from pydantic import Field, model_validator
+from torch import Tensor
+
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.features import FeatureExtractor
 from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
 from inversion_bench.metrics.extractors import ExtractorPlugin, KeyedExtractor, extractor_plugin
 from inversion_bench.registry import PluginParams
-from pydantic import Field, model_validator
-from torch import Tensor
 
 
 class ExtractorParams(PluginParams):

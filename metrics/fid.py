@@ -24,13 +24,14 @@ import warnings
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import MetricContext, Reconstruction
 from inversion_bench.metrics.accuracy import evaluation_logits, topk_hits
 from inversion_bench.metrics.extractors import provenance
 from inversion_bench.metrics.feature_metric import FeatureMetric, private_features, reconstruction_features
 from inversion_bench.registry import metrics
-from torch import Tensor
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,15 @@ from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
 from inversion_bench.errors import ConfigError, MissingResourceError
 from inversion_bench.interfaces import MetricContext
 from inversion_bench.metrics.extractors import ExtractorPlugin, KeyedExtractor
 from inversion_bench.models import load_state_dict_file
 from inversion_bench.registry import PluginParams, extractors
 from inversion_bench.store import file_sha256
-from pydantic import Field
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.features import FeatureExtractor
 from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
 from inversion_bench.metrics.extractors import extractor_plugin, provenance
 from inversion_bench.metrics.feature_metric import private_features, reconstruction_features
 from inversion_bench.registry import PluginParams, metrics
-from torch import Tensor
 
 
 def min_sq_distances(fake: Tensor, fake_labels: Tensor, real: Tensor, real_labels: Tensor) -> Tensor:

@@ -21,6 +21,9 @@ import logging
 
 import numpy as np
 import torch
+from pydantic import Field
+from torch import Tensor
+
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import MetricContext, Reconstruction
 from inversion_bench.metrics.extractors import provenance
@@ -31,8 +34,6 @@ from inversion_bench.metrics.feature_metric import (
     reconstruction_features,
 )
 from inversion_bench.registry import metrics
-from pydantic import Field
-from torch import Tensor
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,8 @@ import math
 
 import pytest
 import torch
+from torch import Tensor, nn
+
 from inversion_bench.attacks.common.losses import (
     cross_entropy_loss,
     identity_loss,
@@ -20,7 +22,6 @@ from inversion_bench.attacks.common.trace import StepTrace, cosine_series, gradi
 from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import Generator
-from torch import Tensor, nn
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import yaml
+
 from inversion_bench.cli import main
 from inversion_bench.config import load_suite
 from inversion_bench.errors import ConfigError
-
 from tests.conftest import tiny_suite
 
 

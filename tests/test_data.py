@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from pydantic import ValidationError
+
 from inversion_bench.data import TensorFaces
 from inversion_bench.data.image_folder import ImageFolder, ImageFolderFaces
 from inversion_bench.data.splits import SplitSpec, make_splits
 from inversion_bench.data.synthetic import SyntheticFaces, render_identity, save_preview
 from inversion_bench.errors import ConfigError
 from inversion_bench.registry import datasets
-from PIL import Image
-from pydantic import ValidationError
 
 
 def synthetic(resolution: int = 32, **params) -> TensorFaces:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from inversion_bench.interfaces import Classifier, Defense, PostprocessedClassifier
 from inversion_bench.models import SmallCNN
 from inversion_bench.registry import defenses, load_plugins
 from inversion_bench.training import RunSettings, Trainer, TrainingRecipe
-
 from tests.conftest import DEFENSE_CLASSES
 
 # the defenses of this project (until they are listed in inversion_bench.registry.BUILTIN_MODULES)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from inversion_bench.defenses._parts import body_stages
 from inversion_bench.defenses.bido import (
     BiDO,
@@ -28,7 +29,6 @@ from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import PostprocessedClassifier
 from inversion_bench.models import SmallCNN, SmallResNet, build_classifier
 from inversion_bench.training import RunSettings, Trainer, TrainingRecipe
-
 from tests.conftest import DEFENSE_CLASSES
 
 NUM_CLASSES = DEFENSE_CLASSES

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from inversion_bench.attacks.generators.dcgan import DCGANGenerator, DCGANPlugin
 from inversion_bench.attacks.generators.stylegan2_ada import StyleGAN2ADAGenerator, StyleGAN2ADAPlugin
 from inversion_bench.data import LabeledImages, TensorFaces

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+
 from inversion_bench.attacks.generators.dcgan import DCGANPlugin
 from inversion_bench.attacks.generators.stylegan2_ada import StyleGAN2ADAPlugin
 from inversion_bench.attacks.gmi import GenerativeModelInversion, GMIParams
@@ -15,7 +17,6 @@ from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import AttackContext, Generator, PriorContext, Reconstruction
 from inversion_bench.models import build_classifier
 from inversion_bench.registry import attacks
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_stylegan  # noqa: E402

@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from pydantic import ValidationError
+
 from inversion_bench.defenses.label_smoothing import LabelSmoothing, smoothing_loss, warmup_alpha
 
 
@@ -46,7 +48,7 @@ def test_defense_uses_warmup_only_for_negative_alpha():
 
 
 def test_alpha_bounds_and_types():
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         LabelSmoothing.Params(alpha=1.5)
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         LabelSmoothing.Params(alpha=0.1, warmup_start=0.8, warmup_end=0.5)

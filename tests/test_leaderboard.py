@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+
 from inversion_bench.leaderboard import Leaderboard, build, build_from_dirs
 from inversion_bench.results import write_record
 

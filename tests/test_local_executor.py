@@ -6,6 +6,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import pytest
+
 from inversion_bench.executors import local
 from inversion_bench.jobs import job_graph
 from inversion_bench.plan import PairJob, Plan

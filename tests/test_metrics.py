@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
+from torch import Tensor, nn
+
 from inversion_bench.data import LabeledImages, TensorFaces
 from inversion_bench.errors import ConfigError, MetricUnavailableError, MissingResourceError
 from inversion_bench.features import FeatureCache
@@ -31,7 +33,6 @@ from inversion_bench.metrics.prdc import prdc
 from inversion_bench.models import build_classifier
 from inversion_bench.registry import extractors, metrics
 from inversion_bench.store import Store, file_sha256
-from torch import Tensor, nn
 
 RES = 32
 FEATURE_METRICS = ("fid", "fid_correct", "knn_distance", "facenet_distance", "prdc")

@@ -21,6 +21,7 @@ import types
 from pathlib import Path
 
 import pytest
+
 from inversion_bench.attacks.generators.stylegan2_ada import code_dir_imports, shadowed_modules, top_level_names
 
 try:

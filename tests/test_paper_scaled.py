@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from inversion_bench.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     from facenet_pytorch import InceptionResnetV1
+
     from inversion_bench.metrics.file_extractors import fid_inception_architecture
 
     sys.path.insert(0, str(TESTS))

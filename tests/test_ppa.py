@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import Tensor, nn
+
 from inversion_bench.attacks.generators.dcgan import DCGANPlugin
 from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAParams
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import AttackContext, Reconstruction
 from inversion_bench.models import build_classifier
 from inversion_bench.registry import attacks
-from torch import Tensor, nn
 
 IDS = torch.tensor([0, 3, 5])
 

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+
 from inversion_bench.cli import main
 from inversion_bench.jobs import Job, job_graph
 from inversion_bench.plan import PairJob, Plan
 from inversion_bench.store import Store, tmp_is_stale, tmp_prefix
-
 from tests.conftest import tiny_suite
 
 pytestmark = pytest.mark.slow

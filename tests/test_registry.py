@@ -1,4 +1,6 @@
 import pytest
+from pydantic import ValidationError
+
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.interfaces import Defense
 from inversion_bench.registry import PluginParams, Registry, defenses, load_plugin_file
@@ -58,6 +60,6 @@ def test_params_forbid_unknown_keys():
     class P(PluginParams):
         x: int = 1
 
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError):
         P(y=2)
     assert issubclass(Defense, object)

@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+
 from inversion_bench.cli import main
 from inversion_bench.leaderboard.figures import best_per_identity, mean_series
 from inversion_bench.leaderboard.report import ReportError, build_report, check_combinable, first_difference
 from inversion_bench.results import load_records
-
 from tests.conftest import tiny_suite
 
 FIGURES = ("privacy_utility", "qualitative", "embedding", "gradient_stability")

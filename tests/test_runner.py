@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from inversion_bench.cli import main
 
+from inversion_bench.cli import main
 from tests.conftest import tiny_suite
 
 pytestmark = pytest.mark.slow

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+
 from inversion_bench.attacks.mi_face import MIFace
 from inversion_bench.cli import main
 from inversion_bench.data.toy2d import PAD_VALUE, Toy2D, decode_points, encode_points

@@ -14,10 +14,11 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
-from inversion_bench.attacks.common.losses import target_confidence
-from inversion_bench.attacks.common.trace import StepTrace
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from inversion_bench.attacks.common.losses import target_confidence
+from inversion_bench.attacks.common.trace import StepTrace
 
 if TYPE_CHECKING:
     from inversion_bench.interfaces import AttackContext

@@ -13,10 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from inversion_bench.errors import ConfigError
-from inversion_bench.interfaces import Generator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from inversion_bench.errors import ConfigError
+from inversion_bench.interfaces import Generator
 
 
 def top_candidates(confidences: Tensor, num_candidates: int) -> Tensor:

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from inversion_bench import augment
-from inversion_bench.attacks.common.losses import target_confidence
 from torch import Tensor, nn
 from tqdm.auto import tqdm
+
+from inversion_bench import augment
+from inversion_bench.attacks.common.losses import target_confidence
 
 
 @torch.no_grad()

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from inversion_bench.errors import DivergedError
 from torch import Tensor
+
+from inversion_bench.errors import DivergedError
 
 
 def gradient_cosine(previous: Tensor, current: Tensor, eps: float = 1e-12) -> Tensor:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import Tensor
+
 from inversion_bench import augment
 from inversion_bench.errors import ConfigError
-from torch import Tensor
 
 
 @dataclass(frozen=True)

@@ -31,13 +31,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 import torchvision
+from pydantic import Field, field_validator
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
 from inversion_bench import augment
 from inversion_bench.errors import ConfigError, DivergedError, MissingResourceError
 from inversion_bench.interfaces import Generator, GeneratorPlugin, PriorContext
 from inversion_bench.registry import PluginParams, generators
-from pydantic import Field, field_validator
-from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 

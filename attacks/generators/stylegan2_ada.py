@@ -31,11 +31,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
 from inversion_bench.errors import ConfigError, MissingResourceError
 from inversion_bench.interfaces import Generator, GeneratorPlugin, PriorContext
 from inversion_bench.registry import PluginParams, generators
-from pydantic import Field
-from torch import Tensor, nn
 
 log = logging.getLogger(__name__)
 

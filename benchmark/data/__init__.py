@@ -15,9 +15,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
+from torch import Tensor
+
 from inversion_bench.registry import Plugin
 from inversion_bench.store import content_key
-from torch import Tensor
 
 
 class FaceCollection(ABC):

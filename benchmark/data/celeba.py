@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
+
 from inversion_bench.data import DatasetPlugin, FaceCollection
 from inversion_bench.data.image_folder import ImageFolderFaces
 from inversion_bench.errors import MissingResourceError
 from inversion_bench.registry import PluginParams, datasets
-from pydantic import Field
 
 WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
          "(Anno/identity_CelebA.txt, Img/img_align_celeba)")

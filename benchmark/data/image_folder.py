@@ -23,12 +23,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from inversion_bench.data import DatasetPlugin, FaceCollection
-from inversion_bench.errors import MissingResourceError
-from inversion_bench.registry import PluginParams, datasets
 from PIL import Image, ImageOps
 from pydantic import Field
 from torch import Tensor
+
+from inversion_bench.data import DatasetPlugin, FaceCollection
+from inversion_bench.errors import MissingResourceError
+from inversion_bench.registry import PluginParams, datasets
 
 log = logging.getLogger(__name__)
 

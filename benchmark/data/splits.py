@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
+
 from inversion_bench.data import FaceCollection, LabeledImages
 from inversion_bench.errors import ConfigError
-from pydantic import BaseModel, ConfigDict, Field
 
 
 class SplitSpec(BaseModel):

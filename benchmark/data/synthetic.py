@@ -32,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
 from inversion_bench.data import DatasetPlugin, FaceCollection, TensorFaces
 from inversion_bench.data.synthetic_render import render_images
 from inversion_bench.data.synthetic_traits import HAIR_STYLES, FaceTraits, identity_traits, image_params
 from inversion_bench.errors import ConfigError
 from inversion_bench.registry import PluginParams, datasets
-from pydantic import Field
-from torch import Tensor
 
 __all__ = [
     "HAIR_STYLES",

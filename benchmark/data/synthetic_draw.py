@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from inversion_bench.data.synthetic_traits import IMAGE_KEYS
 from torch import Tensor
+
+from inversion_bench.data.synthetic_traits import IMAGE_KEYS
 
 # Vertical position of the face centre in the face frame (image coordinates span -1..1).
 _FACE_Y = 0.10

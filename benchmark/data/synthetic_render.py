@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
+
 from inversion_bench.data.synthetic_draw import (
     Canvas,
     apply_lighting,
@@ -26,7 +28,6 @@ from inversion_bench.data.synthetic_draw import (
     tri,
 )
 from inversion_bench.data.synthetic_traits import FaceTraits
-from torch import Tensor
 
 # Sideways shift of the inner features per unit of yaw.
 _SHIFT = 0.07

@@ -28,11 +28,12 @@ import math
 from collections.abc import Sequence
 
 import torch
+from pydantic import Field
+from torch import Tensor
+
 from inversion_bench.data import DatasetPlugin, FaceCollection
 from inversion_bench.errors import ConfigError
 from inversion_bench.registry import PluginParams, datasets
-from pydantic import Field
-from torch import Tensor
 
 PAD_VALUE = 0.5  # the constant third channel of an encoded point (MI-Face's neutral start value)
 

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import torch
+
 from inversion_bench.errors import BenchError
 from inversion_bench.interfaces import Classifier
 from inversion_bench.models import load_state_dict_file

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch
+
 from inversion_bench.interfaces import PriorContext
 from inversion_bench.products.data import splits
 from inversion_bench.registry import REGISTRIES

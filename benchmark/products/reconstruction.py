@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from inversion_bench.errors import BenchError
 from inversion_bench.interfaces import AttackContext, Reconstruction
 from inversion_bench.plan import PairJob

@@ -11,6 +11,7 @@ import traceback
 from typing import Any
 
 import torch
+
 from inversion_bench.config import entry_label
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import MetricContext, Reconstruction

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from inversion_bench.config import entry_label
 from inversion_bench.interfaces import Classifier, PostprocessedClassifier
 from inversion_bench.products.classifier import train_or_load
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.run_context import RunContext
-from torch import nn
 
 
 def defense(ctx: RunContext, di: int) -> Any:

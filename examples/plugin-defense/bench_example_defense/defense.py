@@ -14,9 +14,10 @@ can average it away: a weakness the benchmark should show, not hide.
 from __future__ import annotations
 
 import torch
-from inversion_bench import Defense, PluginParams, defenses
 from pydantic import Field
 from torch import Tensor
+
+from inversion_bench import Defense, PluginParams, defenses
 
 
 def noisy_logits(logits: Tensor, std: float, generator: torch.Generator | None = None) -> Tensor:
