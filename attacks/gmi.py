@@ -98,7 +98,7 @@ class GenerativeModelInversion(Attack):
     """GMI (Zhang et al., CVPR 2020): z optimisation with identity and discriminator losses."""
 
     Params = GMIParams
-    requires = "white-box"
+    access = "white-box"
     needs_prior = True
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,

@@ -54,7 +54,7 @@ def pairwise_cosine(a: Tensor, b: Tensor) -> Tensor:
 class MIFace(Attack):
     """Pixel-space gradient descent on 1 - p_target plus optional TV prior (Fredrikson et al., 2015)."""
 
-    requires = "white-box"
+    access = "white-box"
     needs_prior = False
 
     class Params(PluginParams):

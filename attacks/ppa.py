@@ -125,7 +125,7 @@ class PlugAndPlayAttack(Attack):
     """Plug & Play Attacks (Struppek et al., ICML 2022): candidate search, w optimisation, selection."""
 
     Params = PPAParams
-    requires = "white-box"
+    access = "white-box"
     needs_prior = True
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,

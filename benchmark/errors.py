@@ -33,3 +33,8 @@ class DivergedError(BenchError):
 
 class MetricUnavailableError(BenchError):
     """A metric cannot be computed for this pair; the message says why."""
+
+
+class AccessError(BenchError):
+    """An attack tried more than its declared access level allows (gradients or parameters through a
+    black-box or label-only oracle); its pair fails with this error."""

@@ -273,6 +273,7 @@ class AttackContext:
     amp: bool = False
     progress: bool = True
     resolution: int = 64  # the dataset resolution (size of the reconstructions when no prior)
+    public: LabeledImages | None = None  # the attacker's public data (identities disjoint from the private ones)
 
     def generator(self) -> torch.Generator:
         """A CPU random generator seeded with the job seed."""
@@ -280,16 +281,28 @@ class AttackContext:
 
 
 class Attack(Plugin, ABC):
-    """A model inversion attack."""
+    """A model inversion attack.
 
-    requires: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
+    ``access`` declares what the attack may do with the target (:mod:`inversion_bench.oracle`):
+    ``white-box`` attacks get the target model (behind the defense's ``postprocess``); ``black-box``
+    attacks a :class:`~inversion_bench.oracle.ScoreOracle` (probabilities only) and ``label-only``
+    attacks a :class:`~inversion_bench.oracle.LabelOracle` (top-1 labels only). Trying more than
+    declared fails the pair with an ``AccessError``.
+    """
+
+    access: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
     needs_prior: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.access not in ("white-box", "black-box", "label-only"):
+            raise TypeError(f"{cls.__qualname__}.access = {cls.access!r}: must be 'white-box', 'black-box' or "
+                            "'label-only'")
+
     @abstractmethod
-    def run(
-        self, target: nn.Module, identities: Tensor, prior: Generator | None, ctx: AttackContext
-    ) -> Reconstruction:
-        """Reconstructs images of the classes ``identities`` ([K] int64) from ``target``."""
+    def run(self, target: Any, identities: Tensor, prior: Generator | None, ctx: AttackContext) -> Reconstruction:
+        """Reconstructs images of the classes ``identities`` ([K] int64) from ``target``: the model for
+        white-box attacks, else the oracle of the declared access level."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import torch
 
-from inversion_bench.errors import BenchError
+from inversion_bench.errors import AccessError, BenchError
 from inversion_bench.interfaces import AttackContext, Reconstruction
+from inversion_bench.oracle import QueryCounter, target_for
 from inversion_bench.plan import PairJob
 from inversion_bench.products.data import splits
 from inversion_bench.products.prior import prior
@@ -50,8 +51,10 @@ def attacked_identities(spec: str | int | list[int], n_classes: int, where: str)
 def reconstruct(ctx: RunContext, job: PairJob) -> str:
     """Runs the attack of ``job`` unless its reconstructions are stored; returns their store key.
 
-    The attack sees the target behind the defense's ``postprocess``. Images and labels are stored
-    on the CPU with the attack's wall time in ``info["seconds"]``, next to a ``grid.png``.
+    The attack sees the target behind the defense's ``postprocess``, through the oracle of its
+    declared access level (:func:`inversion_bench.oracle.target_for`). Images and labels are stored
+    on the CPU with the attack's wall time, access level and query count in ``info``, next to a
+    ``grid.png``.
     """
     if ctx.store.has("attacks", job.attack_key):
         return job.attack_key
@@ -62,15 +65,23 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     identities = attacked_identities(a.identities, splits(ctx).num_classes, f"attacks[{job.attack_index}].identities")
     actx = AttackContext(device=ctx.device, seed=job.seed, batch_size=ctx.suite.run.attack_batch_size,
                          amp=ctx.suite.run.amp, progress=ctx.settings.progress,
-                         resolution=ctx.suite.dataset.resolution)
+                         resolution=ctx.suite.dataset.resolution, public=splits(ctx).public)
+    query_target, counter = target_for(attack.access, attacked, ctx.device)
     torch.manual_seed(job.seed)
     t0 = time.perf_counter()
-    rec = attack.run(attacked, identities, gen, actx)
+    try:
+        rec = attack.run(query_target, identities, gen, actx)
+    except AccessError as exc:
+        raise AccessError(f"attack {a.name!r} declares {attack.access} access: {exc}") from None
+    finally:
+        if isinstance(counter, QueryCounter):
+            counter.close()
     seconds = time.perf_counter() - t0
     rec.images = rec.images.detach().float().cpu()
     rec.labels = rec.labels.detach().long().cpu()
     rec.check()
-    rec.info["seconds"] = seconds
+    rec.info.update(seconds=seconds, access=attack.access, queries=counter.queries,
+                    identities=int(identities.numel()))
     with ctx.store.writing("attacks", job.attack_key) as tmp:
         torch.save(rec.to_state(), tmp / "data.pt")
         save_grid(rec.images, rec.labels, tmp / "grid.png")

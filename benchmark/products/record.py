@@ -59,6 +59,14 @@ def score(ctx: RunContext, rec: Reconstruction, target_model: torch.nn.Module, r
     return values, directions, mctx.details, errors
 
 
+def query_counts(info: dict[str, Any]) -> dict[str, float] | None:
+    """``{"total": images asked about, "per_identity": total / attacked identities}`` of an attack's
+    info (None for reconstructions stored before queries were counted)."""
+    if "queries" not in info or not info.get("identities"):
+        return None
+    return {"total": int(info["queries"]), "per_identity": float(info["queries"]) / int(info["identities"])}
+
+
 def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
     """What every record of ``job`` holds, ok or failed: the pair, its settings, keys and provenance."""
     s, plan = ctx.suite, ctx.plan
@@ -70,6 +78,7 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         "defense_params": dp.model_dump(mode="json"), "defense_index": job.defense_index,
         "attack": job.attack, "attack_label": entry_label(a), "attack_plugin": a.name,
         "attack_params": ap.model_dump(mode="json"), "attack_index": job.attack_index,
+        "access": REGISTRIES["attacks"].get(a.name).access,
         "seed": job.seed, "baseline": s.baseline_id, "config_hash": job.config_hash,
         "keys": {"target": job.target_key, "attack": job.attack_key, "evaluator": plan.evaluator_key,
                  "prior": plan.prior_key, "data": plan.data_key},
@@ -103,7 +112,7 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
     out.update(status="ok", error=None, metrics={"test_accuracy": float(report["test_accuracy"]), **values},
                directions={"test_accuracy": "higher", **directions}, metric_details=details, metric_errors=errors,
                attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
-               num_reconstructions=int(rec.images.shape[0]))
+               num_reconstructions=int(rec.images.shape[0]), queries=query_counts(rec.info))
 
 
 def score_pair(ctx: RunContext, job: PairJob) -> dict[str, Any]:
