@@ -211,6 +211,8 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.attacks.generators.stylegan2_ada",
     "inversion_bench.attacks.ppa",
     "inversion_bench.attacks.gmi",
+    "inversion_bench.attacks.brep_mi",
+    "inversion_bench.attacks.mirror",
     "inversion_bench.metrics.accuracy",
     "inversion_bench.metrics.knn",
     "inversion_bench.metrics.extractors",
