@@ -21,10 +21,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API: dict[str, str] = {
-    # registries and the plugin base
-    "defenses": "inversion_bench.registry",
-    "attacks": "inversion_bench.registry",
-    "metrics": "inversion_bench.registry",
+    # registries and the plugin base (``defenses``, ``attacks`` and ``metrics`` are the subpackages
+    # of those names, whose ``register`` is their registry's decorator)
     "datasets": "inversion_bench.registry",
     "architectures": "inversion_bench.registry",
     "generators": "inversion_bench.registry",
@@ -51,7 +49,7 @@ _API: dict[str, str] = {
     "MissingResourceError": "inversion_bench.errors",
 }
 
-__all__ = ["__version__", *_API]
+__all__ = ["__version__", "defenses", "attacks", "metrics", *_API]
 
 
 def __getattr__(name: str) -> Any:

@@ -63,3 +63,33 @@ def test_params_forbid_unknown_keys():
     with pytest.raises(ValidationError):
         P(y=2)
     assert issubclass(Defense, object)
+
+
+def test_public_api_registers_plugins_in_a_fresh_interpreter(tmp_path):
+    """``from inversion_bench import Defense, PluginParams, defenses`` and ``@defenses.register``
+    work before and after the built-in plugins are loaded (``defenses`` is the subpackage, whose
+    ``register`` is the registry's decorator)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from inversion_bench import Attack, Defense, PluginParams, attacks, defenses, metrics\n"
+        "from inversion_bench.registry import REGISTRIES, load_plugins\n"
+        "@defenses.register('api-early')\n"
+        "class Early(Defense):\n"
+        "    class Params(PluginParams):\n"
+        "        beta: float = 0.5\n"
+        "load_plugins()\n"
+        "from inversion_bench import defenses as again\n"
+        "@again.register('api-late')\n"
+        "class Late(Defense):\n"
+        "    pass\n"
+        "assert again is defenses and defenses.registry is REGISTRIES['defenses']\n"
+        "assert attacks.registry is REGISTRIES['attacks'] and metrics.registry is REGISTRIES['metrics']\n"
+        "names = REGISTRIES['defenses'].names()\n"
+        "assert {'api-early', 'api-late', 'label_smoothing'} <= set(names), names\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
