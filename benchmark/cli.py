@@ -198,14 +198,16 @@ def cmd_list(args: argparse.Namespace) -> int:
         for info in REGISTRIES[kind]:
             params = ", ".join(f"{p['name']}={p['default']!r}" for p in info.parameters())
             print(f"  {info.name:<20} {info.doc}")
-            print(f"  {'':<20} origin: {info.origin}; version {info.version}")
+            access = f"; access: {info.obj.access}" if kind == "attacks" else ""
+            print(f"  {'':<20} origin: {info.origin}; version {info.version}{access}")
             if params:
                 print(f"  {'':<20} params: {params}")
     return 0
 
 
 def _print_plugin(info) -> None:
-    print(f"{info.kind} {info.name}  (version {info.version}; origin: {info.origin})")
+    access = f"; access: {info.obj.access}" if info.kind == "attack" else ""
+    print(f"{info.kind} {info.name}  (version {info.version}; origin: {info.origin}{access})")
     print(f"  {info.doc}")
     for p in info.parameters():
         print(f"  - {p['name']}: {p['type']} = {p['default']!r}  {p['doc']}")
