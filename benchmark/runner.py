@@ -16,12 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from inversion_bench.config import LoadedSuite
-from inversion_bench.data.splits import Splits
 from inversion_bench.executors.base import Executor
-from inversion_bench.interfaces import Classifier
 from inversion_bench.jobs import attack_needs_prior, job_graph
 from inversion_bench.plan import PairJob
-from inversion_bench.products import data, evaluator, mirror, record, target
+from inversion_bench.products import mirror, record
 from inversion_bench.results import record_filename, write_json_atomic
 from inversion_bench.run_context import RunContext
 
@@ -43,8 +41,8 @@ class RunSummary:
 class Runner:
     """Runs one suite into ``run_dir`` (default ``<run.output>/<suite name>``).
 
-    ``ctx`` is the run's :class:`~inversion_bench.run_context.RunContext`; the report reads the
-    products this run holds through :meth:`target`, :meth:`evaluator` and :attr:`splits`.
+    ``ctx`` is the run's :class:`~inversion_bench.run_context.RunContext`; ``bench run`` hands it to
+    the report, whose figures reuse the products it holds in memory.
     """
 
     def __init__(self, loaded: LoadedSuite, run_dir: Path | None = None, tracking_uri: str | None = None,
@@ -54,20 +52,8 @@ class Runner:
         self.suite = loaded.suite
         self.run_dir = self.ctx.run_dir
         self.store = self.ctx.store
-        self.records_dir = self.ctx.records_dir
         self.plan = self.ctx.plan
         self.tracking_uri = self.ctx.tracking_uri
-
-    # the products this run holds (loaded from the store when not held)
-    @property
-    def splits(self) -> Splits:
-        return data.splits(self.ctx)
-
-    def target(self, di: int, seed: int) -> tuple[Classifier, dict[str, Any]]:
-        return target.target(self.ctx, di, seed)
-
-    def evaluator(self) -> tuple[Classifier, dict[str, Any]]:
-        return evaluator.evaluator(self.ctx)
 
     def pending(self) -> tuple[list[PairJob], list[PairJob]]:
         """(pairs to run, pairs whose ok record with the same config hash exists)."""
