@@ -12,22 +12,28 @@ from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
     NEAR_CHANCE_FACTOR,
     TEST_ACCURACY,
+    WORST_CASE,
     Column,
     DefenseInfo,
     Failure,
     LeaderboardTable,
+    WorstCase,
 )
+from inversion_bench.leaderboard.worst_case import ranked
 
 __all__ = [
     "DATA_COLUMNS",
     "NEAR_CHANCE_FACTOR",
     "TEST_ACCURACY",
+    "WORST_CASE",
     "Column",
     "DefenseInfo",
     "Failure",
     "Leaderboard",
     "LeaderboardTable",
+    "WorstCase",
     "build",
     "build_from_dirs",
     "latex_escape",
+    "ranked",
 ]

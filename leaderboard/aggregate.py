@@ -11,6 +11,12 @@ The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Ag
 * A cell is the mean and sample standard deviation (``ddof=1``) over the seeds whose record is ``ok``
   and whose value is finite. Failed seeds and missing values (``None``/NaN/inf in ``ok`` records) are
   counted separately and never enter the numbers.
+* The worst-case column (right after the test accuracy, when some attack has an ``attack_acc@1``) is,
+  per seed, the highest ``attack_acc@1`` over the attacks with an ``ok`` record and a finite value on
+  that seed, then mean and std over seeds like every other cell; the attack named is the one that is
+  the maximum on most seeds (:mod:`inversion_bench.leaderboard.worst_case`).
+* Every attack column carries the attack's access level (``record["access"]``; records without one
+  are white-box) and the mean ``queries["per_identity"]`` of its ok records.
 * ``delta`` is, for every non-baseline defense, ``mean(defense) - mean(baseline)``.
 """
 
@@ -26,15 +32,20 @@ import pandas as pd
 
 from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
+    DEFAULT_ACCESS,
     NEAR_CHANCE_FACTOR,
     TARGET_COLUMN,
     TEST_ACCURACY,
+    WORST_CASE_ATTACK,
+    WORST_CASE_METRIC,
     Column,
     DefenseInfo,
     Failure,
     LeaderboardTable,
+    WorstCase,
 )
 from inversion_bench.leaderboard.records import dedupe, distinct, finite, first_line, is_ok, privacy_guarantee, where
+from inversion_bench.leaderboard.worst_case import worst_case
 
 _FIRST_METRICS = ("attack_acc@1", "attack_acc@5")
 
@@ -47,6 +58,7 @@ class _Cells:
     infos: list[DefenseInfo] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     missing: list[tuple[str, str, int]] = field(default_factory=list)
+    worst: dict[str, WorstCase] = field(default_factory=dict)
 
 
 def _metric_order(name: str) -> tuple[int, int, str]:
@@ -108,33 +120,47 @@ def _direction(metric: str, recs: Iterable[dict[str, Any]], default: str | None,
     return found[0] if found else default
 
 
+def _access(label: str, recs: Iterable[dict[str, Any]], notes: list[str]) -> str:
+    """The attack's access level (records without one are white-box; the first if they disagree, noted)."""
+    found = list(dict.fromkeys(str(r.get("access") or DEFAULT_ACCESS) for r in recs))
+    if len(found) > 1:
+        notes.append(f"{label}: records disagree on the access level ({found}); using {found[0]!r}.")
+    return found[0]
+
+
 def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
     """The columns of one attack: its metrics in display order, or one placeholder without any."""
     label = _label(recs, "attack_label", attack)
     index = int(recs[0].get("attack_index") or 0)
+    access = _access(label, recs, notes)
     names: set[str] = set()
     for r in recs:
         names.update((r.get("metrics") or {}).keys())
         names.update((r.get("directions") or {}).keys())
     names.discard(TEST_ACCURACY)
     if not names:
-        return [Column(attack, label, index, "status", None, placeholder=True)]
-    return [Column(attack, label, index, m, _direction(m, recs, None, notes))
+        return [Column(attack, label, index, "status", None, placeholder=True, access=access)]
+    return [Column(attack, label, index, m, _direction(m, recs, None, notes), access=access)
             for m in sorted(names, key=_metric_order)]
 
 
 def _columns(recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
-    """The test-accuracy column, then every attack's columns in ``attack_index`` order."""
+    """The test-accuracy column, the worst case (when an attack has an ``attack_acc@1``), then every
+    attack's columns in ``attack_index`` order."""
     columns = [
         Column(TARGET_COLUMN, "Target", -1, TEST_ACCURACY, _direction(TEST_ACCURACY, recs, "higher", notes))
     ]
+    attack_cols: list[Column] = []
     for attack, rs in _by_attack(recs).items():
-        columns += _attack_columns(attack, rs, notes)
-    return columns
+        attack_cols += _attack_columns(attack, rs, notes)
+    acc1 = [c for c in attack_cols if c.metric == WORST_CASE_METRIC and not c.placeholder]
+    if acc1:
+        columns.append(Column(WORST_CASE_ATTACK, "Worst case", -1, WORST_CASE_METRIC, acc1[0].direction or "lower"))
+    return columns + attack_cols
 
 
-def _row(base: dict[str, Any], col: Column, values: list[float], seeds: list[int], n_failed: int, n_missing: int,
-         n_records: int) -> dict[str, Any]:
+def _row(base: dict[str, Any], col: Column, values: Sequence[float], seeds: Sequence[int], n_failed: int,
+         n_missing: int, n_records: int, queries: float = math.nan) -> dict[str, Any]:
     """One row of :attr:`LeaderboardTable.data` (without ``delta``)."""
     mean, std = _stats(values)
     return {
@@ -153,6 +179,7 @@ def _row(base: dict[str, Any], col: Column, values: list[float], seeds: list[int
         "n_records": n_records,
         "values": tuple(values),
         "seeds": tuple(seeds),
+        "queries_per_identity": queries,
     }
 
 
@@ -190,6 +217,8 @@ def _attack_row(base: dict[str, Any], col: Column, recs: Sequence[dict[str, Any]
     v_seeds: list[int] = []
     n_failed = 0
     n_missing = 0
+    queries = [finite((r.get("queries") or {}).get("per_identity")) for r in pair if is_ok(r)]
+    queries = [q for q in queries if q is not None]
     for r in pair:
         if not is_ok(r):
             n_failed += 1
@@ -203,7 +232,8 @@ def _attack_row(base: dict[str, Any], col: Column, recs: Sequence[dict[str, Any]
             continue
         values.append(v)
         v_seeds.append(int(r["seed"]))
-    return _row(base, col, values, v_seeds, n_failed, n_missing, len(pair))
+    return _row(base, col, values, v_seeds, n_failed, n_missing, len(pair),
+                sum(queries) / len(queries) if queries else math.nan)
 
 
 def _failures(defense: str, label: str, recs: Sequence[dict[str, Any]]) -> list[Failure]:
@@ -240,7 +270,13 @@ def _add_defense(cells: _Cells, defense: str, recs: Sequence[dict[str, Any]], co
     cells.infos.append(
         DefenseInfo(defense, label, index, num_classes, seeds, defense == baseline, near, epsilon, delta)
     )
-    cells.rows += [_attack_row(base, col, recs, cells.missing) for col in columns[1:]]
+    for col in columns[1:]:
+        if col.is_worst_case:
+            wc = worst_case(recs, list(dict.fromkeys(c.attack for c in columns if c.is_attack)), col.metric)
+            cells.worst[defense] = wc
+            cells.rows.append(_row(base, col, wc.values, wc.seeds, len(wc.failed), len(wc.missing), len(seeds)))
+        else:
+            cells.rows.append(_attack_row(base, col, recs, cells.missing))
     cells.failures += _failures(defense, label, recs)
 
 
@@ -312,4 +348,5 @@ def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
         missing=cells.missing,
         notes=notes,
         meta=meta,
+        worst_case=cells.worst,
     )

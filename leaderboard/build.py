@@ -32,9 +32,13 @@ class Leaderboard(LeaderboardTable):
         """One row per defense with raw numbers, the layout of :meth:`to_csv`.
 
         Returns:
-            Columns ``defense, defense_label``, then for the test accuracy and every
-            ``<attack>/<metric>``: ``_mean, _std, _n, _delta, _failed``, then ``num_classes`` and
-            ``near_chance``. Placeholder columns of attacks without any metric are left out.
+            Columns ``defense, defense_label``, then for the test accuracy, the worst case and every
+            ``<attack>/<metric>``: ``_mean, _std, _n, _delta, _failed``; the worst case adds
+            ``worst_case_attack`` (the attack named), ``worst_case_attacks`` (``"seed:attack;..."``)
+            and ``worst_case_covered`` (``"seed:k/n;..."``); every attack adds ``<attack>/access`` and
+            ``<attack>/queries_per_identity`` before its metrics; then ``num_classes``, ``near_chance``,
+            ``epsilon`` and ``delta``. Rows in ``defense_index`` order. Placeholder columns of attacks
+            without any metric are left out.
         """
         return wide_frame(self)
 

@@ -13,12 +13,23 @@ from typing import Any
 
 import pandas as pd
 
-from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.model import DEFAULT_ACCESS, Column, DefenseInfo, LeaderboardTable, WorstCase
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 NEAR_CHANCE = "⚠ near chance"
 NA_MARK = "†"
 NOT_RUN = "—"
+ACCESS_HELP = {
+    "white-box": "white-box: the model, its gradients and parameters",
+    "black-box": "black-box: output probabilities only, no gradients",
+    "label-only": "label-only: the top-1 label only",
+}
+"""What each access level lets an attack see (header tooltips and legends)."""
+WORST_CASE_HELP = (
+    "Worst case: per seed, the highest attack accuracy (attack_acc@1) any attack reached against the defense "
+    "(ok records only), then mean ± std over seeds; the attack named is the one that reached it on most seeds. "
+    "A defense is only as strong as the strongest attack against it."
+)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,13 +97,18 @@ def format_value(col: Column, x: float, decimals: int, signed: bool = False) -> 
     return text
 
 
-def _annotation(cell: pd.Series, na_mark: str) -> str:
+def _annotation_parts(cell: pd.Series, na_mark: str) -> list[str]:
     parts = []
     total = int(cell["n_records"])
     if cell["n_failed"]:
         parts.append(f"{cell['n_failed']}/{total} failed")
     if cell["n_missing"]:
         parts.append(f"{cell['n_missing']}/{total} n/a{na_mark}")
+    return parts
+
+
+def _annotation(cell: pd.Series, na_mark: str) -> str:
+    parts = _annotation_parts(cell, na_mark)
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -142,6 +158,96 @@ def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_
     if base["n"] == 0 or _isnan(cell["delta"]):
         return NOT_RUN
     return format_value(col, float(cell["delta"]), decimals, signed=True) + _annotation(cell, na_mark)
+
+
+# --------------------------------------------------------------------------------------------------
+# attacks: access levels, queries and the worst case
+
+
+def attack_heading(col: Column) -> str:
+    """The attack's name with its access level: ``"GMI [white-box]"`` (the name alone without one)."""
+    return f"{col.attack_label} [{col.access}]" if col.access else col.attack_label
+
+
+def attack_labels(lb: LeaderboardTable) -> dict[str, str]:
+    """Display name of every attack of the table, by attack id."""
+    return {c.attack: c.attack_label for c in lb.columns if c.is_attack}
+
+
+def queries_text(col: Column, cell: pd.Series) -> str:
+    """``"1,500 queries per identity"`` for a black-box or label-only attack's cell that counted them,
+    else ``""`` (white-box attacks, and records written before queries were counted)."""
+    q = cell.get("queries_per_identity")
+    if (col.access or DEFAULT_ACCESS) == DEFAULT_ACCESS or _isnan(q):
+        return ""
+    q = float(q)
+    return f"{q:,.0f} queries per identity" if q >= 100 else f"{q:.3g} queries per identity"
+
+
+def _seeds_text(seeds: list[int]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
+
+
+def worst_case_parts(lb: LeaderboardTable, wc: WorstCase) -> list[str]:
+    """The notes of a worst-case cell: the attack named (``"GMI"``, or ``"GMI on 2/3 seeds"`` when
+    other attacks reached the maximum on some seeds), then the seeds covering only some attacks
+    (``"2/3 attacks on seed 1"``)."""
+    if wc.attack is None:
+        return []
+    label = attack_labels(lb).get(wc.attack, wc.attack)
+    count = wc.attacks.count(wc.attack)
+    parts = [label if count == len(wc.attacks) else f"{label} on {count}/{len(wc.attacks)} seeds"]
+    by_count: dict[int, list[int]] = {}
+    for seed, k in wc.partial.items():
+        by_count.setdefault(k, []).append(seed)
+    parts += [f"{k}/{wc.n_attacks} attacks on {_seeds_text(seeds)}" for k, seeds in sorted(by_count.items())]
+    return parts
+
+
+def display_text(lb: LeaderboardTable, defense: str, col: Column, cell: pd.Series, decimals: int,
+                 pm: str = "±", na_mark: str = NA_MARK) -> str:
+    """Display text of a main-table cell of any column (see :func:`cell_text`).
+
+    A worst-case cell also names the attack and the seeds that cover only some attacks:
+    ``"41.2 ± 3.0 (GMI; 2/3 attacks on seed 1; 1/3 failed)"`` (``failed``: seeds where every attack
+    failed).
+    """
+    wc = lb.worst_case.get(defense) if col.is_worst_case else None
+    if wc is None or cell["n"] == 0:
+        return cell_text(col, cell, decimals, pm=pm, na_mark=na_mark)
+    text = format_value(col, float(cell["mean"]), decimals)
+    if cell["n"] > 1 and not _isnan(cell["std"]):
+        text += f" {pm} {format_value(col, float(cell['std']), decimals)}"
+    parts = [*worst_case_parts(lb, wc), *_annotation_parts(cell, na_mark)]
+    return f"{text} ({'; '.join(parts)})" if parts else text
+
+
+def worst_case_title(lb: LeaderboardTable, defense: str, col: Column, decimals: int) -> str:
+    """Every seed of a worst-case cell: ``"seed 0: 41.2 by GMI; seed 1: 38.0 by PPA (2/3 attacks)"``."""
+    wc = lb.worst_case.get(defense)
+    if wc is None:
+        return "no record"
+    labels = attack_labels(lb)
+    covered = dict(wc.covered)
+    parts = []
+    for seed, value, attack in zip(wc.seeds, wc.values, wc.attacks, strict=True):
+        text = f"seed {seed}: {format_value(col, value, decimals)} by {labels.get(attack, attack)}"
+        if covered[seed] < wc.n_attacks:
+            text += f" ({covered[seed]}/{wc.n_attacks} attacks)"
+        parts.append(text)
+    parts += [f"seed {s}: every attack failed" for s in wc.failed]
+    parts += [f"seed {s}: not computed" for s in wc.missing]
+    return "; ".join(parts) or "no record"
+
+
+def seed_attacks(wc: WorstCase | None) -> str:
+    """``"0:gmi;1:ppa"``: the attack of every seed's maximum (CSV)."""
+    return "" if wc is None else ";".join(f"{s}:{a}" for s, a in zip(wc.seeds, wc.attacks, strict=True))
+
+
+def seed_coverage(wc: WorstCase | None) -> str:
+    """``"0:3/3;1:2/3"``: the attacks every seed's maximum covers (CSV)."""
+    return "" if wc is None else ";".join(f"{s}:{k}/{wc.n_attacks}" for s, k in wc.covered)
 
 
 # --------------------------------------------------------------------------------------------------

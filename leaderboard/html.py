@@ -1,9 +1,11 @@
 """A self-contained static HTML page of a leaderboard (no network at view time).
 
-The page holds, inline: the sortable defense x attack table (click a metric header to sort; arrows
-mark the direction that is better for the defender), mean ± std over seeds, the difference to the
-baseline under each value, the target's test accuracy as the first value column, the (epsilon,
-delta) guarantee where a defense reports one, the provenance of the numbers (suite hash, code
+The page holds, inline: the sortable defense x attack table (rows start sorted by the worst case,
+lowest first; click a metric header to sort; arrows mark the direction that is better for the
+defender), mean ± std over seeds, the difference to the baseline under each value, the target's test
+accuracy as the first value column and the worst case over attacks as the second, each attack's access
+level in its header (and the queries per identity of black-box and label-only attacks in the cell
+tooltips), the (epsilon, delta) guarantee where a defense reports one, the provenance of the numbers (suite hash, code
 version, creation dates, device, seeds), the figures as base64 PNG (with links to the SVG files
 next to the page), notes and failures.
 
@@ -21,18 +23,24 @@ from pathlib import Path
 from typing import Any
 
 from inversion_bench.leaderboard.formatting import (
+    ACCESS_HELP,
     ARROWS,
     NEAR_CHANCE,
+    WORST_CASE_HELP,
+    attack_heading,
     cell_rows,
-    cell_text,
     decimals_by_column,
     delta_text,
+    display_text,
     format_value,
     guarantee_text,
     has_guarantees,
+    queries_text,
     seed_summary,
+    worst_case_title,
 )
-from inversion_bench.leaderboard.model import Column, LeaderboardTable
+from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.worst_case import ranked
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1400px;
@@ -104,7 +112,7 @@ def _delta_class(col: Column, delta: float) -> str:
     return "good" if good else "bad"
 
 
-def _metric_head(col: Column) -> str:
+def _metric_head(col: Column, initial_sort: str | None) -> str:
     if col.placeholder:
         name = "status"
     elif col.is_target:
@@ -114,64 +122,89 @@ def _metric_head(col: Column) -> str:
     arrow = ARROWS.get(col.direction or "", "")
     title = {"higher": "higher is better for the defender", "lower": "lower is better for the defender"}.get(
         col.direction or "", "direction unknown")
-    return (f'<th class="sortable" data-key="{_e(col.key)}" title="{_e(title)}">{_e(name)} {arrow}'
-            '<span class="ind"></span></th>')
+    sort = ""
+    if initial_sort is not None:  # the rows start sorted by this column
+        sort = f' data-sort="{initial_sort}"'
+    ind = {"asc": " \u25B2", "desc": " \u25BC"}.get(initial_sort or "", "")
+    return (f'<th class="sortable" data-key="{_e(col.key)}"{sort} title="{_e(title)}">{_e(name)} {arrow}'
+            f'<span class="ind">{ind}</span></th>')
 
 
-def _cell_title(col: Column, cell: Any, decimals: int) -> str:
-    """Tooltip of a cell: the value of every seed behind it, and what was left out."""
-    parts = [f"seed {seed}: {format_value(col, v, decimals)}" for seed, v in zip(cell["seeds"], cell["values"],
-                                                                                 strict=True)]
-    if cell["n_failed"]:
+def _cell_title(lb: LeaderboardTable, defense: str, col: Column, cell: Any, decimals: int) -> str:
+    """Tooltip of a cell: the value of every seed behind it (and its attack, for the worst case), what
+    was left out, and the queries per identity of a black-box or label-only attack."""
+    if col.is_worst_case:
+        parts = [worst_case_title(lb, defense, col, decimals)]
+    else:
+        parts = [f"seed {seed}: {format_value(col, v, decimals)}" for seed, v in zip(cell["seeds"], cell["values"],
+                                                                                     strict=True)]
+    if cell["n_failed"] and not col.is_worst_case:  # the worst case's title names its failed seeds
         parts.append(f"{int(cell['n_failed'])} failed")
-    if cell["n_missing"]:
+    if cell["n_missing"] and not col.is_worst_case:
         parts.append(f"{int(cell['n_missing'])} not computed")
+    if col.is_attack and queries_text(col, cell):
+        parts.append(f"{queries_text(col, cell)} (mean over seeds)")
     return "; ".join(parts) or "no record"
 
 
-def _table(lb: LeaderboardTable) -> str:
+def _head(lb: LeaderboardTable, eps_col: bool) -> str:
+    """The two header rows: attacks (with their access level) spanning their metric columns, then metrics."""
     cols = lb.columns
-    decimals = decimals_by_column(lb)
-    cells = cell_rows(lb)
-    eps_col = has_guarantees(lb)
-    spans: list[tuple[str, int]] = []  # attack id, number of metric columns; the first is the target's
+    spans: list[tuple[Column, int]] = []  # first column of the group, number of metric columns
     for c in cols:
-        if spans and spans[-1][0] == c.attack:
-            spans[-1] = (c.attack, spans[-1][1] + 1)
+        if spans and spans[-1][0].attack == c.attack:
+            spans[-1] = (spans[-1][0], spans[-1][1] + 1)
         else:
-            spans.append((c.attack, 1))
-    labels = {c.attack: c.attack_label for c in cols}
+            spans.append((c, 1))
     head1 = ['<th class="sortable name" rowspan="2" data-key="name">Defense<span class="ind"></span></th>']
     if eps_col:
         head1.append('<th class="sortable" rowspan="2" data-key="epsilon" title="differential privacy guarantee, '
                      'lower is more private">ε (DP) ↓<span class="ind"></span></th>')
-    head1 += [f'<th colspan="{n}">{_e(labels[a])}</th>' for a, n in spans]
-    head2 = [_metric_head(c) for c in cols]
-    rows_html = []
-    for info in lb.defenses:
-        tr_cls = ' class="baseline"' if info.is_baseline else ""
-        name = _e(info.label) + (" <small>(baseline)</small>" if info.is_baseline else "")
-        if info.near_chance:
-            name += f' <span class="warn" title="test accuracy at most 2x chance level">{_e(NEAR_CHANCE)}</span>'
-        tds = [f'<td class="name" data-key="name">{name}</td>']
-        if eps_col:
-            tds.append(f'<td data-key="epsilon" data-value="{_raw(info.epsilon)}">{_e(guarantee_text(info))}</td>')
-        for c in cols:
-            cell = cells[(info.defense, c.key)]
-            text = _e(cell_text(c, cell, decimals[c.key]))
-            delta = ""
-            if lb.baseline is not None and not info.is_baseline and not c.placeholder and cell["n"]:
-                d = delta_text(c, cell, cells[(lb.baseline, c.key)], decimals[c.key])
-                cls = _delta_class(c, float(cell["delta"]))
-                delta = f'<span class="delta {cls}" title="difference to the baseline">Δ {_e(d)}</span>'
-            raw = _raw(cell["mean"]) if cell["n"] else ""
-            tds.append(f'<td data-key="{_e(c.key)}" data-value="{raw}" data-std="{_raw(cell["std"])}" '
-                       f'data-n="{int(cell["n"])}" title="{_e(_cell_title(c, cell, decimals[c.key]))}">'
-                       f'{text}{delta}</td>')
-        rows_html.append(f'<tr{tr_cls} data-defense="{_e(info.defense)}" data-name="{_e(info.label)}">'
-                         + "".join(tds) + "</tr>")
-    head = "<tr>" + "".join(head1) + "</tr><tr>" + "".join(head2) + "</tr>"
-    return (f'<div class="scroll"><table class="lb" id="leaderboard"><thead>{head}</thead>'
+    for c, n in spans:
+        title = ACCESS_HELP.get(c.access or "", WORST_CASE_HELP if c.is_worst_case else "")
+        title_attr = f' title="{_e(title)}"' if title else ""
+        access = f' data-access="{_e(c.access)}"' if c.is_attack and c.access else ""
+        head1.append(f'<th colspan="{n}"{access}{title_attr}>{_e(attack_heading(c))}</th>')
+    head2 = [_metric_head(c, "asc" if c.is_worst_case else None) for c in cols]
+    return "<tr>" + "".join(head1) + "</tr><tr>" + "".join(head2) + "</tr>"
+
+
+def _row(lb: LeaderboardTable, info: DefenseInfo, cells: dict[tuple[str, str], Any], decimals: dict[str, int],
+         eps_col: bool) -> str:
+    """One ``<tr>`` of the table."""
+    tr_cls = ' class="baseline"' if info.is_baseline else ""
+    name = _e(info.label) + (" <small>(baseline)</small>" if info.is_baseline else "")
+    if info.near_chance:
+        name += f' <span class="warn" title="test accuracy at most 2x chance level">{_e(NEAR_CHANCE)}</span>'
+    tds = [f'<td class="name" data-key="name">{name}</td>']
+    if eps_col:
+        tds.append(f'<td data-key="epsilon" data-value="{_raw(info.epsilon)}">{_e(guarantee_text(info))}</td>')
+    for c in lb.columns:
+        cell = cells[(info.defense, c.key)]
+        text = _e(display_text(lb, info.defense, c, cell, decimals[c.key]))
+        delta = ""
+        if lb.baseline is not None and not info.is_baseline and not c.placeholder and cell["n"]:
+            d = delta_text(c, cell, cells[(lb.baseline, c.key)], decimals[c.key])
+            cls = _delta_class(c, float(cell["delta"]))
+            delta = f'<span class="delta {cls}" title="difference to the baseline">Δ {_e(d)}</span>'
+        raw = _raw(cell["mean"]) if cell["n"] else ""
+        wc = lb.worst_case.get(info.defense) if c.is_worst_case else None
+        attack = f' data-attack="{_e(wc.attack)}"' if wc is not None and wc.attack else ""
+        tds.append(f'<td data-key="{_e(c.key)}" data-value="{raw}" data-std="{_raw(cell["std"])}" '
+                   f'data-n="{int(cell["n"])}"{attack} '
+                   f'title="{_e(_cell_title(lb, info.defense, c, cell, decimals[c.key]))}">{text}{delta}</td>')
+    near = ' data-near-chance="true"' if info.near_chance else ""
+    return (f'<tr{tr_cls} data-defense="{_e(info.defense)}" data-name="{_e(info.label)}"{near}>'
+            + "".join(tds) + "</tr>")
+
+
+def _table(lb: LeaderboardTable) -> str:
+    """The table, rows sorted by the worst case (:func:`~inversion_bench.leaderboard.worst_case.ranked`)."""
+    decimals = decimals_by_column(lb)
+    cells = cell_rows(lb)
+    eps_col = has_guarantees(lb)
+    rows_html = [_row(lb, info, cells, decimals, eps_col) for info in ranked(lb)]
+    return (f'<div class="scroll"><table class="lb" id="leaderboard"><thead>{_head(lb, eps_col)}</thead>'
             f'<tbody>{"".join(rows_html)}</tbody></table></div>')
 
 
@@ -214,6 +247,13 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
         "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
         f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({seed_summary(lb)}); accuracies in %.",
     ]
+    if WORST_CASE in {c.key for c in lb.columns}:
+        legend += [WORST_CASE_HELP + " (k/n attacks on seed s): some attacks failed on that seed.",
+                   "Rows start sorted by the worst case, lowest (best for the defender) first."]
+    levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
+    if levels:
+        legend.append("[access]: what the attack sees of the defended target: "
+                      + "; ".join(ACCESS_HELP.get(a, a) for a in levels) + ".")
     if lb.baseline is not None:
         legend.append(f"Δ: difference of means to the baseline ({lb.baseline_label}); accuracies in percentage "
                       "points; green: better for the defender, red: worse.")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from inversion_bench.leaderboard.formatting import (
+    ACCESS_HELP,
     NOT_RUN,
+    attack_heading,
     cell_rows,
-    cell_text,
     decimals_by_column,
+    display_text,
     guarantee_text,
     has_guarantees,
     seed_summary,
@@ -55,8 +57,9 @@ def _attack_groups(cols: list[Column]) -> list[tuple[str, int]]:
 
 
 def _group_header(cols: list[Column], eps_col: bool) -> list[str]:
-    """The first header row: attack names spanning their metric columns, with ``\\cmidrule``s under them."""
-    attack_labels = {c.attack: c.attack_label for c in cols}
+    """The first header row: attack names (with their access level) spanning their metric columns, with
+    ``\\cmidrule``s under them."""
+    attack_labels = {c.attack: attack_heading(c) for c in cols}
     top = ["", "", *([""] if eps_col else [])]
     rules = []
     start = 3 + int(eps_col)  # first attack column (1-based: defense, [epsilon,] test accuracy, ...)
@@ -98,8 +101,8 @@ def _body(lb: LeaderboardTable, eps_col: bool) -> list[str]:
     for info in lb.defenses:
         row = [_row_label(info), *([guarantee_text(info, latex=True)] if eps_col else [])]
         for c in lb.columns:
-            text = cell_text(
-                c, cells[(info.defense, c.key)], decimals[c.key], pm="PLUSMINUS", na_mark="NAMARK"
+            text = display_text(
+                lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key], pm="PLUSMINUS", na_mark="NAMARK"
             )
             text = latex_escape(text).replace("PLUSMINUS", r"$\pm$").replace("NAMARK", NA_MARK_TEX)
             text = text.replace(NOT_RUN, "--")
@@ -115,6 +118,15 @@ def _caption(lb: LeaderboardTable) -> str:
         r"$\uparrow$/$\downarrow$: higher/lower is better for the defender. "
         r"``failed'': every seed of the pair failed."
     )
+    levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
+    if levels:
+        caption += " [access]: what the attack sees of the defended target (" + latex_escape(
+            "; ".join(ACCESS_HELP.get(a, a) for a in levels)) + ")."
+    if any(c.is_worst_case for c in lb.columns):
+        caption += (
+            " Worst case: per seed, the highest attack accuracy any attack reached against the defense, "
+            "then mean $\\pm$ std over seeds, with the attack that reached it on most seeds."
+        )
     if lb.missing:
         caption += f" {NA_MARK_TEX}~not computed in an otherwise successful run."
     if any(i.near_chance for i in lb.defenses):

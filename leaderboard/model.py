@@ -21,6 +21,18 @@ TARGET_COLUMN = ""
 NEAR_CHANCE_FACTOR = 2.0
 """A test accuracy at most this many times chance level (``1 / num_classes``) is flagged."""
 
+WORST_CASE = "worst_case"
+"""Column key of the worst-case column (the highest attack accuracy any attack reached, per seed)."""
+
+WORST_CASE_ATTACK = "*"
+"""Value of ``attack`` in :attr:`LeaderboardTable.data` for the worst-case column."""
+
+WORST_CASE_METRIC = "attack_acc@1"
+"""The metric the worst-case column takes the maximum of (lower is better for the defender)."""
+
+DEFAULT_ACCESS = "white-box"
+"""Access level of records that do not say (written before attacks declared one)."""
+
 DATA_COLUMNS = (
     "defense",
     "defense_label",
@@ -40,6 +52,7 @@ DATA_COLUMNS = (
     "delta",
     "values",
     "seeds",
+    "queries_per_identity",
 )
 
 
@@ -55,6 +68,8 @@ class Column:
         direction: ``"higher"`` or ``"lower"`` (better for the defender), or ``None`` if unknown.
         placeholder: ``True`` for the stand-in column of an attack whose records carry no metric at
             all (every pair failed); it only carries failure counts.
+        access: the attack's access level (``"white-box"``, ``"black-box"`` or ``"label-only"``);
+            ``None`` for the test-accuracy and worst-case columns.
     """
 
     attack: str
@@ -63,16 +78,29 @@ class Column:
     metric: str
     direction: str | None
     placeholder: bool = False
+    access: str | None = None
 
     @property
     def key(self) -> str:
-        """Column key: ``"test_accuracy"`` or ``"<attack>/<metric>"``."""
-        return self.metric if self.attack == TARGET_COLUMN else f"{self.attack}/{self.metric}"
+        """Column key: ``"test_accuracy"``, ``"worst_case"`` or ``"<attack>/<metric>"``."""
+        if self.attack == TARGET_COLUMN:
+            return self.metric
+        return WORST_CASE if self.attack == WORST_CASE_ATTACK else f"{self.attack}/{self.metric}"
 
     @property
     def is_target(self) -> bool:
         """Whether this is the test-accuracy column."""
         return self.attack == TARGET_COLUMN
+
+    @property
+    def is_worst_case(self) -> bool:
+        """Whether this is the worst-case column (the maximum over attacks)."""
+        return self.attack == WORST_CASE_ATTACK
+
+    @property
+    def is_attack(self) -> bool:
+        """Whether this column belongs to one attack (neither the test accuracy nor the worst case)."""
+        return not (self.is_target or self.is_worst_case)
 
     @property
     def is_accuracy(self) -> bool:
@@ -132,6 +160,40 @@ class Failure:
     path: str | None = None
 
 
+@dataclass(frozen=True)
+class WorstCase:
+    """A defense's worst case: per seed, the highest ``attack_acc@1`` any attack reached against it.
+
+    Only ``ok`` records with a finite value count; an attack that failed (or has no record, or no
+    value) on a seed is left out of that seed's maximum, which then covers fewer attacks.
+
+    Attributes:
+        n_attacks: number of attacks of the table.
+        seeds: the seeds with a value (at least one attack covered), ascending.
+        values: the maximum of each of those seeds.
+        attacks: the attack id that reached each seed's maximum (the first in attack order on ties).
+        covered: ``(seed, number of attacks with a value)`` for every seed of the defense.
+        failed: seeds without any value where some record failed.
+        missing: seeds without any value where every record was ok but lacked the value.
+        attack: the attack named in the cell: the one that is the maximum on most seeds, ties by
+            the higher mean (over seeds) of its own value, then attack order; ``None`` without values.
+    """
+
+    n_attacks: int
+    seeds: tuple[int, ...]
+    values: tuple[float, ...]
+    attacks: tuple[str, ...]
+    covered: tuple[tuple[int, int], ...]
+    failed: tuple[int, ...] = ()
+    missing: tuple[int, ...] = ()
+    attack: str | None = None
+
+    @property
+    def partial(self) -> dict[int, int]:
+        """Seeds with a value that cover only some attacks: seed -> attacks covered."""
+        return {s: k for s, k in self.covered if 0 < k < self.n_attacks}
+
+
 @dataclass
 class LeaderboardTable:
     """Aggregated results of one or more runs of a suite (numbers and labels, no rendering).
@@ -141,11 +203,16 @@ class LeaderboardTable:
     Attributes:
         suite: suite name(s), joined with ``" + "`` when the records come from several suites.
         baseline: id of the baseline defense, or ``None`` when there is none among the rows.
-        defenses: the rows, in ``defense_index`` order.
-        columns: the value columns, test accuracy first, then the attack metrics.
+        defenses: the rows, in ``defense_index`` order (the Markdown table and the HTML page show them
+            in :func:`~inversion_bench.leaderboard.worst_case.ranked` order).
+        columns: the value columns, test accuracy first, then the worst case (when some attack has an
+            ``attack_acc@1``), then the attack metrics.
         data: long table, one row per (defense, column) with the columns of :data:`DATA_COLUMNS`
             (means/stds are raw numbers: accuracies are fractions; ``std`` is NaN with fewer than two
-            values; ``delta`` is NaN for the baseline row and where either mean is missing).
+            values; ``delta`` is NaN for the baseline row and where either mean is missing;
+            ``queries_per_identity`` is the mean over the ok records that counted queries, NaN
+            otherwise and for the test-accuracy and worst-case columns).
+        worst_case: the :class:`WorstCase` of every defense (empty without a worst-case column).
         failures: the failed pairs, in defense/attack/seed order.
         missing: (defense, column key, seed) of values that were ``None``/non-finite in ok records.
         notes: further remarks (superseded duplicate records, inconsistent records).
@@ -162,6 +229,7 @@ class LeaderboardTable:
     missing: list[tuple[str, str, int]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
+    worst_case: dict[str, WorstCase] = field(default_factory=dict)
 
     @property
     def baseline_label(self) -> str | None:
@@ -176,7 +244,7 @@ class LeaderboardTable:
 
         Args:
             defense: defense id.
-            column: column key (``"test_accuracy"`` or ``"<attack>/<metric>"``).
+            column: column key (``"test_accuracy"``, ``"worst_case"`` or ``"<attack>/<metric>"``).
 
         Returns:
             The matching row of :attr:`data`.

@@ -12,19 +12,25 @@ import pandas as pd
 from tabulate import tabulate
 
 from inversion_bench.leaderboard.formatting import (
+    ACCESS_HELP,
     ARROWS,
     NA_MARK,
     NEAR_CHANCE,
     NOT_RUN,
+    WORST_CASE_HELP,
+    attack_heading,
     cell_rows,
-    cell_text,
     decimals_by_column,
     delta_text,
+    display_text,
     guarantee_text,
     has_guarantees,
+    seed_attacks,
+    seed_coverage,
     seed_summary,
 )
-from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.worst_case import ranked
 
 Cells = dict[tuple[str, str], pd.Series]
 """The rows of :attr:`LeaderboardTable.data` keyed by (defense id, column key), see ``cell_rows``."""
@@ -35,11 +41,11 @@ Cells = dict[tuple[str, str], pd.Series]
 
 def _header(col: Column, arrows: dict[str, str], pct: str = "%") -> str:
     if col.placeholder:
-        name = col.attack_label
+        name = attack_heading(col)
     elif col.is_target:
         name = "Test acc."
     else:
-        name = f"{col.attack_label}: {col.metric}"
+        name = f"{attack_heading(col)}: {col.metric}"
     if col.is_accuracy and not col.placeholder:
         name += f" ({pct})"
     arrow = arrows.get(col.direction or "", "")
@@ -72,22 +78,22 @@ def _provenance(lb: LeaderboardTable) -> str:
 
 
 def _main_table(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int]) -> str:
-    """The table of means ± stds, with the ε column when a row reports a guarantee."""
+    """The table of means ± stds (rows by worst case), with the ε column when a row reports a guarantee."""
     eps_col = has_guarantees(lb)
     headers = ["Defense", *(["ε (DP)"] if eps_col else []), *(_header(c, ARROWS) for c in lb.columns)]
     align = ["left", *(["right"] * (len(lb.columns) + int(eps_col)))]
     body = []
-    for info in lb.defenses:
+    for info in ranked(lb):
         row = [_row_label(lb, info), *([guarantee_text(info)] if eps_col else [])]
         for c in lb.columns:
-            row.append(cell_text(c, cells[(info.defense, c.key)], decimals[c.key]))
+            row.append(display_text(lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key]))
         body.append(row)
     return tabulate(body, headers=headers, tablefmt="github", colalign=align, disable_numparse=True)
 
 
 def _delta_section(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int]) -> list[str]:
     """The Δ table against the baseline (no lines without a baseline or other rows)."""
-    others = [i for i in lb.defenses if not i.is_baseline]
+    others = [i for i in ranked(lb) if not i.is_baseline]
     if lb.baseline is None or not others:
         return []
     out = [
@@ -121,6 +127,16 @@ def _legend(lb: LeaderboardTable) -> list[str]:
             "cover the remaining seeds only."
         ),
     ]
+    if any(c.is_worst_case for c in lb.columns):
+        out += [
+            f"- {WORST_CASE_HELP} `(k/n attacks on seed s)`: some attacks failed on that seed and the maximum "
+            "covers the others; `(k/n failed)`: every attack failed on k seeds.",
+            "- Rows are sorted by the worst case, lowest (best for the defender) first; rows without one last.",
+        ]
+    levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
+    if levels:
+        out.append("- [access]: what the attack sees of the defended target: "
+                   + "; ".join(ACCESS_HELP.get(a, a) for a in levels) + ".")
     if has_guarantees(lb):
         out.append(
             "- ε (DP): the (ε, δ) differential-privacy guarantee of the target reported by the defense "
@@ -177,7 +193,8 @@ def render_markdown(lb: LeaderboardTable) -> str:
     """Renders the leaderboard as Markdown.
 
     Sections: title with the suite name and provenance, the main table (tabulate, github format),
-    the Δ table against the baseline, a legend, notes/footnotes and the list of failures.
+    the Δ table against the baseline, a legend, notes/footnotes and the list of failures. Both tables
+    list the rows by worst case, lowest first (:func:`~inversion_bench.leaderboard.worst_case.ranked`).
 
     Args:
         lb: the leaderboard.
@@ -214,14 +231,22 @@ def wide_frame(lb: LeaderboardTable) -> pd.DataFrame:
     for info in lb.defenses:
         row: dict[str, Any] = {"defense": info.defense, "defense_label": info.label}
         for c in lb.columns:
+            cell = cells[(info.defense, c.key)]
+            if c.is_attack and f"{c.attack}/access" not in row:
+                row[f"{c.attack}/access"] = c.access
+                row[f"{c.attack}/queries_per_identity"] = cell["queries_per_identity"]
             if c.placeholder:
                 continue
-            cell = cells[(info.defense, c.key)]
             row[f"{c.key}_mean"] = cell["mean"]
             row[f"{c.key}_std"] = cell["std"]
             row[f"{c.key}_n"] = int(cell["n"])
             row[f"{c.key}_delta"] = cell["delta"]
             row[f"{c.key}_failed"] = int(cell["n_failed"])
+            if c.is_worst_case:
+                wc = lb.worst_case.get(info.defense)
+                row[f"{WORST_CASE}_attack"] = wc.attack if wc else None
+                row[f"{WORST_CASE}_attacks"] = seed_attacks(wc)
+                row[f"{WORST_CASE}_covered"] = seed_coverage(wc)
         row["num_classes"] = info.num_classes
         row["near_chance"] = info.near_chance
         row["epsilon"] = info.epsilon

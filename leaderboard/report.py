@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from inversion_bench.leaderboard.build import Leaderboard, build
+from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 
 if TYPE_CHECKING:
@@ -176,14 +177,18 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     return report
 
 
-RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "seed", "status",
-                  "metric", "value", "direction", "error", "code_version", "created")
+RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "access",
+                  "queries_total", "queries_per_identity", "seed", "status", "metric", "value", "direction", "error",
+                  "code_version", "created")
 
 
 def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     """Every record's every metric as one long CSV row (the per-seed numbers behind each cell).
 
-    A failed record without metrics still gets one row (metric empty) carrying its error.
+    A failed record without metrics still gets one row (metric empty) carrying its error. ``access``
+    is the attack's access level (``white-box`` for records without one); ``queries_total`` and
+    ``queries_per_identity`` are the record's query counts (images the black-box or label-only oracle
+    was asked about; forward passes of the target for white-box attacks), empty when not counted.
     """
     import pandas as pd
 
@@ -191,6 +196,9 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     for r in records:
         base = {k: r.get(k) for k in ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label",
                                       "seed", "status", "code_version", "created")}
+        queries = r.get("queries") or {}
+        base.update(access=r.get("access") or DEFAULT_ACCESS, queries_total=queries.get("total"),
+                    queries_per_identity=queries.get("per_identity"))
         base["error"] = (str(r.get("error") or "").splitlines() or [""])[0]
         metrics = r.get("metrics") or {}
         if not metrics:

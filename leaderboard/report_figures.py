@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import inversion_bench.leaderboard.figures as fig
-from inversion_bench.leaderboard.model import TEST_ACCURACY
+from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 from inversion_bench.leaderboard.runs import RunView
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def privacy_utility(board: Any, out: Path) -> dict[str, Any] | None:
     target = data[data["metric"] == TEST_ACCURACY].set_index("defense")
     points = []
     labels = {i.defense: i.label for i in board.defenses}
-    for _, row in data[data["metric"] == ACC1].iterrows():
+    for _, row in data[(data["metric"] == ACC1) & (data["column"] != WORST_CASE)].iterrows():
         if row["n"] == 0 or row["defense"] not in target.index:
             continue
         t = target.loc[row["defense"]]
@@ -119,14 +119,14 @@ def privacy_utility(board: Any, out: Path) -> dict[str, Any] | None:
 
 
 def _choose_attack(board: Any, grid_attack: str | None) -> str:
-    attacks = [c.attack for c in board.columns if c.metric == ACC1]
+    attacks = [c.attack for c in board.columns if c.metric == ACC1 and c.is_attack]
     if grid_attack is not None:
         if grid_attack not in attacks:
             raise ValueError(f"--grid-attack {grid_attack!r}: no attack accuracy recorded; attacks: {attacks}")
         return grid_attack
     if not attacks:
         raise ValueError("no attack has an attack accuracy")
-    data = board.data[board.data["metric"] == ACC1]
+    data = board.data[(board.data["metric"] == ACC1) & (board.data["column"] != WORST_CASE)]
     ref = data[data["defense"] == board.baseline] if board.baseline else data
     means = ref.groupby("attack")["mean"].mean().dropna()
     return str(means.idxmax()) if not means.empty else attacks[-1]
@@ -206,7 +206,7 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
 def gradient_stability(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Path
                        ) -> dict[str, Any] | None:
     panels = []
-    for col in (c for c in board.columns if c.metric == ACC1):
+    for col in (c for c in board.columns if c.metric == ACC1 and c.is_attack):
         lines = []
         for info in board.defenses:
             series = []

@@ -114,6 +114,23 @@ def md_tables(md: str) -> list[list[dict[str, str]]]:
     return out
 
 
+def md_row(table: list[dict[str, str]], label: str) -> dict[str, str]:
+    """The row of a Markdown table whose Defense cell starts with ``label`` (rows are sorted by worst case)."""
+    (row,) = [r for r in table if r["Defense"] == label or r["Defense"].startswith(label + " ")]
+    return row
+
+
+def hand_worst_means(records: list[dict[str, Any]]) -> dict[str, float]:
+    """defense -> mean over seeds of the highest attack_acc@1 of any ok attack on that seed."""
+    per_seed: dict[tuple[str, int], float] = {}
+    for r in records:
+        if r["status"] == "ok":
+            key = (r["defense"], r["seed"])
+            per_seed[key] = max(per_seed.get(key, -1.0), r["metrics"]["attack_acc@1"])
+    return {d: float(np.mean([v for (dd, _), v in per_seed.items() if dd == d])) for d in dict.fromkeys(
+        d for d, _ in per_seed)}
+
+
 @pytest.fixture()
 def records() -> list[dict[str, Any]]:
     return synthetic_records()
@@ -142,9 +159,10 @@ def test_cell_mean_std_match_numpy(lb: Leaderboard, records: list[dict[str, Any]
     vals = values(records, "none", "gmi", "attack_acc@1")
     expected = f"{np.mean(vals) * 100:.1f} ± {np.std(vals, ddof=1) * 100:.1f}"
     main = md_tables(lb.to_markdown())[0]
-    assert main[0]["GMI: attack_acc@1 (%) ↓"] == expected
+    assert md_row(main, "No defense")["GMI [white-box]: attack_acc@1 (%) ↓"] == expected
     kd = values(records, "none", "plg_mi", "knn_distance")
-    assert main[0]["PLG-MI: knn_distance ↑"] == f"{np.mean(kd):.1f} ± {np.std(kd, ddof=1):.1f}"
+    assert md_row(main, "No defense")["PLG-MI [white-box]: knn_distance ↑"] == (
+        f"{np.mean(kd):.1f} ± {np.std(kd, ddof=1):.1f}")
 
 
 def test_delta_is_difference_of_means(lb: Leaderboard, records: list[dict[str, Any]]) -> None:
@@ -161,36 +179,44 @@ def test_delta_is_difference_of_means(lb: Leaderboard, records: list[dict[str, A
     md = lb.to_markdown()
     assert "## Δ vs No defense" in md
     delta = md_tables(md)[1]
-    assert [r["Defense"].split(" ⚠")[0] for r in delta] == ["MID reg", "Broken_100%"]
+    worst = hand_worst_means(records)  # the Δ table follows the main table's order (by worst case)
+    assert [r["Defense"].split(" ⚠")[0] for r in delta] == [
+        {"mid_reg": "MID reg", "broken": "Broken_100%"}[d] for d in sorted(("mid_reg", "broken"), key=worst.get)]
     d = np.mean(values(records, "broken", "plg_mi", "attack_acc@1")) - np.mean(
         values(records, "none", "plg_mi", "attack_acc@1")
     )
-    assert delta[1]["PLG-MI: attack_acc@1 (pp) ↓"] == f"{d * 100:+.1f}"
+    assert md_row(delta, "Broken_100%")["PLG-MI [white-box]: attack_acc@1 (pp) ↓"] == f"{d * 100:+.1f}"
 
 
 def test_arrows_follow_directions(lb: Leaderboard) -> None:
     headers = list(md_tables(lb.to_markdown())[0][0].keys())
     assert headers[1] == "Test acc. (%) ↑"
-    for a_label in ("GMI", "PLG-MI"):
+    assert headers[2] == "Worst case: attack_acc@1 (%) ↓"
+    for a_label in ("GMI [white-box]", "PLG-MI [white-box]"):
         assert f"{a_label}: attack_acc@1 (%) ↓" in headers
         assert f"{a_label}: attack_acc@5 (%) ↓" in headers
         assert f"{a_label}: knn_distance ↑" in headers
         assert f"{a_label}: fid ↑" in headers
     # fixed metric order: acc@1, acc@5, then the rest sorted; attacks by attack_index
-    assert headers[2:6] == [
-        "GMI: attack_acc@1 (%) ↓",
-        "GMI: attack_acc@5 (%) ↓",
-        "GMI: fid ↑",
-        "GMI: knn_distance ↑",
+    assert headers[3:7] == [
+        "GMI [white-box]: attack_acc@1 (%) ↓",
+        "GMI [white-box]: attack_acc@5 (%) ↓",
+        "GMI [white-box]: fid ↑",
+        "GMI [white-box]: knn_distance ↑",
     ]
-    assert headers[6].startswith("PLG-MI")
+    assert headers[7].startswith("PLG-MI")
     assert "↑ higher is better for the defender" in lb.to_markdown()
 
 
-def test_rows_follow_defense_index(lb: Leaderboard) -> None:
+def test_rows_follow_defense_index(lb: Leaderboard, records: list[dict[str, Any]]) -> None:
+    """The table model, the CSV and the LaTeX keep defense_index order; Markdown sorts by worst case."""
     assert [d.defense for d in lb.defenses] == ["none", "mid_reg", "broken"]
     main = md_tables(lb.to_markdown())[0]
-    assert [r["Defense"] for r in main] == ["No defense (baseline)", "MID reg", "Broken_100% ⚠ near chance"]
+    labels = {"none": "No defense (baseline)", "mid_reg": "MID reg", "broken": "Broken_100% ⚠ near chance"}
+    worst = hand_worst_means(records)
+    assert [r["Defense"] for r in main] == [labels[d] for d in sorted(labels, key=worst.get)]
+    tex = lb.to_latex()
+    assert tex.index("No defense (baseline) &") < tex.index("MID reg &") < tex.index(r"Broken\_100\%")
     assert list(lb.wide()["defense"]) == ["none", "mid_reg", "broken"]
     assert list(dict.fromkeys(lb.data["defense"])) == ["none", "mid_reg", "broken"]
 
@@ -201,7 +227,7 @@ def test_failed_pair_shown_and_listed(lb: Leaderboard, records: list[dict[str, A
     md = lb.to_markdown()
     main = md_tables(md)[0]
     vals = values(records, "mid_reg", "gmi", "attack_acc@1")
-    assert main[1]["GMI: attack_acc@1 (%) ↓"] == (
+    assert md_row(main, "MID reg")["GMI [white-box]: attack_acc@1 (%) ↓"] == (
         f"{np.mean(vals) * 100:.1f} ± {np.std(vals, ddof=1) * 100:.1f} (1/3 failed)"
     )
     tail = md[md.index("## Failures") :]
@@ -215,8 +241,9 @@ def test_failed_pair_shown_and_listed(lb: Leaderboard, records: list[dict[str, A
     for s in SEEDS:
         recs.append(make_record(DEFENSES[1], ATTACKS[0], s, None, status="failed", error="boom"))
     main = md_tables(build(recs).to_markdown())[0]
-    assert all(main[1][h] == "failed" for h in main[1] if h.startswith("GMI"))
-    assert main[1]["Test acc. (%) ↑"] == f"{np.mean(TEST_ACC['mid_reg']) * 100:.1f} ± 2.5"
+    row = md_row(main, "MID reg")
+    assert all(row[h] == "failed" for h in row if h.startswith("GMI"))
+    assert row["Test acc. (%) ↑"] == f"{np.mean(TEST_ACC['mid_reg']) * 100:.1f} ± 2.5"
 
 
 def test_missing_test_accuracy_is_failed() -> None:
@@ -252,7 +279,7 @@ def test_none_metric_is_na_not_zero() -> None:
                 r["metrics"]["knn_distance"] = float("nan")  # one seed: left out of the mean
     lb = build(recs)
     main = md_tables(lb.to_markdown())[0]
-    assert main[0]["PLG-MI: fid ↑"] == "n/a†"
+    assert md_row(main, "No defense")["PLG-MI [white-box]: fid ↑"] == "n/a†"
     kd = [
         r["metrics"]["knn_distance"]
         for r in sorted(recs, key=lambda r: r["seed"])
@@ -261,7 +288,7 @@ def test_none_metric_is_na_not_zero() -> None:
     cell = lb.cell("none", "plg_mi/knn_distance")
     assert cell["n"] == 2 and cell["n_missing"] == 1
     assert cell["mean"] == pytest.approx(np.mean(kd))
-    assert main[0]["PLG-MI: knn_distance ↑"].endswith("(1/3 n/a†)")
+    assert md_row(main, "No defense")["PLG-MI [white-box]: knn_distance ↑"].endswith("(1/3 n/a†)")
     md = lb.to_markdown()
     assert "† n/a" in md and "No defense × PLG-MI: fid, seeds 0, 1, 2" in md
     assert math.isnan(lb.cell("none", "plg_mi/fid")["mean"])
@@ -272,8 +299,8 @@ def test_single_seed_shows_mean_only() -> None:
     recs = [r for r in synthetic_records() if r["seed"] == 0]
     lb = build(recs)
     main = md_tables(lb.to_markdown())[0]
-    assert "±" not in main[0]["Test acc. (%) ↑"]
-    assert main[0]["Test acc. (%) ↑"] == "90.0"
+    assert "±" not in md_row(main, "No defense")["Test acc. (%) ↑"]
+    assert md_row(main, "No defense")["Test acc. (%) ↑"] == "90.0"
     assert lb.cell("none", "test_accuracy")["n"] == 1
 
 
@@ -313,7 +340,7 @@ def test_csv_round_trip(lb: Leaderboard, records: list[dict[str, Any]], tmp_path
 
 def test_latex(lb: Leaderboard) -> None:
     tex = lb.to_latex()
-    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{4}{c}{GMI}", r"$\pm$"):
+    for token in (r"\toprule", r"\midrule", r"\bottomrule", r"\multicolumn{4}{c}{GMI [white-box]}", r"$\pm$"):
         assert token in tex
     assert r"attack\_acc@1 (\%) $\downarrow$" in tex
     assert r"knn\_distance $\uparrow$" in tex
@@ -333,8 +360,8 @@ def test_write_creates_files(lb: Leaderboard, tmp_path: Path) -> None:
 
 
 def test_data_frame_layout(lb: Leaderboard) -> None:
-    # one row per (defense, column): 3 defenses x (1 + 2 attacks x 4 metrics)
-    assert len(lb.data) == 3 * 9
+    # one row per (defense, column): 3 defenses x (test accuracy + worst case + 2 attacks x 4 metrics)
+    assert len(lb.data) == 3 * 10
     assert {"defense", "column", "mean", "std", "n", "n_failed", "delta"} <= set(lb.data.columns)
 
 

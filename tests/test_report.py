@@ -113,8 +113,17 @@ def test_every_format_agrees_with_records(run_dir: Path) -> None:
     for r in records:  # each seed's own number is in the cell's tooltip (accuracies in %)
         v = r["metrics"]["attack_acc@1"]
         assert f"seed {r['seed']}: {100 * v:.1f}" in parser.titles[(r["defense"], "mif/attack_acc@1")]
+        # one attack: the worst case of each seed is its number, reached by MI-Face
+        assert f"seed {r['seed']}: {100 * v:.1f} by " in parser.titles[(r["defense"], "worst_case")]
+    for d in {r["defense"] for r in records}:
+        assert html_cells[(d, "worst_case")] == pytest.approx(expected[(d, "mif/attack_acc@1")][0], rel=1e-12)
+        assert csv.loc[d, "worst_case_mean"] == pytest.approx(expected[(d, "mif/attack_acc@1")][0], rel=1e-12)
+    # the page starts sorted by the worst case, lowest first
+    order = [d for d, _ in parser.rows]
+    assert order == sorted(order, key=lambda d: html_cells[(d, "worst_case")])
 
     long = pd.read_csv(out / "records.csv")
+    assert set(long["access"]) == {"white-box"} and {"queries_total", "queries_per_identity"} <= set(long.columns)
     for (d, col), (mean, _) in expected.items():
         metric = col.split("/")[-1]
         sel = long[(long["defense"] == d) & (long["metric"] == metric)]
@@ -242,6 +251,9 @@ def test_html_sorts_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
                     driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")]
 
         assert len(set(column())) == 3  # distinct values: the order is determined
+        worst = [float(c.get_attribute("data-value")) for c in
+                 driver.find_elements(By.CSS_SELECTOR, '#leaderboard tbody td[data-key="worst_case"]')]
+        assert worst == sorted(worst)  # the initial order: by worst case, lowest first
         before = defenses()
         header.click()
         assert column() == sorted(column(), reverse=True)
