@@ -2,7 +2,8 @@
 
 Attack accuracy (Zhang et al., CVPR 2020; Struppek et al., ICML 2022): the fraction of
 reconstructions that a separate evaluation model, trained on the same private data, assigns to the
-attacked identity (top-1 and top-5). A separate model is essential: attacks overfit the target
+attacked identity (top-1 and top-5); an attacked identity the attack returned no image for counts
+as a miss. A separate model is essential: attacks overfit the target
 (finding 3: pixel-space attacks reach 100 % target confidence and ~12 % evaluation accuracy).
 """
 
@@ -26,6 +27,20 @@ def per_identity_mean(values: Tensor, labels: Tensor) -> dict[int, float]:
     return {int(c): float(values[labels == c].float().mean()) for c in labels.unique()}
 
 
+def accuracy_over_attacked(hits: Tensor, labels: Tensor, attacked: int) -> float:
+    """The share of hits, counting an attacked identity without any image as a miss.
+
+    When every attacked identity has images this is the plain mean over images. When an attack
+    returns nothing for some identities (e.g. BREP-MI's initial search never hit them), it is the
+    mean over attacked identities of each identity's accuracy, 0 for the missing ones, so an attack
+    cannot raise its accuracy by leaving identities out.
+    """
+    present = int(labels.unique().numel())
+    if attacked <= present:
+        return float(hits.float().mean())
+    return sum(per_identity_mean(hits, labels).values()) / attacked
+
+
 @torch.no_grad()
 def evaluation_logits(ctx: MetricContext, images: Tensor) -> Tensor:
     ctx.evaluation_model.eval()
@@ -45,12 +60,17 @@ class AttackAccuracy(Metric):
             raise MetricUnavailableError("attack accuracy: the attack returned no images")
         logits = evaluation_logits(ctx, rec.images)
         hits1, hits5 = topk_hits(logits, rec.labels, 1), topk_hits(logits, rec.labels, 5)
+        present = int(rec.labels.unique().numel())
+        attacked = max(int(rec.info.get("identities", present)), present)
         ctx.details["attack_accuracy"] = {
             "n": int(rec.images.shape[0]),
             "per_identity_acc@1": per_identity_mean(hits1, rec.labels),
             "per_identity_acc@5": per_identity_mean(hits5, rec.labels),
+            "identities_attacked": attacked,
+            "identities_without_images": attacked - present,
         }
-        return {"attack_acc@1": float(hits1.float().mean()), "attack_acc@5": float(hits5.float().mean())}
+        return {"attack_acc@1": accuracy_over_attacked(hits1, rec.labels, attacked),
+                "attack_acc@5": accuracy_over_attacked(hits5, rec.labels, attacked)}
 
 
 @metrics.register("test_accuracy")

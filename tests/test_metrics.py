@@ -502,3 +502,15 @@ def test_weights_found_in_hub_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert fid.required_weights() == {}
     assert fid.missing({}) == []
     assert fid.plugin.locate({}) == hub / FID_INCEPTION_FILE
+
+
+def test_attack_accuracy_counts_identities_without_images_as_misses():
+    from inversion_bench.metrics.accuracy import accuracy_over_attacked
+
+    hits = torch.tensor([True, True, False, True, False, False])
+    labels = torch.tensor([0, 0, 0, 2, 2, 2])  # identity 1 was attacked but has no image
+    assert accuracy_over_attacked(hits, labels, attacked=2) == pytest.approx(3 / 6)
+    # per identity: 2/3 and 1/3 present, 0 for the missing one -> (2/3 + 1/3 + 0) / 3
+    assert accuracy_over_attacked(hits, labels, attacked=3) == pytest.approx(1 / 3)
+    # every identity present: the plain mean over images (as before)
+    assert accuracy_over_attacked(hits, labels, attacked=1) == pytest.approx(3 / 6)
