@@ -17,6 +17,13 @@ times the gradient of its own loss. Here the per-latent losses are summed and di
 The reference's critic is a WGAN-GP discriminator (prior loss ``-D``); for the DCGAN prior of this
 suite (non-saturating loss) ``prior_loss: softplus`` uses ``softplus(-D) = -log sigmoid(D)``.
 
+LOMMA (Nguyen et al., CVPR 2023, "Re-thinking Model Inversion Attacks Against Deep Neural Networks";
+reference github.com/sutd-visual-computing-group/Re-thinking_MI at ed4b6b8, ``attack.py: inversion``)
+plugs into GMI as in the paper: ``loss: logit`` with ``p_reg_weight: 1.0`` replaces L_id by
+``-z_y + lambda * mean_d (phi_d - p_reg_d)^2`` and ``augment_models: 3`` averages it over the target
+and three surrogates distilled from it on the public data (:mod:`inversion_bench.attacks.common.lomma`);
+``info["augment_seconds"]`` is the distillation time, not part of ``optimize_s``/``total_s``.
+
 All restarts of all identities are optimised together in batches. Reconstructions are the
 generator's images (its resolution; the target resizes its inputs itself), ``samples_per_target``
 per identity (the best restarts by the target's softmax confidence), on the CPU in [0, 1].
@@ -34,19 +41,20 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss, target_confidence
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
 from inversion_bench.attacks.common.selection import select_per_identity
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
-from inversion_bench.registry import PluginParams, attacks
+from inversion_bench.registry import attacks
 
 log = logging.getLogger(__name__)
 
 
-class GMIParams(PluginParams):
-    """Parameters of :class:`GenerativeModelInversion` (defaults: the GMI reference code)."""
+class GMIParams(LommaParams):
+    """Parameters of :class:`GenerativeModelInversion` (defaults: the GMI reference code; LOMMA's off)."""
 
     num_steps: int = Field(1500, ge=0, description="iterations per restart")
     lr: float = Field(0.02, gt=0, description="learning rate of the momentum update")
@@ -55,7 +63,7 @@ class GMIParams(PluginParams):
     prior_weight: float = Field(1.0, ge=0, description="weight of the discriminator's prior loss")
     prior_loss: Literal["logit", "softplus"] = Field(
         "logit", description="logit: -D(x) (the reference's WGAN critic); softplus: softplus(-D(x))")
-    loss: IdentityLossName = Field("cross_entropy", description="identity loss (GMI: cross_entropy)")
+    loss: IdentityLossName = Field("cross_entropy", description="identity loss (GMI: cross_entropy; LOMMA: logit)")
     clip_range: float | None = Field(1.0, gt=0, description="clamp z to [-clip, clip] after each step")
     num_restarts: int = Field(5, ge=1, description="random starts per identity")
     samples_per_target: int = Field(1, ge=1, description="best restarts kept per identity")
@@ -72,13 +80,17 @@ class GMIParams(PluginParams):
 
 
 class GMIObjective:
-    """Per-latent GMI loss: prior_weight * L_prior + identity_weight * L_id."""
+    """Per-latent GMI loss: prior_weight * L_prior + identity_weight * L_id.
 
-    def __init__(self, prior: Generator, target: nn.Module, params: GMIParams) -> None:
+    ``identity`` computes L_id (default: ``params.loss`` on the target; LOMMA's from ``lomma_identity``).
+    """
+
+    def __init__(self, prior: Generator, target: nn.Module, params: GMIParams,
+                 identity: IdentityTerm | None = None) -> None:
         self.prior = prior
         self.target = target
         self.p = params
-        self.loss_fn = identity_loss(params.loss)
+        self.identity = identity or IdentityTerm(target, identity_loss(params.loss))
         self.identity_map = type(prior).map is Generator.map
 
     def images(self, z: Tensor) -> Tensor:
@@ -89,8 +101,8 @@ class GMIObjective:
         images = self.images(z)
         d = self.prior.discriminator_logits(images).float()
         prior_loss = -d if p.prior_loss == "logit" else F.softplus(-d)
-        logits = self.target(images)
-        return p.prior_weight * prior_loss + p.identity_weight * self.loss_fn(logits, y), logits
+        id_loss, logits = self.identity(images, y)
+        return p.prior_weight * prior_loss + p.identity_weight * id_loss, logits
 
 
 @attacks.register("gmi")
@@ -112,12 +124,13 @@ class GenerativeModelInversion(Attack):
         device = ctx.device
         identities, bs, g = attack_setup(target, prior, identities, p.batch_size, ctx)
         k, r = identities.numel(), p.num_restarts
-        objective = GMIObjective(prior, target, p)
         labels = identities.repeat_interleave(r)  # identity-major: restarts of an identity together
         z0 = prior.sample_z(k * r, g)
-        t_all = time.perf_counter()
         trace = StepTrace(p.num_steps, device)
         with frozen(target, prior):
+            identity, lomma_info = lomma_identity(target, p, ctx)  # LOMMA's surrogates and p_reg, if asked
+            objective = GMIObjective(prior, target, p, identity)
+            t_all = time.perf_counter()
             z = z0
             if p.num_steps > 0:
                 z = optimize_latents(
@@ -154,6 +167,7 @@ class GenerativeModelInversion(Attack):
             "optimize_s": round(t_opt, 3),
             "selection_s": round(t_sel, 3),
             "total_s": round(total, 3),
+            **lomma_info,
         }
         rec = Reconstruction(images=images.clamp(0, 1), labels=labels[keep].clone(),
                              latents=z[keep].clone(), trace=trace.as_dict(), info=info)

@@ -11,7 +11,13 @@ Smooth For"). Three stages, all batched over identities:
    (lr 0.005, betas (0.1, 0.1)) on the identity loss of the target's logits for randomly
    augmented views (fixed centre crop and resize, then a random resized crop with scale 0.9-1.0
    and aspect ratio 1). The Poincaré loss is PPA's default; cross-entropy and LOMMA's logit loss
-   are the alternatives compared in the ICLR 2024 appendix.
+   are the alternatives compared in the ICLR 2024 appendix. LOMMA (Nguyen et al., CVPR 2023;
+   reference github.com/sutd-visual-computing-group/Re-thinking_MI at ed4b6b8) plugs in here as in
+   the paper: ``loss: logit, p_reg_weight: 1.0`` adds its p_reg feature regulariser and
+   ``augment_models: 3`` averages the identity loss over the target and three surrogates distilled
+   from it on the public data (:mod:`inversion_bench.attacks.common.lomma`); the candidate search
+   and the final selection still use the target alone. ``info["augment_seconds"]`` is the
+   distillation time, apart from ``search_s``/``optimize_s``/``selection_s``/``total_s``.
 3. Final selection (:mod:`inversion_bench.attacks.common.selection`): each result's mean target confidence over
    ``iterations`` random transforms (crop scale 0.5-0.9, ratio 0.8-1.2, flip); the
    ``samples_per_target`` best of each identity are returned.
@@ -42,6 +48,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from inversion_bench import augment
+from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
 from inversion_bench.attacks.common.search import search_candidates
@@ -50,13 +57,13 @@ from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
-from inversion_bench.registry import PluginParams, attacks
+from inversion_bench.registry import attacks
 
 log = logging.getLogger(__name__)
 
 
-class PPAParams(PluginParams):
-    """Parameters of :class:`PlugAndPlayAttack` (defaults: the PPA reference configs)."""
+class PPAParams(LommaParams):
+    """Parameters of :class:`PlugAndPlayAttack` (defaults: the PPA reference configs; LOMMA's off)."""
 
     search_space_size: int = Field(5000, ge=1, description="latents sampled in the candidate search")
     num_candidates: int = Field(200, ge=1, description="optimised latents per identity")
@@ -67,7 +74,7 @@ class PPAParams(PluginParams):
     lr_milestones: list[int] = Field([], description="MultiStepLR milestones in steps (reference local "
                                      "config: [30, 40] with 50 steps)")
     lr_gamma: float = Field(0.1, gt=0, le=1, description="MultiStepLR factor")
-    loss: IdentityLossName = Field("poincare", description="identity loss: poincare, cross_entropy or logit")
+    loss: IdentityLossName = Field("poincare", description="identity loss: poincare, cross_entropy or logit (LOMMA)")
     discriminator_weight: float = Field(0.0, ge=0, description="weight of softplus(-D(x)) (reference: 0)")
     center_crop: int | None = Field(None, ge=1, description="centre crop of the generator output in "
                                     "pixels (FFHQ 1024 px: 800)")
@@ -97,23 +104,26 @@ class PPAParams(PluginParams):
 
 
 class PPAObjective:
-    """Per-latent PPA loss of a batch: identity loss of augmented views (+ optional D loss)."""
+    """Per-latent PPA loss of a batch: identity loss of augmented views (+ optional D loss).
+
+    ``identity`` computes the identity loss (default: ``params.loss`` on the target; LOMMA's from
+    ``lomma_identity``).
+    """
 
     def __init__(self, prior: Generator, target: nn.Module, view: FixedView, params: PPAParams,
-                 generator: torch.Generator) -> None:
+                 generator: torch.Generator, identity: IdentityTerm | None = None) -> None:
         self.prior = prior
         self.target = target
         self.view = view
         self.p = params
         self.g = generator
-        self.loss_fn = identity_loss(params.loss)
+        self.identity = identity or IdentityTerm(target, identity_loss(params.loss))
 
     def __call__(self, w: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         p = self.p
         images = self.prior.synthesize(w)
         x = augment.random_resized_crop(self.view(images), self.g, scale=p.crop_scale, ratio=p.crop_ratio)
-        logits = self.target(x)
-        loss = self.loss_fn(logits, y)
+        loss, logits = self.identity(x, y)
         if p.discriminator_weight > 0:
             d_logits = self.prior.discriminator_logits(images).float()
             loss = loss + p.discriminator_weight * F.softplus(-d_logits)
@@ -141,9 +151,9 @@ class PlugAndPlayAttack(Attack):
         device = ctx.device
         identities, bs, g = attack_setup(target, prior, identities, p.batch_size, ctx)
         timings: dict[str, float] = {}
-        t_all = time.perf_counter()
         with frozen(target, prior):
-            t0 = time.perf_counter()
+            identity, lomma_info = lomma_identity(target, p, ctx)  # LOMMA's surrogates and p_reg, if asked
+            t_all = t0 = time.perf_counter()
             latents, labels, search_conf = search_candidates(
                 prior, target, identities, search_space_size=p.search_space_size,
                 num_candidates=p.num_candidates, view=view, batch_size=bs, generator=g, device=device,
@@ -153,7 +163,7 @@ class PlugAndPlayAttack(Attack):
             trace = StepTrace(p.num_steps, device)
             t0 = time.perf_counter()
             if p.num_steps > 0:
-                objective = PPAObjective(prior, target, view, p, g)
+                objective = PPAObjective(prior, target, view, p, g, identity)
                 latents = optimize_latents(
                     latents, labels, objective=objective, make_optimizer=self.make_optimizer,
                     num_steps=p.num_steps, batch_size=bs, device=device, trace=trace,
@@ -190,6 +200,7 @@ class PlugAndPlayAttack(Attack):
             "selection_confidence": float(scores[keep].mean()) if keep.numel() else 0.0,
             "image_size": int(images.shape[-1]),
             **{k: round(v, 3) for k, v in timings.items()},
+            **lomma_info,
         }
         rec = Reconstruction(images=images.clamp(0, 1), labels=kept_labels.clone(), latents=kept_w.clone(),
                              trace=trace.as_dict(), info=info)

@@ -9,9 +9,10 @@ them, which gives every latent the gradient of its own loss whatever the batch c
 * :func:`cross_entropy_loss`: the identity loss of GMI (Zhang et al., CVPR 2020).
 * :func:`logit_loss`: LOMMA's logit maximisation (Nguyen et al., CVPR 2023, "Re-thinking Model
   Inversion Attacks Against Deep Neural Networks", Eq. 4 without its feature regulariser): the
-  negative logit of the attacked class, ``-z_y``. LOMMA adds ``lambda * ||phi(x) - p_reg||^2`` with
-  ``p_reg`` estimated from public images passed through the target; attacks here see only the prior,
-  so that optional term is left out (as in the Struppek et al. ICLR 2024 loss comparison).
+  negative logit of the attacked class, ``-z_y`` (as in the Struppek et al. ICLR 2024 loss
+  comparison). LOMMA's feature regulariser ``lambda * mean_d (phi_d(x) - p_reg_d)^2``, with ``p_reg``
+  estimated from public images passed through the target, and its model augmentation are in
+  :mod:`inversion_bench.attacks.common.lomma` (attack parameters ``p_reg_weight``, ``augment_models``).
 """
 
 from __future__ import annotations
