@@ -182,3 +182,15 @@ def test_an_attack_must_declare_a_known_access_level():
 
     with pytest.raises(TypeError, match="access = 'grey-box': must be 'white-box', 'black-box' or 'label-only'"):
         type("Grey", (Attack,), {"access": "grey-box", "run": lambda *a: None})
+
+
+@pytest.mark.parametrize("suite", ["threat-models.yaml", "defenses.yaml"])
+def test_threat_model_suites_cover_every_access_level(suite):
+    from inversion_bench.config import load_suite
+    from inversion_bench.registry import REGISTRIES
+
+    loaded = load_suite(Path(__file__).resolve().parents[1] / "suites" / suite)
+    access = {REGISTRIES["attacks"].get(a.name).access for a in loaded.suite.attacks}
+    assert access == {"white-box", "black-box", "label-only"}
+    defenses = {d.name for d in loaded.suite.defenses}
+    assert {"label_smoothing", "top_k_logits", "confidence_rounding"} <= defenses
