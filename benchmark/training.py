@@ -260,7 +260,7 @@ class Trainer:
                 if not torch.isfinite(loss):
                     bar.close()
                     raise DivergedError(f"{self.desc}: training diverged at epoch {epoch + 1}, "
-                                        f"batch {b + 1} (loss {float(loss)})")
+                                        f"batch {b + 1} (loss {float(loss.detach())})")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if step_hook is not None:
