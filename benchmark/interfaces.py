@@ -93,6 +93,10 @@ class PostprocessedClassifier(nn.Module):
         self._post = postprocess
         self.num_classes = classifier.num_classes
         self.input_size = classifier.input_size
+        # a new nn.Module starts in training mode; take the wrapped model's mode instead, so that
+        # code that saves and restores ``training`` (e.g. ``frozen``) never flips the target into
+        # training mode (batch-norm statistics of attack batches, running stats overwritten)
+        self.train(classifier.training)
 
     def features(self, x: Tensor) -> Tensor:
         return self.classifier.features(x)

@@ -48,6 +48,10 @@ def rounded_log_confidences(logits: Tensor, decimals: int, floor: float = 1e-8) 
 class TopKLogits(Defense):
     """Prediction truncation (Salem et al., NDSS 2019): the attacker sees only the k largest logits."""
 
+    # 2: attacks query the target in eval mode (before, a white-box attack using ``frozen`` left the
+    # wrapped target in training mode, so later attacks saw batch statistics)
+    version = "2"
+
     class Params(PluginParams):
         k: int = Field(3, ge=1, description="number of logits kept per image")
 
@@ -58,6 +62,10 @@ class TopKLogits(Defense):
 @defenses.register("confidence_rounding")
 class ConfidenceRounding(Defense):
     """Confidence rounding (Fredrikson et al., CCS 2015): the attacker sees log(rounded softmax scores)."""
+
+    # 2: attacks query the target in eval mode (before, a white-box attack using ``frozen`` left the
+    # wrapped target in training mode, so later attacks saw batch statistics)
+    version = "2"
 
     class Params(PluginParams):
         decimals: int = Field(2, ge=0, le=8, description="decimals the probabilities are rounded to")

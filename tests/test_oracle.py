@@ -194,3 +194,22 @@ def test_threat_model_suites_cover_every_access_level(suite):
     assert access == {"white-box", "black-box", "label-only"}
     defenses = {d.name for d in loaded.suite.defenses}
     assert {"label_smoothing", "top_k_logits", "confidence_rounding"} <= defenses
+
+
+def test_a_defended_target_stays_in_eval_mode_through_frozen():
+    """Regression: the wrapper behind an output defense started in training mode, so ``frozen``
+    (which restores the saved mode recursively) put the target into training mode after the first
+    white-box attack, and every later attack saw batch-norm batch statistics."""
+    from inversion_bench.attacks.common.optimize import frozen
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3), nn.BatchNorm1d(3))
+    model.num_classes, model.input_size = 3, 4
+    model.eval()
+    wrapped = PostprocessedClassifier(model, TopKLogits(TopKLogits.Params(k=1)).postprocess)
+    assert not wrapped.training
+    with frozen(wrapped):
+        pass
+    assert not model.training and not model[2].training
+    before = model[2].running_mean.clone()
+    LabelOracle(wrapped, CPU)(torch.rand(8, 3, 4, 4))
+    assert torch.equal(model[2].running_mean, before)  # queries never update running statistics
