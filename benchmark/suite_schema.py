@@ -42,12 +42,27 @@ class ModelConfig(_Strict):
     checkpoint: str | None = Field(None, description="an already-trained state dict to load instead of training")
 
 
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def check_id(v: str | None) -> str | None:
+    """An entry id names files (records, store folders): 1-64 ASCII letters, digits, '.', '_' or '-',
+    starting with a letter or digit, so it can never leave the run folder or overflow a file name."""
+    if v is not None and not _ID.fullmatch(v):
+        shown = v if len(v) <= 40 else v[:37] + "..."
+        raise ValueError(f"{shown!r} is not a valid id: use 1-64 letters, digits, '.', '_' or '-', starting with "
+                         "a letter or digit (it names the record files)")
+    return v
+
+
 class DefenseConfig(_Strict):
     name: str = Field(description="defense plugin")
     params: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(None, description="short unique id used in file names (default: from the label)")
     label: str | None = Field(None, description="display name in tables")
     checkpoint: str | None = Field(None, description="an already-trained target state dict instead of training")
+
+    _id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
 
 
 class AttackConfig(_Strict):
@@ -57,6 +72,8 @@ class AttackConfig(_Strict):
     label: str | None = None
     identities: Literal["all"] | int | list[int] = Field(
         "all", description="attacked classes: 'all', the first N, or a list of class indices")
+
+    _id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

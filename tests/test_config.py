@@ -44,6 +44,11 @@ def test_valid_tiny_suite(write_suite, capsys):
          "defenses[0].params.alpah: unknown key. Did you mean 'alpha'?"),
         (lambda s: s.update(evaluation=copy.deepcopy(s["target"])), "evaluation.architecture: must differ"),
         (lambda s: s["run"].update(device="gpu"), "run.device: must be auto, cpu, cuda or cuda:N"),
+        (lambda s: s["defenses"][1].update(id="../../outside"),
+         "defenses[1].id: '../../outside' is not a valid id: use 1-64 letters, digits, '.', '_' or '-'"),
+        (lambda s: s["attacks"][0].update(id="a/b"), "attacks[0].id: 'a/b' is not a valid id"),
+        (lambda s: s["defenses"][0].update(id="x" * 300), "defenses[0].id: 'xxxxxxxxx"),
+        (lambda s: s["defenses"][0].update(id="a\x00b"), "defenses[0].id: 'a\\x00b' is not a valid id"),
     ],
 )
 def test_broken_suites(write_suite, capsys, mutate, expected):
