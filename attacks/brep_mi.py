@@ -55,7 +55,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from inversion_bench.attacks.common.optimize import frozen
+from inversion_bench.attacks.common.optimize import attack_setup, frozen
 from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.oracle import plain
@@ -281,10 +281,8 @@ class BoundaryRepulsionMI(Attack):
         p: BrepMIParams = self.params
         if prior is None:
             raise ConfigError("brep-mi needs an image prior (a generator: dcgan or stylegan2-ada)")
-        identities = identities.long().flatten().cpu()
-        g = ctx.generator()
-        prior.to(ctx.device)
-        queries = LabelQueries(target, prior, p.batch_size or ctx.batch_size, ctx.device)
+        identities, bs, g = attack_setup(None, prior, identities, p.batch_size, ctx)
+        queries = LabelQueries(target, prior, bs, ctx.device)
         project = self.projection(prior, ctx.device)
         t_all = time.perf_counter()
         with frozen(prior), torch.no_grad():

@@ -44,7 +44,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from inversion_bench.attacks.common.optimize import frozen
+from inversion_bench.attacks.common.optimize import attack_setup, frozen
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.oracle import plain
@@ -253,12 +253,10 @@ class MirrorBlackBox(Attack):
         p: MirrorParams = self.params
         if prior is None:
             raise ConfigError("mirror-b needs an image prior (a generator: dcgan or stylegan2-ada)")
-        identities = identities.long().flatten().cpu()
-        g = ctx.generator()
-        prior.to(ctx.device)
+        identities, bs, g = attack_setup(None, prior, identities, p.batch_size, ctx)
         use_p = p.p_space == "on" or (p.p_space == "auto" and type(prior).map is not Generator.map)
         slope = p.lrelu_slope if use_p else None
-        fitness = OracleFitness(target, prior, slope, p.batch_size or ctx.batch_size, ctx.device)
+        fitness = OracleFitness(target, prior, slope, bs, ctx.device)
         t_all = time.perf_counter()
         with frozen(prior), torch.no_grad():
             if identities.numel() == 0:

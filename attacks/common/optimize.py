@@ -47,15 +47,16 @@ def frozen(*modules: nn.Module | None) -> Iterator[None]:
                 p.requires_grad_(flag)
 
 
-def attack_setup(target: nn.Module, prior: nn.Module, identities: Tensor, batch_size: int | None,
+def attack_setup(target: nn.Module | None, prior: nn.Module, identities: Tensor, batch_size: int | None,
                  ctx: AttackContext) -> tuple[Tensor, int, torch.Generator]:
     """The common start of a generator-based attack.
 
-    Moves ``target`` and ``prior`` to ``ctx.device`` and returns the identities as a flat CPU long
-    tensor, the batch size (``batch_size`` or the run's ``ctx.batch_size``) and the job's seeded
-    random generator.
+    Moves ``target`` (None for a black-box or label-only oracle, which answers on the run's device
+    itself) and ``prior`` to ``ctx.device`` and returns the identities as a flat CPU long tensor, the
+    batch size (``batch_size`` or the run's ``ctx.batch_size``) and the job's seeded random generator.
     """
-    target.to(ctx.device)
+    if target is not None:
+        target.to(ctx.device)
     prior.to(ctx.device)
     return identities.long().flatten().cpu(), batch_size or ctx.batch_size, ctx.generator()
 
