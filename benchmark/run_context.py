@@ -8,7 +8,6 @@ worker rebuilds the same context from the suite (``executors.ray``).
 
 from __future__ import annotations
 
-import logging
 import subprocess
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -25,8 +24,6 @@ from inversion_bench.interfaces import Classifier
 from inversion_bench.plan import Plan, make_plan
 from inversion_bench.store import Store
 from inversion_bench.training import RunSettings
-
-log = logging.getLogger(__name__)
 
 # Targets a process keeps at most when nothing releases them explicitly (Ray workers, the report);
 # the local executor releases each target after its last attack and scoring.

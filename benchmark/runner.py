@@ -18,7 +18,7 @@ from typing import Any
 from inversion_bench.config import LoadedSuite
 from inversion_bench.executors.base import Executor
 from inversion_bench.jobs import attack_needs_prior, job_graph
-from inversion_bench.plan import PairJob
+from inversion_bench.plan import PairJob, Plan
 from inversion_bench.products import mirror, record
 from inversion_bench.results import record_filename, write_json_atomic
 from inversion_bench.run_context import RunContext
@@ -48,12 +48,18 @@ class Runner:
     def __init__(self, loaded: LoadedSuite, run_dir: Path | None = None, tracking_uri: str | None = None,
                  progress: bool | None = None) -> None:
         self.ctx = RunContext(loaded, run_dir=run_dir, tracking_uri=tracking_uri, progress=progress)
-        self.loaded = loaded
-        self.suite = loaded.suite
-        self.run_dir = self.ctx.run_dir
-        self.store = self.ctx.store
-        self.plan = self.ctx.plan
-        self.tracking_uri = self.ctx.tracking_uri
+
+    @property
+    def run_dir(self) -> Path:
+        return self.ctx.run_dir
+
+    @property
+    def plan(self) -> Plan:
+        return self.ctx.plan
+
+    @property
+    def tracking_uri(self) -> str | None:
+        return self.ctx.tracking_uri
 
     def pending(self) -> tuple[list[PairJob], list[PairJob]]:
         """(pairs to run, pairs whose ok record with the same config hash exists)."""
@@ -64,11 +70,12 @@ class Runner:
 
         Records of pairs to run whose configuration changed are moved to ``records/superseded/``.
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.store.clean_partial()
-        write_json_atomic(self.run_dir / "suite.json", {"source": self.loaded.source,
-                                                        "suite": self.suite.model_dump(mode="json"),
-                                                        "suite_hash": self.plan.suite_hash})
+        ctx = self.ctx
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+        ctx.store.clean_partial()
+        write_json_atomic(ctx.run_dir / "suite.json", {"source": ctx.loaded.source,
+                                                       "suite": ctx.suite.model_dump(mode="json"),
+                                                       "suite_hash": ctx.plan.suite_hash})
         summary = RunSummary(self.run_dir)
         todo, skip = self.pending()
         summary.skipped = [j.record_name for j in skip]
@@ -84,7 +91,7 @@ class Runner:
 
             executor = LocalExecutor()
         summary, todo = self.begin()
-        jobs = job_graph(self.plan, todo, attack_needs_prior(self.loaded))
+        jobs = job_graph(self.plan, todo, attack_needs_prior(self.ctx.loaded))
 
         def on_record(rec: dict[str, Any], trace: dict | None) -> None:
             name = record_filename(rec["defense"], rec["attack"], rec["seed"])

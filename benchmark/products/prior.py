@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from inversion_bench.interfaces import PriorContext
 from inversion_bench.products.data import splits
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.run_context import RunContext
-
-log = logging.getLogger(__name__)
 
 
 def prior(ctx: RunContext):
