@@ -321,6 +321,12 @@ class MetricContext:
         target: the attacked classifier.
         target_report: numbers about the target (``test_accuracy`` and defense extras).
         private_train: the private training images (labels = target classes).
+        private_test: the private test images (the split the target's test accuracy is measured on).
+        attacked: the class indices the attack was asked to reconstruct (an identity without any
+            reconstruction is still attacked; per-identity scores count it as a miss).
+        seed: the pair's seed (metrics that train or sample use it, so reruns are identical).
+        second_evaluation_model: the suite's optional second evaluation classifier of another
+            architecture (``evaluation.second``), None without one.
         features: the store-backed feature cache (private features are computed once per suite).
         weights: the suite's ``weights:`` section (name -> local path).
         details: metrics may put per-identity values and provenance here (kept in the record).
@@ -333,14 +339,25 @@ class MetricContext:
     features: FeatureCache
     device: torch.device
     batch_size: int = 128
+    private_test: LabeledImages | None = None
+    attacked: tuple[int, ...] = ()
+    seed: int = 0
+    second_evaluation_model: nn.Module | None = None
     weights: Mapping[str, Path] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
 
 
 class Metric(Plugin, ABC):
-    """A score of a reconstruction. ``better`` says, per output name, what the defender wants."""
+    """A score of a reconstruction. ``better`` says, per output name, what the defender wants.
+
+    ``scope`` says what a value describes: ``"attack"`` (the default) a pair's reconstructions, one
+    leaderboard column per attack; ``"target"`` the attacked classifier alone (test accuracy,
+    calibration, embedding separation), the same for every attack of a (defense, seed), shown once
+    per defense next to the test accuracy.
+    """
 
     better: ClassVar[Mapping[str, Direction]] = {}
+    scope: ClassVar[Literal["attack", "target"]] = "attack"
 
     def required_weights(self) -> dict[str, str]:
         """Weights names this metric needs from the suite's ``weights:`` section -> what it is."""

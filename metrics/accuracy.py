@@ -62,10 +62,14 @@ class AttackAccuracy(Metric):
         hits1, hits5 = topk_hits(logits, rec.labels, 1), topk_hits(logits, rec.labels, 5)
         present = int(rec.labels.unique().numel())
         attacked = max(int(rec.info.get("identities", present)), present)
+        per1, per5 = per_identity_mean(hits1, rec.labels), per_identity_mean(hits5, rec.labels)
+        for c in ctx.attacked:  # an attacked identity without images is a miss (0) in the per-identity values
+            per1.setdefault(int(c), 0.0)
+            per5.setdefault(int(c), 0.0)
         ctx.details["attack_accuracy"] = {
             "n": int(rec.images.shape[0]),
-            "per_identity_acc@1": per_identity_mean(hits1, rec.labels),
-            "per_identity_acc@5": per_identity_mean(hits5, rec.labels),
+            "per_identity_acc@1": per1,
+            "per_identity_acc@5": per5,
             "identities_attacked": attacked,
             "identities_without_images": attacked - present,
         }
@@ -79,6 +83,7 @@ class TestAccuracy(Metric):
 
     __test__ = False  # not a pytest test class
     better = {"test_accuracy": "higher"}
+    scope = "target"
 
     def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
         if "test_accuracy" not in ctx.target_report:

@@ -18,7 +18,7 @@ from inversion_bench.interfaces import MetricContext, Reconstruction
 from inversion_bench.plan import PairJob
 from inversion_bench.products.data import splits
 from inversion_bench.products.evaluator import evaluator
-from inversion_bench.products.reconstruction import load_reconstruction
+from inversion_bench.products.reconstruction import attacked_identities, load_reconstruction
 from inversion_bench.products.target import known_test_accuracy, target
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import load_records, write_json_atomic, write_record
@@ -26,25 +26,38 @@ from inversion_bench.run_context import RunContext
 
 log = logging.getLogger(__name__)
 
-Scores = tuple[dict[str, float], dict[str, str], dict[str, Any], dict[str, str]]
+Scores = tuple[dict[str, float], dict[str, str], dict[str, Any], dict[str, str], dict[str, str]]
 
 
-def score(ctx: RunContext, rec: Reconstruction, target_model: torch.nn.Module, report: dict[str, Any]) -> Scores:
-    """Every metric of the suite on ``rec``: (values, directions, details, errors by metric name).
+def metric_context(ctx: RunContext, job: PairJob, target_model: torch.nn.Module,
+                   report: dict[str, Any]) -> MetricContext:
+    """What the suite's metrics may use to score ``job``'s reconstructions."""
+    ev, _ = evaluator(ctx)
+    data = splits(ctx)
+    a = ctx.suite.attacks[job.attack_index]
+    attacked = attacked_identities(a.identities, data.num_classes, f"attacks[{job.attack_index}].identities")
+    return MetricContext(evaluation_model=ev, target=target_model, target_report=report,
+                         private_train=data.private_train, private_test=data.private_test,
+                         attacked=tuple(int(c) for c in attacked.tolist()), seed=job.seed,
+                         features=ctx.features, device=ctx.device,
+                         batch_size=ctx.suite.run.eval_batch_size, weights=ctx.weights)
+
+
+def score(ctx: RunContext, rec: Reconstruction, mctx: MetricContext) -> Scores:
+    """Every metric of the suite on ``rec``: (values, directions, details, errors by metric name,
+    scope by metric name: ``"attack"`` or ``"target"``, see :class:`~inversion_bench.interfaces.Metric`).
 
     A metric that cannot be computed (``MetricUnavailableError``) or returns a non-finite value is
     reported under ``errors`` with its reason, never as a number.
     """
-    ev, _ = evaluator(ctx)
-    mctx = MetricContext(evaluation_model=ev, target=target_model, target_report=report,
-                         private_train=splits(ctx).private_train, features=ctx.features, device=ctx.device,
-                         batch_size=ctx.suite.run.eval_batch_size, weights=ctx.weights)
     values: dict[str, float] = {}
     directions: dict[str, str] = {}
     errors: dict[str, str] = {}
+    scopes: dict[str, str] = {}
     for m, params in zip(ctx.suite.metrics, ctx.loaded.metric_params, strict=True):
         metric = REGISTRIES["metrics"].get(m.name)(params)
         directions.update(metric.better)
+        scopes.update(dict.fromkeys(metric.better, metric.scope))
         try:
             out = metric.compute(rec, mctx)
         except MetricUnavailableError as exc:
@@ -56,7 +69,7 @@ def score(ctx: RunContext, rec: Reconstruction, target_model: torch.nn.Module, r
                 errors[name] = f"{m.name} returned {v}"
             else:
                 values[name] = float(v)
-    return values, directions, mctx.details, errors
+    return values, directions, mctx.details, errors, scopes
 
 
 def query_counts(info: dict[str, Any]) -> dict[str, float] | None:
@@ -107,10 +120,11 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
     keep["trace"] = rec.trace
     timings["attack_s"] = float(rec.info.get("seconds", 0.0))
     t1 = time.perf_counter()
-    values, directions, details, errors = score(ctx, rec, model, report)
+    values, directions, details, errors, scopes = score(ctx, rec, metric_context(ctx, job, model, report))
     timings["metrics_s"] = time.perf_counter() - t1
     out.update(status="ok", error=None, metrics={"test_accuracy": float(report["test_accuracy"]), **values},
                directions={"test_accuracy": "higher", **directions}, metric_details=details, metric_errors=errors,
+               metric_scopes={"test_accuracy": "target", **scopes},
                attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
                num_reconstructions=int(rec.images.shape[0]), queries=query_counts(rec.info))
 
