@@ -29,6 +29,7 @@ from inversion_bench.suite_schema import (
     ModelConfig,
     PluginRef,
     RayConfig,
+    ReportConfig,
     RunConfig,
     Suite,
     entry_id,
@@ -38,7 +39,7 @@ from inversion_bench.suite_schema import (
 
 __all__ = [
     "AttackConfig", "DatasetConfig", "DefenseConfig", "LoadedSuite", "ModelConfig", "PluginRef", "RayConfig",
-    "RunConfig", "Suite", "apply_override", "entry_id", "entry_label", "format_error", "load_suite",
+    "ReportConfig", "RunConfig", "Suite", "apply_override", "entry_id", "entry_label", "format_error", "load_suite",
     "parse_override", "read_yaml", "slug", "validate_suite",
 ]
 

@@ -145,6 +145,18 @@ class RunConfig(_Strict):
         return v
 
 
+class ReportConfig(_Strict):
+    """How the leaderboard states uncertainty (kept in every record, so a table rebuilt from records
+    alone reads the same)."""
+
+    significance: float = Field(0.05, gt=0, lt=1, description="a difference to the baseline is coloured only "
+                                "when its paired test's p-value is below this level (otherwise grey)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the bootstrap intervals")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples per interval")
+    intervals: bool = Field(False, description="Markdown and LaTeX show mean ± interval half-width (the CSVs "
+                            "and the page's tooltips always carry the interval)")
+
+
 class Suite(_Strict):
     """A whole benchmark: every defense against every attack, scored by every metric."""
 
@@ -162,6 +174,7 @@ class Suite(_Strict):
     seeds: list[int] = Field([0], min_length=1)
     weights: dict[str, str] = Field(default_factory=dict, description="name -> local file or folder")
     run: RunConfig = Field(default_factory=RunConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
 
     @field_validator("name")
     @classmethod

@@ -93,6 +93,7 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         "attack_params": ap.model_dump(mode="json"), "attack_index": job.attack_index,
         "access": REGISTRIES["attacks"].get(a.name).access,
         "seed": job.seed, "baseline": s.baseline_id, "config_hash": job.config_hash,
+        "report_settings": s.report.model_dump(mode="json"),
         "keys": {"target": job.target_key, "attack": job.attack_key, "evaluator": plan.evaluator_key,
                  "prior": plan.prior_key, "data": plan.data_key},
         "code_version": ctx.code_version,
