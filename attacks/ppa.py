@@ -32,8 +32,26 @@ cutoff 8 in the generator). ``default_attacking_local.yaml`` uses 50 steps with 
 Random transformations are drawn per image (the reference applies one torchvision transform to the
 whole batch); the randomness comes only from the job seed (``ctx.generator()``).
 
+Clipping (``clip``, reference ``attack.clip``; github.com/LukasStruppek/Plug-and-Play-Attacks at
+3087a4f098a389ff3c144b5a17db9aad408e425a). The reference feeds the target the raw StyleGAN output
+(about [-1, 1]; its targets are trained with ``Normalize(0.5, 0.5)``, so [-1, 1] is their [0, 1])
+and clips it to [-1, 1] in two places only: in the candidate search always (``find_initial_w``'s
+``clip=True``, which no config overrides) and in the optimisation when ``attack.clip`` is true
+(``Optimization.optimize``, after the discriminator loss and before the transformations; every
+shipped config sets ``clip: false``). The final selection and the evaluation (``create_image``)
+never clip. Here the same: the search scores ``prior.synthesize`` (clamped to [0, 1]); the
+optimisation feeds the target ``prior.synthesize_unclipped`` (the raw output mapped linearly to
+[0, 1], not clamped, so out-of-range pixels keep their gradient), clamped to [0, 1] only with
+``clip: true``; the discriminator term and the final selection always use the unclipped images.
+The default is the reference's, ``clip: false``; it leaves the parameters' dump (hence the cache
+keys) unchanged, and for a prior whose output cannot leave [0, 1] (DCGAN, tanh) nothing changes.
+The target normalises its own [0, 1] input as it always does, so an unclipped pixel of raw value
+v reaches it as (v + 1) / 2, exactly as v reaches the reference's target.
+
 Reconstructions are the fixed views the target saw: the generator output, centre-cropped by
-``center_crop`` pixels and resized to ``resize`` (either None: unchanged), on the CPU in [0, 1].
+``center_crop`` pixels and resized to ``resize`` (either None: unchanged), on the CPU, clamped to
+[0, 1] (the reference evaluates its unclipped images; here every image between modules is in
+[0, 1]).
 """
 
 from __future__ import annotations
@@ -41,10 +59,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer, model_validator
 from torch import Tensor, nn
 
 from inversion_bench import augment
@@ -87,6 +106,8 @@ class PPAParams(LommaParams):
     selection_ratio: tuple[float, float] = Field((0.8, 1.2), description="final-selection crop ratio")
     selection_flip: float = Field(0.5, ge=0, le=1, description="final-selection flip probability")
     batch_size: int | None = Field(None, ge=1, description="latents per batch (None: the run's batch size)")
+    clip: bool = Field(False, description="clamp the generator output to [0, 1] before the target in the "
+                       "optimisation (reference configs: false: out-of-range pixels keep their gradient)")
 
     @model_validator(mode="after")
     def _check(self) -> PPAParams:
@@ -102,9 +123,21 @@ class PPAParams(LommaParams):
                 raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
         return self
 
+    @model_serializer(mode="wrap")
+    def _drop_unused(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        """LOMMA's unused fields as in :class:`LommaParams`, and ``clip`` at its default (False): the
+        dumped parameters (hence the cache keys) of settings from before ``clip`` existed stay."""
+        data = super()._drop_unused(handler, info)
+        if not self.clip:
+            data.pop("clip", None)
+        return data
+
 
 class PPAObjective:
     """Per-latent PPA loss of a batch: identity loss of augmented views (+ optional D loss).
+
+    The target sees ``prior.synthesize_unclipped`` (clamped to [0, 1] when ``params.clip``); the
+    discriminator, as in the reference, the unclipped images.
 
     ``identity`` computes the identity loss (default: ``params.loss`` on the target; LOMMA's from
     ``lomma_identity``).
@@ -121,11 +154,12 @@ class PPAObjective:
 
     def __call__(self, w: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         p = self.p
-        images = self.prior.synthesize(w)
+        raw = self.prior.synthesize_unclipped(w)
+        images = raw.clamp(0, 1) if p.clip else raw
         x = augment.random_resized_crop(self.view(images), self.g, scale=p.crop_scale, ratio=p.crop_ratio)
         loss, logits = self.identity(x, y)
         if p.discriminator_weight > 0:
-            d_logits = self.prior.discriminator_logits(images).float()
+            d_logits = self.prior.discriminator_logits(raw).float()
             loss = loss + p.discriminator_weight * F.softplus(-d_logits)
         return loss, logits
 
@@ -172,8 +206,8 @@ class PlugAndPlayAttack(Attack):
 
             t0 = time.perf_counter()
 
-            def render(w: Tensor) -> Tensor:
-                return view(prior.synthesize(w))
+            def render(w: Tensor) -> Tensor:  # unclipped, as the reference's final selection
+                return view(prior.synthesize_unclipped(w))
 
             scores = score_latents(render, target, latents, labels, iterations=p.iterations, batch_size=bs,
                                    generator=g, device=device, progress=ctx.progress,
@@ -196,6 +230,7 @@ class PlugAndPlayAttack(Attack):
             "num_identities": int(identities.numel()),
             "num_images": int(images.shape[0]),
             "loss": p.loss,
+            "clip": p.clip,
             "search_confidence": float(search_conf.mean()) if search_conf.numel() else 0.0,
             "selection_confidence": float(scores[keep].mean()) if keep.numel() else 0.0,
             "image_size": int(images.shape[-1]),

@@ -13,7 +13,7 @@ from inversion_bench.attacks.generators.dcgan import DCGANGenerator, DCGANPlugin
 from inversion_bench.attacks.generators.stylegan2_ada import StyleGAN2ADAGenerator, StyleGAN2ADAPlugin
 from inversion_bench.data import LabeledImages, TensorFaces
 from inversion_bench.errors import ConfigError, MissingResourceError
-from inversion_bench.interfaces import PriorContext
+from inversion_bench.interfaces import Generator, PriorContext
 from inversion_bench.registry import generators
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -146,6 +146,48 @@ def test_stylegan_adapter(tiny_pickle: Path) -> None:
     assert logits.shape == (3,)
     lo, hi = gen.d.last_input_range
     assert lo >= -1 and hi <= 1 and lo < 0  # D sees [-1, 1] images
+
+
+class _Loud(torch.nn.Module):
+    """A synthesis network whose raw output leaves [-1, 1] (as a real one's often does)."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ws: torch.Tensor, noise_mode: str = "random", force_fp32: bool = False) -> torch.Tensor:
+        return 3 * self.inner(ws, noise_mode=noise_mode, force_fp32=force_fp32)
+
+
+def loud_stylegan(seed: int = 0) -> StyleGAN2ADAGenerator:
+    """The tiny StyleGAN2-ADA network with a synthesis output in [-3, 3]."""
+    nets = tiny_stylegan.make_pickle_dict(seed=seed)
+    nets["G_ema"].synthesis = _Loud(nets["G_ema"].synthesis)
+    return StyleGAN2ADAGenerator(nets["G_ema"], nets["D"]).eval()
+
+
+def test_stylegan_unclipped() -> None:
+    gen = loud_stylegan()
+    w = gen.map(gen.sample_z(4, torch.Generator().manual_seed(0))).requires_grad_()
+    raw = gen.synthesize_unclipped(w)
+    expected = (gen.g.synthesis(w.unsqueeze(1).expand(-1, gen.num_ws, -1), noise_mode="const") + 1) / 2
+    assert torch.allclose(raw, expected)
+    out = (raw < 0) | (raw > 1)
+    assert 0.1 < float(out.float().mean()) < 0.9  # the test is meaningful: many pixels out of range
+    clipped = gen.synthesize(w)
+    assert torch.equal(clipped, raw.clamp(0, 1))
+    # the clamp zeroes the gradient of out-of-range pixels; the unclipped output keeps it
+    (g_raw,) = torch.autograd.grad(raw[out].sum(), w)
+    (g_clip,) = torch.autograd.grad(clipped[out].sum(), w)
+    assert bool((g_clip == 0).all()) and float(g_raw.abs().sum()) > 0
+
+
+def test_generator_unclipped_default() -> None:
+    """A prior that does not override ``synthesize_unclipped`` (DCGAN, third-party plugins) gets ``synthesize``."""
+    gen = _tiny_dcgan().build(16).eval()
+    assert type(gen).synthesize_unclipped is Generator.synthesize_unclipped
+    z = gen.sample_z(3, torch.Generator().manual_seed(0))
+    assert torch.equal(gen.synthesize_unclipped(z), gen.synthesize(z))
 
 
 def test_stylegan_truncation(tiny_pickle: Path) -> None:

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import Tensor, nn
 
+from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.attacks.generators.dcgan import DCGANPlugin
-from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAParams
+from inversion_bench.attacks.generators.stylegan2_ada import StyleGAN2ADAGenerator
+from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAObjective, PPAParams
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import AttackContext, Reconstruction
+from inversion_bench.interfaces import AttackContext, Generator, Reconstruction
 from inversion_bench.models import build_classifier
 from inversion_bench.registry import attacks
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_stylegan  # noqa: E402
 
 IDS = torch.tensor([0, 3, 5])
 
@@ -148,3 +156,108 @@ def test_no_identities() -> None:
     attack = PlugAndPlayAttack(_params())
     rec = attack.run(_target(), torch.tensor([], dtype=torch.long), _prior(), _ctx())
     assert rec.images.shape == (0, 3, 16, 16) and rec.labels.shape == (0,)
+
+
+# ------------------------------------------------------------------------------------- clipping
+class _Raw(Generator):
+    """A hand-made prior whose latent is the image: ``synthesize_unclipped(w) = w + 0.5``, mostly outside [0, 1]."""
+
+    def __init__(self, resolution: int = 16) -> None:
+        super().__init__()
+        self.resolution, self.z_dim = resolution, 3 * resolution * resolution
+        self.w_dim = self.z_dim
+
+    def sample_z(self, n: int, generator: torch.Generator) -> Tensor:
+        return torch.randn(n, self.z_dim, generator=generator)
+
+    def synthesize_unclipped(self, w: Tensor) -> Tensor:
+        return w.view(-1, 3, self.resolution, self.resolution) + 0.5
+
+    def synthesize(self, w: Tensor) -> Tensor:
+        return self.synthesize_unclipped(w).clamp(0, 1)
+
+
+class _Loud(nn.Module):
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, ws: Tensor, noise_mode: str = "random", force_fp32: bool = False) -> Tensor:
+        return 3 * self.inner(ws, noise_mode=noise_mode, force_fp32=force_fp32)
+
+
+def _loud_stylegan() -> StyleGAN2ADAGenerator:
+    """The tiny StyleGAN2-ADA network of the tests with a raw synthesis output in [-3, 3]."""
+    nets = tiny_stylegan.make_pickle_dict()
+    nets["G_ema"].synthesis = _Loud(nets["G_ema"].synthesis)
+    return StyleGAN2ADAGenerator(nets["G_ema"], nets["D"]).eval()
+
+
+class _Recording(nn.Module):
+    """The tiny target, recording the value range of the inputs it gets with gradients enabled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = _target()
+        self.grad_range = [float("inf"), float("-inf")]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled():
+            x_ = x.detach()
+            self.grad_range = [min(self.grad_range[0], float(x_.min())), max(self.grad_range[1], float(x_.max()))]
+        return self.net(x)
+
+
+def test_clip_default_is_the_reference() -> None:
+    """The reference's configs set ``clip: false``; at that default the dump (the cache keys) is unchanged."""
+    assert PPAParams().clip is False
+    assert PPAParams().model_dump(mode="json") == {
+        k: v for k, v in PPAParams(clip=True).model_dump(mode="json").items() if k != "clip"}
+    assert "clip" not in PPAParams(num_steps=5).model_dump(mode="json")
+    assert PPAParams(clip=True).model_dump(mode="json")["clip"] is True
+    # LOMMA's unused fields are still left out, and appear when used
+    dumped = PPAParams().model_dump(mode="json")
+    assert "p_reg_samples" not in dumped and "augment_epochs" not in dumped
+    assert "p_reg_samples" in PPAParams(p_reg_weight=1.0, clip=True).model_dump(mode="json")
+
+
+def test_unclipped_gradient_reaches_out_of_range_pixels() -> None:
+    prior, target = _Raw(), _target()
+    w = torch.randn(4, prior.z_dim, generator=torch.Generator().manual_seed(0))
+    out = (prior.synthesize_unclipped(w) < 0) | (prior.synthesize_unclipped(w) > 1)
+    assert 0.3 < float(out.float().mean()) < 0.9
+    grads = {}
+    for clip in (True, False):
+        objective = PPAObjective(prior, target, FixedView(), _params(clip=clip), torch.Generator().manual_seed(0))
+        wc = w.clone().requires_grad_()
+        loss, _ = objective(wc, torch.tensor([0, 3, 5, 0]))
+        loss.sum().backward()
+        grads[clip] = wc.grad.view_as(out)
+    assert bool((grads[True][out] == 0).all())  # the clamp: no gradient for out-of-range pixels
+    assert float((grads[False][out] != 0).float().mean()) > 0.9  # the reference's clip: false: they get one
+    assert float((grads[True][~out] != 0).float().mean()) > 0.9
+
+
+@pytest.mark.parametrize("prior", [_Raw, _loud_stylegan])
+def test_unclipped_attack_returns_clamped_images(prior) -> None:
+    recs = {}
+    for clip in (False, True):
+        target = _Recording()
+        recs[clip] = _run(prior=prior(), target=target, clip=clip, num_steps=3, lr=0.05)
+        images = recs[clip].images
+        assert images.shape == (6, 3, 16, 16) and float(images.min()) >= 0 and float(images.max()) <= 1
+        assert recs[clip].info["clip"] is clip
+        lo, hi = target.grad_range  # what the target saw in the optimisation
+        assert (lo >= 0 and hi <= 1) if clip else (lo < 0 and hi > 1)
+    # the candidate search is clipped either way (as the reference's); the optimisation differs
+    assert recs[True].info["search_confidence"] == recs[False].info["search_confidence"]
+    assert recs[True].trace["loss"] != recs[False].trace["loss"]
+
+
+@pytest.mark.parametrize("discriminator_weight", [0.0, 0.5])
+def test_clip_changes_nothing_for_dcgan(discriminator_weight: float) -> None:
+    """DCGAN's tanh output never leaves [0, 1]: clip true and false give identical results."""
+    a = _run(clip=True, discriminator_weight=discriminator_weight)
+    b = _run(clip=False, discriminator_weight=discriminator_weight)
+    assert torch.equal(a.images, b.images) and torch.equal(a.latents, b.latents)
+    assert torch.equal(a.labels, b.labels) and a.trace == b.trace

@@ -6,6 +6,10 @@ after the fixed centre crop/resize view), and the ``num_candidates`` best latent
 become its optimisation starting points. The reference samples 5000 latents and keeps 200 per
 identity (``configs/attacking/*.yaml`` of the PPA repository); a latent may be a candidate of
 several identities but appears at most once per identity.
+
+The images scored here are ``prior.synthesize`` (clamped to [0, 1]): the reference clips the
+search images to [-1, 1] (``find_initial_w``'s ``clip=True``, which its configs never override),
+whatever its attack's ``clip`` setting.
 """
 
 from __future__ import annotations

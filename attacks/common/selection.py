@@ -5,6 +5,8 @@ Each optimised image is scored by the target's mean confidence for its identity 
 0.8-1.2, horizontal flip with probability 0.5; 100 iterations in the reference
 ``attacks/final_selection.py``), and the ``samples_per_target`` best images of each identity are
 kept. Unlike the reference, which draws one transformation per batch, every image draws its own.
+The reference scores the generator's output unclipped (``create_image``); PPA passes a ``render``
+that does the same (``Generator.synthesize_unclipped``), so scored images may leave [0, 1].
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def transform_scores(
 
     Args:
         target: the attacked classifier.
-        images: [B, 3, H, W] in [0, 1] (on the target's device).
+        images: [B, 3, H, W] on the [0, 1] scale, possibly unclipped (on the target's device).
         labels: [B] the attacked class of each image.
         iterations: number of random transformations per image (0: the plain image's confidence).
         generator: the random source of the transformations.

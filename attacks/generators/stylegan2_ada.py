@@ -163,7 +163,8 @@ class StyleGAN2ADAGenerator(Generator):
 
     ``map(z)`` gives one truncated ``w`` per image ([N, w_dim], the first layer's w, as PPA's
     ``single_w``); ``synthesize`` accepts [N, w_dim] (broadcast to all layers) or
-    [N, num_ws, w_dim] and returns images in [0, 1].
+    [N, num_ws, w_dim] and returns images in [0, 1]; ``synthesize_unclipped`` the same images
+    before the clamp.
 
     Args:
         g: the generator module (``mapping``, ``synthesis``, ``num_ws``, ``w_dim``, ``z_dim``,
@@ -205,13 +206,18 @@ class StyleGAN2ADAGenerator(Generator):
         return self.map_all(z)[:, 0]
 
     def synthesize(self, w: Tensor) -> Tensor:
+        return self.synthesize_unclipped(w).clamp(0, 1)
+
+    def synthesize_unclipped(self, w: Tensor) -> Tensor:
+        """The raw synthesis output mapped linearly from [-1, 1] to [0, 1], not clamped (PPA's
+        ``clip: false``; a real network's output often leaves [-1, 1])."""
         if w.ndim == 2:
             w = w.unsqueeze(1).expand(-1, self.num_ws, -1)
         elif w.ndim != 3 or w.shape[1] != self.num_ws:
             raise ValueError(f"stylegan2-ada: w must be [N, {self.w_dim}] or [N, {self.num_ws}, "
                              f"{self.w_dim}], got {tuple(w.shape)}")
         img = self.g.synthesis(w, **self._synth_kwargs)
-        return ((img.float() + 1) / 2).clamp(0, 1)
+        return (img.float() + 1) / 2
 
     def discriminator_logits(self, images: Tensor) -> Tensor:
         if self.d is None:
@@ -236,7 +242,14 @@ def _accepts(fn: Any, name: str) -> bool:
 
 @generators.register("stylegan2-ada")
 class StyleGAN2ADAPlugin(GeneratorPlugin):
-    """Official StyleGAN2-ADA pickle (G_ema, D) with truncation; nothing is trained."""
+    """Official StyleGAN2-ADA pickle (G_ema, D) with truncation; nothing is trained.
+
+    Version 2: the adapter offers its output before the final clamp (``synthesize_unclipped``), which
+    PPA feeds the target by default as the reference does (``clip: false``); PPA results on this
+    prior changed, so every product keyed on it is recomputed.
+    """
+
+    version = "2"
 
     class Params(PluginParams):
         pickle: str = Field(..., description="network pickle: a name in the suite's weights: section "
