@@ -149,7 +149,8 @@ class Generator(nn.Module, ABC):
     """An image prior: latents in, images in [0, 1] out.
 
     ``sample_z`` draws prior latents, ``map`` turns them into the space the attack optimises (w for
-    StyleGAN, z itself for DCGAN), ``synthesize`` renders images. ``discriminator_logits`` is the
+    StyleGAN, z itself for DCGAN), ``synthesize`` renders images. ``synthesize_unclipped`` renders
+    them without the final clamp to [0, 1] (PPA's ``clip: false``). ``discriminator_logits`` is the
     realism score some attacks (GMI) add to their loss.
     """
 
@@ -165,6 +166,17 @@ class Generator(nn.Module, ABC):
 
     @abstractmethod
     def synthesize(self, w: Tensor) -> Tensor: ...
+
+    def synthesize_unclipped(self, w: Tensor) -> Tensor:
+        """``synthesize`` without its final clamp: the same [0, 1] scale, but values of the
+        generator's raw output outside the range are kept (and so is their gradient).
+
+        ``synthesize(w)`` must equal ``synthesize_unclipped(w).clamp(0, 1)``. The default returns
+        ``synthesize(w)``: right for priors whose output cannot leave [0, 1] (DCGAN's tanh); a prior
+        that clamps (StyleGAN2-ADA) overrides it. Attacks use it only inside the optimisation and
+        scoring; images handed to other modules stay in [0, 1].
+        """
+        return self.synthesize(w)
 
     def constrain(self, w: Tensor) -> Tensor:
         """Projects optimised latents back onto the prior's support (e.g. clipping z)."""
