@@ -171,6 +171,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run folder's reconstructions as PNGs, reference images and labels.csv for human labelling."""
+    from inversion_bench.export import export_run
+    from inversion_bench.registry import load_plugin_file, load_plugins
+
+    load_plugins()
+    for f in args.plugin or []:
+        load_plugin_file(f)
+    summary = export_run(Path(args.run_dir), Path(args.out), references=args.references, force=args.force)
+    print(f"{summary.images} reconstruction(s) of {summary.pairs} pair(s), {summary.identities} identities, "
+          f"{summary.references} reference image(s) written to {summary.out_dir}")
+    print(f"labels: {summary.labels} (fill in human_label)")
+    return 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from inversion_bench.registry import REGISTRIES, load_plugin_file, load_plugins
 
@@ -271,6 +286,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
     p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="a run folder's reconstructions as PNGs with reference images and a "
+                       "labels.csv, for human or external labelling")
+    common(p, suite=False)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `bench run`")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write (must be new or empty)")
+    p.add_argument("--references", type=int, default=5, metavar="K",
+                   help="private training images per identity written under DIR/references (default 5)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty DIR (same-named files replaced)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

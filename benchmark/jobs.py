@@ -1,10 +1,11 @@
 """The job graph of a run, walked by every executor (:mod:`inversion_bench.executors`).
 
-A run is a graph of jobs: the evaluation model and the image prior (once per suite), one target
+A run is a graph of jobs: the evaluation model (with its audit, :mod:`inversion_bench.products.audit`),
+the optional second evaluation model (``evaluation.second``) and the image prior (once per suite), one target
 per (defense, seed), one attack job per (defense, attack, seed) that stores the reconstructions,
 and one pair job per (defense, attack, seed) that scores them and writes the record. An attack
 depends on its target and, when it needs one, on the prior; a pair depends on its attack and on the
-evaluation model (so on a cluster attacks run while the evaluation model still trains). Jobs hand
+evaluation model(s) (so on a cluster attacks run while the evaluation model still trains). Jobs hand
 their products over through the content-addressed store: a product job's result is its store key.
 """
 
@@ -17,7 +18,8 @@ from typing import Any, Literal
 
 from inversion_bench.config import LoadedSuite
 from inversion_bench.plan import PairJob, Plan
-from inversion_bench.products.evaluator import evaluator
+from inversion_bench.products.audit import audit
+from inversion_bench.products.evaluator import evaluator, second_evaluator
 from inversion_bench.products.prior import prior
 from inversion_bench.products.reconstruction import reconstruct
 from inversion_bench.products.record import failed_record, score_pair
@@ -26,7 +28,7 @@ from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import write_record
 from inversion_bench.run_context import RunContext
 
-JobKind = Literal["evaluator", "prior", "target", "attack", "pair"]
+JobKind = Literal["evaluator", "second_evaluator", "prior", "target", "attack", "pair"]
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,10 @@ def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[
     if not todo:
         return []
     jobs = [Job("evaluator", "evaluator")]
+    scorers: tuple[str, ...] = ("evaluator",)
+    if plan.second_evaluator_key is not None:
+        jobs.append(Job("second_evaluator", "second_evaluator"))
+        scorers = ("evaluator", "second_evaluator")
     if plan.prior_key is not None and any(attack_needs_prior[p.attack_index] for p in todo):
         jobs.append(Job("prior", "prior"))
     targets: dict[str, Job] = {}
@@ -67,7 +73,7 @@ def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[
             deps.append("prior")
         jobs.append(Job("attack", f"attack:{p.record_name}", tuple(deps), p.defense_index, p.seed, p))
     for p in todo:
-        jobs.append(Job("pair", f"pair:{p.record_name}", (f"attack:{p.record_name}", "evaluator"),
+        jobs.append(Job("pair", f"pair:{p.record_name}", (f"attack:{p.record_name}", *scorers),
                         p.defense_index, p.seed, p))
     return jobs
 
@@ -93,7 +99,11 @@ def run_job(ctx: RunContext, job: Job) -> Any:
     """
     if job.kind == "evaluator":
         evaluator(ctx)
+        audit(ctx)  # once per evaluation model (stored), before any pair reads it
         return ctx.plan.evaluator_key
+    if job.kind == "second_evaluator":
+        second_evaluator(ctx)
+        return ctx.plan.second_evaluator_key
     if job.kind == "prior":
         prior(ctx)
         return ctx.plan.prior_key

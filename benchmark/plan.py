@@ -12,7 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from inversion_bench.config import LoadedSuite, entry_id, entry_label
+from inversion_bench.config_messages import raise_validation
+from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import record_filename
 from inversion_bench.store import content_key
@@ -31,6 +35,47 @@ def _checkpoint_spec(path: str | None, folder: Path) -> dict[str, Any] | None:
     p = p if p.is_absolute() else folder / p
     st = p.stat() if p.exists() else None
     return {"path": str(p), "size": st.st_size if st else None, "mtime": int(st.st_mtime) if st else None}
+
+
+SECOND_EVALUATOR_SEED = 1
+"""Training seed of the second evaluation model (the first one trains with seed 0)."""
+
+
+def second_arch_params(loaded: LoadedSuite) -> Any:
+    """The validated architecture parameters of ``evaluation.second`` (None without a second evaluator).
+
+    Raises ConfigError naming the suite file and the field (``bench validate`` exits 2).
+    """
+    second = loaded.suite.evaluation.second
+    if second is None:
+        return None
+    where = f"{loaded.source}: evaluation.second.architecture"
+    if second.architecture == loaded.suite.target.architecture:
+        raise ConfigError(f"{where}: must differ from target.architecture (both {second.architecture.name}); "
+                          "an evaluation model must be separate from the attacked one")
+    try:
+        cls = REGISTRIES["architectures"].get(second.architecture.name)
+    except UnknownPluginError as exc:
+        raise ConfigError(f"{where}.name: {exc}") from None
+    try:
+        return cls.Params(**second.architecture.params)
+    except ValidationError as exc:
+        raise_validation(loaded.source, exc, cls.Params, prefix="evaluation.second.architecture.params")
+    except TypeError as exc:
+        raise ConfigError(f"{where}.params: {exc}") from None
+
+
+def second_evaluator_key(loaded: LoadedSuite, data_key: str) -> str | None:
+    """The store key of the second evaluation model (None without ``evaluation.second``)."""
+    second = loaded.suite.evaluation.second
+    if second is None:
+        return None
+    return content_key({
+        "job": "second_evaluator", "data": data_key, "seed": SECOND_EVALUATOR_SEED,
+        "architecture": _plugin_spec("architectures", second.architecture.name, second_arch_params(loaded)),
+        "training": second.training.model_dump(mode="json"),
+        "checkpoint": _checkpoint_spec(second.checkpoint, loaded.folder),
+    })
 
 
 @dataclass(frozen=True)
@@ -56,6 +101,7 @@ class Plan:
     target_keys: dict[tuple[int, int], str]  # (defense index, seed) -> key
     pairs: list[PairJob]
     suite_hash: str
+    second_evaluator_key: str | None = None  # only with evaluation.second
 
 
 def make_plan(loaded: LoadedSuite) -> Plan:
@@ -76,6 +122,9 @@ def make_plan(loaded: LoadedSuite) -> Plan:
         "training": s.evaluation.training.model_dump(mode="json"),
         "checkpoint": _checkpoint_spec(s.evaluation.checkpoint, folder),
     })
+    second_key = second_evaluator_key(loaded, data_key)
+    # the second evaluator enters the hashes only when there is one: keys of suites without it stay valid
+    with_second = {"second_evaluator": second_key} if second_key is not None else {}
     prior_key = None
     if s.prior is not None:
         prior_key = content_key({"job": "prior", "data": data_key, "seed": s.prior_seed,
@@ -103,12 +152,12 @@ def make_plan(loaded: LoadedSuite) -> Plan:
                     "identities": a.identities, "seed": seed,
                 })
                 config_hash = content_key({"attack": attack_key, "evaluator": evaluator_key,
-                                           "metrics": metric_specs})
+                                           "metrics": metric_specs, **with_second})
                 pairs.append(PairJob(di, ai, seed, entry_id(d), entry_id(a), target_keys[(di, seed)],
                                      attack_key, config_hash, record_filename(entry_id(d), entry_id(a), seed)))
     suite_hash = content_key({"data": data_key, "evaluator": evaluator_key, "prior": prior_key,
-                              "pairs": [p.config_hash for p in pairs]})
-    return Plan(data_key, evaluator_key, prior_key, target_keys, pairs, suite_hash)
+                              "pairs": [p.config_hash for p in pairs], **with_second})
+    return Plan(data_key, evaluator_key, prior_key, target_keys, pairs, suite_hash, second_key)
 
 
 def describe(loaded: LoadedSuite, plan: Plan) -> list[str]:

@@ -60,6 +60,8 @@ class Held:
 
     splits: Splits | None = None
     evaluator: tuple[Classifier, dict[str, Any]] | None = None
+    second_evaluator: tuple[Classifier, dict[str, Any]] | None = None  # only with evaluation.second
+    audit: dict[str, Any] | None = None  # the evaluation model's audit (products.audit)
     prior: Any = None
     targets: OrderedDict[tuple[int, int], tuple[Classifier, dict[str, Any]]] = field(default_factory=OrderedDict)
 

@@ -42,6 +42,26 @@ class ModelConfig(_Strict):
     checkpoint: str | None = Field(None, description="an already-trained state dict to load instead of training")
 
 
+class EvaluationConfig(ModelConfig):
+    """The evaluation model (``evaluation:``): a classifier of another architecture than the target's,
+    trained once per suite on the private training split, whose top-1 decision is attack accuracy."""
+
+    audit: bool = Field(True, description="measure how often the evaluation model accepts real images of other "
+                        "people (private test images of other identities, public identities): the record's "
+                        "evaluator.audit, computed once per evaluation model and cached")
+    second: ModelConfig | None = Field(None, description="an optional second evaluation model (another "
+                                       "architecture or recipe) for the evaluator_agreement metric")
+
+    @model_validator(mode="after")
+    def _second_differs(self) -> EvaluationConfig:
+        s = self.second
+        if s is not None and (s.architecture, s.training, s.checkpoint) == (
+                self.architecture, self.training, self.checkpoint):
+            raise ValueError("second: the same model as the evaluation model (architecture, training and "
+                             "checkpoint); give evaluation.second another architecture or training recipe")
+        return self
+
+
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -55,12 +75,20 @@ def check_id(v: str | None) -> str | None:
     return v
 
 
+class SweptConfig(_Strict):
+    group: str = Field(description="id of the sweep: entries with the same group are one curve")
+    param: str = Field(description="the swept defense parameter")
+    value: Any = Field(description="this entry's value of it")
+
+
 class DefenseConfig(_Strict):
     name: str = Field(description="defense plugin")
     params: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(None, description="short unique id used in file names (default: from the label)")
     label: str | None = Field(None, description="display name in tables")
     checkpoint: str | None = Field(None, description="an already-trained target state dict instead of training")
+    swept: SweptConfig | None = Field(None, description="set by a sweep: (see inversion_bench.sweep): the group "
+                                      "this entry belongs to and the value of the swept parameter")
 
     _id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
 
@@ -164,7 +192,7 @@ class Suite(_Strict):
     description: str = ""
     dataset: DatasetConfig = Field(default_factory=DatasetConfig)
     target: ModelConfig
-    evaluation: ModelConfig
+    evaluation: EvaluationConfig
     prior: PluginRef | None = Field(None, description="image prior (generator) for attacks that need one")
     prior_seed: int = Field(0, description="seed of prior training")
     defenses: list[DefenseConfig] = Field(min_length=1)

@@ -40,6 +40,30 @@ def record_id(record: Mapping[str, Any]) -> str:
     return f"{record['defense']}__{record['attack']}__seed{record['seed']}@{record['config_hash']}"
 
 
+# the evaluation model's audit sets in a record -> the suffix of their MLflow metric names
+_AUDIT_SETS = {"private_other": "private", "public": "public"}
+
+
+def evaluator_metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    """The evaluation model's numbers of a record as MLflow metrics: its test accuracy, its audit
+    (``evaluator_far_<set>``, ``evaluator_impostor_acc1_<set>`` for the sets private and public) and
+    the second evaluation model's test accuracy; numbers a record lacks are left out."""
+    ev = record.get("evaluator") or {}
+    out: dict[str, float] = {}
+    if ev.get("test_accuracy") is not None:
+        out["evaluator_test_accuracy"] = float(ev["test_accuracy"])
+    for name, suffix in _AUDIT_SETS.items():
+        scores = (ev.get("audit") or {}).get(name) or {}
+        if scores.get("false_acceptance") is not None:
+            out[f"evaluator_far_{suffix}"] = float(scores["false_acceptance"])
+        if scores.get("impostor_acc@1") is not None:
+            out[f"evaluator_impostor_acc1_{suffix}"] = float(scores["impostor_acc@1"])
+    second = ev.get("second") or {}
+    if second.get("test_accuracy") is not None:
+        out["second_evaluator_test_accuracy"] = float(second["test_accuracy"])
+    return out
+
+
 def _flat_params(prefix: str, params: Mapping[str, Any]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in params.items():
@@ -115,6 +139,7 @@ class Tracker:
         now = int(time.time() * 1000)
         values = (record.get("metrics") or {}).items()
         metrics = [Metric(mlflow_key(k), float(v), now, 0) for k, v in values if v is not None]
+        metrics += [Metric(k, v, now, 0) for k, v in evaluator_metrics(record).items()]
         metrics += [Metric(f"time.{k}", float(v), now, 0) for k, v in (record.get("timings") or {}).items()]
         for name, series in (trace or {}).items():
             metrics += [Metric(f"trace.{name}", float(v), now, step) for step, v in enumerate(series) if v is not None]

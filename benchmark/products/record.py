@@ -16,8 +16,9 @@ from inversion_bench.config import entry_label
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import MetricContext, Reconstruction
 from inversion_bench.plan import PairJob
+from inversion_bench.products.audit import evaluator_summary
 from inversion_bench.products.data import splits
-from inversion_bench.products.evaluator import evaluator
+from inversion_bench.products.evaluator import evaluator, second_evaluator
 from inversion_bench.products.reconstruction import attacked_identities, load_reconstruction
 from inversion_bench.products.target import known_test_accuracy, target
 from inversion_bench.registry import REGISTRIES
@@ -36,9 +37,11 @@ def metric_context(ctx: RunContext, job: PairJob, target_model: torch.nn.Module,
     data = splits(ctx)
     a = ctx.suite.attacks[job.attack_index]
     attacked = attacked_identities(a.identities, data.num_classes, f"attacks[{job.attack_index}].identities")
+    second = second_evaluator(ctx)
     return MetricContext(evaluation_model=ev, target=target_model, target_report=report,
                          private_train=data.private_train, private_test=data.private_test,
                          attacked=tuple(int(c) for c in attacked.tolist()), seed=job.seed,
+                         second_evaluation_model=second[0] if second is not None else None,
                          features=ctx.features, device=ctx.device,
                          batch_size=ctx.suite.run.eval_batch_size, weights=ctx.weights)
 
@@ -89,6 +92,7 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         "suite": s.name, "suite_hash": plan.suite_hash, "run_dir": str(ctx.run_dir),
         "defense": job.defense, "defense_label": entry_label(d), "defense_plugin": d.name,
         "defense_params": dp.model_dump(mode="json"), "defense_index": job.defense_index,
+        "defense_swept": d.swept.model_dump(mode="json") if d.swept else None,
         "attack": job.attack, "attack_label": entry_label(a), "attack_plugin": a.name,
         "attack_params": ap.model_dump(mode="json"), "attack_index": job.attack_index,
         "access": REGISTRIES["attacks"].get(a.name).access,
@@ -114,9 +118,7 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
     timings["target_s"] = float(report.get("seconds", time.perf_counter() - t0))
     out["num_classes"] = splits(ctx).num_classes
     out["target"] = {k: v for k, v in report.items() if k != "history"}
-    _, ev_report = evaluator(ctx)
-    out["evaluator"] = {"test_accuracy": ev_report["test_accuracy"],
-                        "architecture": ctx.suite.evaluation.architecture.name}
+    out["evaluator"] = evaluator_summary(ctx)
     rec = load_reconstruction(ctx, job.attack_key)
     keep["trace"] = rec.trace
     timings["attack_s"] = float(rec.info.get("seconds", 0.0))
