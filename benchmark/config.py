@@ -36,6 +36,7 @@ from inversion_bench.suite_schema import (
     entry_label,
     slug,
 )
+from inversion_bench.sweep import expand_sweeps
 
 __all__ = [
     "AttackConfig", "DatasetConfig", "DefenseConfig", "LoadedSuite", "ModelConfig", "PluginRef", "RayConfig",
@@ -176,7 +177,9 @@ def _public_type_error(exc: TypeError) -> str:
 
 
 def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
-    """Validates a suite mapping (structure, types, plugin names and plugin params)."""
+    """Validates a suite mapping (structure, types, plugin names and plugin params); swept defenses
+    (``sweep:``) are expanded first (:mod:`inversion_bench.sweep`)."""
+    suite_dict = expand_sweeps(suite_dict, source)
     try:
         suite = Suite(**suite_dict)
     except ValidationError as exc:
