@@ -106,7 +106,8 @@ class Constant(nn.Module):
 
 def test_oracle_evaluator_accepts_no_private_impostor(small_splits):
     out = audit_model(Oracle(), small_splits, CPU, batch_size=3)
-    assert out["private_other"] == {"images": 4, "false_acceptance": 0.0, "impostor_acc@1": 0.0}
+    assert out["private_other"] == {"images": 4, "false_acceptance": 0.0, "impostor_acc@1": 0.0,
+                                    "impostor_acc@1_max": 0.0, "impostor_acc@1_max_identity": 0}
     assert out["public"]["images"] == 12
     assert out["public"]["false_acceptance"] == 1.0
     assert out["public"]["impostor_acc@1"] == pytest.approx(1 / C)
@@ -142,7 +143,8 @@ def test_audit_is_stored_once_and_read_back(tmp_path, small_splits):
     assert audit(ctx) == first
     summary = evaluator_summary(ctx)
     assert summary == {"test_accuracy": 0.9, "architecture": "oracle",
-                       "audit": {"private_other": {"images": 4, "false_acceptance": 0.0, "impostor_acc@1": 0.0},
+                       "audit": {"private_other": {"images": 4, "false_acceptance": 0.0, "impostor_acc@1": 0.0,
+                                                   "impostor_acc@1_max": 0.0, "impostor_acc@1_max_identity": 0},
                                  "public": first["public"]}}
     off = _ctx(tmp_path, Exploding(), small_splits, audit_on=False)
     assert audit(off) is None and "audit" not in evaluator_summary(off)
@@ -235,3 +237,15 @@ def test_second_evaluator_identical_to_the_first_is_refused():
     data["evaluation"] = {**data["evaluation"], "second": dict(data["evaluation"])}
     with pytest.raises(ConfigError, match="evaluation: second: the same model as the evaluation model"):
         validate_suite(data, "t.yaml")
+
+
+def test_the_identity_strangers_land_on_most_is_reported_with_its_rate():
+    from inversion_bench.products.audit import NOT_PRIVATE, impostor_acc1_max_of, set_scores
+
+    # 4 public images over C = 3 identities: 3 land on identity 1, 1 on identity 2
+    pred = torch.tensor([1, 1, 2, 1])
+    labels = torch.full((4,), NOT_PRIVATE)
+    assert impostor_acc1_max_of(pred, labels, 3) == (0.75, 1)
+    s = set_scores(pred, labels, 3)
+    assert s["impostor_acc@1"] == pytest.approx(1 / 3)  # fixed by the top-1 rule
+    assert s["impostor_acc@1_max"] == 0.75 and s["impostor_acc@1_max_identity"] == 1

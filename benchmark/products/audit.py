@@ -17,6 +17,10 @@ device and eval mode; top-1 as in ``topk_hits(logits, labels, 1)``), and reports
     ``c``) with top-1 ``c``; directly comparable to an attack's ``attack_acc@1``. For ``public``
     images this is exactly ``1 / C`` under the top-1 rule (each image is accepted by exactly one of
     the ``C`` identities): chance level, the floor an attack must clear to show anything.
+``impostor_acc@1_max`` (and ``impostor_acc@1_max_identity``)
+    the highest per-identity impostor acceptance and its identity: where real strangers land most.
+    Unlike the public set's mean, it is not fixed by the rule; an attack on that identity gets that
+    much attack accuracy for free.
 
 Impostor sets: ``private_other`` (the private test images, held out from the evaluation model's
 training; each is an impostor for every identity other than its own) and ``public`` (real images
@@ -42,7 +46,7 @@ from inversion_bench.products.evaluator import evaluator, second_evaluator
 from inversion_bench.run_context import RunContext
 from inversion_bench.store import content_key
 
-AUDIT_VERSION = "1"
+AUDIT_VERSION = "2"
 """Bump when the audit's definition changes (enters the store key)."""
 MAX_IMAGES = 10_000
 """At most this many images per impostor set (a fixed random subset of larger sets)."""
@@ -68,9 +72,9 @@ def false_acceptance_of(pred: Tensor, labels: Tensor) -> float | None:
     return float((pred != labels).double().mean())
 
 
-def impostor_acc1_of(pred: Tensor, labels: Tensor, num_classes: int) -> float | None:
-    """The mean over claimed identities ``c`` of the share of images not of ``c`` that are accepted as
-    ``c`` (identities without any impostor image are left out; None when none has one)."""
+def impostor_rates(pred: Tensor, labels: Tensor, num_classes: int) -> Tensor | None:
+    """Per claimed identity ``c`` [C]: the share of images not of ``c`` that are accepted as ``c``
+    (NaN for identities without any impostor image; None when no identity has one)."""
     n = labels.numel()
     if n == 0:
         return None
@@ -81,10 +85,29 @@ def impostor_acc1_of(pred: Tensor, labels: Tensor, num_classes: int) -> float | 
 
     accepted = count(pred) - count(pred[pred == labels])  # accepted as c while not of c
     impostors = n - count(labels)
-    valid = impostors > 0
-    if not bool(valid.any()):
+    if not bool((impostors > 0).any()):
         return None
-    return float((accepted[valid].double() / impostors[valid].double()).mean())
+    rates = accepted.double() / impostors.double().clamp_min(1)
+    return torch.where(impostors > 0, rates, torch.full_like(rates, float("nan")))
+
+
+def impostor_acc1_of(pred: Tensor, labels: Tensor, num_classes: int) -> float | None:
+    """The mean over claimed identities ``c`` of the share of images not of ``c`` that are accepted as
+    ``c`` (identities without any impostor image are left out; None when none has one)."""
+    rates = impostor_rates(pred, labels, num_classes)
+    return None if rates is None else float(rates[~rates.isnan()].mean())
+
+
+def impostor_acc1_max_of(pred: Tensor, labels: Tensor, num_classes: int) -> tuple[float, int] | None:
+    """(the highest per-identity impostor acceptance, that identity): the identity real strangers land
+    on most. Under the top-1 rule the *mean* over identities of the public set is fixed (1/C); how
+    unevenly the acceptances fall is not, and an attack on this identity gets that much for free."""
+    rates = impostor_rates(pred, labels, num_classes)
+    if rates is None:
+        return None
+    rates = torch.nan_to_num(rates, nan=-1.0)
+    c = int(rates.argmax())
+    return float(rates[c]), c
 
 
 def false_acceptance(logits: Tensor, labels: Tensor) -> float | None:
@@ -99,8 +122,11 @@ def impostor_acc1(logits: Tensor, labels: Tensor) -> float | None:
 
 def set_scores(pred: Tensor, labels: Tensor, num_classes: int) -> dict[str, Any]:
     """The record's numbers of one impostor set: ``images``, ``false_acceptance``, ``impostor_acc@1``."""
+    worst = impostor_acc1_max_of(pred, labels, num_classes)
     return {"images": int(labels.numel()), "false_acceptance": false_acceptance_of(pred, labels),
-            "impostor_acc@1": impostor_acc1_of(pred, labels, num_classes)}
+            "impostor_acc@1": impostor_acc1_of(pred, labels, num_classes),
+            "impostor_acc@1_max": worst[0] if worst else None,
+            "impostor_acc@1_max_identity": worst[1] if worst else None}
 
 
 def evaluator_logits(model: nn.Module, images: Tensor, device: torch.device, batch_size: int) -> Tensor:
@@ -172,7 +198,8 @@ def evaluator_summary(ctx: RunContext) -> dict[str, Any]:
                            "architecture": ctx.suite.evaluation.architecture.name}
     result = audit(ctx)
     if result is not None:
-        out["audit"] = {name: {k: result[name][k] for k in ("images", "false_acceptance", "impostor_acc@1")}
+        keys = ("images", "false_acceptance", "impostor_acc@1", "impostor_acc@1_max", "impostor_acc@1_max_identity")
+        out["audit"] = {name: {k: result[name][k] for k in keys}
                         for name in AUDIT_SETS}
     second = second_evaluator(ctx)
     if second is not None and ctx.suite.evaluation.second is not None:
