@@ -15,8 +15,10 @@ from inversion_bench.leaderboard.model import (
     WORST_CASE,
     Column,
     DefenseInfo,
+    EvaluatorInfo,
     Failure,
     LeaderboardTable,
+    ReportSettings,
     WorstCase,
 )
 from inversion_bench.leaderboard.worst_case import ranked
@@ -28,9 +30,11 @@ __all__ = [
     "WORST_CASE",
     "Column",
     "DefenseInfo",
+    "EvaluatorInfo",
     "Failure",
     "Leaderboard",
     "LeaderboardTable",
+    "ReportSettings",
     "WorstCase",
     "build",
     "build_from_dirs",

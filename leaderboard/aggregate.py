@@ -2,12 +2,14 @@
 
 The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Aggregation rules:
 
-* Rows are defenses in ``defense_index`` order. The target's utility (``metrics["test_accuracy"]``) is
-  taken once per (defense, seed) -- it is the same for every attack of that target -- then averaged
-  over seeds. It is taken from an ``ok`` record when there is one, otherwise from a failed record
-  that still carries a finite value (the target trained, the attack failed afterwards).
+* Rows are defenses in ``defense_index`` order. The target columns come first: the target's utility
+  (``metrics["test_accuracy"]``), then every other metric whose ``metric_scopes`` entry is ``"target"``
+  (sorted; records without ``metric_scopes`` have only the test accuracy). Each is taken once per
+  (defense, seed) -- it is the same for every attack of that target -- then averaged over seeds. It is
+  taken from an ``ok`` record when there is one, otherwise from a failed record that still carries a
+  finite value (the target trained, the attack failed afterwards).
 * Columns are, for every attack in ``attack_index`` order, every metric found in that attack's records
-  except ``test_accuracy``: ``attack_acc@1`` and ``attack_acc@5`` first, then the others sorted.
+  except the target metrics: ``attack_acc@1`` and ``attack_acc@5`` first, then the others sorted.
 * A cell is the mean and sample standard deviation (``ddof=1``) over the seeds whose record is ``ok``
   and whose value is finite. Failed seeds and missing values (``None``/NaN/inf in ``ok`` records) are
   counted separately and never enter the numbers.
@@ -18,6 +20,9 @@ The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Ag
 * Every attack column carries the attack's access level (``record["access"]``; records without one
   are white-box) and the mean ``queries["per_identity"]`` of its ok records.
 * ``delta`` is, for every non-baseline defense, ``mean(defense) - mean(baseline)``.
+* Every cell has a percentile bootstrap interval and, against the baseline, a paired sign-flip
+  permutation test (:mod:`inversion_bench.leaderboard.uncertainty`), with the records'
+  ``report_settings``.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from inversion_bench.leaderboard.model import (
     DEFAULT_ACCESS,
     NEAR_CHANCE_FACTOR,
     TARGET_COLUMN,
+    TARGET_SCOPE,
     TEST_ACCURACY,
     WORST_CASE_ATTACK,
     WORST_CASE_METRIC,
@@ -45,6 +51,7 @@ from inversion_bench.leaderboard.model import (
     WorstCase,
 )
 from inversion_bench.leaderboard.records import dedupe, distinct, finite, first_line, is_ok, privacy_guarantee, where
+from inversion_bench.leaderboard.uncertainty import add_uncertainty, evaluator_info, report_settings
 from inversion_bench.leaderboard.worst_case import worst_case
 
 _FIRST_METRICS = ("attack_acc@1", "attack_acc@5")
@@ -128,7 +135,23 @@ def _access(label: str, recs: Iterable[dict[str, Any]], notes: list[str]) -> str
     return found[0]
 
 
-def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
+def _target_metrics(recs: Sequence[dict[str, Any]], notes: list[str]) -> list[str]:
+    """The target-scope metrics: ``test_accuracy``, then every metric some record's ``metric_scopes`` calls
+    ``"target"`` (sorted; the first scope when records disagree, noted)."""
+    found: dict[str, list[str]] = {}
+    for r in recs:
+        scopes = r.get("metric_scopes")
+        for m, scope in (scopes.items() if isinstance(scopes, dict) else ()):
+            if scope in ("attack", TARGET_SCOPE) and scope not in found.setdefault(str(m), []):
+                found[str(m)].append(scope)
+    for m, scopes in found.items():
+        if len(scopes) > 1 and m != TEST_ACCURACY:
+            notes.append(f"records disagree on the scope of {m!r} ({scopes}); using {scopes[0]!r}.")
+    return [TEST_ACCURACY, *sorted(m for m, sc in found.items() if sc[0] == TARGET_SCOPE and m != TEST_ACCURACY)]
+
+
+def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str],
+                    target_metrics: Collection[str]) -> list[Column]:
     """The columns of one attack: its metrics in display order, or one placeholder without any."""
     label = _label(recs, "attack_label", attack)
     index = int(recs[0].get("attack_index") or 0)
@@ -137,7 +160,7 @@ def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str
     for r in recs:
         names.update((r.get("metrics") or {}).keys())
         names.update((r.get("directions") or {}).keys())
-    names.discard(TEST_ACCURACY)
+    names.difference_update(target_metrics)
     if not names:
         return [Column(attack, label, index, "status", None, placeholder=True, access=access)]
     return [Column(attack, label, index, m, _direction(m, recs, None, notes), access=access)
@@ -145,14 +168,14 @@ def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str
 
 
 def _columns(recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
-    """The test-accuracy column, the worst case (when an attack has an ``attack_acc@1``), then every
-    attack's columns in ``attack_index`` order."""
-    columns = [
-        Column(TARGET_COLUMN, "Target", -1, TEST_ACCURACY, _direction(TEST_ACCURACY, recs, "higher", notes))
-    ]
+    """The target columns (test accuracy first), the worst case (when an attack has an ``attack_acc@1``),
+    then every attack's columns in ``attack_index`` order."""
+    targets = _target_metrics(recs, notes)
+    columns = [Column(TARGET_COLUMN, "Target", -1, m,
+                      _direction(m, recs, "higher" if m == TEST_ACCURACY else None, notes)) for m in targets]
     attack_cols: list[Column] = []
     for attack, rs in _by_attack(recs).items():
-        attack_cols += _attack_columns(attack, rs, notes)
+        attack_cols += _attack_columns(attack, rs, notes, targets)
     acc1 = [c for c in attack_cols if c.metric == WORST_CASE_METRIC and not c.placeholder]
     if acc1:
         columns.append(Column(WORST_CASE_ATTACK, "Worst case", -1, WORST_CASE_METRIC, acc1[0].direction or "lower"))
@@ -183,25 +206,26 @@ def _row(base: dict[str, Any], col: Column, values: Sequence[float], seeds: Sequ
     }
 
 
-def _test_accuracies(recs: Sequence[dict[str, Any]], seeds: Sequence[int], label: str,
-                     notes: list[str]) -> tuple[list[float], list[int], int]:
-    """The defense's test accuracy once per seed: (values, their seeds, number of seeds without one)."""
+def _target_values(recs: Sequence[dict[str, Any]], seeds: Sequence[int], label: str, metric: str,
+                   notes: list[str]) -> tuple[list[float], list[int], int]:
+    """A target metric of the defense once per seed: (values, their seeds, number of seeds without one)."""
     values: list[float] = []
     v_seeds: list[int] = []
     n_failed = 0
     for s in seeds:
         seed_recs = [r for r in recs if int(r["seed"]) == s]
-        ok_vals = [finite((r.get("metrics") or {}).get(TEST_ACCURACY)) for r in seed_recs if is_ok(r)]
+        ok_vals = [finite((r.get("metrics") or {}).get(metric)) for r in seed_recs if is_ok(r)]
         ok_vals = [v for v in ok_vals if v is not None]
-        other = [finite((r.get("metrics") or {}).get(TEST_ACCURACY)) for r in seed_recs if not is_ok(r)]
+        other = [finite((r.get("metrics") or {}).get(metric)) for r in seed_recs if not is_ok(r)]
         other = [v for v in other if v is not None]
         vals = ok_vals or other
         if not vals:
             n_failed += 1
             continue
         if max(vals) - min(vals) > 1e-9:
+            name = "test accuracy" if metric == TEST_ACCURACY else metric
             notes.append(
-                f"{label}, seed {s}: test accuracy differs between attacks "
+                f"{label}, seed {s}: {name} differs between attacks "
                 f"({min(vals):.6g}..{max(vals):.6g}); the first is used."
             )
         values.append(vals[0])
@@ -262,15 +286,18 @@ def _add_defense(cells: _Cells, defense: str, recs: Sequence[dict[str, Any]], co
     num_classes = int(num_classes_all[0]) if num_classes_all else None
 
     base = {"defense": defense, "defense_label": label, "defense_index": index}
-    t_values, t_seeds, t_failed = _test_accuracies(recs, seeds, label, notes)
-    target_row = _row(base, columns[0], t_values, t_seeds, t_failed, 0, len(seeds))
-    cells.rows.append(target_row)
-    near = bool(num_classes and t_values and target_row["mean"] <= NEAR_CHANCE_FACTOR / num_classes)
+    near = False
+    for col in (c for c in columns if c.is_target):
+        t_values, t_seeds, t_failed = _target_values(recs, seeds, label, col.metric, notes)
+        target_row = _row(base, col, t_values, t_seeds, t_failed, 0, len(seeds))
+        cells.rows.append(target_row)
+        if col.is_test_accuracy:
+            near = bool(num_classes and t_values and target_row["mean"] <= NEAR_CHANCE_FACTOR / num_classes)
     epsilon, delta = privacy_guarantee(recs)
     cells.infos.append(
         DefenseInfo(defense, label, index, num_classes, seeds, defense == baseline, near, epsilon, delta)
     )
-    for col in columns[1:]:
+    for col in (c for c in columns if not c.is_target):
         if col.is_worst_case:
             wc = worst_case(recs, list(dict.fromkeys(c.attack for c in columns if c.is_attack)), col.metric)
             cells.worst[defense] = wc
@@ -290,7 +317,6 @@ def _data(rows: list[dict[str, Any]], baseline: str | None) -> pd.DataFrame:
         data.loc[mask, "delta"] = data.loc[mask, "mean"].to_numpy() - data.loc[mask, "column"].map(
             base_means
         ).to_numpy(dtype=float)
-    data = data[list(DATA_COLUMNS)]
     return data.astype({"n": int, "n_failed": int, "n_missing": int, "n_records": int})
 
 
@@ -333,7 +359,9 @@ def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
     cells = _Cells()
     for defense, rs in by_defense.items():
         _add_defense(cells, defense, rs, columns, baseline, notes)
-    data = _data(cells.rows, baseline)
+    settings = report_settings(recs, notes)
+    data = add_uncertainty(_data(cells.rows, baseline), by_defense, columns, baseline, settings)
+    data = data[list(DATA_COLUMNS)]
     meta = _meta(recs)
     infos = sorted(cells.infos, key=lambda i: (i.index, i.defense))
     order = {info.defense: k for k, info in enumerate(infos)}
@@ -349,4 +377,6 @@ def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
         notes=notes,
         meta=meta,
         worst_case=cells.worst,
+        settings=settings,
+        evaluator=evaluator_info(recs, notes),
     )

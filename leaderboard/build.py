@@ -32,8 +32,11 @@ class Leaderboard(LeaderboardTable):
         """One row per defense with raw numbers, the layout of :meth:`to_csv`.
 
         Returns:
-            Columns ``defense, defense_label``, then for the test accuracy, the worst case and every
-            ``<attack>/<metric>``: ``_mean, _std, _n, _delta, _failed``; the worst case adds
+            Columns ``defense, defense_label``, then for every target column (``test_accuracy`` and
+            the other target-scope metrics), the worst case and every ``<attack>/<metric>``:
+            ``_mean, _std, _n, _delta, _failed, _ci_low, _ci_high, _p_value, _significant`` (the
+            bootstrap interval of the mean, NaN without one; the paired test's p-value against the
+            baseline, NaN without one; whether it is below the significance level); the worst case adds
             ``worst_case_attack`` (the attack named), ``worst_case_attacks`` (``"seed:attack;..."``)
             and ``worst_case_covered`` (``"seed:k/n;..."``); every attack adds ``<attack>/access`` and
             ``<attack>/queries_per_identity`` before its metrics; then ``num_classes``, ``near_chance``,

@@ -13,12 +13,22 @@ from typing import Any
 
 import pandas as pd
 
-from inversion_bench.leaderboard.model import DEFAULT_ACCESS, Column, DefenseInfo, LeaderboardTable, WorstCase
+from inversion_bench.leaderboard.model import (
+    DEFAULT_ACCESS,
+    Column,
+    DefenseInfo,
+    LeaderboardTable,
+    WorstCase,
+)
 
 ARROWS = {"higher": "↑", "lower": "↓"}
 NEAR_CHANCE = "⚠ near chance"
 NA_MARK = "†"
 NOT_RUN = "—"
+SIGNIFICANT_MARK = "*"
+"""Appended to a Δ whose paired test against the baseline is significant (Markdown)."""
+NO_INTERVAL = "no CI"
+"""Annotation of a cell without an interval when the table shows intervals (a single value)."""
 ACCESS_HELP = {
     "white-box": "white-box: the model, its gradients and parameters",
     "black-box": "black-box: output probabilities only, no gradients",
@@ -97,8 +107,60 @@ def format_value(col: Column, x: float, decimals: int, signed: bool = False) -> 
     return text
 
 
-def _annotation_parts(cell: pd.Series, na_mark: str) -> list[str]:
-    parts = []
+def has_interval(cell: pd.Series) -> bool:
+    """Whether the cell has a bootstrap interval (both ends finite)."""
+    low, high = cell.get("ci_low"), cell.get("ci_high")
+    return not (_isnan(low) or _isnan(high))
+
+
+def spread_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", intervals: bool = False) -> str:
+    """``" ± 2.1"`` after a mean: the std over seeds, or with ``intervals`` the half-width of the
+    bootstrap interval; ``""`` when there is none."""
+    if intervals:
+        if not has_interval(cell):
+            return ""
+        return f" {pm} {format_value(col, (float(cell['ci_high']) - float(cell['ci_low'])) / 2, decimals)}"
+    if cell["n"] > 1 and not _isnan(cell["std"]):
+        return f" {pm} {format_value(col, float(cell['std']), decimals)}"
+    return ""
+
+
+def interval_text(col: Column, cell: pd.Series, decimals: int, confidence: float) -> str:
+    """``"95% CI [34.0, 39.8] (bootstrap over identities and seeds (10 identities × 3 seeds))"``, or why
+    there is none (``"no interval: one seed"``)."""
+    method = str(cell.get("ci_method") or "")
+    if not has_interval(cell):
+        return method or "no interval"
+    low = format_value(col, float(cell["ci_low"]), decimals)
+    high = format_value(col, float(cell["ci_high"]), decimals)
+    return f"{100 * confidence:g}% CI [{low}, {high}]" + (f" ({method})" if method else "")
+
+
+def p_value_text(p: Any) -> str:
+    """``"p = 0.012"``, ``"p < 0.001"``; ``""`` for NaN."""
+    if _isnan(p):
+        return ""
+    p = float(p)
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def test_text(cell: pd.Series) -> str:
+    """The paired test of a cell: ``"p = 0.012, paired sign-flip permutation test (exact; 8 ... pairs)"``,
+    or why there is none; ``""`` for the baseline and without a baseline."""
+    test = str(cell.get("test") or "")
+    if test == "baseline":
+        return ""
+    p = p_value_text(cell.get("p_value"))
+    return f"{p}, {test}" if p else test
+
+
+def is_significant(cell: pd.Series) -> bool:
+    """Whether the cell's paired test against the baseline is below the significance level."""
+    return bool(cell.get("significant", False))
+
+
+def _annotation_parts(cell: pd.Series, na_mark: str, intervals: bool = False) -> list[str]:
+    parts = [NO_INTERVAL] if intervals and cell["n"] and not has_interval(cell) else []
     total = int(cell["n_records"])
     if cell["n_failed"]:
         parts.append(f"{cell['n_failed']}/{total} failed")
@@ -107,16 +169,19 @@ def _annotation_parts(cell: pd.Series, na_mark: str) -> list[str]:
     return parts
 
 
-def _annotation(cell: pd.Series, na_mark: str) -> str:
-    parts = _annotation_parts(cell, na_mark)
+def _annotation(cell: pd.Series, na_mark: str, intervals: bool = False) -> str:
+    parts = _annotation_parts(cell, na_mark, intervals)
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def cell_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", na_mark: str = NA_MARK) -> str:
+def cell_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", na_mark: str = NA_MARK,
+              intervals: bool = False) -> str:
     """Display text of a main-table cell.
 
     ``"36.9 ± 2.1"``; one seed: ``"36.9"``; every seed failed: ``"failed"``; some failed:
-    ``"36.9 (1/3 failed)"``; value missing in an ok record: ``"n/a†"``; no record: ``"—"``.
+    ``"36.9 (1/3 failed)"``; value missing in an ok record: ``"n/a†"``; no record: ``"—"``. With
+    ``intervals`` the ``±`` is the half-width of the bootstrap interval, and a cell without one says
+    ``"36.9 (no CI)"``.
 
     Args:
         col: the column.
@@ -124,6 +189,7 @@ def cell_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", na_ma
         decimals: decimals of the column.
         pm: the plus-minus sign.
         na_mark: footnote mark for missing values.
+        intervals: show the interval's half-width instead of the std.
 
     Returns:
         The text.
@@ -134,13 +200,12 @@ def cell_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", na_ma
         if cell["n_missing"]:
             return f"n/a{na_mark}"
         return NOT_RUN
-    text = format_value(col, float(cell["mean"]), decimals)
-    if cell["n"] > 1 and not _isnan(cell["std"]):
-        text += f" {pm} {format_value(col, float(cell['std']), decimals)}"
-    return text + _annotation(cell, na_mark)
+    text = format_value(col, float(cell["mean"]), decimals) + spread_text(col, cell, decimals, pm, intervals)
+    return text + _annotation(cell, na_mark, intervals)
 
 
-def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_mark: str = NA_MARK) -> str:
+def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_mark: str = NA_MARK,
+               mark: str = "") -> str:
     """Display text of a Δ-table cell (difference of means to the baseline).
 
     Args:
@@ -149,6 +214,7 @@ def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_
         base: the baseline's row for the same column.
         decimals: decimals of the column.
         na_mark: footnote mark for missing values.
+        mark: appended to the number when the paired test is significant (``"*"`` in Markdown).
 
     Returns:
         The text (``"failed"``/``"n/a"``/``"—"`` where no difference can be taken).
@@ -157,7 +223,8 @@ def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_
         return cell_text(col, cell, decimals, na_mark=na_mark)
     if base["n"] == 0 or _isnan(cell["delta"]):
         return NOT_RUN
-    return format_value(col, float(cell["delta"]), decimals, signed=True) + _annotation(cell, na_mark)
+    star = mark if mark and is_significant(cell) else ""
+    return format_value(col, float(cell["delta"]), decimals, signed=True) + star + _annotation(cell, na_mark)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -206,19 +273,19 @@ def worst_case_parts(lb: LeaderboardTable, wc: WorstCase) -> list[str]:
 
 def display_text(lb: LeaderboardTable, defense: str, col: Column, cell: pd.Series, decimals: int,
                  pm: str = "±", na_mark: str = NA_MARK) -> str:
-    """Display text of a main-table cell of any column (see :func:`cell_text`).
+    """Display text of a main-table cell of any column (see :func:`cell_text`; ``±`` is the interval's
+    half-width when ``lb.settings.intervals``).
 
     A worst-case cell also names the attack and the seeds that cover only some attacks:
     ``"41.2 ± 3.0 (GMI; 2/3 attacks on seed 1; 1/3 failed)"`` (``failed``: seeds where every attack
     failed).
     """
     wc = lb.worst_case.get(defense) if col.is_worst_case else None
+    intervals = lb.settings.intervals
     if wc is None or cell["n"] == 0:
-        return cell_text(col, cell, decimals, pm=pm, na_mark=na_mark)
-    text = format_value(col, float(cell["mean"]), decimals)
-    if cell["n"] > 1 and not _isnan(cell["std"]):
-        text += f" {pm} {format_value(col, float(cell['std']), decimals)}"
-    parts = [*worst_case_parts(lb, wc), *_annotation_parts(cell, na_mark)]
+        return cell_text(col, cell, decimals, pm=pm, na_mark=na_mark, intervals=intervals)
+    text = format_value(col, float(cell["mean"]), decimals) + spread_text(col, cell, decimals, pm, intervals)
+    parts = [*worst_case_parts(lb, wc), *_annotation_parts(cell, na_mark, intervals)]
     return f"{text} ({'; '.join(parts)})" if parts else text
 
 

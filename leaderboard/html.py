@@ -2,15 +2,18 @@
 
 The page holds, inline: the sortable defense x attack table (rows start sorted by the worst case,
 lowest first; click a metric header to sort; arrows mark the direction that is better for the
-defender), mean ± std over seeds, the difference to the baseline under each value, the target's test
-accuracy as the first value column and the worst case over attacks as the second, each attack's access
+defender), mean ± std over seeds, the difference to the baseline under each value (green/red only when the
+paired sign-flip permutation test against the baseline is significant, grey otherwise), the bootstrap
+interval, n and the paired test's p-value in each cell's tooltip, the target columns (test accuracy and the
+other target-scope metrics) first and the worst case over attacks next, each attack's access
 level in its header (and the queries per identity of black-box and label-only attacks in the cell
-tooltips), the (epsilon, delta) guarantee where a defense reports one, the provenance of the numbers (suite hash, code
-version, creation dates, device, seeds), the figures as base64 PNG (with links to the SVG files
-next to the page), notes and failures.
+tooltips), the (epsilon, delta) guarantee where a defense reports one, the provenance of the numbers (suite hash,
+code version, creation dates, device, seeds, the evaluation model's test accuracy and audit), the figures as base64
+PNG (with links to the SVG files next to the page), notes and failures.
 
 Every value cell carries its raw number in ``data-value`` (accuracies as fractions, full precision):
-sorting uses it, and tests compare it with the records.
+sorting uses it, and tests compare it with the records; ``data-ci-low``/``data-ci-high`` hold its interval
+and the Δ span's ``data-p`` the paired test's p-value (empty where there is none).
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ from inversion_bench.leaderboard.formatting import (
     format_value,
     guarantee_text,
     has_guarantees,
+    interval_text,
+    is_significant,
+    p_value_text,
     queries_text,
     seed_summary,
+    test_text,
     worst_case_title,
 )
+from inversion_bench.leaderboard.legend import AUDIT_HELP, cells_help, evaluator_items, interval_help, significance_help
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
 from inversion_bench.leaderboard.worst_case import ranked
 
@@ -54,7 +62,7 @@ table.lb th.sortable{cursor:pointer;user-select:none} table.lb th.sortable:hover
 table.lb td.name,table.lb th.name{text-align:left}
 table.lb tr.baseline td{background:#fbf8e8}
 table.lb .delta{display:block;font-size:.75rem;color:#666}
-table.lb .good{color:#17663a} table.lb .bad{color:#9b1c1c}
+table.lb .good{color:#17663a} table.lb .bad{color:#9b1c1c} table.lb .ns{color:#999}
 table.lb .ind{color:#555;font-size:.8rem}
 .warn{color:#9b1c1c;font-weight:600}
 dl.prov{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.85rem}
@@ -105,9 +113,10 @@ def _raw(x: Any) -> str:
     return "" if x is None or (isinstance(x, float) and not math.isfinite(x)) else repr(float(x))
 
 
-def _delta_class(col: Column, delta: float) -> str:
-    if col.direction not in ("higher", "lower") or not math.isfinite(delta) or delta == 0:
-        return ""
+def _delta_class(col: Column, delta: float, significant: bool = True) -> str:
+    """``good``/``bad`` for a significant Δ with a known direction, ``ns`` (grey) otherwise."""
+    if col.direction not in ("higher", "lower") or not math.isfinite(delta) or delta == 0 or not significant:
+        return "ns"
     good = (delta > 0) == (col.direction == "higher")
     return "good" if good else "bad"
 
@@ -115,7 +124,7 @@ def _delta_class(col: Column, delta: float) -> str:
 def _metric_head(col: Column, initial_sort: str | None) -> str:
     if col.placeholder:
         name = "status"
-    elif col.is_target:
+    elif col.is_test_accuracy:
         name = "Test acc. (%)"
     else:
         name = col.metric + (" (%)" if col.is_accuracy else "")
@@ -144,6 +153,10 @@ def _cell_title(lb: LeaderboardTable, defense: str, col: Column, cell: Any, deci
         parts.append(f"{int(cell['n_missing'])} not computed")
     if col.is_attack and queries_text(col, cell):
         parts.append(f"{queries_text(col, cell)} (mean over seeds)")
+    if cell["n"]:
+        parts.append(interval_text(col, cell, decimals, lb.settings.confidence))
+        if test_text(cell):
+            parts.append(f"vs baseline: {test_text(cell)}")
     return "; ".join(parts) or "no record"
 
 
@@ -185,12 +198,16 @@ def _row(lb: LeaderboardTable, info: DefenseInfo, cells: dict[tuple[str, str], A
         delta = ""
         if lb.baseline is not None and not info.is_baseline and not c.placeholder and cell["n"]:
             d = delta_text(c, cell, cells[(lb.baseline, c.key)], decimals[c.key])
-            cls = _delta_class(c, float(cell["delta"]))
-            delta = f'<span class="delta {cls}" title="difference to the baseline">Δ {_e(d)}</span>'
+            cls = _delta_class(c, float(cell["delta"]), is_significant(cell))
+            p = p_value_text(cell["p_value"])
+            title = "difference to the baseline" + (f"; {p}" if p else "; no paired test")
+            delta = (f'<span class="delta {cls}" data-p="{_raw(cell["p_value"])}" title="{_e(title)}">'
+                     f'Δ {_e(d)}</span>')
         raw = _raw(cell["mean"]) if cell["n"] else ""
         wc = lb.worst_case.get(info.defense) if c.is_worst_case else None
         attack = f' data-attack="{_e(wc.attack)}"' if wc is not None and wc.attack else ""
         tds.append(f'<td data-key="{_e(c.key)}" data-value="{raw}" data-std="{_raw(cell["std"])}" '
+                   f'data-ci-low="{_raw(cell["ci_low"])}" data-ci-high="{_raw(cell["ci_high"])}" '
                    f'data-n="{int(cell["n"])}"{attack} '
                    f'title="{_e(_cell_title(lb, info.defense, c, cell, decimals[c.key]))}">{text}{delta}</td>')
     near = ' data-near-chance="true"' if info.near_chance else ""
@@ -219,6 +236,7 @@ def _provenance(lb: LeaderboardTable) -> str:
         ("seeds", seed_summary(lb)),
         ("records", str(meta.get("num_records", 0))),
         ("baseline", lb.baseline_label or "none"),
+        *evaluator_items(lb),
     ]
     return '<dl class="prov">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
 
@@ -245,7 +263,8 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
     """
     legend = [
         "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
-        f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({seed_summary(lb)}); accuracies in %.",
+        cells_help(lb, seed_summary(lb)).replace("`", ""),
+        interval_help(lb) + " Hover a cell for its interval, n and the paired test's p-value.",
     ]
     if WORST_CASE in {c.key for c in lb.columns}:
         legend += [WORST_CASE_HELP + " (k/n attacks on seed s): some attacks failed on that seed.",
@@ -256,7 +275,9 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
                       + "; ".join(ACCESS_HELP.get(a, a) for a in levels) + ".")
     if lb.baseline is not None:
         legend.append(f"Δ: difference of means to the baseline ({lb.baseline_label}); accuracies in percentage "
-                      "points; green: better for the defender, red: worse.")
+                      "points; green: better for the defender, red: worse, grey: not significant.")
+        legend.append(significance_help(lb, ""))
+    legend.append(AUDIT_HELP)
     if has_guarantees(lb):
         legend.append("ε (DP): the (ε, δ) differential-privacy guarantee reported by the defense (largest ε over "
                       "seeds); — : no formal guarantee.")

@@ -45,27 +45,30 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
 
 
-def _attack_groups(cols: list[Column]) -> list[tuple[str, int]]:
-    """(attack id, number of adjacent columns) over the columns after the test accuracy."""
-    groups: list[tuple[str, int]] = []
-    for c in cols[1:]:
-        if groups and groups[-1][0] == c.attack and c.attack:
+def _attack_groups(cols: list[Column]) -> list[tuple[Column, int]]:
+    """(first column, number of adjacent columns of the same attack) over every column; the target
+    columns form one group."""
+    groups: list[tuple[Column, int]] = []
+    for c in cols:
+        if groups and groups[-1][0].attack == c.attack:
             groups[-1] = (groups[-1][0], groups[-1][1] + 1)
         else:
-            groups.append((c.attack, 1))
+            groups.append((c, 1))
     return groups
 
 
 def _group_header(cols: list[Column], eps_col: bool) -> list[str]:
     """The first header row: attack names (with their access level) spanning their metric columns, with
-    ``\\cmidrule``s under them."""
-    attack_labels = {c.attack: attack_heading(c) for c in cols}
-    top = ["", "", *([""] if eps_col else [])]
+    ``\\cmidrule``s under them; the test accuracy alone has none, several target columns span "Target"."""
+    top = ["", *([""] if eps_col else [])]
     rules = []
-    start = 3 + int(eps_col)  # first attack column (1-based: defense, [epsilon,] test accuracy, ...)
-    for attack, span in _attack_groups(cols):
-        top.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(attack_labels[attack])}}}")
-        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+    start = 2 + int(eps_col)  # first value column (1-based: defense, [epsilon,] values ...)
+    for first, span in _attack_groups(cols):
+        if first.is_target and span == 1:
+            top.append("")
+        else:
+            top.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(attack_heading(first))}}}")
+            rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
         start += span
     lines = [" & ".join(top) + r" \\"]
     if rules:
@@ -76,7 +79,7 @@ def _group_header(cols: list[Column], eps_col: bool) -> list[str]:
 def _metric_head(c: Column) -> str:
     if c.placeholder:
         name = ""
-    elif c.is_target:
+    elif c.is_test_accuracy:
         name = r"Test acc.\ (\%)"
     else:
         name = latex_escape(c.metric) + (r" (\%)" if c.is_accuracy else "")
@@ -112,8 +115,10 @@ def _body(lb: LeaderboardTable, eps_col: bool) -> list[str]:
 
 
 def _caption(lb: LeaderboardTable) -> str:
+    spread = (f"half-width of the {100 * lb.settings.confidence:g}\\% percentile bootstrap interval (identities "
+              "and seeds resampled; no CI: a single value)" if lb.settings.intervals else "sample standard deviation")
     caption = (
-        f"Leaderboard of suite \\texttt{{{latex_escape(lb.suite)}}}: mean $\\pm$ sample standard deviation "
+        f"Leaderboard of suite \\texttt{{{latex_escape(lb.suite)}}}: mean $\\pm$ {spread} "
         f"over seeds ({latex_escape(seed_summary(lb))}); accuracies in \\%. "
         r"$\uparrow$/$\downarrow$: higher/lower is better for the defender. "
         r"``failed'': every seed of the pair failed."

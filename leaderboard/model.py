@@ -7,6 +7,7 @@ records; the renderers (:mod:`~inversion_bench.leaderboard.render`, :mod:`~inver
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +17,14 @@ TEST_ACCURACY = "test_accuracy"
 """Metric name of the target's utility."""
 
 TARGET_COLUMN = ""
-"""Value of ``attack`` in :attr:`LeaderboardTable.data` for the test-accuracy column."""
+"""Value of ``attack`` in :attr:`LeaderboardTable.data` for the target columns (test accuracy and every
+metric whose ``metric_scopes`` entry is ``"target"``)."""
+
+TARGET_SCOPE = "target"
+"""``record["metric_scopes"]`` value of a metric that describes the target (one value per defense and seed)."""
+
+_ACCURACY = re.compile(r"(^|_)acc(uracy)?(@\d+)?$")
+"""Metric names shown in percent: the token ``acc`` or ``accuracy`` at the end, optionally ``@k``."""
 
 NEAR_CHANCE_FACTOR = 2.0
 """A test accuracy at most this many times chance level (``1 / num_classes``) is flagged."""
@@ -53,6 +61,13 @@ DATA_COLUMNS = (
     "values",
     "seeds",
     "queries_per_identity",
+    "ci_low",
+    "ci_high",
+    "ci_method",
+    "n_identities",
+    "p_value",
+    "significant",
+    "test",
 )
 
 
@@ -89,8 +104,13 @@ class Column:
 
     @property
     def is_target(self) -> bool:
-        """Whether this is the test-accuracy column."""
+        """Whether this is a target column (the test accuracy or another target-scope metric)."""
         return self.attack == TARGET_COLUMN
+
+    @property
+    def is_test_accuracy(self) -> bool:
+        """Whether this is the target's test-accuracy column."""
+        return self.is_target and self.metric == TEST_ACCURACY
 
     @property
     def is_worst_case(self) -> bool:
@@ -104,8 +124,13 @@ class Column:
 
     @property
     def is_accuracy(self) -> bool:
-        """Whether the metric is an accuracy (a fraction, shown as a percentage)."""
-        return "acc" in self.metric
+        """Whether the metric is an accuracy (a fraction, shown as a percentage).
+
+        The name must end in the token ``acc`` or ``accuracy``, optionally followed by ``@k``
+        (``attack_acc@1``, ``second_acc@1``, ``test_accuracy``); ``evaluator_agreement``,
+        ``false_acceptance`` or ``knowledge_extraction`` are shown as plain numbers.
+        """
+        return bool(_ACCURACY.search(self.metric))
 
 
 @dataclass(frozen=True)
@@ -194,6 +219,58 @@ class WorstCase:
         return {s: k for s, k in self.covered if 0 < k < self.n_attacks}
 
 
+@dataclass(frozen=True)
+class ReportSettings:
+    """How the leaderboard states uncertainty (``record["report_settings"]``; these defaults for records
+    written before the setting existed).
+
+    Attributes:
+        significance: a Δ to the baseline is coloured only when its paired test's p-value is below it.
+        confidence: coverage of the bootstrap intervals.
+        bootstrap: bootstrap resamples per interval (and Monte Carlo sign vectors per paired test).
+        intervals: Markdown and LaTeX show mean ± interval half-width instead of mean ± std.
+    """
+
+    significance: float = 0.05
+    confidence: float = 0.95
+    bootstrap: int = 2000
+    intervals: bool = False
+
+
+@dataclass(frozen=True)
+class EvaluatorAudit:
+    """The evaluation model's audit on images of identities it must not recognise as attacked ones.
+
+    Attributes:
+        images: number of audit images.
+        false_acceptance: share of them the evaluation model accepts as an attacked identity.
+        impostor_acc: share of them it classifies as the identity an impostor would claim (Acc@1).
+    """
+
+    images: int | None
+    false_acceptance: float | None
+    impostor_acc: float | None
+
+
+@dataclass(frozen=True)
+class EvaluatorInfo:
+    """The evaluation model behind the attack accuracies (``record["evaluator"]``).
+
+    Attributes:
+        architecture: its architecture, if recorded.
+        test_accuracy: its accuracy on the private test split, if recorded.
+        audit: ``{"private_other": ..., "public": ...}``; empty when the records carry no audit.
+        second_architecture: the second evaluation model's architecture, if any.
+        second_test_accuracy: its test accuracy, if any.
+    """
+
+    architecture: str | None = None
+    test_accuracy: float | None = None
+    audit: dict[str, EvaluatorAudit] = field(default_factory=dict)
+    second_architecture: str | None = None
+    second_test_accuracy: float | None = None
+
+
 @dataclass
 class LeaderboardTable:
     """Aggregated results of one or more runs of a suite (numbers and labels, no rendering).
@@ -205,19 +282,30 @@ class LeaderboardTable:
         baseline: id of the baseline defense, or ``None`` when there is none among the rows.
         defenses: the rows, in ``defense_index`` order (the Markdown table and the HTML page show them
             in :func:`~inversion_bench.leaderboard.worst_case.ranked` order).
-        columns: the value columns, test accuracy first, then the worst case (when some attack has an
+        columns: the value columns: the target columns (test accuracy first, then the other
+            target-scope metrics sorted), then the worst case (when some attack has an
             ``attack_acc@1``), then the attack metrics.
         data: long table, one row per (defense, column) with the columns of :data:`DATA_COLUMNS`
             (means/stds are raw numbers: accuracies are fractions; ``std`` is NaN with fewer than two
             values; ``delta`` is NaN for the baseline row and where either mean is missing;
             ``queries_per_identity`` is the mean over the ok records that counted queries, NaN
-            otherwise and for the test-accuracy and worst-case columns).
+            otherwise and for the target and worst-case columns; ``ci_low``/``ci_high`` are the ends
+            of the percentile bootstrap interval of the mean (:mod:`~inversion_bench.leaderboard.stats`,
+            NaN without one), ``ci_method`` says what it resamples or why there is none,
+            ``n_identities`` the identities per seed it resamples (0 for an interval over seeds);
+            ``p_value`` is the paired sign-flip permutation test against the baseline on (seed,
+            identity) pairs (NaN for the baseline and without per-identity values), ``significant``
+            whether it is below ``settings.significance`` (False when NaN), ``test`` names the test
+            and its pairs, or says why there is none).
         worst_case: the :class:`WorstCase` of every defense (empty without a worst-case column).
         failures: the failed pairs, in defense/attack/seed order.
         missing: (defense, column key, seed) of values that were ``None``/non-finite in ok records.
         notes: further remarks (superseded duplicate records, inconsistent records).
         meta: provenance: ``suite_hashes``, ``code_versions``, ``devices``, ``created`` (min, max),
             ``num_records``, ``seeds``.
+        settings: the :class:`ReportSettings` of the records (the first record's when they disagree).
+        evaluator: the evaluation model of the records (the first record's), ``None`` when no record
+            names one.
     """
 
     suite: str
@@ -230,6 +318,8 @@ class LeaderboardTable:
     notes: list[str] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)
     worst_case: dict[str, WorstCase] = field(default_factory=dict)
+    settings: ReportSettings = field(default_factory=ReportSettings)
+    evaluator: EvaluatorInfo | None = None
 
     @property
     def baseline_label(self) -> str | None:

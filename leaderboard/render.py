@@ -17,6 +17,7 @@ from inversion_bench.leaderboard.formatting import (
     NA_MARK,
     NEAR_CHANCE,
     NOT_RUN,
+    SIGNIFICANT_MARK,
     WORST_CASE_HELP,
     attack_heading,
     cell_rows,
@@ -29,6 +30,7 @@ from inversion_bench.leaderboard.formatting import (
     seed_coverage,
     seed_summary,
 )
+from inversion_bench.leaderboard.legend import AUDIT_HELP, cells_help, evaluator_items, interval_help, significance_help
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
 from inversion_bench.leaderboard.worst_case import ranked
 
@@ -42,8 +44,10 @@ Cells = dict[tuple[str, str], pd.Series]
 def _header(col: Column, arrows: dict[str, str], pct: str = "%") -> str:
     if col.placeholder:
         name = attack_heading(col)
-    elif col.is_target:
+    elif col.is_test_accuracy:
         name = "Test acc."
+    elif col.is_target:
+        name = f"Target: {col.metric}"
     else:
         name = f"{attack_heading(col)}: {col.metric}"
     if col.is_accuracy and not col.placeholder:
@@ -77,6 +81,12 @@ def _provenance(lb: LeaderboardTable) -> str:
     return "; ".join(prov) + "."
 
 
+def _evaluator(lb: LeaderboardTable) -> str:
+    """One line: the evaluation model's test accuracy and audit (``not audited`` without one)."""
+    items = evaluator_items(lb)
+    return " ".join(f"{name[0].upper()}{name[1:]}: {text}." for name, text in items)
+
+
 def _main_table(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int]) -> str:
     """The table of means ± stds (rows by worst case), with the ε column when a row reports a guarantee."""
     eps_col = has_guarantees(lb)
@@ -99,14 +109,17 @@ def _delta_section(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int])
     out = [
         f"## Δ vs {lb.baseline_label}",
         "",
-        "Difference of means (defense − baseline); accuracies in percentage points.",
+        f"Difference of means (defense − baseline); accuracies in percentage points. `{SIGNIFICANT_MARK}`: the "
+        f"paired sign-flip permutation test gives p < {lb.settings.significance:g} (see the legend); a Δ "
+        "without it is not significant.",
         "",
     ]
     dbody = []
     for info in others:
         row = [_row_label(lb, info)]
         for c in lb.columns:
-            row.append(delta_text(c, cells[(info.defense, c.key)], cells[(lb.baseline, c.key)], decimals[c.key]))
+            row.append(delta_text(c, cells[(info.defense, c.key)], cells[(lb.baseline, c.key)], decimals[c.key],
+                                  mark=SIGNIFICANT_MARK))
         dbody.append(row)
     dheaders = ["Defense", *(_header(c, ARROWS, pct="pp") for c in lb.columns)]
     dalign = ["left", *(["right"] * len(lb.columns))]
@@ -118,10 +131,9 @@ def _legend(lb: LeaderboardTable) -> list[str]:
         "## Legend",
         "",
         "- ↑ higher is better for the defender; ↓ lower is better for the defender.",
-        (
-            f"- Cells: mean ± sample standard deviation (ddof=1) over seeds ({seed_summary(lb)}); "
-            "a cell with a single seed shows the mean only. Accuracies in %."
-        ),
+        f"- {cells_help(lb, seed_summary(lb))}",
+        f"- {interval_help(lb)} The intervals and p-values are in leaderboard.csv (`_ci_low`, `_ci_high`, "
+        "`_p_value`, `_significant`) and the page's tooltips.",
         (
             "- `failed`: every seed of the pair failed (see Failures); `(k/n failed)`: the numbers "
             "cover the remaining seeds only."
@@ -133,6 +145,9 @@ def _legend(lb: LeaderboardTable) -> list[str]:
             "covers the others; `(k/n failed)`: every attack failed on k seeds.",
             "- Rows are sorted by the worst case, lowest (best for the defender) first; rows without one last.",
         ]
+    if lb.baseline is not None:
+        out.append(f"- {significance_help(lb, SIGNIFICANT_MARK)}")
+    out.append(f"- {AUDIT_HELP}")
     levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
     if levels:
         out.append("- [access]: what the attack sees of the defended target: "
@@ -204,7 +219,7 @@ def render_markdown(lb: LeaderboardTable) -> str:
     """
     decimals = decimals_by_column(lb)
     cells = cell_rows(lb)
-    out: list[str] = [f"# Leaderboard: {lb.suite}", "", _provenance(lb), ""]
+    out: list[str] = [f"# Leaderboard: {lb.suite}", "", _provenance(lb), "", _evaluator(lb), ""]
     out += [_main_table(lb, cells, decimals), ""]
     out += _delta_section(lb, cells, decimals)
     out += _legend(lb)
@@ -242,6 +257,8 @@ def wide_frame(lb: LeaderboardTable) -> pd.DataFrame:
             row[f"{c.key}_n"] = int(cell["n"])
             row[f"{c.key}_delta"] = cell["delta"]
             row[f"{c.key}_failed"] = int(cell["n_failed"])
+            for k in ("ci_low", "ci_high", "p_value", "significant"):
+                row[f"{c.key}_{k}"] = cell[k]
             if c.is_worst_case:
                 wc = lb.worst_case.get(info.defense)
                 row[f"{WORST_CASE}_attack"] = wc.attack if wc else None

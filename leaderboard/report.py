@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 from inversion_bench.leaderboard.build import Leaderboard, build
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
+from inversion_bench.leaderboard.stats import bootstrap_interval
+from inversion_bench.leaderboard.uncertainty import identity_values, report_settings
 
 if TYPE_CHECKING:
     from inversion_bench.run_context import RunContext
@@ -179,7 +181,19 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
 
 RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "access",
                   "queries_total", "queries_per_identity", "seed", "status", "metric", "value", "direction", "error",
-                  "code_version", "created")
+                  "code_version", "created", "ci_low", "ci_high", "n_identities")
+
+
+def _record_interval(rec: dict[str, Any], metric: str) -> dict[str, Any]:
+    """``ci_low, ci_high, n_identities`` of one record's metric from its per-identity values (empty without)."""
+    per = identity_values(rec, metric) if rec.get("status") == "ok" else None
+    if per is None:
+        return {}
+    known, unknown = per
+    values = [*known.values(), *([0.0] * unknown)]
+    settings = report_settings([rec], [])
+    low, high = bootstrap_interval([values], settings.confidence, settings.bootstrap)
+    return {"ci_low": low, "ci_high": high, "n_identities": len(values)}
 
 
 def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -189,6 +203,9 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     is the attack's access level (``white-box`` for records without one); ``queries_total`` and
     ``queries_per_identity`` are the record's query counts (images the black-box or label-only oracle
     was asked about; forward passes of the target for white-box attacks), empty when not counted.
+    ``ci_low``/``ci_high`` are the record's own percentile bootstrap interval (over its identities, at the
+    record's ``report_settings.confidence``) of a metric with per-identity values (``attack_acc@1``,
+    ``attack_acc@5``), ``n_identities`` the identities it resamples; empty for other metrics.
     """
     import pandas as pd
 
@@ -204,7 +221,8 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
         if not metrics:
             rows.append({**base, "metric": "", "value": None, "direction": ""})
         for m, v in metrics.items():
-            rows.append({**base, "metric": m, "value": v, "direction": (r.get("directions") or {}).get(m, "")})
+            rows.append({**base, "metric": m, "value": v, "direction": (r.get("directions") or {}).get(m, ""),
+                         **_record_interval(r, m)})
     path.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows, columns=list(RECORD_COLUMNS)).to_csv(path, index=False)
     return path

@@ -135,10 +135,10 @@ def test_csv_fields(lb, tmp_path: Path) -> None:
     df = pd.read_csv(lb.to_csv(tmp_path / "lb.csv")).set_index("defense")
     assert list(df.index) == ["none", "round", "broken"]
     cols = list(df.columns)
-    assert cols[1:6] == ["test_accuracy_mean", "test_accuracy_std", "test_accuracy_n", "test_accuracy_delta",
-                         "test_accuracy_failed"]
-    assert cols[6:14] == ["worst_case_mean", "worst_case_std", "worst_case_n", "worst_case_delta",
-                          "worst_case_failed", "worst_case_attack", "worst_case_attacks", "worst_case_covered"]
+    stats = ["ci_low", "ci_high", "p_value", "significant"]
+    assert cols[1:10] == [f"test_accuracy_{k}" for k in ("mean", "std", "n", "delta", "failed", *stats)]
+    assert cols[10:22] == [f"worst_case_{k}" for k in ("mean", "std", "n", "delta", "failed", *stats, "attack",
+                                                          "attacks", "covered")]
     assert df.loc["round", "worst_case_mean"] == pytest.approx(0.535, rel=1e-12)
     assert df.loc["round", "worst_case_attack"] == "mirror"
     assert df.loc["round", "worst_case_attacks"] == "0:mirror;1:brep"
@@ -196,7 +196,10 @@ def test_html_initial_order_headers_and_tooltips(lb) -> None:
     wc = page.cells[("round", "worst_case")]
     assert float(wc["data-value"]) == pytest.approx(0.535, rel=1e-12)
     assert wc["data-attack"] == "mirror"
-    assert wc["title"] == "seed 0: 55.0 by Mirror; seed 1: 52.0 by BREP-MI (2/3 attacks)"
+    assert wc["title"].startswith("seed 0: 55.0 by Mirror; seed 1: 52.0 by BREP-MI (2/3 attacks); ")
+    # the worst case gets an interval over seeds and no paired test (it is a maximum of means)
+    assert "95% CI [" in wc["title"] and "bootstrap over seeds, n = 2 seeds" in wc["title"]
+    assert "no paired test (the worst case has seed-level values only)" in wc["title"]
     assert "1,500 queries per identity" in page.cells[("round", "mirror/attack_acc@1")]["title"]
     assert "25,000 queries per identity" in page.cells[("round", "brep/attack_acc@1")]["title"]
     assert "queries" not in page.cells[("round", "gmi/attack_acc@1")]["title"]  # white-box: not shown
@@ -234,7 +237,8 @@ def test_seed_where_every_attack_failed_and_defense_without_any() -> None:
     page = _Page()
     page.feed(render_html(lb))
     assert page.rows[-1] == "dead"
-    assert page.cells[("round", "worst_case")]["title"] == "seed 0: 55.0 by Mirror; seed 1: every attack failed"
+    assert page.cells[("round", "worst_case")]["title"].startswith(
+        "seed 0: 55.0 by Mirror; seed 1: every attack failed; no interval: one seed")
     assert worst_case([], ["gmi"]).attack is None
 
 
