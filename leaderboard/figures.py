@@ -118,6 +118,9 @@ class TradeoffPoint:
     attack_accuracy: float
     attack_std: float
     baseline: bool = False
+    group: str | None = None
+    """Sweep group (:mod:`inversion_bench.sweep`): the points of one group are joined in ``order``."""
+    order: int = 0
 
 
 def draw_privacy_utility(points: Sequence[TradeoffPoint], stem: Path, metric: str = "attack_acc@1") -> list[Path]:
@@ -130,6 +133,10 @@ def draw_privacy_utility(points: Sequence[TradeoffPoint], stem: Path, metric: st
     colors = {d: plt.get_cmap("tab10" if len(defenses) <= 10 else "tab20")(i) for i, d in enumerate(defenses)}
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.4 * len(attacks) + 1.8, 3.2), squeeze=False)
     for ax, attack in zip(axes[0], attacks, strict=True):
+        for group in dict.fromkeys(p.group for p in points if p.attack == attack and p.group):
+            curve = sorted((p for p in points if p.attack == attack and p.group == group), key=lambda p: p.order)
+            ax.plot([100 * p.test_accuracy for p in curve], [100 * p.attack_accuracy for p in curve],
+                    "-", color="0.6", lw=1, zorder=0)
         for p in (p for p in points if p.attack == attack):
             ax.errorbar(100 * p.test_accuracy, 100 * p.attack_accuracy,
                         xerr=None if np.isnan(p.test_std) else 100 * p.test_std,

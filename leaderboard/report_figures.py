@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import inversion_bench.leaderboard.figures as fig
+from inversion_bench.leaderboard.equal_utility import sweep_groups
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 from inversion_bench.leaderboard.runs import RunView
 
@@ -68,7 +69,7 @@ def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]
     views = _Views(dirs, contexts)
     out = report.out_dir / "figures"
     jobs: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
-        ("privacy_utility", lambda: privacy_utility(report.board, out)),
+        ("privacy_utility", lambda: privacy_utility(report.board, out, records)),
         ("qualitative", lambda: qualitative(report.board, views, records, out, grid_attack, grid_identities)),
         ("embedding", lambda: embedding(report.board, views, records, out, tsne_identities,
                                         tsne_images_per_identity)),
@@ -94,8 +95,9 @@ def _entry(paths: list[Path], title: str, caption: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 
 
-def privacy_utility(board: Any, out: Path) -> dict[str, Any] | None:
+def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = ()) -> dict[str, Any] | None:
     data = board.data
+    swept = {d: (g, k) for g, members in sweep_groups(records).items() for k, (d, _) in enumerate(members)}
     target = data[data["metric"] == TEST_ACCURACY].set_index("defense")
     points = []
     labels = {i.defense: i.label for i in board.defenses}
@@ -107,7 +109,8 @@ def privacy_utility(board: Any, out: Path) -> dict[str, Any] | None:
             continue
         points.append(fig.TradeoffPoint(labels[row["defense"]], row["attack_label"], float(t["mean"]),
                                         float(t["std"]), float(row["mean"]), float(row["std"]),
-                                        row["defense"] == board.baseline))
+                                        row["defense"] == board.baseline,
+                                        *swept.get(row["defense"], (None, 0))))
     if not points:
         return None
     paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=ACC1)
@@ -115,7 +118,8 @@ def privacy_utility(board: Any, out: Path) -> dict[str, Any] | None:
     return _entry(paths, "Privacy vs utility",
                   "Test accuracy of the target (x, higher is more useful) against the attack's top-1 accuracy "
                   "measured by the evaluation model (y, lower is more private); mean ± std over seeds; the "
-                  "baseline is the star. The best defenses sit bottom right.")
+                  "baseline is the star; the settings of one sweep are joined by a grey line in the order "
+                  "of the swept value. The best defenses sit bottom right.")
 
 
 def _choose_attack(board: Any, grid_attack: str | None) -> str:
