@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from inversion_bench.leaderboard.aggregate import aggregate
+from inversion_bench.leaderboard.equal_utility import equal_utility
 from inversion_bench.leaderboard.latex import render_latex
 from inversion_bench.leaderboard.model import LeaderboardTable
 from inversion_bench.leaderboard.render import render_markdown, wide_frame
@@ -68,7 +69,8 @@ class Leaderboard(LeaderboardTable):
         return path
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
-        """Writes ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.tex`` into ``out_dir``.
+        """Writes ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.tex`` into ``out_dir``, and
+        ``equal_utility.csv`` when the records hold a sweep.
 
         Args:
             out_dir: destination folder; created if needed.
@@ -83,7 +85,11 @@ class Leaderboard(LeaderboardTable):
         tex = out / "leaderboard.tex"
         tex.write_text(self.to_latex(), encoding="utf-8")
         csv = self.to_csv(out / "leaderboard.csv")
-        return {"markdown": md, "csv": csv, "latex": tex}
+        files = {"markdown": md, "csv": csv, "latex": tex}
+        if self.equal_utility is not None and not self.equal_utility.empty:
+            files["equal_utility_csv"] = out / "equal_utility.csv"
+            self.equal_utility.to_csv(files["equal_utility_csv"], index=False)
+        return files
 
 
 def build(records: Sequence[dict[str, Any]]) -> Leaderboard:
@@ -101,6 +107,7 @@ def build(records: Sequence[dict[str, Any]]) -> Leaderboard:
             for the same (defense, attack, seed) have different ``suite_hash``.
     """
     table = aggregate(records)
+    table.equal_utility = equal_utility(table, records)
     return Leaderboard(**{f.name: getattr(table, f.name) for f in fields(table)})
 
 

@@ -295,6 +295,8 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
         _table(lb),
         '<ul class="small">' + "".join(f"<li>{_e(x)}</li>" for x in legend) + "</ul>",
     ]
+    if lb.equal_utility is not None and not lb.equal_utility.empty:
+        parts.append(_equal_utility(lb))
     if figures:
         parts.append("<h2>Figures</h2>")
         parts += [_figure(f, base) for f in figures]
@@ -305,3 +307,22 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
               if fails else "<p>None.</p>"]
     parts += [f"<script>{_JS}</script>", "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _equal_utility(lb: LeaderboardTable) -> str:
+    """The equal-utility table (see :mod:`inversion_bench.leaderboard.equal_utility`)."""
+    eu = lb.equal_utility
+    u0 = float(eu["baseline_test_accuracy"].iloc[0])
+    rows = []
+    for _, r in eu.iterrows():
+        value = "n/a" if r["value"] != r["value"] else f"{100 * r['value']:.1f}"
+        delta = "" if r["value"] != r["value"] else f"{100 * (r['value'] - r['baseline_value']):+.1f}"
+        rows.append(f"<tr><td>{_e(r['group'])} ({_e(r['param'])})</td><td>{_e(r['attack_label'])}</td>"
+                    f'<td title="{_e(r["reason"])}">{_e(value)}</td><td>{100 * r["baseline_value"]:.1f}</td>'
+                    f"<td>{_e(delta)}</td><td>{int(r['crossings'])}</td></tr>")
+    return (f"<h2>Equal utility (baseline test accuracy {100 * u0:.1f} %)</h2>"
+            "<table><thead><tr><th>Sweep</th><th>Attack</th><th>Acc@1 at equal utility</th>"
+            "<th>Baseline Acc@1</th><th>Δ</th><th>Crossings</th></tr></thead><tbody>" + "".join(rows)
+            + '</tbody></table><p class="small">Attack accuracy of the sweep read at the baseline\'s test '
+            "accuracy: linear interpolation between neighbouring swept values, never extrapolated, the lowest "
+            "of several crossings, the baseline left out of its own sweep; means over seeds, no interval.</p>")

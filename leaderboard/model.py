@@ -303,6 +303,8 @@ class LeaderboardTable:
         notes: further remarks (superseded duplicate records, inconsistent records).
         meta: provenance: ``suite_hashes``, ``code_versions``, ``devices``, ``created`` (min, max),
             ``num_records``, ``seeds``.
+        equal_utility: every sweep's attack accuracy at the baseline's test accuracy
+            (:func:`inversion_bench.leaderboard.equal_utility.equal_utility`; None or empty without sweeps).
         settings: the :class:`ReportSettings` of the records (the first record's when they disagree).
         evaluator: the evaluation model of the records (the first record's), ``None`` when no record
             names one.
@@ -320,6 +322,7 @@ class LeaderboardTable:
     worst_case: dict[str, WorstCase] = field(default_factory=dict)
     settings: ReportSettings = field(default_factory=ReportSettings)
     evaluator: EvaluatorInfo | None = None
+    equal_utility: pd.DataFrame | None = None
 
     @property
     def baseline_label(self) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from inversion_bench.leaderboard.equal_utility import to_markdown as eu_markdown
 from inversion_bench.leaderboard.formatting import (
     ACCESS_HELP,
     ARROWS,
@@ -222,6 +223,8 @@ def render_markdown(lb: LeaderboardTable) -> str:
     out: list[str] = [f"# Leaderboard: {lb.suite}", "", _provenance(lb), "", _evaluator(lb), ""]
     out += [_main_table(lb, cells, decimals), ""]
     out += _delta_section(lb, cells, decimals)
+    if lb.equal_utility is not None and not lb.equal_utility.empty:
+        out += [eu_markdown(lb.equal_utility)]
     out += _legend(lb)
     out += _notes(lb)
     out += _failures(lb)

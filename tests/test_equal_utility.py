@@ -62,3 +62,16 @@ def test_no_sweep_gives_an_empty_table():
         r["defense_swept"] = None
     assert equal_utility(aggregate(recs), recs).empty
     assert to_markdown(equal_utility(aggregate(recs), recs)) == ""
+
+
+def test_the_leaderboard_writes_the_equal_utility_table(tmp_path):
+    from inversion_bench.leaderboard.build import build
+    from inversion_bench.leaderboard.html import render_html
+
+    recs = [_rec("ls.alpha-0.1", 0, 0.80, 0.40, -0.1), _rec("ls.alpha0", 1, 0.90, 0.90, 0),
+            _rec("ls.alpha0.1", 2, 0.95, 0.60, 0.1)]
+    board = build(recs)
+    files = board.write(tmp_path)
+    assert "### Equal utility: attack Acc@1 at the baseline's test accuracy (90.0 %)" in files["markdown"].read_text()
+    assert files["equal_utility_csv"].read_text().splitlines()[0].startswith("group,param,attack")
+    assert "Equal utility (baseline test accuracy 90.0 %)" in render_html(board)
