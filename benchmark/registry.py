@@ -220,6 +220,11 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.metrics.fid",
     "inversion_bench.metrics.facenet",
     "inversion_bench.metrics.prdc",
+    "inversion_bench.metrics.agreement",
+    "inversion_bench.metrics.calibration",
+    "inversion_bench.metrics.embedding",
+    "inversion_bench.metrics.gradient_stability",
+    "inversion_bench.metrics.knowledge_extraction",
 )
 
 _loaded = False

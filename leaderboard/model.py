@@ -24,6 +24,8 @@ TARGET_SCOPE = "target"
 """``record["metric_scopes"]`` value of a metric that describes the target (one value per defense and seed)."""
 
 _ACCURACY = re.compile(r"(^|_)acc(uracy)?(@\d+)?$")
+SHARES = frozenset({"knowledge_extraction", "evaluator_agreement", "false_acceptance"})
+"""Metrics that are shares of images like an accuracy (shown as percentages too)."""
 """Metric names shown in percent: the token ``acc`` or ``accuracy`` at the end, optionally ``@k``."""
 
 NEAR_CHANCE_FACTOR = 2.0
@@ -126,11 +128,12 @@ class Column:
     def is_accuracy(self) -> bool:
         """Whether the metric is an accuracy (a fraction, shown as a percentage).
 
-        The name must end in the token ``acc`` or ``accuracy``, optionally followed by ``@k``
-        (``attack_acc@1``, ``second_acc@1``, ``test_accuracy``); ``evaluator_agreement``,
-        ``false_acceptance`` or ``knowledge_extraction`` are shown as plain numbers.
+        The name ends in the token ``acc`` or ``accuracy``, optionally followed by ``@k``
+        (``attack_acc@1``, ``second_acc@1``, ``test_accuracy``), or is one of :data:`SHARES`
+        (``knowledge_extraction``: the accuracy of a classifier trained on reconstructions;
+        ``evaluator_agreement``: the share of reconstructions both evaluation models accept).
         """
-        return bool(_ACCURACY.search(self.metric))
+        return bool(_ACCURACY.search(self.metric)) or self.metric in SHARES
 
 
 @dataclass(frozen=True)

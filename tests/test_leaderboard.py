@@ -619,8 +619,8 @@ def test_target_scope_metrics_are_target_columns() -> None:
     main = md_tables(lb.to_markdown())[0]
     headers = list(main[0])
     assert headers[1:4] == ["Test acc. (%) ↑", "Target: ece ↓", "Worst case: attack_acc@1 (%) ↓"]
-    assert "GMI [white-box]: evaluator_agreement ↑" in headers  # not an accuracy: no percent
-    assert md_row(main, "No defense")["GMI [white-box]: evaluator_agreement ↑"] == "0.873 ± 0.000"
+    assert "GMI [white-box]: evaluator_agreement (%) ↑" in headers  # a share of images: in percent
+    assert md_row(main, "No defense")["GMI [white-box]: evaluator_agreement (%) ↑"] == "87.3 ± 0.0"
     tex = lb.to_latex()
     assert r"\multicolumn{2}{c}{Target}" in tex and r"\cmidrule(lr){2-3}" in tex and r"ece $\downarrow$" in tex
 
@@ -631,9 +631,10 @@ def test_which_metrics_are_accuracies() -> None:
     def acc(name: str) -> bool:
         return Column("a", "A", 0, name, None).is_accuracy
 
-    for name in ("attack_acc@1", "attack_acc@5", "second_acc@1", "test_accuracy", "acc", "impostor_acc@1"):
+    for name in ("attack_acc@1", "attack_acc@5", "second_acc@1", "test_accuracy", "acc", "impostor_acc@1",
+                 "evaluator_agreement", "false_acceptance", "knowledge_extraction"):
         assert acc(name), name
-    for name in ("evaluator_agreement", "false_acceptance", "knowledge_extraction", "ece", "silhouette",
+    for name in ("ece", "silhouette",
                  "intra_inter_ratio", "grad_cosine", "knn_distance", "fid", "accumulated_loss"):
         assert not acc(name), name
 
