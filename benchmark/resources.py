@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inversion_bench.config import LoadedSuite
+from inversion_bench.plan import second_arch_params
 from inversion_bench.registry import REGISTRIES
 
 
@@ -30,6 +31,9 @@ def _plugins(loaded: LoadedSuite):
     yield "target.architecture", REGISTRIES["architectures"].get(s.target.architecture.name), loaded.target_arch_params
     yield ("evaluation.architecture", REGISTRIES["architectures"].get(s.evaluation.architecture.name),
            loaded.eval_arch_params)
+    if s.evaluation.second is not None:
+        yield ("evaluation.second.architecture", REGISTRIES["architectures"].get(s.evaluation.second.architecture.name),
+               second_arch_params(loaded))
     if s.prior is not None:
         yield "prior", REGISTRIES["generators"].get(s.prior.name), loaded.prior_params
     for i, m in enumerate(s.metrics):
@@ -45,7 +49,8 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     root = getattr(loaded.dataset_params, "root", None)
     out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
                         not problems, "; ".join(problems)))
-    for field, ref in [("evaluation.checkpoint", s.evaluation.checkpoint)] + [
+    second = s.evaluation.second.checkpoint if s.evaluation.second is not None else None
+    for field, ref in [("evaluation.checkpoint", s.evaluation.checkpoint), ("evaluation.second.checkpoint", second)] + [
             (f"defenses[{i}].checkpoint", d.checkpoint) for i, d in enumerate(s.defenses)]:
         if ref is None:
             continue
