@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
@@ -43,6 +44,13 @@ def model_features(key: str, model: nn.Module) -> FeatureExtractor:
     return FeatureExtractor(key, model.features, model)
 
 
+def _load_features(path: Path) -> Tensor:
+    feats = torch.load(path / "data.pt", map_location="cpu", weights_only=True)
+    if not isinstance(feats, Tensor):
+        raise TypeError(f"stored features are a {type(feats).__name__}, not a tensor")
+    return feats
+
+
 class FeatureCache:
     """Caches features of labelled data splits in memory and in the store."""
 
@@ -73,9 +81,10 @@ class FeatureCache:
         if mem_key in self._memory:
             return self._memory[mem_key]
         store_key = f"{data_key}-{extractor.key}".replace("/", "_").replace(":", "_")
-        if self.store is not None and self.store.has("features", store_key):
-            feats = self.store.load_torch("features", store_key)
-        else:
+        feats = None
+        if self.store is not None:  # None when absent, or damaged (then quarantined by the store)
+            feats = self.store.load("features", store_key, _load_features)
+        if feats is None:
             outs = []
             batches = data.batches(self.batch_size)
             n_batches = (len(data) + self.batch_size - 1) // self.batch_size

@@ -2,7 +2,9 @@
 
 Records are the truth of a run: the leaderboard and the MLflow mirror are rebuilt from them alone.
 Each is written atomically (temporary file in the same folder, then ``os.replace``), so a killed
-run never leaves a half-written record.
+run never leaves a half-written record. A record file that cannot be read anyway (copied half, edited
+by hand, not a JSON object) is named in a warning and skipped by :func:`load_records`; ``bench run``
+moves it to ``records/corrupt/`` (:func:`move_aside`, never deleted) and runs its pair again.
 
 A record (``schema`` 1) holds::
 
@@ -22,17 +24,27 @@ A record (``schema`` 1) holds::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+from inversion_bench.store import check_name, inside
+
+log = logging.getLogger(__name__)
+
 RECORD_SCHEMA = 1
+CORRUPT_DIR = "corrupt"
+"""Unreadable records are moved to ``records/corrupt/`` by ``bench run`` (never deleted)."""
 
 
 def record_filename(defense: str, attack: str, seed: int) -> str:
-    return f"{defense}__{attack}__seed{seed}.json"
+    """``<defense>__<attack>__seed<seed>.json``; a ValueError when the ids would not make one plain
+    file name (a ``/``, ``..``, NUL byte, over 255 bytes)."""
+    return check_name(f"{defense}__{attack}__seed{seed}.json", f"record file name of ({defense!r}, {attack!r})")
 
 
 def _json_safe(value: Any) -> Any:
@@ -63,18 +75,64 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_record(records_dir: Path, record: dict[str, Any]) -> Path:
-    path = records_dir / record_filename(record["defense"], record["attack"], record["seed"])
+    """Writes ``record`` atomically as ``records_dir/<record_filename>`` (checked to stay in ``records_dir``)."""
+    path = inside(records_dir, record_filename(record["defense"], record["attack"], record["seed"]), "record file")
     write_json_atomic(path, {"schema": RECORD_SCHEMA, **record})
     return path
 
 
-def load_records(records_dir: Path) -> list[dict[str, Any]]:
-    """All records in ``records_dir`` (sorted by defense index, attack index, seed)."""
+def read_record(path: Path) -> dict[str, Any]:
+    """One record file.
+
+    Raises:
+        ValueError: it cannot be read, is not JSON, not a JSON object, or lacks defense/attack/seed
+            (the message is the reason, without the path).
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            rec = json.load(fh)
+    except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise ValueError(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"holds a JSON {type(rec).__name__}, not an object")
+    missing = [k for k in ("defense", "attack", "seed") if k not in rec]
+    if missing:
+        raise ValueError(f"lacks {', '.join(missing)}")
+    if not isinstance(rec["defense"], str) or not isinstance(rec["attack"], str) or not isinstance(rec["seed"], int):
+        raise ValueError("defense and attack must be strings and seed an integer")
+    return rec
+
+
+def load_records(records_dir: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[dict[str, Any]]:
+    """All readable records in ``records_dir`` (sorted by defense index, attack index, seed).
+
+    A file that cannot be read (:func:`read_record`) is skipped: appended as ``(path, reason)`` to
+    ``unreadable`` when given (the caller reports it), else named in a warning.
+    """
     out = []
     for p in sorted(Path(records_dir).glob("*.json")):
-        with open(p, encoding="utf-8") as fh:
-            rec = json.load(fh)
+        try:
+            rec = read_record(p)
+        except ValueError as exc:
+            if unreadable is not None:
+                unreadable.append((p, str(exc)))
+            else:
+                log.warning("record %s cannot be read (%s); skipped", p, exc)
+            continue
         rec.setdefault("_path", str(p))
         out.append(rec)
     out.sort(key=lambda r: (r.get("defense_index", 0), r.get("attack_index", 0), r.get("seed", 0)))
     return out
+
+
+def move_aside(path: Path) -> Path:
+    """Moves the record file ``path`` to ``<its folder>/corrupt/<name>.<time>[.n].json``; returns the new path."""
+    path = Path(path)
+    folder = path.parent / CORRUPT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"{path.stem}.{time.strftime('%Y%m%dT%H%M%S')}"
+    dest, n = inside(folder, f"{stem}.json", "moved record"), 1
+    while dest.exists():
+        dest, n = inside(folder, f"{stem}.{n}.json", "moved record"), n + 1
+    os.rename(path, dest)
+    return dest

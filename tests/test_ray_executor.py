@@ -203,7 +203,7 @@ def test_concurrent_writers_of_one_product_leave_one_complete_folder(tmp_path):
     assert not errors
     final = store.path("targets", "samekey")
     assert (final / "a.txt").read_text() == (final / "b.txt").read_text()  # one writer's product, whole
-    assert sorted(p.name for p in final.iterdir()) == ["a.txt", "b.txt"]
+    assert sorted(p.name for p in final.iterdir()) == ["a.txt", "b.txt", "checksum.json"]
     assert not list((tmp_path / "store" / "targets").glob(".*.tmp"))
 
 

@@ -32,6 +32,7 @@ of the public identities, never in its training). Each set is capped at :data:`M
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,6 +172,14 @@ def audit_key(ctx: RunContext) -> str:
                         "max_images": MAX_IMAGES})
 
 
+def _read_audit(path: Path) -> dict[str, Any]:
+    result = json.loads((path / "audit.json").read_text(encoding="utf-8"))
+    missing = [name for name in AUDIT_SETS if not isinstance(result.get(name), dict)]
+    if missing:
+        raise ValueError(f"audit.json lacks {missing}")
+    return result
+
+
 def audit(ctx: RunContext) -> dict[str, Any] | None:
     """The evaluation model's audit (computed once, stored under ``audits/<audit_key>``, held once
     loaded); None when the suite turns it off (``evaluation.audit: false``)."""
@@ -178,9 +187,8 @@ def audit(ctx: RunContext) -> dict[str, Any] | None:
         return None
     if ctx.held.audit is None:
         key = audit_key(ctx)
-        if ctx.store.has("audits", key):
-            result = json.loads((ctx.store.path("audits", key) / "audit.json").read_text(encoding="utf-8"))
-        else:
+        result = ctx.store.load("audits", key, _read_audit)  # None: absent, or damaged and quarantined
+        if result is None:
             model, _ = evaluator(ctx)
             result = audit_model(model, splits(ctx), ctx.device, ctx.suite.run.eval_batch_size)
             result.update(version=AUDIT_VERSION, evaluator=ctx.plan.evaluator_key, max_images=MAX_IMAGES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -60,18 +61,27 @@ def _train_report(ctx: RunContext, model: Classifier, recipe: Any, seed: int, de
     return report
 
 
+def _load_stored(model: Classifier, path: Path) -> dict[str, Any]:
+    """Loads the stored state of ``path`` into ``model``; returns its report (any failure: corrupt)."""
+    state = torch.load(path / "data.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    return dict(state["report"])
+
+
 def train_or_load(ctx: RunContext, kind: str, key: str, arch: Any, arch_params: Any, recipe: Any,
                   checkpoint: str | None, seed: int, desc: str, defense: Any = None) -> tuple[Classifier, dict]:
     """The classifier stored under ``(kind, key)``; trained (or read from ``checkpoint``) and stored when absent.
 
     Returns the model on the run's device in eval mode (``cache_key`` set to ``key``) and its
-    report (test accuracy, training history, the defense's report, seconds).
+    report (test accuracy, training history, the defense's report, seconds). A stored classifier that
+    cannot be read is quarantined by the store and trained again.
     """
+    loaded = None
     if ctx.store.has(kind, key):
-        state = ctx.store.load_torch(kind, key)
         model = _build(ctx, arch, arch_params, defense)
-        model.load_state_dict(state["state_dict"])
-        report = dict(state["report"])
+        loaded = ctx.store.load(kind, key, lambda path: _load_stored(model, path))  # None: quarantined
+    if loaded is not None:
+        report = loaded
     else:
         torch.manual_seed(seed)
         model = _build(ctx, arch, arch_params, defense)

@@ -13,7 +13,8 @@ from inversion_bench.run_context import RunContext
 def prior(ctx: RunContext):
     """The suite's prior on the run's device (stored under ``plan.prior_key``; held once loaded).
 
-    Sample grids the plugin draws while fitting go to ``<run_dir>/figures/prior_<name>.png``.
+    Sample grids the plugin draws while fitting go to ``<run_dir>/figures/prior_<name>.png``. A stored
+    prior that cannot be loaded (damaged files) is quarantined by the store and fitted again.
     """
     if ctx.held.prior is None:
         s = ctx.suite
@@ -30,9 +31,8 @@ def prior(ctx: RunContext):
                             device=ctx.device, weights=ctx.weights, progress=ctx.settings.progress,
                             log_image=log_image)
         key = ctx.plan.prior_key
-        if ctx.store.has("priors", key):
-            gen = plugin.load(ctx.store.path("priors", key), pctx)
-        else:
+        gen = ctx.store.load("priors", key, lambda path: plugin.load(path, pctx))  # None: absent or quarantined
+        if gen is None:
             gen = plugin.fit(pctx)
             with ctx.store.writing("priors", key) as tmp:
                 plugin.save(gen, tmp)

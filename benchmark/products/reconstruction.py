@@ -54,7 +54,7 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     The attack sees the target behind the defense's ``postprocess``, through the oracle of its
     declared access level (:func:`inversion_bench.oracle.target_for`). Images and labels are stored
     on the CPU with the attack's wall time, access level and query count in ``info``, next to a
-    ``grid.png``.
+    ``grid.png``. Stored reconstructions whose checksums mismatch are quarantined and recomputed.
     """
     if ctx.store.has("attacks", job.attack_key):
         return job.attack_key
@@ -89,5 +89,13 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
 
 
 def load_reconstruction(ctx: RunContext, attack_key: str) -> Reconstruction:
-    """The stored reconstructions of one pair."""
-    return Reconstruction.from_state(ctx.store.load_torch("attacks", attack_key))
+    """The stored reconstructions of one pair.
+
+    Raises:
+        CorruptProductError: they cannot be read (then quarantined: the next run recomputes them).
+    """
+    return ctx.store.read("attacks", attack_key, _read_state)
+
+
+def _read_state(path: Path) -> Reconstruction:
+    return Reconstruction.from_state(torch.load(path / "data.pt", map_location="cpu", weights_only=True))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import platform
+import re
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,8 +23,9 @@ from inversion_bench.products.evaluator import evaluator, second_evaluator
 from inversion_bench.products.reconstruction import attacked_identities, load_reconstruction
 from inversion_bench.products.target import known_test_accuracy, target
 from inversion_bench.registry import REGISTRIES
-from inversion_bench.results import load_records, write_json_atomic, write_record
+from inversion_bench.results import CORRUPT_DIR, load_records, move_aside, read_record, write_json_atomic, write_record
 from inversion_bench.run_context import RunContext
+from inversion_bench.store import inside
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +169,18 @@ def failed_record(ctx: RunContext, job: PairJob, error: str, trace_text: str,
 
 
 def pending(ctx: RunContext) -> tuple[list[PairJob], list[PairJob]]:
-    """(pairs to run, pairs whose ok record with the same config hash exists)."""
+    """(pairs to run, pairs whose ok record with the same config hash exists).
+
+    A record file that cannot be read is named in a warning (path and reason) and its pair is pending;
+    :func:`supersede` moves it aside before the pair runs (nothing is moved here: a dry run calls this).
+    """
+    unreadable: list[tuple[Path, str]] = []
     done = {}
-    for r in load_records(ctx.records_dir) if ctx.records_dir.is_dir() else []:
+    for r in load_records(ctx.records_dir, unreadable) if ctx.records_dir.is_dir() else []:
         done[(r["defense"], r["attack"], r["seed"])] = r
+    for path, reason in unreadable:
+        log.warning("record %s cannot be read (%s); its pair runs again (the file is moved to %s/)",
+                    path, reason, path.parent / CORRUPT_DIR)
     todo, skip = [], []
     for job in ctx.plan.pairs:
         r = done.get((job.defense, job.attack, job.seed))
@@ -182,13 +192,20 @@ def pending(ctx: RunContext) -> tuple[list[PairJob], list[PairJob]]:
 
 
 def supersede(ctx: RunContext, job: PairJob) -> None:
-    """Moves an existing record of ``job`` with another config hash aside (never deletes it)."""
-    path = ctx.records_dir / job.record_name
+    """Moves an existing record of ``job`` with another config hash aside to ``records/superseded/``,
+    and one that cannot be read to ``records/corrupt/`` (never deletes either)."""
+    path = inside(ctx.records_dir, job.record_name, "record file")
     if not path.exists():
         return
-    old = json.loads(path.read_text())
+    try:
+        old = read_record(path)
+    except ValueError as exc:
+        dest = move_aside(path)
+        log.warning("record %s cannot be read (%s); moved to %s, its pair runs again", path, exc, dest)
+        return
     if old.get("config_hash") == job.config_hash:
         return
-    dest = ctx.records_dir / "superseded" / f"{path.stem}.{old.get('config_hash', 'unknown')}.json"
+    tag = re.sub(r"[^A-Za-z0-9_-]", "_", str(old.get("config_hash", "unknown")))[:64]
+    dest = inside(ctx.records_dir / "superseded", f"{path.stem}.{tag}.json", "superseded record")
     write_json_atomic(dest, old)
     path.unlink()
