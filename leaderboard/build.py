@@ -8,6 +8,7 @@ and writes those files.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -20,6 +21,8 @@ from inversion_bench.leaderboard.equal_utility import equal_utility
 from inversion_bench.leaderboard.latex import render_latex
 from inversion_bench.leaderboard.model import LeaderboardTable
 from inversion_bench.leaderboard.render import render_markdown, wide_frame
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,7 +58,8 @@ class Leaderboard(LeaderboardTable):
         return render_latex(self)
 
     def to_csv(self, path: str | Path) -> Path:
-        """Writes :meth:`wide` as CSV (raw numbers, full float precision).
+        """Writes :meth:`wide` as CSV (raw numbers, full float precision; a text cell that a spreadsheet
+        would read as a formula gets a leading ``'``, see :func:`~inversion_bench.leaderboard.formatting.csv_text`).
 
         Args:
             path: destination file; parent folders are created.
@@ -65,8 +69,9 @@ class Leaderboard(LeaderboardTable):
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.wide().to_csv(path, index=False)
-        return path
+        from inversion_bench.leaderboard.formatting import write_csv
+
+        return write_csv(self.wide(), path)
 
     def write(self, out_dir: str | Path) -> dict[str, Path]:
         """Writes ``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.tex`` into ``out_dir``, and
@@ -88,7 +93,9 @@ class Leaderboard(LeaderboardTable):
         files = {"markdown": md, "csv": csv, "latex": tex}
         if self.equal_utility is not None and not self.equal_utility.empty:
             files["equal_utility_csv"] = out / "equal_utility.csv"
-            self.equal_utility.to_csv(files["equal_utility_csv"], index=False)
+            from inversion_bench.leaderboard.formatting import write_csv
+
+            write_csv(self.equal_utility, files["equal_utility_csv"])
         return files
 
 
@@ -122,17 +129,30 @@ def build_from_dirs(run_dirs: Sequence[str | Path]) -> Leaderboard:
 
     Raises:
         FileNotFoundError: if a run folder has no ``records`` folder.
-        ValueError: if there are no records, or two run folders hold a record for the same
+        ValueError: if there are no (readable) records, or two run folders hold a record for the same
             (defense, attack, seed) with different ``suite_hash`` (the message names both files).
     """
     from inversion_bench.results import load_records
 
     records: list[dict[str, Any]] = []
+    unreadable: list[tuple[Path, str]] = []
     for run_dir in run_dirs:
         rdir = Path(run_dir) / "records"
         if not rdir.is_dir():
             raise FileNotFoundError(f"{run_dir}: no records folder at {rdir}")
-        records.extend(load_records(rdir))
+        records.extend(load_records(rdir, unreadable))
     if not records:
-        raise ValueError(f"no records found in {', '.join(str(d) for d in run_dirs)}")
-    return build(records)
+        raise ValueError(f"no records found in {', '.join(str(d) for d in run_dirs)}"
+                         + "".join(f"; {note}" for note in unreadable_notes(unreadable)))
+    board = build(records)
+    board.notes.extend(unreadable_notes(unreadable))
+    return board
+
+
+def unreadable_notes(unreadable: Sequence[tuple[Path, str]]) -> list[str]:
+    """One note (also a warning in the log) per record file that could not be read and was skipped."""
+    notes = [f"record {path} skipped: it cannot be read ({reason}); `bench run` recomputes its pair"
+             for path, reason in unreadable]
+    for note in notes:
+        log.warning("%s", note)
+    return notes

@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from inversion_bench.leaderboard.formatting import md_text
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 
 ACC1 = "attack_acc@1"
@@ -113,7 +114,8 @@ def equal_utility(board: Any, records: Sequence[dict[str, Any]], metric: str = A
 
 
 def to_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
-    """The equal-utility table as Markdown (empty string without rows)."""
+    """The equal-utility table as Markdown (empty string without rows); free text through
+    :func:`~inversion_bench.leaderboard.formatting.md_text` (no raw HTML, a ``|`` never splits a cell)."""
     if table.empty:
         return ""
     labels = labels or {}
@@ -122,12 +124,13 @@ def to_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None) -> st
            "| Sweep | Attack | Acc@1 at equal utility | Baseline Acc@1 | Δ | Crossings |",
            "|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
-        name = f"{r['group']} ({r['param']})" if r["param"] else str(r["group"])
+        name = md_text(f"{r['group']} ({r['param']})" if r["param"] else r["group"])
+        attack = md_text(r["attack_label"])
         if math.isnan(r["value"]):
-            out.append(f"| {name} | {r['attack_label']} | n/a: {r['reason']} | {100 * r['baseline_value']:.1f} | | 0 |")
+            out.append(f"| {name} | {attack} | n/a: {md_text(r['reason'])} | {100 * r['baseline_value']:.1f} | | 0 |")
             continue
         delta = 100 * (r["value"] - r["baseline_value"])
-        out.append(f"| {name} | {r['attack_label']} | {100 * r['value']:.1f} | {100 * r['baseline_value']:.1f} "
+        out.append(f"| {name} | {attack} | {100 * r['value']:.1f} | {100 * r['baseline_value']:.1f} "
                    f"| {delta:+.1f} | {int(r['crossings'])} |")
     out += ["", "Linear interpolation along the sweep (points in the order of the swept value) at the "
             "baseline's mean test accuracy; with several crossings the lowest value; never extrapolated. "

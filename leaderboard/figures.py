@@ -13,8 +13,9 @@ Kersting (ICLR 2024, "Be Careful What You Smooth For"):
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,21 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from inversion_bench.leaderboard.formatting import plot_text  # noqa: E402
+
 DPI = 150
+
+
+def plain_text_figure(fn: Callable[..., list[Path]]) -> Callable[..., list[Path]]:
+    """Draws with ``text.usetex`` off: labels are free text, drawn through :func:`plot_text` as plain text
+    (never mathtext or LaTeX), so no label can cost a figure."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with plt.rc_context({"text.usetex": False}):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def save_figure(fig: matplotlib.figure.Figure, stem: Path) -> list[Path]:
@@ -74,6 +89,7 @@ def _show(ax: plt.Axes, img: Tensor | None) -> None:
               interpolation="nearest")
 
 
+@plain_text_figure
 def draw_qualitative_grid(real: Sequence[Tensor], rows: Sequence[tuple[str, Sequence[Tensor | None]]],
                           column_titles: Sequence[str], stem: Path, title: str = "") -> list[Path]:
     """One column per attacked identity: a real private image, then one row per defense.
@@ -91,14 +107,14 @@ def draw_qualitative_grid(real: Sequence[Tensor], rows: Sequence[tuple[str, Sequ
     fig, axes = plt.subplots(n_rows, k, figsize=(1.6 + size * k, 0.3 + size * n_rows), squeeze=False)
     for j in range(k):
         _show(axes[0, j], real[j])
-        axes[0, j].set_title(column_titles[j], fontsize=7)
+        axes[0, j].set_title(plot_text(column_titles[j]), fontsize=7)
     axes[0, 0].set_ylabel("private", fontsize=8, rotation=0, ha="right", va="center")
     for i, (label, images) in enumerate(rows, start=1):
         for j in range(k):
             _show(axes[i, j], images[j])
-        axes[i, 0].set_ylabel(label, fontsize=8, rotation=0, ha="right", va="center")
+        axes[i, 0].set_ylabel(plot_text(label), fontsize=8, rotation=0, ha="right", va="center")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(plot_text(title), fontsize=10)
     fig.subplots_adjust(wspace=0.05, hspace=0.05)
     return save_figure(fig, stem)
 
@@ -123,6 +139,7 @@ class TradeoffPoint:
     order: int = 0
 
 
+@plain_text_figure
 def draw_privacy_utility(points: Sequence[TradeoffPoint], stem: Path, metric: str = "attack_acc@1") -> list[Path]:
     """Test accuracy (x, utility) against attack accuracy (y, leakage), one panel per attack.
 
@@ -142,12 +159,12 @@ def draw_privacy_utility(points: Sequence[TradeoffPoint], stem: Path, metric: st
                         xerr=None if np.isnan(p.test_std) else 100 * p.test_std,
                         yerr=None if np.isnan(p.attack_std) else 100 * p.attack_std,
                         fmt="*" if p.baseline else "o", ms=10 if p.baseline else 6, capsize=2,
-                        color=colors[p.defense], label=p.defense)
-        ax.set_title(attack, fontsize=9)
+                        color=colors[p.defense], label=plot_text(p.defense))
+        ax.set_title(plot_text(attack), fontsize=9)
         ax.set_xlabel("test accuracy (%) →", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel(f"{metric} (%) ↓ better", fontsize=8)
+    axes[0, 0].set_ylabel(plot_text(f"{metric} (%) ↓ better"), fontsize=8)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
     fig.tight_layout()
@@ -170,6 +187,7 @@ def tsne_2d(features: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np
     return tsne.fit_transform(features.astype(np.float32))
 
 
+@plain_text_figure
 def draw_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray, stem: Path) -> list[Path]:
     """One scatter per defense of 2-D embeddings [N, 2], coloured by identity ``labels`` [N]."""
     n = len(panels)
@@ -184,7 +202,7 @@ def draw_embeddings(panels: Sequence[tuple[str, np.ndarray]], labels: np.ndarray
         ax.axis("off")
     for ax, (title, emb) in zip(axes.flat, panels, strict=False):
         ax.scatter(emb[:, 0], emb[:, 1], c=colors, s=5, linewidths=0)
-        ax.set_title(title, fontsize=9)
+        ax.set_title(plot_text(title), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, stem)
 
@@ -209,6 +227,7 @@ def mean_series(series: Sequence[Sequence[float | None]]) -> np.ndarray:
         return np.nanmean(arr, axis=0)
 
 
+@plain_text_figure
 def draw_gradient_stability(panels: Sequence[tuple[str, Sequence[tuple[str, np.ndarray]]]], stem: Path) -> list[Path]:
     """Mean cosine similarity of consecutive attack gradients per step, one line per defense.
 
@@ -219,8 +238,8 @@ def draw_gradient_stability(panels: Sequence[tuple[str, Sequence[tuple[str, np.n
     for ax, (attack, lines) in zip(axes[0], panels, strict=True):
         for label, values in lines:
             steps = np.arange(1, len(values) + 1)
-            ax.plot(steps, values, label=label, lw=1.2)
-        ax.set_title(attack, fontsize=9)
+            ax.plot(steps, values, label=plot_text(label), lw=1.2)
+        ax.set_title(plot_text(attack), fontsize=9)
         ax.set_xlabel("optimisation step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)

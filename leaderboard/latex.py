@@ -30,11 +30,22 @@ _LATEX_ESCAPES = {
     "}": r"\}",
     "~": r"\textasciitilde{}",
     "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "\n": " ",
+    "\r": " ",
+    "\t": " ",
 }
+_PM, _NA = "\ue000", "\ue001"
+"""Placeholders of the plus-minus sign and the n/a mark in a cell's text (private-use characters, which no
+label can turn into markup)."""
 
 
 def latex_escape(text: str) -> str:
-    """Escapes LaTeX special characters (``_``, ``%``, ``&``, ...) in plain text.
+    """Escapes LaTeX special characters (``\\``, ``$``, ``&``, ``%``, ``_``, ``#``, ``{``, ``}``, ``~``, ``^``, and
+    ``<``, ``>``, ``|``, which OT1 fonts would misprint) in plain text; line breaks become spaces (a blank line
+    would end the table's paragraph).
 
     Args:
         text: plain text.
@@ -105,9 +116,9 @@ def _body(lb: LeaderboardTable, eps_col: bool) -> list[str]:
         row = [_row_label(info), *([guarantee_text(info, latex=True)] if eps_col else [])]
         for c in lb.columns:
             text = display_text(
-                lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key], pm="PLUSMINUS", na_mark="NAMARK"
+                lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key], pm=_PM, na_mark=_NA
             )
-            text = latex_escape(text).replace("PLUSMINUS", r"$\pm$").replace("NAMARK", NA_MARK_TEX)
+            text = latex_escape(text).replace(_PM, r"$\pm$").replace(_NA, NA_MARK_TEX)
             text = text.replace(NOT_RUN, "--")
             row.append(text)
         lines.append(" & ".join(row) + r" \\")

@@ -1,7 +1,9 @@
 """Renders a :class:`~inversion_bench.leaderboard.model.LeaderboardTable` as Markdown and a wide CSV table.
 
 The number and cell formatting is shared with :mod:`inversion_bench.leaderboard.latex` and
-:mod:`inversion_bench.leaderboard.html` (:mod:`inversion_bench.leaderboard.formatting`).
+:mod:`inversion_bench.leaderboard.html` (:mod:`inversion_bench.leaderboard.formatting`). Free text (labels,
+names, notes, errors) goes through :func:`~inversion_bench.leaderboard.formatting.md_text`: no raw HTML, and
+a ``|`` never splits a table cell.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from inversion_bench.leaderboard.formatting import (
     display_text,
     guarantee_text,
     has_guarantees,
+    md_text,
     seed_attacks,
     seed_coverage,
     seed_summary,
@@ -54,11 +57,11 @@ def _header(col: Column, arrows: dict[str, str], pct: str = "%") -> str:
     if col.is_accuracy and not col.placeholder:
         name += f" ({pct})"
     arrow = arrows.get(col.direction or "", "")
-    return f"{name} {arrow}" if arrow else name
+    return md_text(f"{name} {arrow}" if arrow else name)
 
 
 def _row_label(lb: LeaderboardTable, info: DefenseInfo) -> str:
-    label = info.label
+    label = md_text(info.label)
     if info.is_baseline:
         label += " (baseline)"
     if info.near_chance:
@@ -75,7 +78,7 @@ def _provenance(lb: LeaderboardTable) -> str:
     if meta.get("code_versions"):
         prov.append("code " + ", ".join(f"`{v}`" for v in meta["code_versions"]))
     if meta.get("devices"):
-        prov.append("device " + ", ".join(meta["devices"]))
+        prov.append("device " + ", ".join(md_text(d) for d in meta["devices"]))
     if meta.get("created"):
         first, last = meta["created"]
         prov.append(f"created {first}" + (f" to {last}" if last != first else ""))
@@ -85,7 +88,7 @@ def _provenance(lb: LeaderboardTable) -> str:
 def _evaluator(lb: LeaderboardTable) -> str:
     """One line: the evaluation model's test accuracy and audit (``not audited`` without one)."""
     items = evaluator_items(lb)
-    return " ".join(f"{name[0].upper()}{name[1:]}: {text}." for name, text in items)
+    return " ".join(f"{name[0].upper()}{name[1:]}: {md_text(text)}." for name, text in items)
 
 
 def _main_table(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int]) -> str:
@@ -97,7 +100,7 @@ def _main_table(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int]) ->
     for info in ranked(lb):
         row = [_row_label(lb, info), *([guarantee_text(info)] if eps_col else [])]
         for c in lb.columns:
-            row.append(display_text(lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key]))
+            row.append(md_text(display_text(lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key])))
         body.append(row)
     return tabulate(body, headers=headers, tablefmt="github", colalign=align, disable_numparse=True)
 
@@ -108,7 +111,7 @@ def _delta_section(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int])
     if lb.baseline is None or not others:
         return []
     out = [
-        f"## Δ vs {lb.baseline_label}",
+        f"## Δ vs {md_text(lb.baseline_label)}",
         "",
         f"Difference of means (defense − baseline); accuracies in percentage points. `{SIGNIFICANT_MARK}`: the "
         f"paired sign-flip permutation test gives p < {lb.settings.significance:g} (see the legend); a Δ "
@@ -185,13 +188,14 @@ def _missing_notes(lb: LeaderboardTable) -> list[str]:
         c = col_by_key[key]
         plural = "s" if len(seeds) > 1 else ""
         notes.append(
-            f"  - {labels[d]} × {c.attack_label}: {c.metric}, seed{plural} " + ", ".join(str(s) for s in sorted(seeds))
+            f"  - {md_text(labels[d])} × {md_text(c.attack_label)}: {md_text(c.metric)}, seed{plural} "
+            + ", ".join(str(s) for s in sorted(seeds))
         )
     return notes
 
 
 def _notes(lb: LeaderboardTable) -> list[str]:
-    notes = [*_missing_notes(lb), *(f"- {note}" for note in lb.notes)]
+    notes = [*_missing_notes(lb), *(f"- {md_text(note)}" for note in lb.notes)]
     return ["## Notes", "", *notes, ""] if notes else []
 
 
@@ -200,8 +204,10 @@ def _failures(lb: LeaderboardTable) -> list[str]:
     if not lb.failures:
         return [*out, "None."]
     for f in lb.failures:
-        err = f.error.replace("`", "'") if f.error else "(no error message recorded)"
-        out.append(f"- {f.defense_label} (`{f.defense}`) × {f.attack_label} (`{f.attack}`), seed {f.seed}: {err}")
+        err = md_text(f.error.replace("`", "'")) if f.error else "(no error message recorded)"
+        ids = [str(x).replace("`", "'") for x in (f.defense, f.attack)]
+        out.append(f"- {md_text(f.defense_label)} (`{ids[0]}`) × {md_text(f.attack_label)} (`{ids[1]}`), "
+                   f"seed {f.seed}: {err}")
     return out
 
 
@@ -220,7 +226,7 @@ def render_markdown(lb: LeaderboardTable) -> str:
     """
     decimals = decimals_by_column(lb)
     cells = cell_rows(lb)
-    out: list[str] = [f"# Leaderboard: {lb.suite}", "", _provenance(lb), "", _evaluator(lb), ""]
+    out: list[str] = [f"# Leaderboard: {md_text(lb.suite)}", "", _provenance(lb), "", _evaluator(lb), ""]
     out += [_main_table(lb, cells, decimals), ""]
     out += _delta_section(lb, cells, decimals)
     if lb.equal_utility is not None and not lb.equal_utility.empty:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from inversion_bench.leaderboard.build import Leaderboard, build
+from inversion_bench.leaderboard.build import Leaderboard, build, unreadable_notes
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 from inversion_bench.leaderboard.stats import bootstrap_interval
@@ -148,8 +148,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         contexts: ``RunContext`` objects of runs that just ran some of ``run_dirs`` (their data and models in
             memory are reused by the figures).
 
+    A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
+
     Raises:
-        ReportError: a folder is not a run folder, has no records, or folders cannot be combined.
+        ReportError: a folder is not a run folder, has no (readable) records, or folders cannot be combined.
     """
     from inversion_bench.leaderboard.html import render_html
     from inversion_bench.results import load_records
@@ -158,12 +160,15 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
-    per_dir = {d: load_records(d / "records") for d in dirs}
+    unreadable: list[tuple[Path, str]] = []
+    per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
     records = [r for d in dirs for r in per_dir[d]]
+    notes = unreadable_notes(unreadable)  # each a warning too; the table skips those files
     if not records:
-        raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}")
+        raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}" + "".join(f"; {n}" for n in notes))
     board = build(records)
+    board.notes.extend(notes)
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
@@ -205,7 +210,8 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     was asked about; forward passes of the target for white-box attacks), empty when not counted.
     ``ci_low``/``ci_high`` are the record's own percentile bootstrap interval (over its identities, at the
     record's ``report_settings.confidence``) of a metric with per-identity values (``attack_acc@1``,
-    ``attack_acc@5``), ``n_identities`` the identities it resamples; empty for other metrics.
+    ``attack_acc@5``), ``n_identities`` the identities it resamples; empty for other metrics. A text cell
+    that a spreadsheet would read as a formula gets a leading ``'`` (``formatting.csv_text``).
     """
     import pandas as pd
 
@@ -224,5 +230,6 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
             rows.append({**base, "metric": m, "value": v, "direction": (r.get("directions") or {}).get(m, ""),
                          **_record_interval(r, m)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=list(RECORD_COLUMNS)).to_csv(path, index=False)
-    return path
+    from inversion_bench.leaderboard.formatting import write_csv
+
+    return write_csv(pd.DataFrame(rows, columns=list(RECORD_COLUMNS)), path)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import inversion_bench.leaderboard.figures as fig
 from inversion_bench.leaderboard.equal_utility import sweep_groups
+from inversion_bench.leaderboard.formatting import write_csv
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 from inversion_bench.leaderboard.runs import RunView
 
@@ -114,7 +115,7 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
     if not points:
         return None
     paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=ACC1)
-    pd.DataFrame([p.__dict__ for p in points]).to_csv(out / "privacy_utility.csv", index=False)
+    write_csv(pd.DataFrame([p.__dict__ for p in points]), out / "privacy_utility.csv")
     return _entry(paths, "Privacy vs utility",
                   "Test accuracy of the target (x, higher is more useful) against the attack's top-1 accuracy "
                   "measured by the evaluation model (y, lower is more private); mean ± std over seeds; the "
@@ -198,8 +199,8 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
     if not panels or labels_out is None:
         return None
     paths = fig.draw_embeddings(panels, labels_out, out / "embedding")
-    pd.concat([pd.DataFrame({"defense": title, "x": emb[:, 0], "y": emb[:, 1], "identity": labels_out})
-               for title, emb in panels]).to_csv(out / "embedding.csv", index=False)
+    write_csv(pd.concat([pd.DataFrame({"defense": title, "x": emb[:, 0], "y": emb[:, 1], "identity": labels_out})
+                         for title, emb in panels]), out / "embedding.csv")
     return _entry(paths, "Embedding space (t-SNE)",
                   f"2-D t-SNE of the target's penultimate-layer features of private training images "
                   f"({len(set(labels_out.tolist()))} identities, coloured by identity), one panel per defense. "
@@ -226,9 +227,8 @@ def gradient_stability(board: Any, views: _Views, records: Sequence[dict[str, An
     if not panels:
         return None
     paths = fig.draw_gradient_stability(panels, out / "gradient_stability")
-    pd.DataFrame([{"attack": a, "defense": d, "step": i + 1, "grad_cosine": v} for a, lines in panels
-                  for d, values in lines for i, v in enumerate(values)]).to_csv(out / "gradient_stability.csv",
-                                                                                index=False)
+    write_csv(pd.DataFrame([{"attack": a, "defense": d, "step": i + 1, "grad_cosine": v} for a, lines in panels
+                            for d, values in lines for i, v in enumerate(values)]), out / "gradient_stability.csv")
     return _entry(paths, "Gradient stability",
                   "Mean cosine similarity between the attack's gradients of consecutive optimisation steps, "
                   "averaged over latents and seeds, one line per defense (Struppek et al., Sec. 4.3: smoothing "

@@ -30,6 +30,7 @@ from matplotlib.colors import ListedColormap  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from inversion_bench.data.toy2d import decode_points, encode_points  # noqa: E402
+from inversion_bench.leaderboard.figures import plain_text_figure, plot_text  # noqa: E402
 
 DPI = 150
 # (title, model, trajectories [T+1, K, 2] in [0, 1] or None, attacked class of each trajectory [K] or None)
@@ -81,6 +82,7 @@ def class_colours(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+@plain_text_figure
 def draw_toy2d(panels: Sequence[Panel], points: Tensor, labels: Tensor, out_stem: str | Path, *,
                grid_size: int = 200, encode: Callable[[Tensor], Tensor] = encode_points) -> list[Path]:
     """Draws one panel per model (Struppek et al., ICLR 2024, Fig. 1) and saves PNG and SVG.
@@ -118,7 +120,7 @@ def draw_toy2d(panels: Sequence[Panel], points: Tensor, labels: Tensor, out_stem
         ax.scatter(pts[:, 0], pts[:, 1], c=[colours[i] for i in lab], s=6, edgecolors="k", linewidths=0.2)
         if traj is not None:
             _draw_trajectories(ax, toy2d_inputs(traj), traj_cls, colours)
-        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=[], yticks=[], aspect="equal", title=title)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xticks=[], yticks=[], aspect="equal", title=plot_text(title))
     fig.tight_layout()
     stem = Path(out_stem)
     stem.parent.mkdir(parents=True, exist_ok=True)

@@ -3,8 +3,10 @@
 ``TinyG`` mirrors ``G_ema``: ``mapping(z, c, truncation_psi, truncation_cutoff)`` returns
 [N, num_ws, w_dim] with the official truncation rule (``w_avg.lerp(w, psi)`` on the first
 ``cutoff`` layers), ``synthesis(ws, noise_mode, force_fp32)`` returns [N, 3, R, R] in [-1, 1].
-``TinyD`` mirrors ``D``: ``forward(img, c)`` -> [N, 1]. The classes live at module level so the
-test can pickle them like the official ``{'G_ema': G, 'D': D}`` dictionaries.
+``TinyD`` mirrors ``D``: ``forward(img, c)`` -> [N, 1]. ``TinyGroupedD`` adds the official
+discriminator's minibatch-std layer (``D.b4.mbstd``, same grouping rule: ``G = min(group_size, N)``,
+``x.reshape(G, -1, ...)``, so a batch of N > G images with N % G != 0 raises). The classes live at
+module level so the test can pickle them like the official ``{'G_ema': G, 'D': D}`` dictionaries.
 """
 
 from __future__ import annotations
@@ -64,9 +66,55 @@ class TinyD(nn.Module):
         return self.fc(img.flatten(1))
 
 
-def make_pickle_dict(seed: int = 0, with_d: bool = True, resolution: int = 16) -> dict[str, nn.Module]:
+class MinibatchStdLayer(nn.Module):
+    """The official layer (``training/networks.py``): the std over groups of G images as an extra channel."""
+
+    def __init__(self, group_size: int | None, num_channels: int = 1) -> None:
+        super().__init__()
+        self.group_size = group_size
+        self.num_channels = num_channels
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        g = min(self.group_size, n) if self.group_size is not None else n
+        f = self.num_channels
+        y = x.reshape(g, -1, f, c // f, h, w)  # raises for n > g with n % g != 0, as the official one
+        y = (y - y.mean(dim=0)).square().mean(dim=0)
+        y = (y + 1e-8).sqrt().mean(dim=[2, 3, 4]).reshape(-1, f, 1, 1)
+        return torch.cat([x, y.repeat(g, 1, h, w)], dim=1)
+
+
+class TinyEpilogue(nn.Module):
+    def __init__(self, channels: int, group_size: int | None) -> None:
+        super().__init__()
+        self.mbstd = MinibatchStdLayer(group_size)
+        self.fc = nn.Linear((channels + 1) * 4 * 4, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(self.mbstd(x).flatten(1))
+
+
+class TinyGroupedD(nn.Module):
+    """A discriminator with the official minibatch-std grouping (``D.b4.mbstd.group_size``)."""
+
+    def __init__(self, resolution: int = 16, group_size: int | None = 4, channels: int = 4) -> None:
+        super().__init__()
+        self.img_resolution = resolution
+        self.conv = nn.Conv2d(3, channels, 3, padding=1)
+        self.b4 = TinyEpilogue(channels, group_size)
+
+    def forward(self, img: Tensor, c: Tensor | None) -> Tensor:
+        x = torch.nn.functional.adaptive_avg_pool2d(torch.tanh(self.conv(img)), 4)
+        return self.b4(x)
+
+
+def make_pickle_dict(seed: int = 0, with_d: bool = True, resolution: int = 16,
+                     mbstd_group_size: int | None = 0) -> dict[str, nn.Module]:
+    """``{'G_ema': ..., 'D': ...}``; ``mbstd_group_size`` != 0 gives a :class:`TinyGroupedD` with that group
+    size (None: the whole batch is one group) instead of :class:`TinyD`."""
     torch.manual_seed(seed)
     out: dict[str, nn.Module] = {"G_ema": TinyG(resolution=resolution).eval()}
     if with_d:
-        out["D"] = TinyD(resolution).eval()
+        out["D"] = (TinyD(resolution) if mbstd_group_size == 0
+                    else TinyGroupedD(resolution, mbstd_group_size)).eval()
     return out

@@ -22,6 +22,7 @@ import importlib.machinery
 import inspect
 import json
 import logging
+import math
 import pickle
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
@@ -225,11 +226,64 @@ class StyleGAN2ADAGenerator(Generator):
         r = self.resolution
         if images.shape[-1] != r or images.shape[-2] != r:
             images = F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False)
-        return self.d(images * 2 - 1, None).float().flatten()
+        return grouped_call(self.d, images * 2 - 1, mbstd_group_size(self.d)).float().flatten()
 
     @property
     def has_discriminator(self) -> bool:
         return self.d is not None
+
+
+DEFAULT_MBSTD_GROUP = 4
+"""The official ``mbstd_group_size`` (``training/networks.py: DiscriminatorEpilogue``), used when the
+discriminator's group size cannot be read."""
+
+
+def mbstd_group_size(d: nn.Module) -> int | None:
+    """The batch grouping of a discriminator's minibatch-standard-deviation layer(s).
+
+    The official ``MinibatchStdLayer`` (``D.b4.mbstd``) computes ``G = min(group_size, N)`` and reshapes
+    the batch to ``[G, -1, ...]``: it accepts a batch of N images only when ``N <= group_size`` or
+    ``N % group_size == 0``. Reads ``group_size`` of every such layer (by class name) and any
+    ``mbstd_group_size`` attribute; several sizes give their least common multiple. ``None``: no layer
+    constrains the batch (its ``group_size`` is None, i.e. the whole batch is one group). Without any
+    such layer: :data:`DEFAULT_MBSTD_GROUP` (harmless for a discriminator that scores images one by one).
+    """
+    sizes: set[int] = set()
+    found = False
+    for m in d.modules():
+        if "minibatchstd" in type(m).__name__.lower():
+            found = True
+            size = getattr(m, "group_size", DEFAULT_MBSTD_GROUP)
+        elif isinstance(getattr(m, "mbstd_group_size", None), int):
+            found = True
+            size = m.mbstd_group_size
+        else:
+            continue
+        if size is not None and int(size) > 1:
+            sizes.add(int(size))
+    if not found:
+        return DEFAULT_MBSTD_GROUP
+    return math.lcm(*sizes) if sizes else None
+
+
+def grouped_call(d: nn.Module, x: Tensor, group: int | None) -> Tensor:
+    """``d(x, None)`` in batches the minibatch-std layer accepts (see :func:`mbstd_group_size`).
+
+    A batch the layer accepts (``N <= group`` or ``N % group == 0``) is one call, exactly as before. Otherwise
+    the first ``N - N % group`` rows are one call (a multiple of the group, grouped by the layer as
+    usual) and the remaining ``N % group`` rows are padded to a full group with the real rows right
+    before them (``x[N - group:]``), whose outputs are dropped. Every row's minibatch statistic is thus
+    taken over ``group`` distinct images of the batch, as during training; padding with copies of the
+    tail rows would shrink their group's standard deviation instead. The padding rows take part in the
+    tail rows' statistic (and receive its gradient), as group mates always do; gradients flow through
+    both calls.
+    """
+    n = x.shape[0]
+    if group is None or n <= group or n % group == 0:
+        return d(x, None)
+    head = n - n % group
+    tail = d(x[n - group:], None)[group - n % group:]
+    return torch.cat([d(x[:head], None), tail])
 
 
 def _accepts(fn: Any, name: str) -> bool:
