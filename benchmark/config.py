@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from inversion_bench.config_messages import format_error, raise_validation
+from inversion_bench.config_messages import format_error, raise_validation, shorten
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
 from inversion_bench.suite_schema import (
@@ -34,14 +34,16 @@ from inversion_bench.suite_schema import (
     Suite,
     entry_id,
     entry_label,
+    non_finite,
     slug,
 )
 from inversion_bench.sweep import expand_sweeps
 
 __all__ = [
     "AttackConfig", "DatasetConfig", "DefenseConfig", "LoadedSuite", "ModelConfig", "PluginRef", "RayConfig",
-    "ReportConfig", "RunConfig", "Suite", "apply_override", "entry_id", "entry_label", "format_error", "load_suite",
-    "parse_override", "read_yaml", "slug", "validate_suite",
+    "ReportConfig", "RunConfig", "Suite", "SuiteLoader", "apply_override", "check_identities", "entry_id",
+    "entry_label", "format_error", "load_suite", "parse_override", "parse_yaml", "read_yaml", "slug",
+    "validate_suite",
 ]
 
 
@@ -62,6 +64,112 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Limits of a suite file: far above any real suite, low enough that a hostile file is refused at once.
+MAX_BYTES = 10_000_000  # file size
+MAX_DEPTH = 100  # nested mappings/lists
+MAX_NODES = 200_000  # scalars, mappings and lists, every alias counted as the whole node it stands for
+
+
+class SuiteLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tags beyond plain data) that also refuses duplicate keys, nesting
+    deeper than :data:`MAX_DEPTH`, recursive aliases and documents that expand (aliases included)
+    to more than :data:`MAX_NODES` nodes: an alias bomb is refused while it is composed, before
+    anything is built from it."""
+
+    def __init__(self, text: str, source: str = "<yaml>") -> None:
+        super().__init__(text)
+        self.source = source
+        self._depth = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> nodes it expands to
+
+    def _refuse(self, mark: Any, what: str) -> None:
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+        raise ConfigError(f"{self.source}:{where} {what}")
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        # the scanner's cost grows with the flow level: refuse deep [ and { before the composer sees them
+        if self.flow_level >= MAX_DEPTH:
+            self._refuse(self.get_mark(), f"nested deeper than {MAX_DEPTH} levels; a suite needs only a few, "
+                         "flatten it")
+        super().fetch_flow_collection_start(token_class)
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            target = self.anchors.get(event.anchor)
+            if target is not None and id(target) not in self._sizes:
+                self._refuse(event.start_mark, f"the alias *{shorten(event.anchor, quote=False)} is used inside its "
+                             "own anchor (a recursive structure); remove it")
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            self._refuse(self.peek_event().start_mark, f"nested deeper than {MAX_DEPTH} levels; a suite needs "
+                         "only a few, flatten it")
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+            self._check_duplicates(node)
+        else:
+            children = []
+        size = 1 + sum(self._sizes[id(c)] for c in children)
+        if size > MAX_NODES:
+            self._refuse(node.start_mark, f"expands to more than {MAX_NODES:,} values (aliases counted each time they "
+                         "are used; an alias bomb?); write a smaller suite")
+        self._sizes[id(node)] = size
+        return node
+
+    def _check_duplicates(self, node: yaml.MappingNode) -> None:
+        seen: dict[tuple[str, str], Any] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            first = seen.setdefault((key.tag, key.value), key.start_mark)
+            if first is not key.start_mark:
+                self._refuse(key.start_mark, f"duplicate key {shorten(key.value)} (first at line {first.line + 1}); "
+                             "remove one of them")
+
+
+def _compose(text: str, source: str) -> Any:
+    loader = SuiteLoader(text, source)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """``text`` read by :class:`SuiteLoader`; malformed YAML raises a one-line ``ConfigError``."""
+    try:
+        return _compose(text, source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = shorten(getattr(exc, "problem", None) or (str(exc).splitlines() or ["?"])[0], 200, quote=False)
+        raise ConfigError(f"{source}:{where} malformed YAML: {problem}; fix the syntax") from None
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; anything but UTF-8 text (or a file too large) is a one-line ``ConfigError``."""
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes, more than the {MAX_BYTES:,} a suite may have; is it a suite?")
+    raw = path.read_bytes()
+    must = "a suite must be UTF-8 text: save it as UTF-8 (and include: only YAML files)"
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark); {must}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start} is invalid in "
+                          f"UTF-8: latin-1, UTF-16 or a binary file?); {must}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: contains NUL bytes (UTF-16 or a binary file?); {must}")
+    return text
+
+
 def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Reads a suite file and resolves its ``include:`` chain into one mapping."""
     path = Path(path)
@@ -70,13 +178,7 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in _stack:
         chain = " -> ".join(str(p) for p in (*_stack, path.resolve()))
         raise ConfigError(f"{path}: include: cycle ({chain}); remove one of the includes")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}; fix the syntax") from None
+    data = parse_yaml(_read_text(path), str(path))
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -99,14 +201,19 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` (value parsed as YAML) -> (["a", "b", "c"], value)."""
+    shown = shorten(text, 80, quote=False)
     if "=" not in text:
-        raise ConfigError(f"--set {text}: expected KEY.PATH=VALUE, e.g. --set run.device=cpu")
+        raise ConfigError(f"--set {shown}: expected KEY.PATH=VALUE, e.g. --set run.device=cpu")
     key, raw = text.split("=", 1)
+    keys = key.strip().split(".")
+    if not all(k.strip() for k in keys):
+        what = "empty key" if not key.strip() else f"empty part in the key path {shorten(key.strip(), 60)}"
+        raise ConfigError(f"--set {shown}: {what}; expected KEY.PATH=VALUE, e.g. --set run.device=cpu")
     try:
-        value = yaml.safe_load(raw)
+        value = _compose(raw, f"--set {shown}")
     except yaml.YAMLError:
         value = raw
-    return key.strip().split("."), value
+    return [k.strip() for k in keys], value
 
 
 def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
@@ -130,11 +237,22 @@ def _check_plugin(source: str, where: str, reg: Registry[Any], name: str, params
     except UnknownPluginError as exc:
         raise ConfigError(f"{source}: {where}.name: {exc}") from None
     try:
-        return cls.Params(**params)
+        validated = cls.Params(**params)
     except ValidationError as exc:
         raise_validation(source, exc, cls.Params, prefix=f"{where}.params")
     except TypeError as exc:
         raise ConfigError(f"{source}: {where}.params: {exc}") from None
+    _check_finite(source, validated, f"{where}.params")
+    return validated
+
+
+def _check_finite(source: str, model: Any, prefix: str = "") -> None:
+    """Every float of ``model`` is finite unless its field allows inf/nan (:func:`non_finite`)."""
+    found = non_finite(model)
+    if found is not None:
+        loc, value = found
+        err = {"type": "finite_number", "loc": loc, "input": value}
+        raise ConfigError(f"{source}: {format_error(err, None, prefix)}")
 
 
 class LoadedSuite:
@@ -186,6 +304,7 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
         raise_validation(source, exc, Suite)
     except TypeError as exc:
         raise ConfigError(f"{source}: {_public_type_error(exc)}") from None
+    _check_finite(source, suite)
     loaded = LoadedSuite(suite, source, suite_dict)
     R = REGISTRIES
     loaded.dataset_params = _check_plugin(source, "dataset", R["datasets"], suite.dataset.name, suite.dataset.params)
@@ -211,10 +330,23 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
         i = needs_prior[0]
         raise ConfigError(f"{source}: attacks[{i}]: {suite.attacks[i].name} needs an image prior; add a "
                           "prior: section (e.g. prior: {name: dcgan})")
+    if isinstance(suite.dataset.split.private_identities, int):
+        check_identities(suite, suite.dataset.split.private_identities, source)
     if suite.baseline is not None and suite.baseline not in suite.defense_ids():
         raise ConfigError(f"{source}: baseline: {suite.baseline!r} is not a defense id; "
                           f"choose one of {suite.defense_ids()}")
     return loaded
+
+
+def check_identities(suite: Suite, num_classes: int, source: str) -> None:
+    """Every attack's ``identities`` list names private classes (0..num_classes-1); checked when the
+    suite is validated if the split fixes the class count, else as soon as the data is split."""
+    for i, a in enumerate(suite.attacks):
+        bad = [c for c in a.identities if c >= num_classes] if isinstance(a.identities, list) else []
+        if bad:
+            raise ConfigError(f"{source}: attacks[{i}].identities: class index {bad[0]} is outside the {num_classes} "
+                              f"private classes (0..{num_classes - 1}); use indices below {num_classes} or raise "
+                              "dataset.split.private_identities")
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSuite:
@@ -225,5 +357,6 @@ def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSu
         try:
             apply_override(data, keys, value)
         except (IndexError, ValueError, TypeError, AttributeError):
-            raise ConfigError(f"--set {text}: {'.'.join(keys)} does not exist in {path}") from None
+            raise ConfigError(f"--set {shorten(text, 80, quote=False)}: {shorten('.'.join(keys), 60, quote=False)} "
+                              f"does not exist in {path}") from None
     return validate_suite(data, str(path))

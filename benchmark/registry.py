@@ -41,9 +41,10 @@ T = TypeVar("T")
 
 
 class PluginParams(BaseModel):
-    """Base class of every plugin's parameter model: unknown keys are errors."""
+    """Base class of every plugin's parameter model: unknown keys are errors, floats must be finite
+    (a parameter that needs inf or nan says so with ``Field(allow_inf_nan=True)``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Plugin:

@@ -9,8 +9,10 @@ plugin's ``Params`` and reads, merges and overrides suite files into these model
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Literal
+from collections import Counter
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
@@ -19,7 +21,14 @@ from inversion_bench.training import TrainingRecipe
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Unknown keys are errors; floats must be finite (a field that needs inf or nan says so with
+    ``Field(allow_inf_nan=True)``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+SEED_MAX = 2**32 - 1  # numpy's and CUDA's seeds are 32-bit
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX, description=f"a seed, 0..{SEED_MAX}")]
 
 
 class PluginRef(_Strict):
@@ -63,16 +72,27 @@ class EvaluationConfig(ModelConfig):
 
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ID_RULE = ("1-64 letters, digits, '.', '_' or '-' (ASCII), starting with a letter or digit (not '.', '_' or '-'; "
+           "it names the record files)")
 
 
 def check_id(v: str | None) -> str | None:
-    """An entry id names files (records, store folders): 1-64 ASCII letters, digits, '.', '_' or '-',
-    starting with a letter or digit, so it can never leave the run folder or overflow a file name."""
-    if v is not None and not _ID.fullmatch(v):
+    """An entry id names files (records, store folders): :data:`ID_RULE`, so it can never leave the
+    run folder (no '/', no leading '.', no NUL) or overflow a file name."""
+    if v is not None and not (isinstance(v, str) and _ID.fullmatch(v)):
         shown = v if len(v) <= 40 else v[:37] + "..."
-        raise ValueError(f"{shown!r} is not a valid id: use 1-64 letters, digits, '.', '_' or '-', starting with "
-                         "a letter or digit (it names the record files)")
+        length = f"; it has {len(v)} characters" if len(v) > 64 else ""
+        raise ValueError(f"{shown!r} is not a valid id: use {ID_RULE}{length}")
     return v
+
+
+def _default_id_valid(entry: DefenseConfig | AttackConfig) -> None:
+    """An entry without ``id`` is named by its label (or plugin name): that must make a valid id too."""
+    ident = entry_id(entry)
+    if not entry.id and not _ID.fullmatch(ident):
+        source = "label" if entry.label else "name"
+        raise ValueError(f"the id made from its {source} ({ident[:40]!r}..., {len(ident)} characters) is not a "
+                         f"valid id; give the entry an id: {ID_RULE}")
 
 
 class SweptConfig(_Strict):
@@ -91,6 +111,7 @@ class DefenseConfig(_Strict):
                                       "this entry belongs to and the value of the swept parameter")
 
     _id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
+    _default_id = model_validator(mode="after")(lambda self: _default_id_valid(self) or self)
 
 
 class AttackConfig(_Strict):
@@ -102,6 +123,16 @@ class AttackConfig(_Strict):
         "all", description="attacked classes: 'all', the first N, or a list of class indices")
 
     _id = field_validator("id")(classmethod(lambda cls, v: check_id(v)))
+    _default_id = model_validator(mode="after")(lambda self: _default_id_valid(self) or self)
+
+    @field_validator("identities")
+    @classmethod
+    def _identities(cls, v: Any) -> Any:
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"the first N classes needs N >= 1, got {v}")
+        if isinstance(v, list) and any(i < 0 for i in v):
+            raise ValueError(f"class indices start at 0, got {min(v)}; use indices 0..classes-1")
+        return v
 
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -194,12 +225,12 @@ class Suite(_Strict):
     target: ModelConfig
     evaluation: EvaluationConfig
     prior: PluginRef | None = Field(None, description="image prior (generator) for attacks that need one")
-    prior_seed: int = Field(0, description="seed of prior training")
+    prior_seed: Seed = Field(0, description="seed of prior training")
     defenses: list[DefenseConfig] = Field(min_length=1)
     baseline: str | None = Field(None, description="id of the defense the others are compared with (default: first)")
     attacks: list[AttackConfig] = Field(min_length=1)
     metrics: list[PluginRef] = Field(min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[Seed] = Field([0], min_length=1)
     weights: dict[str, str] = Field(default_factory=dict, description="name -> local file or folder")
     run: RunConfig = Field(default_factory=RunConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
@@ -207,8 +238,10 @@ class Suite(_Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", v):
-            raise ValueError(f"use letters, digits, '-', '_' and '.', got {v!r}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", v):
+            shown = v if len(v) <= 40 else v[:37] + "..."
+            raise ValueError(f"use 1-100 letters, digits, '-', '_' and '.', starting with a letter or digit (it "
+                             f"names the run folder), got {shown!r}")
         return v
 
     @field_validator("metrics", mode="before")
@@ -229,7 +262,8 @@ class Suite(_Strict):
                                      "give each an 'id' (or a different label)")
                 seen[ident] = i
         if len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be distinct, got {self.seeds}")
+            twice = sorted(x for x, n in Counter(self.seeds).items() if n > 1)[:5]
+            raise ValueError(f"seeds must be distinct, {twice} appear more than once")
         return self
 
     # convenience ---------------------------------------------------------------------------
@@ -256,3 +290,24 @@ def entry_id(entry: DefenseConfig | AttackConfig) -> str:
 
 def entry_label(entry: DefenseConfig | AttackConfig) -> str:
     return entry.label or entry_id(entry)
+
+
+def non_finite(value: Any, loc: tuple[Any, ...] = ()) -> tuple[tuple[Any, ...], float] | None:
+    """The first inf or nan float in a validated model (its fields, lists and tuples, nested models)
+    as (field path, value), or None. Fields that allow it (``Field(allow_inf_nan=True)``) and free-form
+    ones (``Any``, mappings: validated by their plugin's ``Params``) are skipped. This covers models
+    outside this module (the training recipe, a plugin's nested models) whatever their own config."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (loc, value)
+    if isinstance(value, list | tuple):
+        items: Any = enumerate(value)
+    elif isinstance(value, BaseModel):
+        items = ((name, getattr(value, name)) for name, info in type(value).model_fields.items()
+                 if info.annotation is not Any and not any(getattr(m, "allow_inf_nan", False) for m in info.metadata))
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, (*loc, key))
+        if found is not None:
+            return found
+    return None

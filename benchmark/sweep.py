@@ -14,8 +14,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from inversion_bench.config_messages import shorten
 from inversion_bench.errors import ConfigError
-from inversion_bench.suite_schema import slug
+from inversion_bench.suite_schema import ID_RULE, check_id, slug
 
 
 def _value_text(value: Any) -> str:
@@ -31,12 +32,14 @@ def _check(entry: dict[str, Any], where: str, source: str) -> tuple[str, list[An
     sweep = entry["sweep"]
     if not isinstance(sweep, dict) or len(sweep) != 1:
         raise ConfigError(f"{source}: {where}.sweep: must name exactly one parameter and its values, "
-                          f"e.g. sweep: {{alpha: [-0.05, 0.0, 0.1]}}; got {sweep!r}")
+                          f"e.g. sweep: {{alpha: [-0.05, 0.0, 0.1]}}; got {shorten(sweep)}")
     (param, values), = sweep.items()
     if not isinstance(values, list) or not values:
-        raise ConfigError(f"{source}: {where}.sweep.{param}: must be a non-empty list of values, got {values!r}")
+        raise ConfigError(f"{source}: {where}.sweep.{shorten(param, quote=False)}: must be a non-empty list of "
+                          f"values, got {shorten(values)}")
     if len({_value_text(v) for v in values}) != len(values):
-        raise ConfigError(f"{source}: {where}.sweep.{param}: values must be distinct, got {values!r}")
+        raise ConfigError(f"{source}: {where}.sweep.{shorten(param, quote=False)}: values must be distinct, "
+                          f"got {shorten(values)}")
     if "swept" in entry:
         raise ConfigError(f"{source}: {where}: give either sweep: or swept:, not both")
     params = entry.get("params") or {}
@@ -46,6 +49,24 @@ def _check(entry: dict[str, Any], where: str, source: str) -> tuple[str, list[An
         raise ConfigError(f"{source}: {where}.sweep.{param}: {param} is also set in params; remove it "
                           "from params (the sweep sets it)")
     return str(param), values
+
+
+def _swept_id(base_id: Any, param: str, value: Any, where: str, source: str) -> str:
+    """``<id>.<param><value>``, refused on the sweep entry when it breaks the id rule."""
+    if not isinstance(base_id, str):
+        raise ConfigError(f"{source}: {where}.id: must be a text id, got {shorten(base_id)}; use {ID_RULE}")
+    try:
+        check_id(base_id)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {where}.id: {exc}") from None
+    ident = f"{base_id}.{param}{_value_text(value)}"
+    try:
+        check_id(ident)
+    except ValueError:
+        raise ConfigError(f"{source}: {where}.sweep.{shorten(param, quote=False)}: the value {shorten(value)} makes "
+                          f"the id {shorten(ident)} ({len(ident)} characters), which is not a valid id: ids are "
+                          f"{ID_RULE}; use a shorter id or plain values") from None
+    return ident
 
 
 def expand_entry(entry: dict[str, Any], where: str, source: str) -> list[dict[str, Any]]:
@@ -61,7 +82,7 @@ def expand_entry(entry: dict[str, Any], where: str, source: str) -> list[dict[st
     for value in values:
         e = {k: copy.deepcopy(v) for k, v in entry.items() if k != "sweep"}
         e["params"] = {**(entry.get("params") or {}), param: value}
-        e["id"] = f"{base_id}.{param}{_value_text(value)}"
+        e["id"] = _swept_id(base_id, param, value, where, source)
         e["label"] = f"{entry.get('label') or base_id} {param}={_value_text(value)}"
         e["swept"] = {"group": base_id, "param": param, "value": value}
         out.append(e)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from inversion_bench.data import FaceCollection, LabeledImages
 from inversion_bench.errors import ConfigError
@@ -19,7 +19,7 @@ class SplitSpec(BaseModel):
     identities are disjoint from them and form the attacker's auxiliary data (prior training).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     private_identities: int | Literal["all"] = Field(
         20, description="number of identities the target classifies, or 'all'"
@@ -31,7 +31,21 @@ class SplitSpec(BaseModel):
         "random", description="how the private identities are chosen"
     )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of each private identity's images held out")
-    seed: int = Field(42, description="seed of the identity choice and the train/test split")
+    seed: int = Field(42, ge=0, le=2**32 - 1, description="seed of the identity choice and the train/test split")
+
+    @field_validator("private_identities")
+    @classmethod
+    def _private(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 2:
+            raise ValueError(f"the target needs at least 2 classes, got {v}; give 2 or more, or 'all'")
+        return v
+
+    @field_validator("public_identities")
+    @classmethod
+    def _public(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError(f"must be >= 0 or 'rest', got {v}")
+        return v
 
 
 @dataclass
@@ -62,7 +76,7 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
     if n_priv > n_ids or n_priv < 2:
         raise ConfigError(
             f"dataset.split.private_identities: the dataset has {n_ids} identities, "
-            f"cannot take {n_priv} private ones (need 2..{n_ids})"
+            f"cannot take {n_priv} private ones; give 2..{n_ids} (or 'all')"
         )
     private_ids = order[:n_priv]
     rest = order[n_priv:]
@@ -79,8 +93,9 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
         idx = torch.nonzero(collection.targets == ident).flatten()
         if len(idx) < 2:
             raise ConfigError(
-                f"identity {collection.identity_names[ident]!r} has {len(idx)} image(s); each "
-                "private identity needs at least 2 (one for training, one for testing)"
+                f"dataset: identity {collection.identity_names[ident]!r} has {len(idx)} image(s); each "
+                "private identity needs at least 2 (one for training, one for testing); add images or "
+                "set dataset.split.selection: most_images"
             )
         idx = idx[torch.randperm(len(idx), generator=g)]
         n_test = min(len(idx) - 1, max(1, round(len(idx) * spec.test_fraction)))
