@@ -22,8 +22,11 @@ def _pct(x: float | None) -> str:
 
 def _audit_text(name: str, audit: EvaluatorAudit) -> str:
     images = f" ({audit.images:,} images)" if audit.images is not None else ""
+    worst = ""
+    if audit.impostor_acc_max is not None:
+        worst = (f" (highest: {_pct(audit.impostor_acc_max)}, identity {audit.impostor_acc_max_identity})")
     return (f"{AUDIT_GROUPS.get(name, name)}{images}: false acceptance {_pct(audit.false_acceptance)}, "
-            f"impostor Acc@1 {_pct(audit.impostor_acc)}")
+            f"impostor Acc@1 {_pct(audit.impostor_acc)}{worst}")
 
 
 def evaluator_items(lb: LeaderboardTable) -> list[tuple[str, str]]:
@@ -49,7 +52,8 @@ AUDIT_HELP = ("Evaluation-model audit: real images that are not the claimed iden
               "held-out private test images; public identities: never seen by the evaluation model), scored like "
               "reconstructions. False acceptance: the share accepted as an identity they are not (1.0 by "
               "construction for public images under the top-1 rule). Impostor Acc@1: the attack accuracy a real "
-              "face of somebody else scores, directly comparable to attack_acc@1; an attack near it shows little.")
+              "face of somebody else scores, directly comparable to attack_acc@1; an attack near it shows little; "
+              "highest: the identity real strangers land on most, and how often.")
 
 
 def _level(lb: LeaderboardTable) -> str:

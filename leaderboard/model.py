@@ -248,11 +248,15 @@ class EvaluatorAudit:
         images: number of audit images.
         false_acceptance: share of them the evaluation model accepts as an attacked identity.
         impostor_acc: share of them it classifies as the identity an impostor would claim (Acc@1).
+        impostor_acc_max: the highest per-identity impostor acceptance (None in older records).
+        impostor_acc_max_identity: the identity (class index) it belongs to.
     """
 
     images: int | None
     false_acceptance: float | None
     impostor_acc: float | None
+    impostor_acc_max: float | None = None
+    impostor_acc_max_identity: int | None = None
 
 
 @dataclass(frozen=True)

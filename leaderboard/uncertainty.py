@@ -71,7 +71,9 @@ def _audit(block: Any) -> EvaluatorAudit | None:
     images = block.get("images")
     return EvaluatorAudit(images=int(images) if finite(images) is not None else None,
                           false_acceptance=finite(block.get("false_acceptance")),
-                          impostor_acc=finite(block.get("impostor_acc@1")))
+                          impostor_acc=finite(block.get("impostor_acc@1")),
+                          impostor_acc_max=finite(block.get("impostor_acc@1_max")),
+                          impostor_acc_max_identity=block.get("impostor_acc@1_max_identity"))
 
 
 def _evaluator_info(ev: Mapping[str, Any]) -> EvaluatorInfo:
