@@ -92,47 +92,68 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
+def _check_run_folder(args: argparse.Namespace, loaded, run_dir: Path) -> None:
+    """Input errors of a run that are cheap to find: the run folder and the device (exit 2, nothing written)."""
+    from inversion_bench.lock import folder_problem
+    from inversion_bench.run_context import check_device
+
+    if args.run_dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", args.run_dir):
+        raise ConfigError(f"--run-dir {args.run_dir}: must be a local path (like run.output); remote storage URLs "
+                          "are not supported: mount the storage at the same path on every node and give that path")
+    if args.dry_run:
+        return
+    problem = folder_problem(run_dir)
+    if problem:
+        where = "--run-dir" if args.run_dir else "--output (run.output)"
+        raise ConfigError(f"{problem} (set by {where})")
+    if loaded.suite.run.executor == "local":  # a Ray driver need not have the GPUs of its tasks
+        check_device(loaded.suite.run.device)
+
+
+def _dry_run(runner) -> int:
+    todo, skip = runner.pending()
+    print(f"{len(todo)} pair(s) to run, {len(skip)} already recorded in {runner.run_dir}")
+    for job in todo:
+        print(f"  {job.defense} x {job.attack} seed {job.seed}")
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench.executors import make_executor
     from inversion_bench.plan import describe
     from inversion_bench.resources import missing_resources
+    from inversion_bench.run_context import run_dir_of
     from inversion_bench.runner import Runner
 
     loaded = _load(args)
     problems = missing_resources(loaded)
     if problems:
         raise ConfigError("\n".join(problems))
-    if args.run_dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", args.run_dir):
-        raise ConfigError(f"--run-dir {args.run_dir}: must be a local path (like run.output); remote storage URLs "
-                          "are not supported: mount the storage at the same path on every node and give that path")
+    _check_run_folder(args, loaded, run_dir_of(loaded, args.run_dir))
     executor = None if args.dry_run else make_executor(loaded.suite.run)  # exits 2 here when Ray is missing
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
                     tracking_uri=args.tracking_uri, progress=False if args.no_progress else None)
     for line in describe(loaded, runner.plan):
         log.info(line)
     if args.dry_run:
-        todo, skip = runner.pending()
-        print(f"{len(todo)} pair(s) to run, {len(skip)} already recorded in {runner.run_dir}")
-        for job in todo:
-            print(f"  {job.defense} x {job.attack} seed {job.seed}")
-        return 0
-    tracker = None
-    if loaded.suite.run.tracking and not args.no_tracking:
-        from inversion_bench.tracking import Tracker, default_tracking_uri
+        return _dry_run(runner)
+    with runner.lock():  # exits 2 when another run holds the folder; held until the report is written
+        tracker = None
+        if loaded.suite.run.tracking and not args.no_tracking:
+            from inversion_bench.tracking import open_tracker
 
-        runner.run_dir.mkdir(parents=True, exist_ok=True)
-        uri = runner.tracking_uri or default_tracking_uri(runner.run_dir)
-        tracker = Tracker(uri, loaded.suite.name, artifact_dir=runner.run_dir / "mlartifacts")
-    summary = runner.run(tracker, executor=executor)
-    report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures,
-                           contexts=[runner.ctx])
-    board = report.board
-    print(board.to_markdown())
+            tracker = open_tracker(runner.tracking_uri, runner.run_dir, loaded.suite.name)
+        summary = runner.run(tracker, executor=executor)
+        report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures,
+                               contexts=[runner.ctx])
+    print(report.board.to_markdown())
     print(f"report: {report.files['html']}")
     print(f"\nrun folder: {runner.run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
           f"{len(summary.failed)} failed)")
-    if tracker is not None:
+    if tracker is not None and tracker.broken is None:
         print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
+    elif tracker is not None:
+        print(f"MLflow: not mirrored ({tracker.broken}); the next `bench run` mirrors the records", file=sys.stderr)
     if summary.failed:
         print(f"{len(summary.failed)} pair(s) failed: {', '.join(summary.failed)} (see the records)", file=sys.stderr)
     return summary.exit_code

@@ -19,6 +19,7 @@ import torch
 from inversion_bench import __version__
 from inversion_bench.config import LoadedSuite
 from inversion_bench.data.splits import Splits
+from inversion_bench.errors import ConfigError
 from inversion_bench.features import FeatureCache
 from inversion_bench.interfaces import Classifier
 from inversion_bench.plan import Plan, make_plan
@@ -35,6 +36,30 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
+
+
+def check_device(spec: str) -> None:
+    """Raises ``ConfigError`` (exit 2) when ``spec`` names a device this machine does not have.
+
+    Called by the driver of a local run before any work; a Ray driver need not have the tasks' GPUs.
+    """
+    if spec.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(spec.partition(":")[2] or 0)
+        if count == 0:
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+            raise ConfigError(f"run.device {spec}: CUDA is not available on this machine (torch {torch.__version__}, "
+                              f"{build}); use --device cpu (or auto), or run on a machine with a GPU")
+        if index >= count:
+            raise ConfigError(f"run.device {spec}: this machine has {count} CUDA device(s) (cuda:0..cuda:{count - 1}); "
+                              "give one of those, or --device cuda")
+    elif spec == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("run.device mps: MPS is not available on this machine; use --device cpu (or auto)")
+
+
+def run_dir_of(loaded: LoadedSuite, run_dir: Path | str | None = None) -> Path:
+    """The run folder: ``run_dir`` when given, else ``<run.output>/<suite name>``."""
+    return Path(run_dir) if run_dir else Path(loaded.suite.run.output) / loaded.suite.name
 
 
 def code_version() -> str:
@@ -89,7 +114,7 @@ class RunContext:
         s = loaded.suite
         self.loaded = loaded
         self.suite = s
-        self.run_dir = Path(run_dir) if run_dir else Path(s.run.output) / s.name
+        self.run_dir = run_dir_of(loaded, run_dir)
         self.store = Store(self.run_dir / "store")
         self.records_dir = self.run_dir / "records"
         self.device = resolve_device(s.run.device)

@@ -6,6 +6,11 @@ The work itself lives in the product modules (:mod:`inversion_bench.products`), 
 Products come from the store when their key is there and are computed and stored otherwise; a pair
 whose record exists with the same config hash is skipped. This is both the cache and ``--resume``:
 a run killed at any point and started again finishes only what is missing.
+
+One run at a time writes a run folder: :meth:`Runner.run` holds the folder's lock
+(:class:`~inversion_bench.lock.RunLock`) from before the first write to the end; a caller that writes
+into the folder before or after (the CLI: the MLflow store, the report) holds :meth:`Runner.lock`
+around all of it. Only this process (the driver) takes the lock, never a Ray worker.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ from typing import Any
 from inversion_bench.config import LoadedSuite
 from inversion_bench.executors.base import Executor
 from inversion_bench.jobs import attack_needs_prior, job_graph
+from inversion_bench.lock import RunLock
 from inversion_bench.plan import PairJob, Plan
 from inversion_bench.products import mirror, record
+from inversion_bench.products.data import splits
 from inversion_bench.results import record_filename, write_json_atomic
 from inversion_bench.run_context import RunContext
 
@@ -48,6 +55,12 @@ class Runner:
     def __init__(self, loaded: LoadedSuite, run_dir: Path | None = None, tracking_uri: str | None = None,
                  progress: bool | None = None) -> None:
         self.ctx = RunContext(loaded, run_dir=run_dir, tracking_uri=tracking_uri, progress=progress)
+        self._lock = RunLock(self.ctx.run_dir)
+
+    def lock(self) -> RunLock:
+        """The run folder's lock, a re-entrant context manager: ``with runner.lock(): ...`` raises
+        :class:`~inversion_bench.lock.RunLockedError` (exit 2) when another run holds the folder."""
+        return self._lock
 
     @property
     def run_dir(self) -> Path:
@@ -69,15 +82,18 @@ class Runner:
         """Prepares the run folder; returns the summary (skipped pairs filled in) and the pairs to run.
 
         Records of pairs to run whose configuration changed are moved to ``records/superseded/``.
+        Call it holding :meth:`lock` (:meth:`run` does).
         """
         ctx = self.ctx
+        todo, skip = self.pending()
+        if todo:  # the data's class count checks the split and the attacked identities (ConfigError) before any write
+            splits(ctx)
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
         ctx.store.clean_partial()
         write_json_atomic(ctx.run_dir / "suite.json", {"source": ctx.loaded.source,
                                                        "suite": ctx.suite.model_dump(mode="json"),
                                                        "suite_hash": ctx.plan.suite_hash})
         summary = RunSummary(self.run_dir)
-        todo, skip = self.pending()
         summary.skipped = [j.record_name for j in skip]
         log.info("%d pair(s) to run, %d already recorded", len(todo), len(skip))
         for job in todo:
@@ -90,6 +106,10 @@ class Runner:
             from inversion_bench.executors.local import LocalExecutor
 
             executor = LocalExecutor()
+        with self._lock:
+            return self._run(tracker, executor)
+
+    def _run(self, tracker: Any, executor: Executor) -> RunSummary:
         summary, todo = self.begin()
         jobs = job_graph(self.plan, todo, attack_needs_prior(self.ctx.loaded))
 

@@ -8,6 +8,11 @@ it; ``--tracking-uri`` (or ``run.tracking_uri``) points elsewhere, e.g. an ``mlf
 Only the process that runs ``bench run`` (the driver) logs: with the Ray executor the workers write
 records to the run folder and return them, and the driver mirrors each record as it arrives, so a
 cluster has one tracking store (the run folder's SQLite file or the server), never one per node.
+
+A tracking store that cannot be opened at the start of a run (unknown URI scheme, an ``mlflow.db``
+that is not a database) is an input error (:func:`open_tracker`: one line with the store and the
+fix, exit 2, before any work). One that breaks during the run (the file deleted or damaged, the server
+gone) costs no record: mirroring stops with a warning and the next run mirrors what is missing.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from inversion_bench.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +82,53 @@ def _flat_params(prefix: str, params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def short_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` (capped) of the exception at the root of ``exc``'s chain (the
+    database's or the network's own error rather than MLflow's wrapper), for one-line messages."""
+    for _ in range(10):
+        inner = exc.__cause__ or exc.__context__
+        if inner is None:
+            break
+        exc = inner
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def open_tracker(uri: str | None, run_dir: Path, experiment: str) -> Tracker:
+    """The :class:`Tracker` of a run: ``uri`` (``--tracking-uri``/``run.tracking_uri``), else the SQLite
+    file in ``run_dir``; raises ``ConfigError`` (exit 2) naming the store and the fix when it cannot be
+    opened."""
+    target = uri or default_tracking_uri(run_dir)
+    try:
+        return Tracker(target, experiment, artifact_dir=run_dir / "mlartifacts")
+    except Exception as exc:  # MLflow, SQLAlchemy and HTTP errors alike: the store is unusable
+        reason = short_error(exc)
+        if uri is None:
+            db = run_dir / "mlflow.db"
+            raise ConfigError(f"MLflow store {db} cannot be opened ({reason}); move it away (the records in "
+                              f"{run_dir / 'records'} are kept and the next run mirrors them into a new store) or "
+                              "run with --no-tracking") from None
+        raise ConfigError(f"tracking URI {uri} (--tracking-uri / run.tracking_uri) cannot be opened ({reason}); "
+                          "give sqlite:///PATH/mlflow.db or an http(s):// MLflow server, leave it out for the run "
+                          "folder's SQLite file, or run with --no-tracking") from None
+
+
 class Tracker:
-    """Mirrors records to MLflow runs."""
+    """Mirrors records to MLflow runs.
+
+    ``broken`` is the reason the store failed during this run (set by
+    :mod:`inversion_bench.products.mirror`); while it is set, records are not mirrored.
+    """
+
+    broken: str | None = None
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         import mlflow
+
+        # MLflow logs a database error with its traceback before raising it; the mirror reports it in one line
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         from mlflow.tracking import MlflowClient
 
         self._mlflow = mlflow
