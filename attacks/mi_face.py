@@ -11,19 +11,25 @@ With ``record_trajectory`` the input after every step is kept in the reconstruct
 and entry T the returned image. It is stored in the attack product (``store/attacks/<key>/data.pt``)
 and is what the 2-D toy figure of Struppek et al. (ICLR 2024, Fig. 1) draws
 (see ``leaderboard/toy2d.py``).
+
+``channels: 1`` optimises one channel, repeated in the three the target sees (images stay RGB);
+``auto`` (the default) does so when the dataset is grayscale (``dataset.params.grayscale: true``,
+known from the public data's collection), else optimises the three channels. ``channels`` is left
+out of the parameters' dump at ``auto``, so the cache keys from before it existed stay valid.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from inversion_bench.data import is_grayscale
 from inversion_bench.errors import DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
@@ -69,6 +75,26 @@ class MIFace(Attack):
         resolution: int | None = Field(None, ge=8, description="image size (default: the dataset's)")
         record_trajectory: bool = Field(
             False, description="keep the input of every step in extras['trajectory'], [steps+1, N, 3, H, W]")
+        channels: Literal[1, 3, "auto"] = Field(
+            "auto", description="optimised channels: 1 (repeated in R, G and B), 3, or auto (1 when the dataset "
+            "is grayscale)")
+
+        @model_serializer(mode="wrap")
+        def _drop_auto(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+            """Leaves out ``channels: auto``: the dump (and cache key) is then the one from before it existed."""
+            data = handler(self)
+            if data.get("channels") == "auto":
+                data.pop("channels")
+            return data
+
+    def _starts(self, labels: Tensor, channels: int, res: int, g: torch.Generator) -> Tensor:
+        """The start of every restart: the neutral image, plus noise after the first; [n, channels, res, res]."""
+        p = self.params
+        n = labels.numel()
+        starts = torch.full((n, channels, res, res), p.start_value)
+        noise = torch.randn(n, channels, res, res, generator=g) * p.start_noise
+        first = (torch.arange(n) % p.restarts) == 0
+        return torch.where(first.view(-1, 1, 1, 1), starts, (starts + noise).clamp(0, 1))
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:
@@ -77,22 +103,20 @@ class MIFace(Attack):
         res = p.resolution or ctx.resolution
         labels = identities.repeat_interleave(p.restarts)
         n = labels.numel()
-        starts = torch.full((n, 3, res, res), p.start_value)
-        noise = torch.randn(n, 3, res, res, generator=g) * p.start_noise
-        first = (torch.arange(n) % p.restarts) == 0
-        starts = torch.where(first.view(-1, 1, 1, 1), starts, (starts + noise).clamp(0, 1))
+        channels = p.channels if p.channels != "auto" else (1 if is_grayscale(ctx.public) else 3)
+        starts = self._starts(labels, channels, res, g)
 
         target.eval()
         for param in target.parameters():
             param.requires_grad_(False)
-        out = torch.empty_like(starts)
-        trajectory = torch.empty((p.steps + 1, *starts.shape)) if p.record_trajectory else None
+        out = torch.empty(n, 3, res, res)
+        trajectory = torch.empty((p.steps + 1, n, 3, res, res)) if p.record_trajectory else None
         steps_loss = torch.zeros(p.steps)
         steps_conf = torch.zeros(p.steps)
         steps_cos = torch.zeros(p.steps)
         t0 = time.perf_counter()
         bar = tqdm(total=p.steps * ((n + ctx.batch_size - 1) // ctx.batch_size), disable=not ctx.progress,
-                   desc="mi-face", leave=False)
+                   desc=f"mi-face on {ctx.label}" if ctx.label else "mi-face", leave=False)
         for start in range(0, n, ctx.batch_size):
             sl = slice(start, start + ctx.batch_size)
             x = starts[sl].clone().to(ctx.device).requires_grad_(True)
@@ -102,10 +126,11 @@ class MIFace(Attack):
             prev_grad: Tensor | None = None
             w = x.shape[0] / n
             if trajectory is not None:
-                trajectory[0, sl] = x.detach().cpu()
+                trajectory[0, sl] = x.detach().expand(-1, 3, -1, -1).cpu()
             for step in range(p.steps):
-                logits = target(x)
-                cost = mi_face_loss(logits.float(), y, x, p.tv_weight)
+                rgb = x.expand(-1, 3, -1, -1)  # one channel repeated (channels: 1), else x itself
+                logits = target(rgb)
+                cost = mi_face_loss(logits.float(), y, rgb, p.tv_weight)
                 loss = cost.sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -123,13 +148,13 @@ class MIFace(Attack):
                 with torch.no_grad():
                     x.clamp_(0, 1)
                     if trajectory is not None:
-                        trajectory[step + 1, sl] = x.detach().cpu()
+                        trajectory[step + 1, sl] = x.detach().expand(-1, 3, -1, -1).cpu()
                 bar.update(1)
-            out[sl] = x.detach().cpu()
+            out[sl] = x.detach().expand(-1, 3, -1, -1).cpu()
         bar.close()
         trace = {"loss": steps_loss.tolist(), "confidence": steps_conf.tolist(),
                  "grad_cosine": [None] + steps_cos[1:].tolist()}
         extras = {"trajectory": trajectory} if trajectory is not None else {}
         return Reconstruction(images=out, labels=labels.clone(), trace=trace,
-                              info={"steps": p.steps, "restarts": p.restarts,
-                                    "seconds": time.perf_counter() - t0}, extras=extras)
+                              info={"steps": p.steps, "restarts": p.restarts, "seconds": time.perf_counter() - t0,
+                                    **({"channels": 1} if channels == 1 else {})}, extras=extras)

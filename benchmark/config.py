@@ -2,7 +2,8 @@
 
 The models of every section are in ``inversion_bench.suite_schema`` (re-exported here). ``include:``
 merges a base suite (paths relative to the including file; mappings merge key by key, everything
-else is replaced; a block naming another plugin drops the base's ``params``). CLI overrides beat
+else is replaced, ``<key>+:`` extends the base's list; a block naming another plugin drops the base's
+``params``). A run folder's ``suite.json`` is read as its resolved suite (``config_overrides``). CLI overrides beat
 the YAML, which beats defaults. Plugin names are looked up in the registries and their ``params``
 validated against each plugin's ``Params``.
 
@@ -13,6 +14,7 @@ Every error names the file, the field path and the fix, e.g.
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from inversion_bench.config_messages import format_error, raise_validation, shorten
+from inversion_bench.config_overrides import apply_override, blame_override, read_suite_json, shown_path
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
 from inversion_bench.suite_schema import (
@@ -47,8 +50,9 @@ __all__ = [
 ]
 
 
-def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Merges ``over`` into ``base`` key by key (lists and scalars are replaced).
+def _deep_merge(base: dict[str, Any], over: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Merges ``over`` into ``base`` key by key (lists and scalars are replaced; ``<key>+:`` extends
+    the base's list ``<key>`` with its items).
 
     A plugin block that names another plugin than the base (``name:`` differs) does not inherit
     the base's ``params``: they belong to the other plugin.
@@ -57,8 +61,16 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         base = {k: v for k, v in base.items() if k != "params"}
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _deep_merge(out[k], v)
+        if isinstance(k, str) and k.endswith("+") and len(k) > 1:
+            key, cur = k[:-1], out.get(k[:-1], [])
+            if key in over:
+                raise ConfigError(f"{where}{key}: both {key}: and {k}: given; keep one of them")
+            if not isinstance(v, list) or not isinstance(cur, list):
+                got = type(v if not isinstance(v, list) else cur).__name__
+                raise ConfigError(f"{where}{k}: extends a list with a list of items, got a {got}; write {k} [a, b]")
+            out[key] = cur + copy.deepcopy(v)
+        elif isinstance(v, dict):
+            out[k] = _deep_merge(out[k] if isinstance(out.get(k), dict) else {}, v, f"{where}{k}.")
         else:
             out[k] = copy.deepcopy(v)
     return out
@@ -185,7 +197,7 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: a suite must be a YAML mapping (key: value), got {type(data).__name__}")
     includes = data.pop("include", None)
     if includes is None:
-        return data
+        return _deep_merge({}, data, f"{path}: ")
     if isinstance(includes, str):
         includes = [includes]
     if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
@@ -195,40 +207,28 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
         if not inc_path.is_file():
             raise ConfigError(f"{path}: include: {inc}: no such file (looked at {inc_path})")
-        merged = _deep_merge(merged, read_yaml(inc_path, (*_stack, path.resolve())))
-    return _deep_merge(merged, data)
+        merged = _deep_merge(merged, read_yaml(inc_path, (*_stack, path.resolve())), f"{path}: ")
+    return _deep_merge(merged, data, f"{path}: ")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` (value parsed as YAML) -> (["a", "b", "c"], value)."""
+    """``a.b[0].c=value`` or ``a.b.0.c=value`` (value parsed as YAML) -> (["a", "b", "0", "c"], value).
+    A list entry may also be named by its id: ``attacks.<id>.params.steps=5``."""
     shown = shorten(text, 80, quote=False)
     if "=" not in text:
         raise ConfigError(f"--set {shown}: expected KEY.PATH=VALUE, e.g. --set run.device=cpu")
     key, raw = text.split("=", 1)
-    keys = key.strip().split(".")
-    if not all(k.strip() for k in keys):
-        what = "empty key" if not key.strip() else f"empty part in the key path {shorten(key.strip(), 60)}"
-        raise ConfigError(f"--set {shown}: {what}; expected KEY.PATH=VALUE, e.g. --set run.device=cpu")
+    keys = re.sub(r"\[(\d+)\]", r".\1", key.strip()).split(".")
+    if not all(k.strip() and "[" not in k and "]" not in k for k in keys):
+        what = ("empty key" if not key.strip() else f"empty part in the key path {shorten(key.strip(), 60)}"
+                if not all(k.strip() for k in keys) else f"malformed key path {shorten(key.strip(), 60)}")
+        raise ConfigError(f"--set {shown}: {what}; expected KEY.PATH=VALUE, e.g. --set run.device=cpu or "
+                          "--set attacks[0].params.steps=5")
     try:
         value = _compose(raw, f"--set {shown}")
     except yaml.YAMLError:
         value = raw
     return [k.strip() for k in keys], value
-
-
-def apply_override(data: dict[str, Any], keys: list[str], value: Any) -> None:
-    node: Any = data
-    for i, k in enumerate(keys[:-1]):
-        nxt = keys[i + 1]
-        if isinstance(node, list):
-            node = node[int(k)]
-        else:
-            node = node.setdefault(k, [] if nxt.isdigit() else {})
-    last = keys[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
 
 
 def _check_plugin(source: str, where: str, reg: Registry[Any], name: str, params: dict[str, Any]) -> Any:
@@ -269,6 +269,7 @@ class LoadedSuite:
         self.dataset_params: Any = None
         self.target_arch_params: Any = None
         self.eval_arch_params: Any = None
+        self.overrides: list[str] | None = None  # the --set overrides load_suite applied (None: not known)
 
     @property
     def folder(self) -> Path:
@@ -330,8 +331,9 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
         i = needs_prior[0]
         raise ConfigError(f"{source}: attacks[{i}]: {suite.attacks[i].name} needs an image prior; add a "
                           "prior: section (e.g. prior: {name: dcgan})")
-    if isinstance(suite.dataset.split.private_identities, int):
-        check_identities(suite, suite.dataset.split.private_identities, source)
+    private = suite.dataset.split.private_identities
+    if private != "all":
+        check_identities(suite, len(private) if isinstance(private, list) else private, source)
     if suite.baseline is not None and suite.baseline not in suite.defense_ids():
         raise ConfigError(f"{source}: baseline: {suite.baseline!r} is not a defense id; "
                           f"choose one of {suite.defense_ids()}")
@@ -350,13 +352,21 @@ def check_identities(suite: Suite, num_classes: int, source: str) -> None:
 
 
 def load_suite(path: str | Path, overrides: list[str] | None = None) -> LoadedSuite:
-    """Reads, merges (include:), overrides and validates a suite file."""
-    data = read_yaml(Path(path))
+    """Reads, merges (include:), overrides and validates a suite file: a YAML suite, or a run
+    folder's ``suite.json`` (its resolved ``suite``, to rerun it)."""
+    data = read_suite_json(Path(path)) if str(path).endswith(".json") else read_yaml(Path(path))
+    applied: list[tuple[str, str]] = []
     for text in overrides or []:
         keys, value = parse_override(text)
         try:
-            apply_override(data, keys, value)
-        except (IndexError, ValueError, TypeError, AttributeError):
+            applied.append((text, shown_path(apply_override(data, keys, value))))
+        except (IndexError, ValueError, TypeError, AttributeError, KeyError) as exc:
+            why = f" ({exc.args[0]})" if isinstance(exc, KeyError) else ""
             raise ConfigError(f"--set {shorten(text, 80, quote=False)}: {shorten('.'.join(keys), 60, quote=False)} "
-                              f"does not exist in {path}") from None
-    return validate_suite(data, str(path))
+                              f"does not exist in {path}{why}") from None
+    try:
+        loaded = validate_suite(data, str(path))
+    except ConfigError as exc:
+        raise blame_override(exc, str(path), applied) from None
+    loaded.overrides = [text for text, _ in applied]
+    return loaded

@@ -10,7 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from inversion_bench.config import LoadedSuite
+import torch
+
+from inversion_bench.config import LoadedSuite, check_identities
+from inversion_bench.data import TensorFaces
+from inversion_bench.data.splits import make_splits
+from inversion_bench.errors import ConfigError
 from inversion_bench.plan import second_arch_params
 from inversion_bench.registry import REGISTRIES
 
@@ -91,3 +96,24 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
 
 def missing_resources(loaded: LoadedSuite) -> list[str]:
     return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok]
+
+
+def split_problems(loaded: LoadedSuite) -> list[str]:
+    """The split checked against the dataset's identity listing (no image read): sizes against the
+    identities found, named identities that do not exist, private identities with too few images,
+    attacked class indices. Empty when the dataset cannot list its identities before loading."""
+    s = loaded.suite
+    dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
+    listing = dataset.listing() if callable(getattr(dataset, "listing", None)) else None
+    if listing is None:
+        return []
+    names, counts = listing
+    fake = TensorFaces(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.arange(len(names)).repeat_interleave(
+        torch.tensor(counts, dtype=torch.long)), names)
+    try:
+        splits = make_splits(fake, s.dataset.split)
+        check_identities(s, splits.num_classes, loaded.source)
+    except ConfigError as exc:
+        msg = str(exc)
+        return [msg if msg.startswith(loaded.source) else f"{loaded.source}: {msg}"]
+    return []

@@ -62,6 +62,15 @@ def run_dir_of(loaded: LoadedSuite, run_dir: Path | str | None = None) -> Path:
     return Path(run_dir) if run_dir else Path(loaded.suite.run.output) / loaded.suite.name
 
 
+def store_root(loaded: LoadedSuite, run_dir: Path) -> Path:
+    """The product store: ``run.store`` (relative to the working directory, like ``run.output``) when
+    set, shared by every run folder that names it; else ``<run folder>/store``."""
+    if loaded.suite.run.store is None:
+        return run_dir / "store"
+    path = Path(loaded.suite.run.store).expanduser()
+    return path if path.is_absolute() else Path.cwd() / path
+
+
 def code_version() -> str:
     """The git commit of the code (with '+dirty' for local changes), else the package version."""
     root = Path(__file__).resolve().parent.parent
@@ -115,7 +124,7 @@ class RunContext:
         self.loaded = loaded
         self.suite = s
         self.run_dir = run_dir_of(loaded, run_dir)
-        self.store = Store(self.run_dir / "store")
+        self.store = Store(store_root(loaded, self.run_dir))
         self.records_dir = self.run_dir / "records"
         self.device = resolve_device(s.run.device)
         self.settings = RunSettings(device=self.device, amp=s.run.amp, channels_last=s.run.channels_last,

@@ -41,7 +41,9 @@ class PluginRef(_Strict):
 class DatasetConfig(_Strict):
     name: str = Field("synthetic-faces", description="dataset plugin")
     params: dict[str, Any] = Field(default_factory=dict)
-    resolution: int = Field(64, ge=8, le=1024, description="images are resized to this square size")
+    resolution: int = Field(64, ge=8, le=1024, description="images are resized to this square size (datasets "
+                            "read from files take params.crop: center|pad for non-square images and "
+                            "params.grayscale)")
     split: SplitSpec = Field(default_factory=SplitSpec)
 
 
@@ -170,6 +172,9 @@ class RunConfig(_Strict):
     executor: Literal["local", "ray"] = Field("local", description="local: every job in this process; "
                                               "ray: every job a task on a Ray cluster (see run.ray)")
     ray: RayConfig = Field(default_factory=RayConfig)
+    store: str | None = Field(None, description="product store (default: <run folder>/store); one store may serve "
+                              "many run folders, so identical products are computed once; a local path, relative "
+                              "to the working directory like output")
     tracking_uri: str | None = Field(None, description="MLflow tracking URI (default: SQLite file in the run folder)")
     tracking: bool = Field(True, description="mirror records to MLflow")
     amp: bool = Field(False, description="automatic mixed precision (bf16 where supported)")
@@ -179,6 +184,13 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     progress: bool = True
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+
+    @field_validator("store")
+    @classmethod
+    def _store(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or "://" in v):
+            raise ValueError(f"must be a local folder path, got {v!r}")
+        return v
 
     @field_validator("device")
     @classmethod

@@ -2,7 +2,9 @@
 
 Recipe knobs follow the label smoothing paper's setup (Struppek et al., ICLR 2024, building on
 Plug & Play Attacks, ICML 2022): Adam or SGD, MultiStepLR with milestones given as fractions of the
-epochs (0.75 and 0.9 for 100 epochs), random resized crop, colour jitter and horizontal flip.
+training (0.75 and 0.9 for 100 epochs), random resized crop, colour jitter and horizontal flip. The
+length is ``epochs`` or, instead, ``steps`` (optimiser steps; milestones are then fractions of the
+steps); ``steps`` does not appear in the recipe's dump when unset, so older cache keys stay valid.
 Finding 2 of the prototype: negative label smoothing needs the learning rate during its ramp, so
 the schedule is step-wise, never cosine by default.
 """
@@ -15,11 +17,11 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -52,25 +54,53 @@ class TrainingRecipe(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    epochs: int = Field(30, ge=1, description="training epochs")
+    epochs: int | None = Field(30, ge=1, description="training epochs (leave out when steps is given)")
+    steps: int | None = Field(None, ge=1, description="training length in optimiser steps instead of epochs "
+                              "(milestones are then fractions of the steps)")
     batch_size: int = Field(64, ge=1, description="training batch size")
     optimizer: Literal["adam", "sgd"] = Field("adam", description="optimiser")
     lr: float = Field(1e-3, gt=0, description="initial learning rate")
     weight_decay: float = Field(0.0, ge=0, description="weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam betas")
-    milestones: list[float] = Field([0.75, 0.9], description="MultiStepLR milestones, fractions of the epochs")
+    milestones: list[float] = Field([0.75, 0.9], description="MultiStepLR milestones, fractions of the epochs "
+                                    "(or of the steps)")
     gamma: float = Field(0.1, gt=0, le=1, description="learning-rate factor at each milestone")
     augmentation: Augmentation = Field(default_factory=Augmentation)
     aux_loss_weight: float = Field(0.4, ge=0, description="weight of auxiliary logits' loss (Inception)")
     workers: int = Field(0, ge=0, description="DataLoader worker processes (0: in-process batches)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_length(cls, data: Any) -> Any:
+        """Exactly one of ``epochs`` and ``steps``: with ``steps``, ``epochs`` is None."""
+        if isinstance(data, dict) and data.get("steps") is not None:
+            if data.get("epochs") is not None:
+                raise ValueError(f"steps ({data['steps']}) and epochs ({data['epochs']}) are both given: the "
+                                 "training length is one of them; remove epochs or steps")
+            data = {**data, "epochs": None}
+        return data
+
     @model_validator(mode="after")
     def _check_milestones(self) -> TrainingRecipe:
+        if self.epochs is None and self.steps is None:
+            raise ValueError("epochs is None: give the training length as epochs or as steps")
+        if self.epochs is not None and self.steps is not None:
+            raise ValueError("steps and epochs are both given: give one of them")
         for m in self.milestones:
             if not 0 < m < 1:
-                raise ValueError(f"milestones are fractions of the epochs in (0, 1), got {m}")
+                raise ValueError(f"milestones are fractions of the training in (0, 1), got {m}")
         return self
+
+    @model_serializer(mode="wrap")
+    def _drop_unset_length(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leaves out whichever of ``epochs``/``steps`` is None: recipes in epochs dump (hence key,
+        ``plan.make_plan``) as before ``steps`` existed."""
+        data = handler(self)
+        for name in ("epochs", "steps"):
+            if data.get(name, 0) is None:
+                data.pop(name)
+        return data
 
 
 @dataclass
@@ -102,8 +132,18 @@ class TrainResult:
 
 
 def lr_at_epoch(recipe: TrainingRecipe, epoch: int) -> float:
-    """The MultiStepLR learning rate during ``epoch`` (0-based)."""
+    """The MultiStepLR learning rate during ``epoch`` (0-based) of a recipe in epochs."""
+    if recipe.epochs is None:
+        raise ValueError("lr_at_epoch: the recipe is given in steps; use lr_at_step")
     n_drops = sum(1 for m in recipe.milestones if epoch >= round(m * recipe.epochs))
+    return recipe.lr * recipe.gamma**n_drops
+
+
+def lr_at_step(recipe: TrainingRecipe, step: int) -> float:
+    """The MultiStepLR learning rate at optimiser ``step`` (0-based) of a recipe in steps."""
+    if recipe.steps is None:
+        raise ValueError("lr_at_step: the recipe is given in epochs; use lr_at_epoch")
+    n_drops = sum(1 for m in recipe.milestones if step >= round(m * recipe.steps))
     return recipe.lr * recipe.gamma**n_drops
 
 
@@ -161,6 +201,35 @@ def accuracy(logits: Tensor, labels: Tensor, k: int = 1) -> float:
     k = min(k, logits.shape[1])
     topk = logits.topk(k, dim=1).indices
     return float((topk == labels.view(-1, 1)).any(dim=1).float().mean())
+
+
+HEARTBEAT_S = 30.0
+"""Without progress bars (``--no-progress``), training logs a line at least this often (seconds)."""
+
+
+class _Progress:
+    """The training progress bar; without one (``--no-progress``) a log line every :data:`HEARTBEAT_S` seconds."""
+
+    def __init__(self, desc: str, total: int, show: bool) -> None:
+        self.desc, self.total, self.show, self.done, self.postfix = desc, total, show, 0, ""
+        self.bar = tqdm(total=total, disable=not show, desc=desc, leave=False)
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n)
+        self.done += n
+        now = time.perf_counter()
+        if not self.show and now - self.last >= HEARTBEAT_S:
+            self.last = now
+            log.info("%s: %d/%d batches (%.0f %%)%s, %.0f s", self.desc, self.done, self.total,
+                     100 * self.done / max(self.total, 1), self.postfix, now - self.t0)
+
+    def set_postfix(self, **values: str) -> None:
+        self.bar.set_postfix(**values)
+        self.postfix = ", last epoch " + " ".join(f"{k} {v}" for k, v in values.items())
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class Trainer:
@@ -239,41 +308,28 @@ class Trainer:
         fwd = torch.compile(model) if s.compile else model
         opt = optimizer or self.make_optimizer([p for p in model.parameters() if p.requires_grad])
         history: list[dict[str, float]] = []
-        n = len(self.train)
-        n_batches = math.ceil(n / r.batch_size)
+        n_batches = math.ceil(len(self.train) / r.batch_size)
+        total = r.steps if r.steps is not None else r.epochs * n_batches
         t0 = time.perf_counter()
-        seen = 0
-        bar = tqdm(total=r.epochs * n_batches, disable=not s.progress, desc=self.desc, leave=False)
-        for epoch in range(r.epochs):
-            for group in opt.param_groups:
-                group["lr"] = lr_at_epoch(r, epoch)
-            model.train()
-            tot_loss, correct, count = 0.0, 0, 0
+        bar = _Progress(self.desc, total, s.progress)
+        state = {"step": 0, "seen": 0}
+        epoch = 0
+        while (epoch < r.epochs) if r.steps is None else (state["step"] < r.steps):
+            if r.steps is None:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at_epoch(r, epoch)
             epoch_batches = (batches(epoch, g) if batches is not None else
                              iterate(self.train, r.batch_size, shuffle=True, g=g, workers=r.workers,
                                      pin_memory=s.device.type == "cuda"))
-            for b, (images, labels) in enumerate(epoch_batches):
-                if len(labels) == 0:
-                    continue
-                progress = (epoch + min(b / n_batches, 1.0 - 1e-9)) / r.epochs
-                loss, logits, y = self._batch_loss(model, fwd, criterion, images, labels, progress, g)
-                if not torch.isfinite(loss):
-                    bar.close()
-                    raise DivergedError(f"{self.desc}: training diverged at epoch {epoch + 1}, "
-                                        f"batch {b + 1} (loss {float(loss.detach())})")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if step_hook is not None:
-                    step_hook(model, opt)
-                opt.step()
-                tot_loss += float(loss.detach()) * len(y)
-                correct += int((logits.argmax(1) == y).sum())
-                count += len(y)
-                seen += len(y)
-                bar.update(1)
-            history.append({"epoch": epoch + 1, "loss": tot_loss / count, "train_accuracy": correct / count,
-                            "lr": opt.param_groups[0]["lr"]})
-            bar.set_postfix(loss=f"{tot_loss / count:.3f}", acc=f"{correct / count:.2f}")
+            stats = self._epoch(model, fwd, criterion, opt, step_hook, epoch_batches, epoch, n_batches, g,
+                                state, bar)
+            if stats is None:  # an epoch without a single non-empty batch: steps would never be reached
+                bar.close()
+                raise RuntimeError(f"{self.desc}: epoch {epoch + 1} had no training batch")
+            history.append({"epoch": epoch + 1, **stats, "lr": opt.param_groups[0]["lr"]})
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", acc=f"{stats['train_accuracy']:.2f}")
+            epoch += 1
+        seen = state["seen"]
         bar.close()
         seconds = time.perf_counter() - t0
         model.eval()
@@ -288,9 +344,50 @@ class Trainer:
             images_per_second=seen / max(seconds, 1e-9),
             logit_std=float(logits.std(dim=1).mean()),
         )
-        log.info("%s: test accuracy %.3f after %d epochs (%.1f s)", self.desc, self.result.test_accuracy,
-                 r.epochs, seconds)
+        length = f"{r.epochs} epochs" if r.steps is None else f"{r.steps} steps ({epoch} epochs)"
+        log.info("%s: test accuracy %.3f after %s (%.1f s)", self.desc, self.result.test_accuracy, length, seconds)
         return self.result
+
+    def _epoch(self, model: nn.Module, fwd: Callable[[Tensor], Tensor], criterion: Criterion,
+               opt: torch.optim.Optimizer, step_hook: Callable[[nn.Module, torch.optim.Optimizer], None] | None,
+               epoch_batches: Iterable[tuple[Tensor, Tensor]], epoch: int, n_batches: int,
+               g: torch.Generator, state: dict[str, int], bar: _Progress) -> dict[str, float] | None:
+        """Trains one epoch (with ``recipe.steps``: stops when the steps are done; the learning rate is
+        set per step). ``state`` counts optimiser steps and images over epochs. Returns the epoch's
+        loss and train accuracy, None when it had no non-empty batch."""
+        r = self.recipe
+        model.train()
+        tot_loss, correct, count = 0.0, 0, 0
+        for b, (images, labels) in enumerate(epoch_batches):
+            if len(labels) == 0:
+                continue
+            if r.steps is None:
+                progress = (epoch + min(b / n_batches, 1.0 - 1e-9)) / r.epochs
+            else:
+                if state["step"] >= r.steps:
+                    break
+                progress = state["step"] / r.steps
+                for group in opt.param_groups:
+                    group["lr"] = lr_at_step(r, state["step"])
+            loss, logits, y = self._batch_loss(model, fwd, criterion, images, labels, progress, g)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise DivergedError(f"{self.desc}: training diverged at epoch {epoch + 1}, "
+                                    f"batch {b + 1} (loss {float(loss.detach())})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if step_hook is not None:
+                step_hook(model, opt)
+            opt.step()
+            tot_loss += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            count += len(y)
+            state["seen"] += len(y)
+            state["step"] += 1
+            bar.update(1)
+        if count == 0:
+            return None
+        return {"loss": tot_loss / count, "train_accuracy": correct / count}
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, progress: float) -> Tensor:

@@ -6,18 +6,25 @@ A dataset plugin turns its parameters into a :class:`FaceCollection`, i.e. image
 index each. :func:`inversion_bench.data.splits.make_splits` then picks disjoint private identities (the
 target's classes, split into train/test images) and public identities (the attacker's auxiliary
 data).
+
+Datasets read from files (``image-folder``, ``celeba``) take the :class:`ImageOptions` parameters:
+``crop`` (how a non-square image becomes square: ``center`` crop, the default, or ``pad``) and
+``grayscale`` (one luminance value repeated in the three channels; the collection's ``grayscale``
+tells attacks, e.g. MI-Face, to optimise one channel). Left at their defaults, they do not appear
+in the parameters' dump, so the cache keys of existing suites do not change.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor
 
-from inversion_bench.registry import Plugin
+from inversion_bench.registry import Plugin, PluginParams
 from inversion_bench.store import content_key
 
 
@@ -27,6 +34,7 @@ class FaceCollection(ABC):
     identity_names: list[str]
     targets: Tensor  # [N] int64
     resolution: int
+    grayscale: bool = False  # True: the three channels of every image are equal
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -105,6 +113,36 @@ class LabeledImages:
         return sub
 
 
+Crop = Literal["center", "pad"]
+
+
+class ImageOptions(PluginParams):
+    """How file-based datasets turn an image into the square RGB the other modules expect."""
+
+    crop: Crop = Field("center", description="non-square images: 'center' crops the centre square (the shorter "
+                       "side), 'pad' pads the shorter side with black to a square; then resized")
+    grayscale: bool = Field(False, description="convert to luminance, repeated in the 3 channels (pixel-space "
+                            "attacks such as MI-Face then optimise one channel)")
+
+    @model_serializer(mode="wrap")
+    def _drop_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leaves out ``crop``/``grayscale`` at their defaults: the dumps (hence the cache keys) of
+        datasets that do not use them are those from before the options existed."""
+        data = handler(self)
+        if data.get("crop") == "center":
+            data.pop("crop")
+        if data.get("grayscale") is False:
+            data.pop("grayscale")
+        return data
+
+
+def is_grayscale(data: LabeledImages | FaceCollection | None) -> bool:
+    """Whether ``data`` (a subset or a collection) holds grayscale images (three equal channels)."""
+    if isinstance(data, LabeledImages):
+        data = data.collection
+    return bool(getattr(data, "grayscale", False))
+
+
 class DatasetPlugin(Plugin, ABC):
     """A dataset plugin: parameters in, a :class:`FaceCollection` out."""
 
@@ -112,6 +150,11 @@ class DatasetPlugin(Plugin, ABC):
     def missing(self) -> list[str]:
         """Problems that stop a run before it starts (e.g. a missing folder), each with its fix."""
         return []
+
+    def listing(self) -> tuple[list[str], list[int]] | None:
+        """The identity names (in :meth:`load`'s order) and their image counts, from file listings only
+        (no image decoded), for ``bench validate`` to check the split; None when unknown before loading."""
+        return None
 
     def identity(self) -> dict[str, Any]:
         """What identifies the data for cache keys (defaults to the parameters)."""

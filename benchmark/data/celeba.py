@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from inversion_bench.data import DatasetPlugin, FaceCollection
+from inversion_bench.data import DatasetPlugin, FaceCollection, ImageOptions
 from inversion_bench.data.image_folder import ImageFolderFaces
 from inversion_bench.errors import MissingResourceError
-from inversion_bench.registry import PluginParams, datasets
+from inversion_bench.registry import datasets
 
 WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
          "(Anno/identity_CelebA.txt, Img/img_align_celeba)")
@@ -48,7 +48,7 @@ def most_frequent(pairs: list[tuple[str, int]], n: int) -> list[int]:
 class CelebA(DatasetPlugin):
     """CelebA: the identities with the most images, from the identity file and an image folder."""
 
-    class Params(PluginParams):
+    class Params(ImageOptions):  # crop and grayscale: see inversion_bench.data.ImageOptions
         root: str = Field(description="CelebA folder")
         identity_file: str = Field("identity_CelebA.txt", description="identity file, relative to root")
         images: str = Field("img_align_celeba", description="image folder (aligned or cropped), relative to root")
@@ -78,6 +78,15 @@ class CelebA(DatasetPlugin):
             ident["identity_file_sha1"] = hashlib.sha1(ident_file.read_bytes()).hexdigest()
         return ident
 
+    def listing(self) -> tuple[list[str], list[int]] | None:
+        """From the identity file (the images' presence is checked when loading)."""
+        if self.missing():
+            return None
+        pairs = read_identity_file(self._paths()[1])
+        counts = Counter(ident for _, ident in pairs)
+        keep = sorted(most_frequent(pairs, self.params.num_identities))
+        return [f"celeba_{ident}" for ident in keep], [counts[ident] for ident in keep]
+
     def load(self, resolution: int) -> FaceCollection:
         problems = self.missing()
         if problems:
@@ -100,4 +109,5 @@ class CelebA(DatasetPlugin):
                                        f"{images}; use the complete image folder")
         names = [f"celeba_{ident}" for ident in sorted(keep)]
         return ImageFolderFaces(paths, torch.tensor(targets), names, resolution,
-                                cache_images=self.params.cache_images)
+                                cache_images=self.params.cache_images, crop=self.params.crop,
+                                grayscale=self.params.grayscale, name=f"celeba {self.params.root}")

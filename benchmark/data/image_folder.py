@@ -3,7 +3,9 @@
 Layout: ``root/<identity>/<image files>`` or, with ``subdirs``, ``root/<subdir>/<identity>/...``
 for every listed sub-path (FaceScrub: ``subdirs: [actors/faces, actresses/faces]``). The images
 lie directly in the identity folders. Any format Pillow reads works; images are converted
-to RGB, the shorter side is resized to the resolution and the centre is cropped to a square.
+to RGB (or luminance in 3 equal channels, ``grayscale``); a non-square image is centre-cropped
+(``crop: center``, the default) or padded with black (``crop: pad``) to a square, then resized to the
+resolution. The first non-square image found is logged, once per collection.
 
 Loading is lazy: :meth:`ImageFolder.load` lists the files (and, by default, reads every file's
 header to skip the ones Pillow cannot open); pixels are decoded on first use and kept in an LRU
@@ -15,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,9 +31,9 @@ from PIL import Image, ImageOps
 from pydantic import Field
 from torch import Tensor
 
-from inversion_bench.data import DatasetPlugin, FaceCollection
+from inversion_bench.data import Crop, DatasetPlugin, FaceCollection, ImageOptions
 from inversion_bench.errors import MissingResourceError
-from inversion_bench.registry import PluginParams, datasets
+from inversion_bench.registry import datasets
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +58,11 @@ _DECODE_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, SyntaxError,
 _MAX_FILE_WARNINGS = 10
 
 
-def decode_image(path: str | Path, resolution: int) -> np.ndarray:
-    """Decodes one image as uint8 [3, R, R]: RGB, shorter side resized to R, centre-cropped.
+def decode_image(path: str | Path, resolution: int, crop: Crop = "center", grayscale: bool = False,
+                 size: list[int] | None = None) -> np.ndarray:
+    """Decodes one image as uint8 [3, R, R]: RGB (luminance in 3 equal channels with ``grayscale``),
+    made square (``crop="center"``: the centre square of side min(w, h); ``"pad"``: black borders to
+    max(w, h)), resized to R. The size before that is appended to ``size`` ([w, h]) when given.
 
     Raises:
         OSError: Pillow cannot read the file (also for truncated or corrupt data).
@@ -65,12 +72,21 @@ def decode_image(path: str | Path, resolution: int) -> np.ndarray:
             im.draft("RGB", (resolution, resolution))  # fast DCT downscaling, never below R
         im = ImageOps.exif_transpose(im)
         im = _to_rgb(im)
+        if grayscale:
+            im = im.convert("L").convert("RGB")
         w, h = im.size
-        side = min(w, h)
-        left, top = (w - side) / 2.0, (h - side) / 2.0
-        box = (left, top, left + side, top + side)
+        if crop == "pad" and w != h:
+            side = max(w, h)
+            square = Image.new("RGB", (side, side))  # black
+            square.paste(im, ((side - w) // 2, (side - h) // 2))
+            im, box = square, None
+        else:
+            left, top, side = (w - min(w, h)) / 2.0, (h - min(w, h)) / 2.0, min(w, h)
+            box = (left, top, left + side, top + side)
         im = im.resize((resolution, resolution), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0)
         arr = np.asarray(im, dtype=np.uint8)
+    if size is not None:
+        size[:] = [w, h]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
@@ -107,6 +123,9 @@ class ImageFolderFaces(FaceCollection):
         cache_images: int = 20_000,
         workers: int | None = None,
         skipped: Sequence[str] = (),
+        crop: Crop = "center",
+        grayscale: bool = False,
+        name: str = "image-folder",
     ) -> None:
         self.paths = list(paths)
         self.targets = targets.long()
@@ -116,19 +135,32 @@ class ImageFolderFaces(FaceCollection):
         self.workers = workers if workers is not None else min(8, os.cpu_count() or 1)
         self.skipped = list(skipped)  # unreadable files left out at load time
         self.decode_failures: list[str] = []
+        self.crop: Crop = crop
+        self.grayscale = bool(grayscale)
+        self.name = name  # names the dataset in the log line about non-square images
         self._cache: OrderedDict[int, Tensor] = OrderedDict()
+        self._non_square_logged = False
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _decode(self, i: int) -> Tensor:
         try:
-            return torch.from_numpy(decode_image(self.paths[i], self.resolution))
+            size: list[int] = []
+            arr = decode_image(self.paths[i], self.resolution, self.crop, self.grayscale, size)
         except _DECODE_ERRORS as exc:
             if self.paths[i] not in self.decode_failures:
                 self.decode_failures.append(self.paths[i])
                 log.warning("cannot decode %s (%s); using a grey image instead", self.paths[i], exc)
             return torch.full((3, self.resolution, self.resolution), 128, dtype=torch.uint8)
+        with self._lock:  # logged once per collection
+            first = size[0] != size[1] and not self._non_square_logged
+            self._non_square_logged |= first
+        if first:
+            log.info("%s: non-square images (first: %s, %dx%d) are %s to a square (crop: %s)", self.name,
+                     self.paths[i], *size, "centre-cropped" if self.crop == "center" else "padded", self.crop)
+        return torch.from_numpy(arr)
 
     def get_u8(self, indices: Sequence[int] | Tensor) -> Tensor:
         """Images ``indices`` as uint8 [n, 3, R, R]."""
@@ -160,6 +192,11 @@ class ImageFolderFaces(FaceCollection):
         return self.get_u8(indices).float().div_(255.0)
 
 
+def natural_key(name: str) -> list[Any]:
+    """Sorts names naturally: ``s2`` before ``s10`` (digit runs compare as numbers)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def _list_files(folder: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Image files directly in ``folder`` (hidden files skipped), sorted by name."""
     try:
@@ -185,7 +222,7 @@ class ImageFolder(DatasetPlugin):
 
     version = "1"
 
-    class Params(PluginParams):
+    class Params(ImageOptions):
         root: str = Field(description="folder with one sub-folder per identity (or the subdirs below)")
         subdirs: list[str] | None = Field(
             None,
@@ -246,7 +283,7 @@ class ImageFolder(DatasetPlugin):
         named = [
             (f"{sub}/{name}" if counts[name] > 1 and sub else name, folder) for name, sub, folder in found
         ]
-        return sorted(named)
+        return sorted(named, key=lambda item: (natural_key(item[0]), item))
 
     def missing(self) -> list[str]:
         """Problems with the folder layout (no image is decoded)."""
@@ -295,7 +332,23 @@ class ImageFolder(DatasetPlugin):
                     size = -1
                 digest.update(f"{name}\0{f.name}\0{size}\n".encode())
         ident["files_sha1"] = digest.hexdigest()
+        names = [name for name, _ in self._identity_folders()]
+        if names != sorted(names):  # natural order (s2 before s10) differs from the name order of older versions
+            ident["order"] = "natural"
         return ident
+
+    def listing(self) -> tuple[list[str], list[int]] | None:
+        """Identity folders and file counts as :meth:`load` keeps them (before unreadable files are skipped)."""
+        if self.missing():
+            return None
+        prm = self._params()
+        cap = prm.max_images_per_identity
+        per_identity = [(name, min(n, cap) if cap else n) for name, folder in self._identity_folders()
+                        if (n := len(_list_files(folder, self._extensions()))) >= prm.min_images_per_identity]
+        if prm.max_identities is not None and len(per_identity) > prm.max_identities:
+            ranked = sorted(per_identity, key=lambda item: (-item[1], item[0]))[: prm.max_identities]
+            per_identity = sorted(ranked, key=lambda item: natural_key(item[0]))
+        return [name for name, _ in per_identity], [n for _, n in per_identity]
 
     def load(self, resolution: int) -> FaceCollection:
         """Lists the identities and files; pixels are decoded lazily by the returned collection."""
@@ -327,7 +380,7 @@ class ImageFolder(DatasetPlugin):
             log.warning("skipped %d unreadable files in total under %s", len(skipped), prm.root)
         if prm.max_identities is not None and len(per_identity) > prm.max_identities:
             ranked = sorted(per_identity, key=lambda item: (-len(item[1]), item[0]))[: prm.max_identities]
-            per_identity = sorted(ranked)
+            per_identity = sorted(ranked, key=lambda item: (natural_key(item[0]), item))
         paths = [f for _, files in per_identity for f in files]
         targets = torch.tensor(
             [k for k, (_, files) in enumerate(per_identity) for _ in files], dtype=torch.long
@@ -343,4 +396,5 @@ class ImageFolder(DatasetPlugin):
             prm.root, len(names), len(paths), len(skipped),
         )  # fmt: skip
         cache_images = (prm.cache_mb << 20) // (3 * resolution * resolution)
-        return ImageFolderFaces(paths, targets, names, resolution, cache_images=cache_images, skipped=skipped)
+        return ImageFolderFaces(paths, targets, names, resolution, cache_images=cache_images, skipped=skipped,
+                                crop=prm.crop, grayscale=prm.grayscale, name=f"image-folder {prm.root}")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from inversion_bench.data import FaceCollection, LabeledImages
 from inversion_bench.errors import ConfigError
@@ -21,11 +21,11 @@ class SplitSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    private_identities: int | Literal["all"] = Field(
-        20, description="number of identities the target classifies, or 'all'"
+    private_identities: int | Literal["all"] | list[str] = Field(
+        20, description="number of identities the target classifies, 'all', or their names (class k = k-th name)"
     )
-    public_identities: int | Literal["rest"] = Field(
-        "rest", description="number of disjoint identities for the attacker, or 'rest'"
+    public_identities: int | Literal["rest"] | list[str] = Field(
+        "rest", description="number of disjoint identities for the attacker, 'rest', or their names"
     )
     selection: Literal["random", "first", "most_images"] = Field(
         "random", description="how the private identities are chosen"
@@ -35,17 +35,30 @@ class SplitSpec(BaseModel):
 
     @field_validator("private_identities")
     @classmethod
-    def _private(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 2:
-            raise ValueError(f"the target needs at least 2 classes, got {v}; give 2 or more, or 'all'")
+    def _private(cls, v: int | str | list[str]) -> int | str | list[str]:
+        if isinstance(v, list) and len(set(v)) < len(v):
+            raise ValueError(f"names {sorted({n for n in v if v.count(n) > 1})} more than once; list each once")
+        n = len(v) if isinstance(v, list) else v
+        if isinstance(n, int) and n < 2:
+            raise ValueError(f"the target needs at least 2 classes, got {n}; give 2 or more, or 'all'")
         return v
 
     @field_validator("public_identities")
     @classmethod
-    def _public(cls, v: int | str) -> int | str:
+    def _public(cls, v: int | str | list[str]) -> int | str | list[str]:
         if isinstance(v, int) and v < 0:
             raise ValueError(f"must be >= 0 or 'rest', got {v}")
+        if isinstance(v, list) and len(set(v)) < len(v):
+            raise ValueError(f"names {sorted({n for n in v if v.count(n) > 1})} more than once; list each once")
         return v
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SplitSpec:
+        both = [n for n in self.public_identities if n in self.private_identities] \
+            if isinstance(self.public_identities, list) and isinstance(self.private_identities, list) else []
+        if both:
+            raise ValueError(f"public_identities: {both[:5]} are also private identities; the two must be disjoint")
+        return self
 
 
 @dataclass
@@ -72,21 +85,8 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
         order = torch.arange(n_ids)
     else:  # most images first, ties broken by index (stable sort)
         order = torch.sort(-counts, stable=True).indices
-    n_priv = n_ids if spec.private_identities == "all" else spec.private_identities
-    if n_priv > n_ids or n_priv < 2:
-        raise ConfigError(
-            f"dataset.split.private_identities: the dataset has {n_ids} identities, "
-            f"cannot take {n_priv} private ones; give 2..{n_ids} (or 'all')"
-        )
-    private_ids = order[:n_priv]
-    rest = order[n_priv:]
-    n_pub = len(rest) if spec.public_identities == "rest" else spec.public_identities
-    if n_pub > len(rest):
-        raise ConfigError(
-            f"dataset.split.public_identities: only {len(rest)} identities are left after "
-            f"{n_priv} private ones, cannot take {n_pub}; lower one of the two"
-        )
-    public_ids = rest[:n_pub]
+    private_ids, rest = _private(collection.identity_names, order, spec)
+    public_ids = _public(collection.identity_names, rest, spec)
 
     train_idx, train_lab, test_idx, test_lab = [], [], [], []
     for label, ident in enumerate(private_ids.tolist()):
@@ -116,3 +116,41 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
         private_names=[collection.identity_names[i] for i in private_ids.tolist()],
         public_names=[collection.identity_names[i] for i in public_ids.tolist()],
     )
+
+
+def _by_name(names: list[str], wanted: list[str], field: str) -> torch.Tensor:
+    index = {n: i for i, n in enumerate(names)}
+    unknown = [n for n in wanted if n not in index]
+    if unknown:
+        shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+        raise ConfigError(f"dataset.split.{field}: {len(unknown)} name(s) not among the dataset's {len(names)} "
+                          f"identities: {unknown[:5]}; the dataset's identities are {shown}")
+    return torch.tensor([index[n] for n in wanted], dtype=torch.long)
+
+
+def _private(names: list[str], order: torch.Tensor, spec: SplitSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """The private identity indices (in class order) and the others in ``order``."""
+    n_ids = len(names)
+    if isinstance(spec.private_identities, list):
+        private_ids = _by_name(names, spec.private_identities, "private_identities")
+        return private_ids, order[~torch.isin(order, private_ids)]
+    n_priv = n_ids if spec.private_identities == "all" else spec.private_identities
+    if n_priv > n_ids or n_priv < 2:
+        raise ConfigError(
+            f"dataset.split.private_identities: the dataset has {n_ids} identities, "
+            f"cannot take {n_priv} private ones; give 2..{n_ids} (or 'all')"
+        )
+    return order[:n_priv], order[n_priv:]
+
+
+def _public(names: list[str], rest: torch.Tensor, spec: SplitSpec) -> torch.Tensor:
+    if isinstance(spec.public_identities, list):
+        return _by_name(names, spec.public_identities, "public_identities")
+    n_pub = len(rest) if spec.public_identities == "rest" else spec.public_identities
+    if n_pub > len(rest):
+        n_priv = len(names) - len(rest)
+        raise ConfigError(
+            f"dataset.split: private_identities {n_priv} + public_identities {n_pub} = {n_priv + n_pub}, but the "
+            f"dataset has {len(names)} identities (only {len(rest)} left after the private ones); lower one of the two"
+        )
+    return rest[:n_pub]

@@ -154,6 +154,11 @@ class SyntheticFaces(DatasetPlugin):
             1.0, ge=0.0, le=2.0, description="scales per-image pose/lighting/expression/background variation"
         )
 
+    def listing(self) -> tuple[list[str], list[int]]:
+        prm = self.params
+        assert isinstance(prm, SyntheticFaces.Params)
+        return _names(prm.num_identities), [prm.images_per_identity] * prm.num_identities
+
     def load(self, resolution: int) -> FaceCollection:
         """Renders the collection at ``resolution`` x ``resolution`` pixels."""
         prm = self.params
@@ -179,7 +184,7 @@ class SyntheticFaces(DatasetPlugin):
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(render, range(n_id)))
         targets = torch.arange(n_id).repeat_interleave(n_img)
-        names = [f"id{i:04d}" for i in range(n_id)]
+        names = _names(n_id)
         log.info(
             "rendered %d synthetic faces at %d px in %.1f s",
             len(targets),
@@ -187,6 +192,10 @@ class SyntheticFaces(DatasetPlugin):
             time.perf_counter() - start,
         )
         return TensorFaces(images, targets, names)
+
+
+def _names(n: int) -> list[str]:
+    return [f"id{i:04d}" for i in range(n)]  # zero-padded: plain and natural order agree
 
 
 def save_preview(

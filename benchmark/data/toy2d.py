@@ -116,6 +116,12 @@ class Toy2D(DatasetPlugin):
             0.25, gt=0.0, le=0.45, description="distance of the private cluster centres from (0.5, 0.5)")
         seed: int = Field(0, ge=0, description="seed of the layout and of every point")
 
+    def listing(self) -> tuple[list[str], list[int]]:
+        p = self.params
+        assert isinstance(p, Toy2D.Params)
+        names = [f"class{k}" for k in range(p.num_classes)] + [f"public{j}" for j in range(p.public_classes)]
+        return names, [p.points_per_class] * len(names)
+
     def load(self, resolution: int) -> FaceCollection:
         """The clusters as a collection of flat ``resolution`` x ``resolution`` images."""
         p = self.params
