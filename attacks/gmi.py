@@ -137,7 +137,7 @@ class GenerativeModelInversion(Attack):
                     z0, labels, objective=objective, make_optimizer=self.make_optimizer,
                     num_steps=p.num_steps, batch_size=bs, device=device, trace=trace,
                     project=self.projection(prior), loss_scale=1.0 / p.reference_batch_size, amp=ctx.amp,
-                    progress=ctx.progress, desc="gmi")
+                    progress=ctx.progress, desc="gmi", label=ctx.label)
             t_opt = time.perf_counter() - t_all
             t0 = time.perf_counter()
             with torch.no_grad():

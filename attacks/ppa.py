@@ -201,7 +201,8 @@ class PlugAndPlayAttack(Attack):
                 latents = optimize_latents(
                     latents, labels, objective=objective, make_optimizer=self.make_optimizer,
                     num_steps=p.num_steps, batch_size=bs, device=device, trace=trace,
-                    project=latent_projection(prior), amp=ctx.amp, progress=ctx.progress, desc="ppa")
+                    project=latent_projection(prior), amp=ctx.amp, progress=ctx.progress, desc="ppa",
+                    label=ctx.label)
             timings["optimize_s"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()

@@ -290,6 +290,7 @@ class AttackContext:
     progress: bool = True
     resolution: int = 64  # the dataset resolution (size of the reconstructions when no prior)
     public: LabeledImages | None = None  # the attacker's public data (identities disjoint from the private ones)
+    label: str = ""  # the attacked target, e.g. "hard seed 0": progress bars name it
 
     def generator(self) -> torch.Generator:
         """A CPU random generator seeded with the job seed."""

@@ -25,7 +25,7 @@ from inversion_bench.store import content_key
 def _plugin_spec(kind: str, name: str, params: Any) -> dict[str, Any]:
     info = REGISTRIES[kind].info(name)
     dumped = params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {})
-    return {"plugin": name, "version": info.version, "params": dumped}
+    return {"plugin": REGISTRIES[kind].key_name(name), "version": info.version, "params": dumped}
 
 
 def _checkpoint_spec(path: str | None, folder: Path) -> dict[str, Any] | None:

@@ -13,12 +13,12 @@ Other installed packages add plugins through the entry-point groups ``bench.defe
 ``bench.attacks``, ``bench.metrics``, ``bench.datasets``, ``bench.architectures`` and
 ``bench.generators`` (and ``bench.extractors`` for feature extractors): the entry point names a
 module (importing it registers its classes) or a class (registered under the entry point's name if
-it is not registered yet). ``load_plugin_file``
-imports a single Python file for quick work (``bench --plugin FILE.py``).
+it is not registered yet). ``load_plugin_file`` imports a single Python file (``bench --plugin FILE.py``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.metadata
@@ -26,6 +26,8 @@ import importlib.util
 import inspect
 import logging
 import sys
+import types
+import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,14 @@ class PluginInfo:
     obj: Any
     origin: str
     version: str
+    distribution: str = ""  # the installed distribution that provides it, or the --plugin file's path
+    distribution_version: str = ""
+    aliases: tuple[str, ...] = ()  # other names a suite may use (older spellings)
+
+    @property
+    def provenance(self) -> str:
+        """Where its code comes from: ``"mydefense 0.1.0"``, ``"inversion-bench 0.1.0"``, a ``--plugin`` file."""
+        return f"{self.distribution} {self.distribution_version}".strip() or self.origin
 
     @property
     def params_model(self) -> type[BaseModel]:
@@ -89,14 +99,38 @@ class PluginInfo:
             ann = field.annotation
             type_name = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
             default = "(required)" if field.is_required() else field.get_default(call_default_factory=True)
-            out.append(
-                {"name": fname, "type": type_name, "default": default, "doc": field.description or ""}
-            )
+            out.append({"name": fname, "type": type_name, "default": default, "doc": field.description or "",
+                        "constraints": _constraints(field)})
         return out
 
 
-# The "origin" recorded for plugins registered while a given source is being imported.
-_current_origin: list[str] = []
+def _constraints(field: Any) -> str:
+    """A field's bounds and choices in words: ``">= 0, <= 1"``, ``"one of: 'a', 'b'"`` ("" when none)."""
+    signs = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<", "min_length": "min length", "max_length": "max length"}
+    parts = [f"{sign} {getattr(m, a)}" for m in field.metadata for a, sign in signs.items()
+             if getattr(m, a, None) is not None]
+    choices = _literal_choices(field.annotation)
+    return ", ".join(parts + (["one of: " + ", ".join(map(repr, choices))] if choices else []))
+
+
+def _literal_choices(ann: Any) -> list[Any]:
+    """The values of the ``Literal`` types in ``ann`` (also inside ``Optional``/unions)."""
+    if typing.get_origin(ann) is typing.Literal:
+        return list(typing.get_args(ann))
+    union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+    return [c for arg in (typing.get_args(ann) if union else ()) for c in _literal_choices(arg)]
+
+
+# (origin, distribution, its version) of plugins registered while a given source is being imported.
+_current_origin: list[tuple[str, str, str]] = []
+_added = [0]  # registrations so far (an entry point that registers nothing is a warning)
+
+
+def _own_distribution() -> tuple[str, str]:
+    try:
+        return "inversion-bench", importlib.metadata.version("inversion-bench")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
+        return "inversion-bench", "unknown"
 
 
 class Registry(Generic[T]):
@@ -106,32 +140,35 @@ class Registry(Generic[T]):
         self.kind = kind
         self.group = group
         self._entries: dict[str, PluginInfo] = {}
+        self._aliases: dict[str, str] = {}  # alias -> canonical name
 
-    def register(self, name: str, *, version: str | None = None) -> Callable[[type[T]], type[T]]:
+    def register(self, name: str, *, version: str | None = None,
+                 aliases: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
         """Class decorator that registers a plugin under ``name``.
 
         Args:
             name: the name suites use (lowercase, digits, ``-`` and ``_``).
             version: the plugin's version; part of every cache key of its products, so bump it
                 when a change alters results. Defaults to the class attribute ``version`` or "1".
+            aliases: other names that resolve to this plugin (e.g. an older spelling); the first one
+                is the name its cache keys hash (:meth:`key_name`), so renaming keeps stored products.
         """
 
         def deco(cls: type[T]) -> type[T]:
-            self.add(name, cls, version=version)
+            self.add(name, cls, version=version, aliases=aliases)
             return cls
 
         return deco
 
-    def add(self, name: str, obj: Any, *, version: str | None = None, origin: str | None = None) -> None:
-        if not name or not all(c.isalnum() or c in "-_." for c in name):
-            raise ValueError(f"invalid {self.kind} name {name!r}")
-        if origin is None:
-            if _current_origin:
-                origin = _current_origin[-1]
-            elif getattr(obj, "__module__", None) in BUILTIN_MODULES:
-                origin = "built-in"
-            else:
-                origin = f"module {obj.__module__}"
+    def add(self, name: str, obj: Any, *, version: str | None = None, origin: str | None = None,
+            aliases: tuple[str, ...] = ()) -> None:
+        for n in (name, *aliases):
+            if not n or not all(c.isalnum() or c in "-_." for c in n):
+                raise ValueError(f"invalid {self.kind} name {n!r}")
+        if self._aliases.get(name, name) != name:
+            raise ValueError(f"{self.kind} {name!r} is an alias of {self._aliases[name]!r}")
+        origin, dist, dist_version = self._source(obj, origin)
+        _added[0] += 1
         ver = str(version if version is not None else getattr(obj, "version", "1"))
         existing = self._entries.get(name)
         if existing is not None and existing.obj is not obj:
@@ -146,26 +183,64 @@ class Registry(Generic[T]):
             obj.version = ver
         except (AttributeError, TypeError):  # functions or builtins
             pass
-        self._entries[name] = PluginInfo(self.kind, name, obj, origin, ver)
+        self._entries[name] = PluginInfo(self.kind, name, obj, origin, ver, dist, dist_version, tuple(aliases))
+        for alias in aliases:
+            if alias in self._entries:
+                raise ValueError(f"{self.kind} alias {alias!r} of {name!r} is the name of another {self.kind}")
+            self._aliases[alias] = name
+
+    @staticmethod
+    def _source(obj: Any, origin: str | None) -> tuple[str, str, str]:
+        """(origin, distribution, distribution version) of a plugin being registered."""
+        if origin is None and _current_origin:
+            return _current_origin[-1]
+        module = getattr(obj, "__module__", None) or ""
+        if origin == "built-in" or (origin is None and module in BUILTIN_MODULES):
+            return ("built-in", *_own_distribution())
+        dist = (importlib.metadata.packages_distributions().get(module.split(".")[0]) or [""])[0]
+        try:
+            return origin or f"module {module}", dist, importlib.metadata.version(dist) if dist else ""
+        except importlib.metadata.PackageNotFoundError:
+            return origin or f"module {module}", dist, ""
 
     def get(self, name: str) -> type[T]:
         return self.info(name).obj
 
+    def canonical(self, name: str) -> str:
+        """The name ``name`` resolves to (itself unless it is an alias)."""
+        return self._aliases.get(name, name)
+
     def info(self, name: str) -> PluginInfo:
         load_plugins()
+        name = self.canonical(name)
         if name not in self._entries:
             raise UnknownPluginError(self.unknown_message(name))
         return self._entries[name]
 
+    def key_name(self, name: str) -> str:
+        """The name cache keys hash for ``name``: the plugin's first alias when it has one (its name before
+        the rename), else its name, so both spellings share the stored products of older runs."""
+        info = self.info(name)
+        return info.aliases[0] if info.aliases else info.name
+
+    def provenance(self, name: str) -> str:
+        """``"mydefense 0.1.0"``: the distribution (and its version) or file the plugin comes from."""
+        return self.info(name).provenance
+
+    def version_label(self, name: str) -> str:
+        """The plugin's own version with its provenance, for records: ``"1 (mydefense 0.1.0)"``."""
+        info = self.info(name)
+        return f"{info.version} ({info.provenance})"
+
     def unknown_message(self, name: str) -> str:
         known = sorted(self._entries)
-        close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(str(name), [*known, *self._aliases], n=1, cutoff=0.6)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}"
 
     def __contains__(self, name: object) -> bool:
         load_plugins()
-        return name in self._entries
+        return name in self._entries or name in self._aliases
 
     def names(self) -> list[str]:
         load_plugins()
@@ -233,7 +308,7 @@ _loaded_files: set[Path] = set()
 
 
 def _import_builtin(modname: str) -> None:
-    _current_origin.append("built-in")
+    _current_origin.append(("built-in", *_own_distribution()))
     try:
         importlib.import_module(modname)
     finally:
@@ -255,19 +330,44 @@ def load_plugins() -> None:
             _import_builtin(modname)
     for reg in REGISTRIES.values():
         for ep in importlib.metadata.entry_points(group=reg.group):
-            dist = getattr(ep, "dist", None)
-            dist_txt = f"{dist.name} {dist.version}" if dist is not None else ep.value
-            origin = f"entry point {reg.group}:{ep.name} ({dist_txt})"
-            _current_origin.append(origin)
-            try:
-                obj = ep.load()
-            except Exception as exc:  # a broken third-party package must not hide the others
-                log.warning("could not load plugin %s (%s): %s", ep.name, origin, exc)
-                continue
-            finally:
-                _current_origin.pop()
-            if inspect.isclass(obj) and ep.name not in reg._entries:
-                reg.add(ep.name, obj, origin=origin)
+            _load_entry_point(reg, ep)
+
+
+def _load_entry_point(reg: Registry[Any], ep: Any) -> None:
+    """Imports one entry point; one that fails or registers nothing is a warning naming it."""
+    dist = getattr(ep, "dist", None)
+    dist_name, dist_version = (dist.name, str(dist.version)) if dist is not None else ("", "")
+    origin = f"entry point {reg.group}:{ep.name} ({f'{dist_name} {dist_version}' if dist else ep.value})"
+    _current_origin.append((origin, dist_name, dist_version))
+    before = _added[0]
+    try:
+        obj = ep.load()
+    except Exception as exc:  # a broken third-party package must not hide the others
+        log.warning("could not load plugin %s (%s): %s", ep.name, origin, exc)
+        return
+    finally:
+        _current_origin.pop()
+    if inspect.isclass(obj):
+        if ep.name not in reg._entries:
+            reg.add(ep.name, obj, origin=origin)
+            reg._entries[ep.name] = dataclasses.replace(reg._entries[ep.name], distribution=dist_name,
+                                                        distribution_version=dist_version)
+        return
+    if _added[0] == before and not _registers(obj):
+        where = getattr(obj, "__file__", None) or getattr(obj, "__name__", repr(obj))
+        log.warning("entry point %r of group %s (%s) loaded %s from %s, which registered no plugin: is a "
+                    "local folder of that name shadowing the installed package, or does the module lack its "
+                    "@%s.register(...) decorators?", ep.name, reg.group, ep.value,
+                    getattr(obj, "__name__", ep.value), where, reg.group.split(".")[-1])
+
+
+def _registers(module: Any) -> bool:
+    """Whether some registered plugin was defined in ``module`` or below it (already imported earlier)."""
+    name = getattr(module, "__name__", None)
+    if not isinstance(name, str):
+        return False
+    return any(str(getattr(i.obj, "__module__", "")).split(".")[: name.count(".") + 1] == name.split(".")
+               for r in REGISTRIES.values() for i in r._entries.values())
 
 
 def load_plugin_file(path: str | Path) -> None:
@@ -284,7 +384,7 @@ def load_plugin_file(path: str | Path) -> None:
         raise ConfigError(f"--plugin {path}: cannot be imported as a Python module")
     module = importlib.util.module_from_spec(spec)
     sys.modules[modname] = module
-    _current_origin.append(f"file {p}")
+    _current_origin.append((f"file {p}", str(p), ""))
     try:
         spec.loader.exec_module(module)
     except Exception as exc:

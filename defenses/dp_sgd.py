@@ -99,7 +99,7 @@ def make_dp_compatible(model: nn.Module) -> nn.Module:
     return fixed
 
 
-@defenses.register("dp_sgd")
+@defenses.register("dp-sgd", aliases=("dp_sgd",))
 class DPSGD(Defense):
     """DP-SGD (Abadi et al., CCS 2016) with Opacus: per-sample clipping, Gaussian noise, (epsilon, delta) report."""
 
@@ -139,6 +139,10 @@ class DPSGD(Defense):
         common = dict(module=model, optimizer=optimizer, data_loader=loader, max_grad_norm=p.max_grad_norm,
                       noise_generator=noise_gen, poisson_sampling=True)
         if p.target_epsilon is not None:
+            if r.epochs is None:
+                raise ConfigError("dp_sgd: target_epsilon needs the training length in epochs (Opacus calibrates "
+                                  "the noise per epoch); give training.epochs instead of training.steps, or set "
+                                  "noise_multiplier")
             private, dp_opt, dp_loader = engine.make_private_with_epsilon(
                 **common, target_epsilon=p.target_epsilon, target_delta=p.delta, epochs=r.epochs)
         else:

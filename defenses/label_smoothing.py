@@ -44,7 +44,7 @@ def warmup_alpha(alpha: float, progress: float, start: float = 0.5, end: float =
     return alpha * (progress - start) / (end - start)
 
 
-@defenses.register("label_smoothing")
+@defenses.register("label-smoothing", aliases=("label_smoothing",))
 class LabelSmoothing(Defense):
     """Label smoothing with factor alpha; alpha < 0 is negative smoothing with the paper's warm-up."""
 

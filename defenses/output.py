@@ -44,7 +44,7 @@ def rounded_log_confidences(logits: Tensor, decimals: int, floor: float = 1e-8) 
     return torch.log(rounded.clamp_min(floor)).to(logits.dtype)
 
 
-@defenses.register("top_k_logits")
+@defenses.register("top-k-logits", aliases=("top_k_logits",))
 class TopKLogits(Defense):
     """Prediction truncation (Salem et al., NDSS 2019): the attacker sees only the k largest logits."""
 
@@ -59,7 +59,7 @@ class TopKLogits(Defense):
         return top_k_logits(logits, self.params.k)
 
 
-@defenses.register("confidence_rounding")
+@defenses.register("confidence-rounding", aliases=("confidence_rounding",))
 class ConfidenceRounding(Defense):
     """Confidence rounding (Fredrikson et al., CCS 2015): the attacker sees log(rounded softmax scores)."""
 

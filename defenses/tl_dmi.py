@@ -61,7 +61,7 @@ def freeze(model: nn.Module, trainable: list[str]) -> list[nn.Module]:
                  or next(m.buffers(recurse=False), None) is not None)]
 
 
-@defenses.register("tl_dmi")
+@defenses.register("tl-dmi", aliases=("tl_dmi",))
 class TLDMI(Defense):
     """TL-DMI (Ho et al., CVPR 2024): pretrain on public identities, fine-tune only the last layers privately."""
 

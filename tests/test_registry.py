@@ -87,9 +87,46 @@ def test_public_api_registers_plugins_in_a_fresh_interpreter(tmp_path):
         "assert again is defenses and defenses.registry is REGISTRIES['defenses']\n"
         "assert attacks.registry is REGISTRIES['attacks'] and metrics.registry is REGISTRIES['metrics']\n"
         "names = REGISTRIES['defenses'].names()\n"
-        "assert {'api-early', 'api-late', 'label_smoothing'} <= set(names), names\n"
+        "assert {'api-early', 'api-late', 'label-smoothing'} <= set(names), names\n"
         "print('ok')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
+
+
+def test_aliases_resolve_to_the_canonical_plugin():
+    reg = Registry("thing", "bench.things")
+
+    @reg.register("new-name", aliases=("old_name",))
+    class A:
+        """An A."""
+
+    assert reg.canonical("old_name") == "new-name" and reg.canonical("new-name") == "new-name"
+    assert "old_name" in reg and "new-name" in reg
+    assert reg._aliases == {"old_name": "new-name"}
+    assert reg._entries["new-name"].aliases == ("old_name",)
+    assert reg._entries["new-name"].name == "new-name" and A.name == "new-name"
+
+    class B:
+        pass
+
+    with pytest.raises(ValueError, match="alias"):
+        reg.add("old_name", B)
+
+
+def test_hyphenated_defense_names_keep_the_old_ones_as_aliases():
+    for new, old in [("label-smoothing", "label_smoothing"), ("top-k-logits", "top_k_logits"),
+                     ("confidence-rounding", "confidence_rounding"), ("dp-sgd", "dp_sgd"), ("tl-dmi", "tl_dmi")]:
+        assert defenses.get(old) is defenses.get(new)
+        assert defenses.info(old).name == new and old in defenses.info(new).aliases
+        assert defenses.key_name(new) == old and defenses.key_name(old) == old  # store keys hash the old name
+    assert defenses.key_name("mid") == "mid"
+
+
+def test_parameters_state_bounds_and_choices():
+    params = {p["name"]: p for p in defenses.info("label_smoothing").parameters()}
+    assert params["warmup_start"]["constraints"] == ">= 0.0, <= 1.0"
+    bido = {p["name"]: p for p in defenses.info("bido").parameters()}
+    assert bido["measure"]["constraints"] == "one of: 'nhsic', 'hsic', 'coco'"
+    assert bido["lambda_x"]["constraints"] == ">= 0.0"  # also inside Optional

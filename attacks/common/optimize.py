@@ -85,6 +85,7 @@ def optimize_latents(
     amp: bool = False,
     progress: bool = False,
     desc: str = "attack",
+    label: str = "",
 ) -> Tensor:
     """Optimises ``latents`` in batches of ``batch_size`` for ``num_steps`` steps each.
 
@@ -102,6 +103,7 @@ def optimize_latents(
         amp: run the objective under autocast.
         progress: show a progress bar over all steps.
         desc: name used in the progress bar and in error messages.
+        label: the attacked target (``AttackContext.label``), named in the progress bar.
 
     Returns:
         [N, d] optimised latents on the CPU.
@@ -112,7 +114,8 @@ def optimize_latents(
     out = []
     n = latents.shape[0]
     n_batches = math.ceil(n / batch_size)
-    with tqdm(total=n_batches * num_steps, desc=desc, disable=not progress, leave=False) as bar:
+    bar_desc = f"{desc} on {label}" if label else desc
+    with tqdm(total=n_batches * num_steps, desc=bar_desc, disable=not progress, leave=False) as bar:
         for start in range(0, n, batch_size):
             w = latents[start : start + batch_size].detach().to(device, torch.float32).clone()
             w.requires_grad_(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections import Counter
 from collections.abc import Sequence
@@ -37,6 +38,9 @@ class _Walk:
         self.users = Counter(t for t in map(target_uses, self.jobs) if t is not None)
         self.done: set[str] = set()
         self.failures: dict[str, tuple[str, str]] = {}  # job id -> (error, traceback)
+        self.total = sum(1 for j in self.jobs if j.kind == "pair")
+        self.finished = 0
+        self.t0 = time.perf_counter()
 
     def run(self) -> None:
         for job in self.jobs:
@@ -63,10 +67,10 @@ class _Walk:
         self.done.add(job.id)
         if job.kind == "pair":
             assert job.pair is not None
-            if failed is not None:
-                self.on_record(record_failed_pair(self.ctx, job.pair, *failed), None)
-            else:
-                self.on_record(out["record"], out["trace"])
+            record = record_failed_pair(self.ctx, job.pair, *failed) if failed is not None else out["record"]
+            self.on_record(record, None if failed is not None else out["trace"])
+            self.finished += 1
+            log.info("%s", progress_line(self.finished, self.total, record, time.perf_counter() - self.t0))
         self._release(job)
 
     def _release(self, job: Job) -> None:
@@ -76,3 +80,21 @@ class _Walk:
             self.users[used] -= 1
             if self.users[used] == 0:
                 self.ctx.held.release_target(used)
+
+
+def _mmss(seconds: float) -> str:
+    m, sec = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{sec:02d}" if m >= 60 else f"{m:02d}:{sec:02d}"
+
+
+def progress_line(k: int, n: int, record: dict[str, Any], elapsed: float) -> str:
+    """``[k/N] defense × attack seed s: Acc@1 x.x %  (elapsed mm:ss, ETA mm:ss)`` after the k-th of N pairs;
+    the ETA is the mean time per finished pair times the pairs left."""
+    pair = " × ".join(str(record.get(f"{x}_label") or record.get(x)) for x in ("defense", "attack"))
+    acc = (record.get("metrics") or {}).get("attack_acc@1")
+    if record.get("status") != "ok":
+        result = f"failed ({str(record.get('error') or '?').splitlines()[0][:120]})"
+    else:
+        result = f"Acc@1 {100 * float(acc):.1f} %" if acc is not None else "ok"
+    eta = elapsed / max(k, 1) * (n - k)
+    return f"[{k}/{n}] {pair} seed {record.get('seed')}: {result}  (elapsed {_mmss(elapsed)}, ETA {_mmss(eta)})"

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from inversion_bench.config import entry_label
 from inversion_bench.errors import AccessError, BenchError
 from inversion_bench.interfaces import AttackContext, Reconstruction
 from inversion_bench.oracle import QueryCounter, target_for
@@ -65,7 +66,8 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     identities = attacked_identities(a.identities, splits(ctx).num_classes, f"attacks[{job.attack_index}].identities")
     actx = AttackContext(device=ctx.device, seed=job.seed, batch_size=ctx.suite.run.attack_batch_size,
                          amp=ctx.suite.run.amp, progress=ctx.settings.progress,
-                         resolution=ctx.suite.dataset.resolution, public=splits(ctx).public)
+                         resolution=ctx.suite.dataset.resolution, public=splits(ctx).public,
+                         label=f"{entry_label(ctx.suite.defenses[job.defense_index])} seed {job.seed}")
     query_target, counter = target_for(attack.access, attacked, ctx.device)
     torch.manual_seed(job.seed)
     t0 = time.perf_counter()
