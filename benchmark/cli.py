@@ -40,6 +40,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"run.device={args.device}")
     if getattr(args, "output", None):
         out.append(f"run.output={args.output}")
+    if getattr(args, "store", None):  # absolute, so that suite.json names the same store from any folder
+        out.append(f"run.store={json.dumps(str(Path(args.store).expanduser().absolute()))}")
     if getattr(args, "executor", None):
         out.append(f"run.executor={args.executor}")
     if getattr(args, "address", None):
@@ -59,11 +61,11 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from inversion_bench.plan import describe, make_plan
-    from inversion_bench.resources import missing_resources
+    from inversion_bench.resources import missing_resources, split_problems
 
     loaded = _load(args)
     if not args.schema_only:
-        problems = missing_resources(loaded)
+        problems = missing_resources(loaded) or split_problems(loaded)
         if problems:
             raise ConfigError("\n".join(problems))
     for line in describe(loaded, make_plan(loaded)):
@@ -74,11 +76,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     """Lists every dataset folder, checkpoint and weights file the suite needs, and their state."""
-    from inversion_bench.resources import check_resources
+    from inversion_bench.resources import check_resources, split_problems
 
     loaded = _load(args)
     resources = check_resources(loaded)
     bad = 0
+    for problem in split_problems(loaded) if all(r.ok for r in resources) else []:
+        print(f"[ERROR  ] dataset.split: {problem}")
+        bad += 1
     for r in resources:
         mark = "ok     " if r.ok else "MISSING"
         where = f" {r.path}" if r.path else ""
@@ -88,7 +93,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             print(f"          {r.problem}")
     if not resources:
         print("the suite needs no files on disk")
-    print(f"{loaded.source}: {len(resources) - bad} of {len(resources)} resource(s) present")
+    print(f"{loaded.source}: {sum(r.ok for r in resources)} of {len(resources)} resource(s) present")
     return 2 if bad else 0
 
 
@@ -169,12 +174,18 @@ def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = Tr
     return report  # figures left out were logged with their reason where they failed
 
 
+BASELINE_HELP = ("defense id the differences are taken against (default: the baseline of the first "
+                 "RUN_DIR's suite.json); the baseline is a property of the table, nothing is recomputed")
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables and index.html from the records only (fast: no figures, no stored models read)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-                           figures=False)
+                           figures=False, baseline=args.baseline)
     print(report.board.to_markdown())
-    print(f"\nwritten to {report.out_dir}")
+    print(f"\nwritten to {report.out_dir} (page: {report.files['html']})")
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stderr)
     return 0
 
 
@@ -182,7 +193,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Tables, figures and index.html of one or more run folders (combined when comparable)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                            figures=not args.no_figures, grid_attack=args.grid_attack,
-                           grid_identities=args.grid_identities)
+                           grid_identities=args.grid_identities, baseline=args.baseline)
     print(report.board.to_markdown())
     print(f"\nwritten to {report.out_dir}:")
     for name, path in sorted(report.files.items()):
@@ -235,7 +246,8 @@ def cmd_list(args: argparse.Namespace) -> int:
             params = ", ".join(f"{p['name']}={p['default']!r}" for p in info.parameters())
             print(f"  {info.name:<20} {info.doc}")
             access = f"; access: {info.obj.access}" if kind == "attacks" else ""
-            print(f"  {'':<20} origin: {info.origin}; version {info.version}{access}")
+            aliases = f"; aliases: {', '.join(info.aliases)}" if info.aliases else ""
+            print(f"  {'':<20} origin: {info.origin}; version {info.version} ({info.provenance}){access}{aliases}")
             if params:
                 print(f"  {'':<20} params: {params}")
     return 0
@@ -243,10 +255,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _print_plugin(info) -> None:
     access = f"; access: {info.obj.access}" if info.kind == "attack" else ""
-    print(f"{info.kind} {info.name}  (version {info.version}; origin: {info.origin}{access})")
+    aliases = f"; aliases: {', '.join(info.aliases)}" if info.aliases else ""
+    where = f"version {info.version}, {info.provenance}; origin: {info.origin}{access}{aliases}"
+    print(f"{info.kind} {info.name}  ({where})")
     print(f"  {info.doc}")
     for p in info.parameters():
-        print(f"  - {p['name']}: {p['type']} = {p['default']!r}  {p['doc']}")
+        bounds = f"  [{p['constraints']}]" if p.get("constraints") else ""
+        print(f"  - {p['name']}: {p['type']} = {p['default']!r}{bounds}  {p['doc']}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser, suite: bool = True) -> None:
         p.add_argument("--plugin", action="append", metavar="FILE.py", help="load plugins from a Python file")
         if suite:
-            p.add_argument("suite", nargs="?", help=f"suite YAML file (default {DEFAULT_SUITE})")
+            p.add_argument("suite", nargs="?", help=f"suite YAML file, or a run folder's suite.json to rerun it "
+                           f"(default {DEFAULT_SUITE})")
             p.add_argument("--set", action="append", metavar="KEY=VALUE",
                            help="override a suite field, e.g. --set run.device=cpu (repeatable)")
             p.add_argument("--seeds", help="comma-separated seeds, overrides the suite's seeds")
@@ -267,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, attack and score every (defense, attack, seed) pair")
     common(p)
     p.add_argument("--run-dir", help="run folder (default <output>/<suite name>)")
+    p.add_argument("--store", metavar="PATH", help="product store shared by run folders (run.store; default "
+                   "<run folder>/store): evaluation model, prior and identical targets computed once")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite file in the run folder)")
     p.add_argument("--no-tracking", action="store_true", help="do not mirror records to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -297,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("leaderboard", help="rebuild the tables and index.html from run folders' records")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="where to write (default RUN_DIR/leaderboard)")
+    p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("report", help="tables, figures and index.html of one or more run folders")
@@ -306,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-figures", action="store_true", help="tables and page only")
     p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
     p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
+    p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a run folder's reconstructions as PNGs with reference images and a "

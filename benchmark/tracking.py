@@ -82,6 +82,21 @@ def _flat_params(prefix: str, params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def setup_params(record: Mapping[str, Any]) -> dict[str, str]:
+    """The record's ``setup`` (dataset, split sizes, models and epochs, metrics, ``--set`` overrides) and
+    the evaluation model's test accuracy as ``setup.*`` MLflow params."""
+    setup = dict(record.get("setup") or {})
+    metrics = {str(m.get("name")): m.get("params") or {} for m in setup.pop("metrics", None) or []}
+    overrides = setup.pop("overrides", None)
+    out = _flat_params("setup", setup)
+    out.update(_flat_params("setup.metrics", metrics))
+    out["setup.overrides"] = ("not recorded" if overrides is None else "; ".join(map(str, overrides)) or "none")[:500]
+    acc = (record.get("evaluator") or {}).get("test_accuracy")
+    if acc is not None:
+        out["setup.evaluation.test_accuracy"] = str(acc)
+    return out
+
+
 def short_error(exc: BaseException, limit: int = 300) -> str:
     """``Type: first line of the message`` (capped) of the exception at the root of ``exc``'s chain (the
     database's or the network's own error rather than MLflow's wrapper), for one-line messages."""
@@ -180,6 +195,7 @@ class Tracker:
                   "seed": str(record["seed"])}
         params.update(_flat_params("defense", record.get("defense_params", {})))
         params.update(_flat_params("attack", record.get("attack_params", {})))
+        params.update(setup_params(record))
         run = self.client.create_run(self.experiment_id, tags=tags)
         rid = run.info.run_id
         import time

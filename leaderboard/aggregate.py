@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from inversion_bench.leaderboard.baseline import table_baseline
 from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
     DEFAULT_ACCESS,
@@ -51,6 +52,7 @@ from inversion_bench.leaderboard.model import (
     WorstCase,
 )
 from inversion_bench.leaderboard.records import dedupe, distinct, finite, first_line, is_ok, privacy_guarantee, where
+from inversion_bench.leaderboard.setup_info import metric_label, table_setup
 from inversion_bench.leaderboard.uncertainty import add_uncertainty, evaluator_info, report_settings
 from inversion_bench.leaderboard.worst_case import worst_case
 
@@ -105,17 +107,6 @@ def _by_attack(recs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     """The records of every attack, attacks in ``attack_index`` order."""
     ordered = sorted(recs, key=lambda r: (int(r.get("attack_index") or 0), str(r["attack"])))
     return {a: [r for r in recs if r["attack"] == a] for a in dict.fromkeys(r["attack"] for r in ordered)}
-
-
-def _baseline(recs: Sequence[dict[str, Any]], defenses: Collection[str], notes: list[str]) -> str | None:
-    """The baseline defense named by the records, ``None`` without one or when it has no records."""
-    baselines = distinct(recs, "baseline")
-    if len(baselines) > 1:
-        raise ValueError(f"records name different baseline defenses: {baselines}")
-    baseline = baselines[0] if baselines and baselines[0] in defenses else None
-    if baselines and baseline is None:
-        notes.append(f"the baseline defense {baselines[0]!r} has no records; no differences are shown.")
-    return baseline
 
 
 def _direction(metric: str, recs: Iterable[dict[str, Any]], default: str | None, notes: list[str]) -> str | None:
@@ -334,19 +325,23 @@ def _meta(recs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
+def aggregate(records: Sequence[dict[str, Any]], baseline: str | None = None,
+              baseline_source: str | None = None) -> LeaderboardTable:
     """Aggregates result records into the leaderboard's table model.
 
     Args:
         records: records as written by :func:`inversion_bench.results.write_record` (any order). Several
-            records for the same (defense, attack, seed) of the same suite version are deduplicated.
+            records for the same (defense, attack, seed) with the same ``config_hash`` are one result.
+        baseline: the table's baseline defense (default: the one the newest record names,
+            :func:`~inversion_bench.leaderboard.baseline.table_baseline`).
+        baseline_source: where ``baseline`` comes from, for the provenance (``meta["baseline_source"]``).
 
     Returns:
         The :class:`~inversion_bench.leaderboard.model.LeaderboardTable`.
 
     Raises:
         ValueError: if there are no records, a record lacks its defense/attack/seed, or two records
-            for the same (defense, attack, seed) have different ``suite_hash``.
+            for the same (defense, attack, seed) are different results, or ``--baseline`` has no records.
     """
     if not records:
         raise ValueError("no records to build a leaderboard from")
@@ -354,15 +349,16 @@ def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
     recs = dedupe(records, notes)
     notes += _status_notes(recs)
     by_defense = _by_defense(recs)
-    baseline = _baseline(recs, by_defense, notes)
-    columns = _columns(recs, notes)
+    baseline, source = table_baseline(recs, by_defense, notes, baseline, baseline_source)
+    setup = table_setup(recs)
+    columns = [replace(c, label=metric_label(setup, c.metric)) for c in _columns(recs, notes)]
     cells = _Cells()
     for defense, rs in by_defense.items():
         _add_defense(cells, defense, rs, columns, baseline, notes)
     settings = report_settings(recs, notes)
     data = add_uncertainty(_data(cells.rows, baseline), by_defense, columns, baseline, settings)
     data = data[list(DATA_COLUMNS)]
-    meta = _meta(recs)
+    meta = {**_meta(recs), "baseline_source": source}
     infos = sorted(cells.infos, key=lambda i: (i.index, i.defense))
     order = {info.defense: k for k, info in enumerate(infos)}
     data = data.sort_values(by=["defense"], key=lambda s: s.map(order), kind="stable").reset_index(drop=True)
@@ -379,4 +375,5 @@ def aggregate(records: Sequence[dict[str, Any]]) -> LeaderboardTable:
         worst_case=cells.worst,
         settings=settings,
         evaluator=evaluator_info(recs, notes),
+        setup=setup,
     )

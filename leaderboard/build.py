@@ -53,9 +53,9 @@ class Leaderboard(LeaderboardTable):
         """Renders the leaderboard as Markdown (title, table, Δ table, legend, notes, failures)."""
         return render_markdown(self)
 
-    def to_latex(self) -> str:
-        """Renders the main table as a LaTeX ``table`` using booktabs rules."""
-        return render_latex(self)
+    def to_latex(self, deltas: bool = False) -> str:
+        """Renders the main table as a LaTeX ``table`` using booktabs rules (``deltas``: add Δ rows)."""
+        return render_latex(self, deltas)
 
     def to_csv(self, path: str | Path) -> Path:
         """Writes :meth:`wide` as CSV (raw numbers, full float precision; a text cell that a spreadsheet
@@ -99,30 +99,35 @@ class Leaderboard(LeaderboardTable):
         return files
 
 
-def build(records: Sequence[dict[str, Any]]) -> Leaderboard:
+def build(records: Sequence[dict[str, Any]], baseline: str | None = None,
+          baseline_source: str | None = None) -> Leaderboard:
     """Builds the leaderboard from result records alone.
 
     Args:
         records: records as written by :func:`inversion_bench.results.write_record` (any order). Several
-            records for the same (defense, attack, seed) of the same suite version are deduplicated.
+            records for the same (defense, attack, seed) with the same ``config_hash`` are one result.
+        baseline: the table's baseline defense (default: the newest record's, see
+            :mod:`inversion_bench.leaderboard.baseline`).
+        baseline_source: where ``baseline`` comes from (shown in the provenance).
 
     Returns:
         The aggregated :class:`Leaderboard`.
 
     Raises:
         ValueError: if there are no records, a record lacks its defense/attack/seed, or two records
-            for the same (defense, attack, seed) have different ``suite_hash``.
+            for the same (defense, attack, seed) are different results.
     """
-    table = aggregate(records)
+    table = aggregate(records, baseline, baseline_source)
     table.equal_utility = equal_utility(table, records)
     return Leaderboard(**{f.name: getattr(table, f.name) for f in fields(table)})
 
 
-def build_from_dirs(run_dirs: Sequence[str | Path]) -> Leaderboard:
+def build_from_dirs(run_dirs: Sequence[str | Path], baseline: str | None = None) -> Leaderboard:
     """Builds one leaderboard from the records of several run folders.
 
     Args:
         run_dirs: run folders, each holding ``records/*.json``.
+        baseline: the table's baseline defense (default: the first folder's ``suite.json``).
 
     Returns:
         The combined :class:`Leaderboard`.
@@ -130,7 +135,7 @@ def build_from_dirs(run_dirs: Sequence[str | Path]) -> Leaderboard:
     Raises:
         FileNotFoundError: if a run folder has no ``records`` folder.
         ValueError: if there are no (readable) records, or two run folders hold a record for the same
-            (defense, attack, seed) with different ``suite_hash`` (the message names both files).
+            (defense, attack, seed) that are different results (the message names both files).
     """
     from inversion_bench.results import load_records
 
@@ -144,7 +149,9 @@ def build_from_dirs(run_dirs: Sequence[str | Path]) -> Leaderboard:
     if not records:
         raise ValueError(f"no records found in {', '.join(str(d) for d in run_dirs)}"
                          + "".join(f"; {note}" for note in unreadable_notes(unreadable)))
-    board = build(records)
+    from inversion_bench.leaderboard.baseline import choose_baseline
+
+    board = build(records, *choose_baseline([Path(d) for d in run_dirs], baseline))
     board.notes.extend(unreadable_notes(unreadable))
     return board
 

@@ -48,6 +48,7 @@ from inversion_bench.leaderboard.formatting import (
 )
 from inversion_bench.leaderboard.legend import AUDIT_HELP, cells_help, evaluator_items, interval_help, significance_help
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
 
 _CSS = """
@@ -127,7 +128,7 @@ def _metric_head(col: Column, initial_sort: str | None) -> str:
     elif col.is_test_accuracy:
         name = "Test acc. (%)"
     else:
-        name = col.metric + (" (%)" if col.is_accuracy else "")
+        name = col.metric_name + (" (%)" if col.is_accuracy else "")
     arrow = ARROWS.get(col.direction or "", "")
     title = {"higher": "higher is better for the defender", "lower": "lower is better for the defender"}.get(
         col.direction or "", "direction unknown")
@@ -235,8 +236,10 @@ def _provenance(lb: LeaderboardTable) -> str:
         ("created", " to ".join(dict.fromkeys(meta.get("created") or ())) or "unknown"),
         ("seeds", seed_summary(lb)),
         ("records", str(meta.get("num_records", 0))),
-        ("baseline", lb.baseline_label or "none"),
+        ("baseline", (lb.baseline_label or "none")
+         + (f" (from {meta['baseline_source']})" if meta.get("baseline_source") else "")),
         *evaluator_items(lb),
+        *(("setup", line) for line in setup_lines(lb.setup)),
     ]
     return '<dl class="prov">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
 

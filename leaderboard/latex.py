@@ -8,52 +8,37 @@ from inversion_bench.leaderboard.formatting import (
     attack_heading,
     cell_rows,
     decimals_by_column,
+    delta_text,
     display_text,
     guarantee_text,
     has_guarantees,
     seed_summary,
 )
+from inversion_bench.leaderboard.latex_text import tex_text
 from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.setup_info import setup_lines
 
 LATEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
 NA_MARK_TEX = r"\textsuperscript{\textdagger}"
 """Footnote mark of values not computed in an otherwise successful run."""
 
-_LATEX_ESCAPES = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "<": r"\textless{}",
-    ">": r"\textgreater{}",
-    "|": r"\textbar{}",
-    "\n": " ",
-    "\r": " ",
-    "\t": " ",
-}
-_PM, _NA = "\ue000", "\ue001"
+_PM, _NA, _NR = "\ue000", "\ue001", "\ue002"
 """Placeholders of the plus-minus sign and the n/a mark in a cell's text (private-use characters, which no
 label can turn into markup)."""
 
 
 def latex_escape(text: str) -> str:
-    """Escapes LaTeX special characters (``\\``, ``$``, ``&``, ``%``, ``_``, ``#``, ``{``, ``}``, ``~``, ``^``, and
-    ``<``, ``>``, ``|``, which OT1 fonts would misprint) in plain text; line breaks become spaces (a blank line
-    would end the table's paragraph).
+    """Escapes LaTeX special characters and maps every non-ASCII character to LaTeX (or drops it), so the
+    table compiles with pdflatex (:func:`~inversion_bench.leaderboard.latex_text.tex_text`); line breaks
+    become spaces (a blank line would end the table's paragraph).
 
     Args:
         text: plain text.
 
     Returns:
-        Text safe to put in a LaTeX document.
+        ASCII text safe to put in a LaTeX document.
     """
-    return "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return tex_text(text)
 
 
 def _attack_groups(cols: list[Column]) -> list[tuple[Column, int]]:
@@ -93,7 +78,7 @@ def _metric_head(c: Column) -> str:
     elif c.is_test_accuracy:
         name = r"Test acc.\ (\%)"
     else:
-        name = latex_escape(c.metric) + (r" (\%)" if c.is_accuracy else "")
+        name = latex_escape(c.metric_name) + (r" (\%)" if c.is_accuracy else "")
     arrow = LATEX_ARROWS.get(c.direction or "", "")
     return f"{name} {arrow}".strip()
 
@@ -118,14 +103,36 @@ def _body(lb: LeaderboardTable, eps_col: bool) -> list[str]:
             text = display_text(
                 lb, info.defense, c, cells[(info.defense, c.key)], decimals[c.key], pm=_PM, na_mark=_NA
             )
-            text = latex_escape(text).replace(_PM, r"$\pm$").replace(_NA, NA_MARK_TEX)
-            text = text.replace(NOT_RUN, "--")
+            text = latex_escape(text.replace(NOT_RUN, _NR))
+            text = text.replace(_PM, r"$\pm$").replace(_NA, NA_MARK_TEX).replace(_NR, "--")
             row.append(text)
         lines.append(" & ".join(row) + r" \\")
     return lines
 
 
-def _caption(lb: LeaderboardTable) -> str:
+def _delta_rows(lb: LeaderboardTable, eps_col: bool) -> list[str]:
+    """One Δ line per non-baseline defense: the difference of its means to the baseline's."""
+    if lb.baseline is None:
+        return []
+    decimals = decimals_by_column(lb)
+    cells = cell_rows(lb)
+    lines = [r"\midrule"]
+    for info in lb.defenses:
+        if info.is_baseline:
+            continue
+        row = [r"$\Delta$ " + latex_escape(info.label), *([""] if eps_col else [])]
+        for c in lb.columns:
+            if c.placeholder:
+                row.append("")
+                continue
+            text = delta_text(c, cells[(info.defense, c.key)], cells[(lb.baseline, c.key)], decimals[c.key],
+                              na_mark=_NA)
+            row.append(latex_escape(text.replace(NOT_RUN, _NR)).replace(_NA, NA_MARK_TEX).replace(_NR, "--"))
+        lines.append(" & ".join(row) + r" \\")
+    return lines
+
+
+def _caption(lb: LeaderboardTable, deltas: bool = False) -> str:
     spread = (f"half-width of the {100 * lb.settings.confidence:g}\\% percentile bootstrap interval (identities "
               "and seeds resampled; no CI: a single value)" if lb.settings.intervals else "sample standard deviation")
     caption = (
@@ -147,17 +154,26 @@ def _caption(lb: LeaderboardTable) -> str:
         caption += f" {NA_MARK_TEX}~not computed in an otherwise successful run."
     if any(i.near_chance for i in lb.defenses):
         caption += " (near chance): test accuracy at most 2$\\times$ chance level."
+    if deltas and lb.baseline is not None:
+        caption += " $\\Delta$ rows: difference of means to the baseline."
+    lines = setup_lines(lb.setup)
+    if lines:
+        caption += " Setup: " + latex_escape(" ".join(lines))
     return caption
 
 
-def render_latex(lb: LeaderboardTable) -> str:
-    """Renders the main table as a LaTeX ``table`` (needs ``\\usepackage{booktabs}``).
+def render_latex(lb: LeaderboardTable, deltas: bool = False) -> str:
+    """Renders the main table as a LaTeX ``table`` (needs ``\\usepackage{booktabs,graphicx}``).
 
     Two header rows: attack names spanning their metric columns (``\\multicolumn`` and
-    ``\\cmidrule``), then metric names with ``$\\uparrow$``/``$\\downarrow$``.
+    ``\\cmidrule``), then metric names with ``$\\uparrow$``/``$\\downarrow$``. The tabular is scaled
+    down to the text width when wider (``\\resizebox``), never up. Only ASCII comes out (labels are
+    mapped by :func:`latex_escape`), so it compiles with pdflatex as written. The caption states the
+    setup (dataset, splits, models, attacks, overrides).
 
     Args:
         lb: the leaderboard.
+        deltas: add a Δ row per non-baseline defense (difference of means to the baseline).
 
     Returns:
         LaTeX source ending with a newline.
@@ -165,10 +181,11 @@ def render_latex(lb: LeaderboardTable) -> str:
     cols = lb.columns
     eps_col = has_guarantees(lb)
     lines = [
-        "% Generated by leaderboard; needs \\usepackage{booktabs}.",
+        "% Generated by leaderboard; needs \\usepackage{booktabs,graphicx}.",
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
+        r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
         r"\begin{tabular}{l" + "r" * (len(cols) + int(eps_col)) + "}",
         r"\toprule",
     ]
@@ -177,6 +194,8 @@ def render_latex(lb: LeaderboardTable) -> str:
     lines.append(" & ".join(heads) + r" \\")
     lines.append(r"\midrule")
     lines += _body(lb, eps_col)
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    lines += [rf"\caption{{{_caption(lb)}}}", r"\label{tab:leaderboard}", r"\end{table}"]
+    if deltas:
+        lines += _delta_rows(lb, eps_col)
+    lines += [r"\bottomrule", r"\end{tabular}}"]
+    lines += [rf"\caption{{{_caption(lb, deltas)}}}", r"\label{tab:leaderboard}", r"\end{table}"]
     return "\n".join(lines) + "\n"

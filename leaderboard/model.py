@@ -87,6 +87,7 @@ class Column:
             all (every pair failed); it only carries failure counts.
         access: the attack's access level (``"white-box"``, ``"black-box"`` or ``"label-only"``);
             ``None`` for the test-accuracy and worst-case columns.
+        label: the metric's display name (e.g. ``fid (Inception)``; default: ``metric``). Keys never change.
     """
 
     attack: str
@@ -96,6 +97,12 @@ class Column:
     direction: str | None
     placeholder: bool = False
     access: str | None = None
+    label: str | None = None
+
+    @property
+    def metric_name(self) -> str:
+        """The metric as shown in headers: :attr:`label`, else the metric key."""
+        return self.label or self.metric
 
     @property
     def key(self) -> str:
@@ -330,6 +337,7 @@ class LeaderboardTable:
     settings: ReportSettings = field(default_factory=ReportSettings)
     evaluator: EvaluatorInfo | None = None
     equal_utility: pd.DataFrame | None = None
+    setup: dict[str, Any] | None = None
 
     @property
     def baseline_label(self) -> str | None:

@@ -62,10 +62,58 @@ def validate(rec: dict[str, Any]) -> None:
             raise ValueError(f"record {where(rec)}: {key!r} must be a mapping")
 
 
-def dedupe(records: Sequence[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
-    """One record per (defense, attack, seed); raises on records of different suite versions.
+def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
+    """The first dotted path where two JSON-like values differ, with both values, or ``None``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            sub = f"{path}.{k}" if path else str(k)
+            if k not in a or k not in b:
+                return sub, a.get(k, "<absent>"), b.get(k, "<absent>")
+            diff = first_difference(a[k], b[k], sub)
+            if diff is not None:
+                return diff
+        return None
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            diff = first_difference(x, y, f"{path}[{i}]")
+            if diff is not None:
+                return diff
+        return None
+    return None if a == b else (path, a, b)
 
-    Among records of the same suite hash an ``ok`` record wins over a failed one, then the newest.
+
+RESULT_SETTINGS = ("defense_plugin", "defense_params", "attack_plugin", "attack_params", "keys",
+                   "plugin_versions", "config_hash")
+"""Record fields compared to name what differs between two records of the same pair."""
+
+
+def same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two records of the same (defense, attack, seed) are the same result: the same
+    ``config_hash`` (content hash of every product and setting behind the numbers), or, for records
+    without one, the same ``suite_hash``. The suite (name, baseline, other pairs) does not matter."""
+    if a.get("config_hash") is not None or b.get("config_hash") is not None:
+        return a.get("config_hash") == b.get("config_hash")
+    return a.get("suite_hash") == b.get("suite_hash")
+
+
+def different_results_error(key: tuple[str, str, int], old: dict[str, Any], rec: dict[str, Any]) -> ValueError:
+    """The error of two genuinely different results for one pair: both files and the first differing setting."""
+    diff = first_difference({k: old.get(k) for k in RESULT_SETTINGS}, {k: rec.get(k) for k in RESULT_SETTINGS})
+    what = (f"{diff[0]} differs ({diff[1]!r} vs {diff[2]!r})" if diff is not None
+            else f"suite_hash differs ({old.get('suite_hash')!r} vs {rec.get('suite_hash')!r})")
+    return ValueError(
+        f"records for defense={key[0]!r}, attack={key[1]!r}, seed={key[2]} are different results: "
+        f"{where(old)} and {where(rec)}: {what}. Report them separately, or re-run one with the other's settings."
+    )
+
+
+def dedupe(records: Sequence[dict[str, Any]], notes: list[str]) -> list[dict[str, Any]]:
+    """One record per (defense, attack, seed); raises on genuinely different results for one pair.
+
+    Records of one pair with the same ``config_hash`` (:func:`same_result`; e.g. the same pair in two run
+    folders of different suites) are one result: an ``ok`` record wins over a failed one, then the newest.
+    Two records with different ``config_hash`` raise ``ValueError`` naming both files and the first
+    differing setting.
     """
     by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
     superseded = 0
@@ -76,12 +124,8 @@ def dedupe(records: Sequence[dict[str, Any]], notes: list[str]) -> list[dict[str
         if old is None:
             by_key[key] = rec
             continue
-        if old.get("suite_hash") != rec.get("suite_hash"):
-            raise ValueError(
-                f"records for defense={key[0]!r}, attack={key[1]!r}, seed={key[2]} come from different "
-                f"suite versions: {where(old)} (suite_hash={old.get('suite_hash')!r}) and "
-                f"{where(rec)} (suite_hash={rec.get('suite_hash')!r})"
-            )
+        if not same_result(old, rec):
+            raise different_results_error(key, old, rec)
         superseded += 1
         rank_old = (is_ok(old), str(old.get("created") or ""))
         rank_new = (is_ok(rec), str(rec.get("created") or ""))

@@ -36,6 +36,7 @@ from inversion_bench.leaderboard.formatting import (
 )
 from inversion_bench.leaderboard.legend import AUDIT_HELP, cells_help, evaluator_items, interval_help, significance_help
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
 
 Cells = dict[tuple[str, str], pd.Series]
@@ -51,9 +52,9 @@ def _header(col: Column, arrows: dict[str, str], pct: str = "%") -> str:
     elif col.is_test_accuracy:
         name = "Test acc."
     elif col.is_target:
-        name = f"Target: {col.metric}"
+        name = f"Target: {col.metric_name}"
     else:
-        name = f"{attack_heading(col)}: {col.metric}"
+        name = f"{attack_heading(col)}: {col.metric_name}"
     if col.is_accuracy and not col.placeholder:
         name += f" ({pct})"
     arrow = arrows.get(col.direction or "", "")
@@ -73,6 +74,8 @@ def _provenance(lb: LeaderboardTable) -> str:
     """One line: records, seeds, suite hashes, code versions, devices and creation dates."""
     meta = lb.meta
     prov = [f"{meta.get('num_records', 0)} records", seed_summary(lb)]
+    if meta.get("baseline_source"):
+        prov.append(f"baseline {md_text(lb.baseline or 'none')} (from {md_text(meta['baseline_source'])})")
     if meta.get("suite_hashes"):
         prov.append("suite hash " + ", ".join(f"`{h}`" for h in meta["suite_hashes"]))
     if meta.get("code_versions"):
@@ -227,6 +230,8 @@ def render_markdown(lb: LeaderboardTable) -> str:
     decimals = decimals_by_column(lb)
     cells = cell_rows(lb)
     out: list[str] = [f"# Leaderboard: {md_text(lb.suite)}", "", _provenance(lb), "", _evaluator(lb), ""]
+    if setup_lines(lb.setup):
+        out += ["Setup:", "", *(f"- {md_text(line)}" for line in setup_lines(lb.setup)), ""]
     out += [_main_table(lb, cells, decimals), ""]
     out += _delta_section(lb, cells, decimals)
     if lb.equal_utility is not None and not lb.equal_utility.empty:

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from inversion_bench.leaderboard.build import Leaderboard, build, unreadable_notes
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
+from inversion_bench.leaderboard.page_files import page_path, save_figure_list
+from inversion_bench.leaderboard.records import first_difference
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 from inversion_bench.leaderboard.stats import bootstrap_interval
 from inversion_bench.leaderboard.uncertainty import identity_values, report_settings
@@ -38,26 +40,6 @@ log = logging.getLogger(__name__)
 
 COMBINE_FIELDS = ("dataset", "evaluation")
 """Suite fields that must be equal in every combined run folder (``dataset`` includes ``split``)."""
-
-
-def first_difference(a: Any, b: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """The first dotted path where two JSON-like values differ, with both values, or ``None``."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            sub = f"{path}.{k}" if path else str(k)
-            if k not in a or k not in b:
-                return sub, a.get(k, "<absent>"), b.get(k, "<absent>")
-            diff = first_difference(a[k], b[k], sub)
-            if diff is not None:
-                return diff
-        return None
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            diff = first_difference(x, y, f"{path}[{i}]")
-            if diff is not None:
-                return diff
-        return None
-    return None if a == b else (path, a, b)
 
 
 def _product_keys(records: Sequence[dict[str, Any]]) -> dict[str, set[str]]:
@@ -120,6 +102,14 @@ def check_combinable(run_dirs: Sequence[Path],
                 )
 
 
+def check_grid_attack(records: Sequence[dict[str, Any]], grid_attack: str | None) -> None:
+    """Raises ``ReportError`` listing the attacks when ``grid_attack`` is not an attack of the records."""
+    attacks = list(dict.fromkeys(str(r.get("attack")) for r in records))
+    if grid_attack is not None and grid_attack not in attacks:
+        raise ReportError(f"--grid-attack {grid_attack!r} is not an attack of these records; attacks: "
+                          f"{', '.join(attacks)}")
+
+
 @dataclass
 class Report:
     """What :func:`build_report` wrote."""
@@ -133,7 +123,8 @@ class Report:
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
-                 tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = ()) -> Report:
+                 tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
+                 baseline: str | None = None) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -147,11 +138,17 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         tsne_images_per_identity: training images per identity in the embedding figure.
         contexts: ``RunContext`` objects of runs that just ran some of ``run_dirs`` (their data and models in
             memory are reused by the figures).
+        baseline: the table's baseline defense (``--baseline``); default: the one the first run folder's
+            ``suite.json`` names (:mod:`inversion_bench.leaderboard.baseline`).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
 
     Raises:
-        ReportError: a folder is not a run folder, has no (readable) records, or folders cannot be combined.
+        ReportError: a folder is not a run folder, has no (readable) records, folders cannot be combined, or
+            ``grid_attack`` is not one of the attacks.
+
+    Without ``figures``, the page keeps the figures an earlier report drew into ``out_dir``
+    (:mod:`inversion_bench.leaderboard.page_files`); it never replaces a page with figures by one without.
     """
     from inversion_bench.leaderboard.html import render_html
     from inversion_bench.results import load_records
@@ -167,18 +164,22 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     notes = unreadable_notes(unreadable)  # each a warning too; the table skips those files
     if not records:
         raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}" + "".join(f"; {n}" for n in notes))
-    board = build(records)
+    from inversion_bench.leaderboard.baseline import choose_baseline
+
+    board = build(records, *choose_baseline(dirs, baseline))
     board.notes.extend(notes)
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
     report.files["records_csv"] = write_records_csv(records, out / "records.csv")
+    check_grid_attack(records, grid_attack)
     if figures:
         from inversion_bench.leaderboard.report_figures import draw_all
 
         draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
                  tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
-    page = out / "index.html"
+        save_figure_list(out, report.figures)
+    page = page_path(out, figures, report.figures, report.notes)
     page.write_text(render_html(board, report.figures, report.notes, base=out), encoding="utf-8")
     report.files["html"] = page
     return report

@@ -270,3 +270,26 @@ def test_html_sorts_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
         shutil.copy(shot, run_dir / "leaderboard" / "screenshot.png")
     finally:
         driver.quit()
+
+
+def test_leaderboard_keeps_the_figures(run_dir: Path, tmp_path: Path, capsys) -> None:
+    """`bench leaderboard` into a folder `bench report` drew figures into still embeds them."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("store"))
+    page = copy / "leaderboard" / "index.html"
+    assert "data:image/png;base64" in page.read_text()
+    assert (copy / "leaderboard" / "figures" / "figures.json").is_file()
+    assert main(["leaderboard", str(copy)]) == 0
+    assert "data:image/png;base64" in page.read_text()
+    # a folder with figures but no list of them (older version): index.html is kept, the new page elsewhere
+    (copy / "leaderboard" / "figures" / "figures.json").unlink()
+    before = page.read_text()
+    assert main(["leaderboard", str(copy)]) == 0
+    assert page.read_text() == before and (copy / "leaderboard" / "index-tables.html").is_file()
+    assert "index-tables.html" in capsys.readouterr().err
+
+
+def test_mistyped_grid_attack_lists_the_attacks(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["report", str(run_dir), "--no-figures", "--output", str(tmp_path / "o"), "--grid-attack", "mfi"]) == 2
+    err = capsys.readouterr().err
+    assert "mfi" in err and "mif" in err

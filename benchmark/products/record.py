@@ -90,6 +90,30 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
     s, plan = ctx.suite, ctx.plan
     d, a = s.defenses[job.defense_index], s.attacks[job.attack_index]
     dp, ap = ctx.loaded.defense_params[job.defense_index], ctx.loaded.attack_params[job.attack_index]
+    # the setup behind the numbers, for every output (page, Markdown, LaTeX, MLflow params); the --set
+    # overrides are recorded when LoadedSuite keeps them (``overrides``), else only their resolved values
+    overrides = getattr(ctx.loaded, "overrides", None)
+    setup: dict[str, Any] = {
+        "dataset": {"name": s.dataset.name, "params": ctx.loaded.dataset_params.model_dump(mode="json"),
+                    "resolution": s.dataset.resolution, "split": s.dataset.split.model_dump(mode="json")},
+        "target": {"architecture": s.target.architecture.name, "params": ctx.loaded.target_arch_params.model_dump(
+            mode="json"), "epochs": s.target.training.epochs, "steps": s.target.training.steps,
+                   "checkpoint": s.target.checkpoint},
+        "evaluation": {"architecture": s.evaluation.architecture.name, "params": ctx.loaded.eval_arch_params.model_dump(
+            mode="json"), "epochs": s.evaluation.training.epochs, "steps": s.evaluation.training.steps,
+                       "checkpoint": s.evaluation.checkpoint},
+        "metrics": [{"name": m.name, "params": p.model_dump(mode="json"),
+                     "keys": sorted(getattr(REGISTRIES["metrics"].get(m.name), "better", None) or {})}
+                    for m, p in zip(s.metrics, ctx.loaded.metric_params, strict=True)],
+        "overrides": [str(o) for o in overrides] if overrides is not None else None,
+    }
+    try:
+        sp = splits(ctx)
+        setup["sizes"] = {"private_identities": sp.num_classes, "public_identities": len(sp.public_names),
+                          "private_train_images": len(sp.private_train), "private_test_images": len(sp.private_test),
+                          "public_images": len(sp.public)}
+    except Exception as exc:  # a failed record still gets written (its error says why the data failed)
+        log.debug("setup without split sizes: %s", exc)
     return {
         "suite": s.name, "suite_hash": plan.suite_hash, "run_dir": str(ctx.run_dir),
         "defense": job.defense, "defense_label": entry_label(d), "defense_plugin": d.name,
@@ -104,12 +128,13 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
                  "prior": plan.prior_key, "data": plan.data_key,
                  **({"second_evaluator": plan.second_evaluator_key} if plan.second_evaluator_key else {})},
         "code_version": ctx.code_version,
-        "plugin_versions": {f"defense:{d.name}": REGISTRIES["defenses"].info(d.name).version,
-                            f"attack:{a.name}": REGISTRIES["attacks"].info(a.name).version,
-                            **{f"metric:{m.name}": REGISTRIES["metrics"].info(m.name).version
+        "plugin_versions": {f"defense:{d.name}": REGISTRIES["defenses"].version_label(d.name),
+                            f"attack:{a.name}": REGISTRIES["attacks"].version_label(a.name),
+                            **{f"metric:{m.name}": REGISTRIES["metrics"].version_label(m.name)
                                for m in s.metrics}},
         "device": f"{ctx.device} ({platform.processor() or platform.machine()}, torch {torch.__version__})",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "setup": setup,
     }
 
 
