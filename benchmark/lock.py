@@ -159,7 +159,7 @@ class RunLock:
 
     def _create(self, info: dict[str, Any]) -> bool:
         try:
-            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)  # the umask decides
         except FileExistsError:
             return False
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -2,9 +2,11 @@
 
 Records are the truth of a run: the leaderboard and the MLflow mirror are rebuilt from them alone.
 Each is written atomically (temporary file in the same folder, then ``os.replace``), so a killed
-run never leaves a half-written record. A record file that cannot be read anyway (copied half, edited
-by hand, not a JSON object) is named in a warning and skipped by :func:`load_records`; ``bench run``
-moves it to ``records/corrupt/`` (:func:`move_aside`, never deleted) and runs its pair again.
+run never leaves a half-written record; the file gets the mode the umask gives a new file (not
+``mkstemp``'s 0600), and a full disk is a :class:`~inversion_bench.errors.DiskFullError` naming it.
+A record file that cannot be read anyway (copied half, edited by hand, not a JSON object) is named
+in a warning and skipped by :func:`load_records`; ``bench run`` moves it to ``records/corrupt/``
+(:func:`move_aside`, never deleted) and runs its pair again.
 
 A record (``schema`` 1) holds::
 
@@ -32,7 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from inversion_bench.store import check_name, inside
+from inversion_bench.errors import disk_full
+from inversion_bench.store import check_name, inside, umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +62,29 @@ def _json_safe(value: Any) -> Any:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Writes ``data`` as JSON to ``path`` atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Writes ``data`` as JSON to ``path`` atomically (temp file + rename), with the umask's file mode.
+
+    Raises:
+        DiskFullError: no space left (or over quota); the temporary file is removed.
+    """
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        umask_mode(tmp)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(_json_safe(data), fh, indent=2, sort_keys=True, allow_nan=False)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        full = disk_full(exc, path) if isinstance(exc, Exception) else None
+        if full is None or full is exc:
+            raise
+        raise full from exc
 
 
 def write_record(records_dir: Path, record: dict[str, Any]) -> Path:

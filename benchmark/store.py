@@ -16,6 +16,14 @@ verifies it (once per process and product); a product whose files do not match, 
 with a warning naming it and the reason, and is then absent: its caller recomputes it. Products
 stored before checksums existed have none: they are loaded, and quarantined only if that fails.
 
+Disk full: a write that fails for lack of space (ENOSPC, a quota, torch's failed zip write) removes
+its temporary folder and raises :class:`~inversion_bench.errors.DiskFullError` naming the product
+and the free space; the run stops and the next one resumes.
+
+File modes: temporary folders and files are created private (0700/0600); what is renamed into place
+gets the modes the user's umask gives a plain file or folder (:func:`umask_mode`), so a team sharing
+a run folder can read it.
+
 Paths: kinds and keys are single folder names; :func:`inside` refuses any name that would leave its
 folder (``..``, ``/``, a NUL byte, an empty or overlong name), with a ValueError naming it.
 """
@@ -38,7 +46,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from inversion_bench.errors import BenchError, ConfigError
+from inversion_bench.errors import BenchError, ConfigError, disk_full
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,6 +57,27 @@ CORRUPT_KIND = "corrupt"
 """Quarantined products go to ``<root>/corrupt/<kind>/<key>.<time>.<pid>/`` (never deleted)."""
 NOT_CORRUPTION = (MemoryError, ImportError, torch.OutOfMemoryError, ConfigError)
 """Errors of a load that say nothing about the stored files (the machine or the user's setup): re-raised."""
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``), else
+    by setting and restoring it (a moment in which another thread's new file would get mode 0666)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def umask_mode(path: Path | str, folder: bool = False) -> None:
+    """Gives ``path`` the mode a plain new file (0666) or folder (0777) gets under the umask; for what
+    ``tempfile`` created private."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
 class CorruptProductError(BenchError):
@@ -198,9 +227,16 @@ class Store:
         same content) and this one is discarded.
         """
         final = self.path(kind, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(key), suffix=".tmp", dir=final.parent))
         try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(key), suffix=".tmp", dir=final.parent))
+        except OSError as exc:
+            full = disk_full(exc, final)
+            if full is None:
+                raise
+            raise full from exc
+        try:
+            umask_mode(tmp, folder=True)
             yield tmp
             write_checksums(tmp)
             try:
@@ -209,9 +245,12 @@ class Store:
                 if not final.is_dir():
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
+        except BaseException as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            full = disk_full(exc, final) if isinstance(exc, Exception) else None
+            if full is None or full is exc:
+                raise
+            raise full from exc
 
     def save_torch(self, kind: str, key: str, obj: Any, meta: dict[str, Any] | None = None) -> Path:
         with self.writing(kind, key) as tmp:

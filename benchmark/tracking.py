@@ -133,10 +133,13 @@ class Tracker:
     """Mirrors records to MLflow runs.
 
     ``broken`` is the reason the store failed during this run (set by
-    :mod:`inversion_bench.products.mirror`); while it is set, records are not mirrored.
+    :mod:`inversion_bench.products.mirror`); while it is set, records are not mirrored. ``warned``:
+    that failure has been reported (one warning per run).
     """
 
     broken: str | None = None
+    warned: bool = False
+    """Whether this run has warned that the store failed (the mirror warns once per run)."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_dir: Path | None = None) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

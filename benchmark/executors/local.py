@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from inversion_bench.errors import DiskFullError, disk_full
 from inversion_bench.executors.base import Executor, RecordSink
 from inversion_bench.jobs import Job, record_failed_pair, run_job, target_uses
 from inversion_bench.run_context import RunContext
@@ -21,7 +22,9 @@ class LocalExecutor(Executor):
     have not run yet (its target, the prior, its attack, the evaluation model). So a pair's record
     is written as soon as it is scored, and a target is released from memory as soon as its last
     attack and scoring are done. A failed job fails every job that depends on it, with its error;
-    the other pairs still run."""
+    the other pairs still run. A full disk (:class:`~inversion_bench.errors.DiskFullError`) stops the
+    walk after recording the pair it hit (when its record can still be written): every later pair
+    would fail the same way; the error reaches the CLI (one line, exit 2) and the next run resumes."""
 
     name = "local"
 
@@ -41,13 +44,22 @@ class _Walk:
         self.total = sum(1 for j in self.jobs if j.kind == "pair")
         self.finished = 0
         self.t0 = time.perf_counter()
+        self.disk_full: DiskFullError | None = None  # set by the first job that found the disk full
 
     def run(self) -> None:
         for job in self.jobs:
             if job.kind == "pair":
                 self.visit(job)
+                self._stop_if_full()
         for job in self.jobs:  # anything no pair needs (none today)
             self.visit(job)
+            self._stop_if_full()
+
+    def _stop_if_full(self) -> None:
+        if self.disk_full is not None:
+            left = self.total - self.finished
+            log.error("stopping the run: the disk is full (%d pair(s) not run)", left)
+            raise self.disk_full
 
     def visit(self, job: Job) -> None:
         if job.id in self.done:
@@ -60,18 +72,37 @@ class _Walk:
             try:
                 out = run_job(self.ctx, job)
             except Exception as exc:  # recorded on every pair that depends on this job
-                failed = (f"{type(exc).__name__}: {exc}", traceback.format_exc())
+                full = disk_full(exc, None)
+                if full is not None and self.disk_full is None:
+                    self.disk_full = full
+                shown = full if full is not None else exc
+                failed = (f"{type(shown).__name__}: {shown}", traceback.format_exc())
                 log.error("job %s failed: %s", job.id, failed[0])
         if failed is not None:
             self.failures[job.id] = failed
         self.done.add(job.id)
         if job.kind == "pair":
             assert job.pair is not None
-            record = record_failed_pair(self.ctx, job.pair, *failed) if failed is not None else out["record"]
+            record = self._failed_record(job, failed) if failed is not None else out["record"]
+            if record is None:
+                return
             self.on_record(record, None if failed is not None else out["trace"])
             self.finished += 1
             log.info("%s", progress_line(self.finished, self.total, record, time.perf_counter() - self.t0))
         self._release(job)
+
+    def _failed_record(self, job: Job, failed: tuple[str, str]) -> dict[str, Any] | None:
+        """The written record of a failed pair; None when the disk is too full to write it (the run stops)."""
+        assert job.pair is not None
+        try:
+            return record_failed_pair(self.ctx, job.pair, *failed)
+        except Exception as exc:
+            full = disk_full(exc, None)
+            if full is None:
+                raise
+            self.disk_full = self.disk_full or full
+            log.error("the record of %s cannot be written: %s", job.pair.record_name, full)
+            return None
 
     def _release(self, job: Job) -> None:
         """Drops the job's target from memory once no pending job uses it."""

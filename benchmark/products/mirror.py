@@ -6,9 +6,11 @@ target's training curve (``target_curve.*`` metrics, one step per epoch), the nu
 report and ``Defense.report()`` (``target.*``) and the pair's duration (``time.pair_s``).
 
 Tracking never loses a computed record: the records are the truth and the mirror only copies them.
-A failed mirror is a warning, never a failed pair; after the first failure the store counts as
-broken for the rest of the run (no wait on a dead server per record). At the end of every run
-whatever is missing is mirrored (:func:`mirror_missing`), so a later run catches up.
+A failed mirror is a warning, never a failed pair, and never changes the run's exit code or its
+leaderboard; after the first failure the store counts as broken for the rest of the run (no wait on
+a dead server per record), and a run warns once however often the store fails (the tracker's
+``warned``). At the end of every run whatever is missing is mirrored (:func:`mirror_missing`), so a
+later run catches up.
 """
 
 from __future__ import annotations
@@ -33,12 +35,13 @@ _LATER = "the records are kept in {records}; the next `bench run` mirrors the mi
 
 
 def _broken(ctx: RunContext, tracker: Any, exc: BaseException, what: str) -> None:
-    """Marks the tracker broken for the rest of this run and says so once."""
-    if getattr(tracker, "broken", None) is None:
+    """Marks the tracker broken for the rest of this run and says so once per run."""
+    if getattr(tracker, "broken", None) is None and not getattr(tracker, "warned", False):
         log.warning("MLflow store %s: %s failed (%s); no more mirroring in this run; %s",
                     getattr(tracker, "uri", "?"), what, short_error(exc), _LATER.format(records=ctx.records_dir))
     try:
         tracker.broken = short_error(exc)
+        tracker.warned = True
     except AttributeError:  # a tracker object that takes no attributes: keep trying per record
         pass
 
