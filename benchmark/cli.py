@@ -149,10 +149,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
             tracker = open_tracker(runner.tracking_uri, runner.run_dir, loaded.suite.name)
         summary = runner.run(tracker, executor=executor)
-        report = _write_report([runner.run_dir], runner.run_dir / "leaderboard", figures=not args.no_figures,
-                               contexts=[runner.ctx])
-    print(report.board.to_markdown())
-    print(f"report: {report.files['html']}")
+        report = _report_if_changed(runner, figures=not args.no_figures)
+    if report is not None:
+        print(report.board.to_markdown())
+        print(f"report: {report.files['html']}")
     print(f"\nrun folder: {runner.run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
           f"{len(summary.failed)} failed)")
     if tracker is not None and tracker.broken is None:
@@ -162,6 +162,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if summary.failed:
         print(f"{len(summary.failed)} pair(s) failed: {', '.join(summary.failed)} (see the records)", file=sys.stderr)
     return summary.exit_code
+
+
+def _report_if_changed(runner, figures: bool):
+    """The run folder's report, rebuilt only when its inputs changed (``leaderboard/report.key``); ``None``
+    (with a message) when it is up to date."""
+    from inversion_bench.leaderboard.report_key import report_key, up_to_date
+
+    out = runner.run_dir / "leaderboard"
+    if up_to_date(out, report_key([runner.run_dir], out, figures=figures)):
+        print(f"nothing changed; the report is up to date ({out / 'index.html'})")
+        return None
+    return _write_report([runner.run_dir], out, figures=figures, contexts=[runner.ctx])
 
 
 def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = True, **kwargs):

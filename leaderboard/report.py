@@ -149,7 +149,11 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
 
     Without ``figures``, the page keeps the figures an earlier report drew into ``out_dir``
     (:mod:`inversion_bench.leaderboard.page_files`); it never replaces a page with figures by one without.
+
+    After a report whose every figure was drawn, ``out_dir/report.key`` holds the hash of its inputs
+    (:mod:`inversion_bench.leaderboard.report_key`); ``bench run`` skips an unchanged report.
     """
+    from inversion_bench.leaderboard import report_key as rk
     from inversion_bench.leaderboard.html import render_html
     from inversion_bench.results import load_records
 
@@ -157,6 +161,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
+    key = rk.report_key(dirs, out_dir, figures=figures, grid_attack=grid_attack, grid_identities=grid_identities,
+                        tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
+                        baseline=baseline)  # before reading: a record written meanwhile makes it stale
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -169,19 +176,24 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     board = build(records, *choose_baseline(dirs, baseline))
     board.notes.extend(notes)
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
+    rk.forget(out)
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
     report.files["records_csv"] = write_records_csv(records, out / "records.csv")
     check_grid_attack(records, grid_attack)
+    notes_before = len(report.notes)
     if figures:
         from inversion_bench.leaderboard.report_figures import draw_all
 
         draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
                  tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
         save_figure_list(out, report.figures)
+    all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
     page.write_text(render_html(board, report.figures, report.notes, base=out), encoding="utf-8")
     report.files["html"] = page
+    if all_drawn:
+        rk.save(out, key, [*report.files.values(), *(f[k] for f in report.figures for k in ("png", "svg"))])
     return report
 
 
