@@ -27,7 +27,8 @@ import torch
 
 from inversion_bench.errors import ConfigError
 from inversion_bench.leaderboard.runs import ReportError, RunView
-from inversion_bench.products.audit import evaluator_logits, top1
+from inversion_bench.metrics.accuracy import model_logits
+from inversion_bench.products.audit import top1
 from inversion_bench.products.data import splits
 from inversion_bench.results import load_records
 from inversion_bench.suite_schema import check_id
@@ -90,7 +91,7 @@ def _export_pair(view: RunView, model: torch.nn.Module, record: dict[str, Any], 
     """Writes one record's reconstructions; returns their rows of ``labels.csv``."""
     rec = view.reconstruction(record)
     batch = view.suite.run.eval_batch_size
-    pred = top1(evaluator_logits(model, rec.images, view.ctx.device, batch)).tolist()
+    pred = top1(model_logits(model, rec.images, view.ctx.device, batch)).tolist()
     folder = Path(str(record["defense"]), str(record["attack"]), f"seed{int(record['seed'])}")
     counts: dict[int, int] = defaultdict(int)
     rows = []

@@ -42,11 +42,17 @@ def accuracy_over_attacked(hits: Tensor, labels: Tensor, attacked: int) -> float
 
 
 @torch.no_grad()
-def evaluation_logits(ctx: MetricContext, images: Tensor) -> Tensor:
-    ctx.evaluation_model.eval()
-    outs = [ctx.evaluation_model(images[i : i + ctx.batch_size].to(ctx.device)).float().cpu()
-            for i in range(0, images.shape[0], ctx.batch_size)]
+def model_logits(model: torch.nn.Module, images: Tensor, device: torch.device, batch_size: int) -> Tensor:
+    """``model``'s float logits of ``images`` on the CPU, in eval mode, ``batch_size`` images at a time on
+    ``device``: the one path every judge of reconstructions (and the evaluation model's audit) takes."""
+    model.eval()
+    outs = [model(images[i : i + batch_size].to(device)).float().cpu() for i in range(0, images.shape[0], batch_size)]
     return torch.cat(outs)
+
+
+def evaluation_logits(ctx: MetricContext, images: Tensor) -> Tensor:
+    """The evaluation model's logits of ``images`` (:func:`model_logits` with the metric context's settings)."""
+    return model_logits(ctx.evaluation_model, images, ctx.device, ctx.batch_size)
 
 
 @metrics.register("attack_accuracy")

@@ -15,11 +15,9 @@ so ``evaluator_agreement <= min(attack_acc@1, second_acc@1)``.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
-from inversion_bench.metrics.accuracy import accuracy_over_attacked, evaluation_logits, topk_hits
+from inversion_bench.metrics.accuracy import accuracy_over_attacked, evaluation_logits, model_logits, topk_hits
 from inversion_bench.registry import metrics
 
 
@@ -37,8 +35,8 @@ class EvaluatorAgreement(Metric):
         if rec.images.shape[0] == 0:
             raise MetricUnavailableError("evaluator_agreement: the attack returned no images")
         first = topk_hits(evaluation_logits(ctx, rec.images), rec.labels, 1)
-        second_ctx = replace(ctx, evaluation_model=ctx.second_evaluation_model)
-        second = topk_hits(evaluation_logits(second_ctx, rec.images), rec.labels, 1)
+        second_logits = model_logits(ctx.second_evaluation_model, rec.images, ctx.device, ctx.batch_size)
+        second = topk_hits(second_logits, rec.labels, 1)
         present = int(rec.labels.unique().numel())
         attacked = max(int(rec.info.get("identities", present)), present)
         both = first & second

@@ -4,7 +4,7 @@ Attack accuracy counts a reconstruction as a success when the evaluation model's
 attacked identity. Ho et al. (arXiv 2505.03519) show that this rule produces many false positives:
 the evaluation model never answers "nobody", so every image is accepted as *some* identity. The
 audit feeds the evaluation model real images that are *not* the claimed identity, exactly as
-reconstructions are fed (:func:`inversion_bench.metrics.accuracy.evaluation_logits`, same batches,
+reconstructions are fed (:func:`inversion_bench.metrics.accuracy.model_logits`, same batches,
 device and eval mode; top-1 as in ``topk_hits(logits, labels, 1)``), and reports per impostor set:
 
 ``false_acceptance``
@@ -40,8 +40,7 @@ from torch import Tensor, nn
 
 from inversion_bench.data import LabeledImages
 from inversion_bench.data.splits import Splits
-from inversion_bench.interfaces import MetricContext
-from inversion_bench.metrics.accuracy import evaluation_logits
+from inversion_bench.metrics.accuracy import model_logits
 from inversion_bench.products.data import splits
 from inversion_bench.products.evaluator import evaluator, second_evaluator
 from inversion_bench.run_context import RunContext
@@ -130,14 +129,6 @@ def set_scores(pred: Tensor, labels: Tensor, num_classes: int) -> dict[str, Any]
             "impostor_acc@1_max_identity": worst[1] if worst else None}
 
 
-def evaluator_logits(model: nn.Module, images: Tensor, device: torch.device, batch_size: int) -> Tensor:
-    """``model``'s logits of ``images`` through the very path reconstructions take
-    (:func:`~inversion_bench.metrics.accuracy.evaluation_logits`: eval mode, batches, device)."""
-    mctx = MetricContext(evaluation_model=model, target=model, target_report={}, private_train=None,  # type: ignore[arg-type]
-                         features=None, device=device, batch_size=batch_size)  # type: ignore[arg-type]
-    return evaluation_logits(mctx, images)
-
-
 def _subset(n: int, cap: int) -> Tensor:
     if n <= cap:
         return torch.arange(n)
@@ -149,7 +140,7 @@ def predictions(model: nn.Module, part: LabeledImages, positions: Tensor, device
                 batch_size: int) -> Tensor:
     """The top-1 identity of ``part``'s images at ``positions``, read a few batches at a time."""
     chunk = max(batch_size, 1) * 4
-    out = [top1(evaluator_logits(model, part.images(positions[i : i + chunk]), device, batch_size))
+    out = [top1(model_logits(model, part.images(positions[i : i + chunk]), device, batch_size))
            for i in range(0, positions.numel(), chunk)]
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
