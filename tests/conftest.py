@@ -38,6 +38,22 @@ def tiny_suite(**overrides) -> dict:
     return suite
 
 
+def run_tiny(data: dict, folder: Path) -> Path:
+    """Runs the suite ``data`` (with its report) into ``folder/runs`` on one torch thread, restoring the
+    thread count afterwards; returns the run folder."""
+    from inversion_bench.cli import main
+
+    data = {**data, "run": {**data["run"], "output": str(folder / "runs"), "threads": 1}}
+    suite = folder / "suite.yaml"
+    suite.write_text(yaml.safe_dump(data, sort_keys=False))
+    n = torch.get_num_threads()
+    try:
+        assert main(["run", str(suite), "--no-tracking"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    return folder / "runs" / data["name"]
+
+
 @pytest.fixture
 def write_suite(tmp_path):
     def _write(data: dict, name: str = "suite.yaml") -> Path:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-import yaml
 from torch import nn
 
 from inversion_bench.attacks.generators.stylegan2_ada import (
@@ -22,14 +21,13 @@ from inversion_bench.attacks.generators.stylegan2_ada import (
 )
 from inversion_bench.attacks.gmi import GenerativeModelInversion, GMIParams
 from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAParams
-from inversion_bench.cli import main
 from inversion_bench.interfaces import AttackContext
 from inversion_bench.leaderboard.equal_utility import to_markdown as eu_markdown
 from inversion_bench.leaderboard.formatting import csv_text, md_text, plot_text, write_csv
 from inversion_bench.leaderboard.latex import latex_escape
 from inversion_bench.leaderboard.toy2d import draw_toy2d
 from inversion_bench.models import build_classifier
-from tests.conftest import tiny_suite
+from tests.conftest import run_tiny, tiny_suite
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_stylegan  # noqa: E402
@@ -50,15 +48,7 @@ def board_dir(tmp_path_factory) -> Path:
     data["defenses"][1]["label"] = PIPE_HTML
     data["defenses"].append({"id": "ls", "name": "label_smoothing", "params": {"alpha": 0.1}, "label": MATH})
     data["attacks"][0]["label"] = ATTACK
-    data["run"] = {**data["run"], "output": str(tmp / "runs"), "threads": 1}
-    suite = tmp / "suite.yaml"
-    suite.write_text(yaml.safe_dump(data, sort_keys=False))
-    n = torch.get_num_threads()
-    try:
-        assert main(["run", str(suite), "--no-tracking"]) == 0
-    finally:
-        torch.set_num_threads(n)
-    return tmp / "runs" / "tiny" / "leaderboard"
+    return run_tiny(data, tmp) / "leaderboard"
 
 
 def _cells(path: Path) -> list[dict[str, str]]:

@@ -13,13 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 from inversion_bench.cli import main
 from inversion_bench.leaderboard.figures import best_per_identity, mean_series
 from inversion_bench.leaderboard.report import ReportError, build_report, check_combinable, first_difference
 from inversion_bench.results import load_records
-from tests.conftest import tiny_suite
+from tests.conftest import run_tiny, tiny_suite
 
 FIGURES = ("privacy_utility", "qualitative", "embedding", "gradient_stability")
 
@@ -31,15 +30,7 @@ def run_dir(tmp_path_factory) -> Path:
     data = tiny_suite(seeds=[0, 1])
     data["defenses"].append({"id": "ls", "name": "label_smoothing", "params": {"alpha": 0.1}, "label": "LS 0.1"})
     data["target"]["training"] = {"epochs": 8, "batch_size": 16, "lr": 0.003}  # distinct, non-trivial models
-    data["run"] = {**data["run"], "output": str(tmp / "runs"), "threads": 1}
-    suite = tmp / "suite.yaml"
-    suite.write_text(yaml.safe_dump(data, sort_keys=False))
-    n = torch.get_num_threads()
-    try:
-        assert main(["run", str(suite), "--no-tracking"]) == 0
-    finally:
-        torch.set_num_threads(n)
-    return tmp / "runs" / "tiny"
+    return run_tiny(data, tmp)
 
 
 def expected_cells(records: list[dict]) -> dict[tuple[str, str], tuple[float, float]]:
