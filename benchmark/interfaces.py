@@ -291,6 +291,7 @@ class AttackContext:
     resolution: int = 64  # the dataset resolution (size of the reconstructions when no prior)
     public: LabeledImages | None = None  # the attacker's public data (identities disjoint from the private ones)
     label: str = ""  # the attacked target, e.g. "hard seed 0": progress bars name it
+    trained: dict[str, Any] | None = None  # the state ``Attack.train_generator`` stored (attacks that train a GAN)
 
     def generator(self) -> torch.Generator:
         """A CPU random generator seeded with the job seed."""
@@ -309,6 +310,7 @@ class Attack(Plugin, ABC):
 
     access: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
     needs_prior: ClassVar[bool] = False
+    trains_generator: ClassVar[bool] = False  # fits its own GAN with the target's knowledge (KED-MI, PLG-MI)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -320,6 +322,22 @@ class Attack(Plugin, ABC):
     def run(self, target: Any, identities: Tensor, prior: Generator | None, ctx: AttackContext) -> Reconstruction:
         """Reconstructs images of the classes ``identities`` ([K] int64) from ``target``: the model for
         white-box attacks, else the oracle of the declared access level."""
+
+    def generator_spec(self) -> dict[str, Any]:
+        """The parameters that decide what ``train_generator`` fits (part of its store key): an attack
+        whose other parameters change reuses the stored generator. Default: every parameter."""
+        params = getattr(self, "params", None)
+        return params.model_dump(mode="json") if hasattr(params, "model_dump") else {}
+
+    def train_generator(self, target: Any, ctx: AttackContext) -> dict[str, Any]:
+        """Fits the attack's own generator with the target's knowledge (attacks with ``trains_generator``).
+
+        Runs once per (target, ``generator_spec``, seed) before ``run``, on the public data
+        ``ctx.public``; the returned state (tensors and plain values, saved with ``torch.save`` and
+        loaded with ``weights_only=True``) is a product of its own in the store, keyed by the target,
+        and reaches ``run`` as ``ctx.trained``. Its wall time is reported apart from the attack's.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets trains_generator but has no train_generator")
 
 
 # --------------------------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 A run is a graph of jobs: the evaluation model (with its audit, :mod:`inversion_bench.products.audit`),
 the optional second evaluation model (``evaluation.second``) and the image prior (once per suite), one target
-per (defense, seed), one attack job per (defense, attack, seed) that stores the reconstructions,
-and one pair job per (defense, attack, seed) that scores them and writes the record. An attack
-depends on its target and, when it needs one, on the prior; a pair depends on its attack and on the
-evaluation model(s) (so on a cluster attacks run while the evaluation model still trains). Jobs hand
+per (defense, seed), one generator job per (target, attack that fits its own GAN, generator settings),
+one attack job per (defense, attack, seed) that stores the reconstructions, and one pair job per
+(defense, attack, seed) that scores them and writes the record. An attack depends on its target, on
+its own generator when it fits one, and on the prior when it needs one; a pair depends on its attack
+and on the evaluation model(s) (so on a cluster attacks run while the evaluation model still trains). Jobs hand
 their products over through the content-addressed store: a product job's result is its store key.
 """
 
@@ -18,6 +19,7 @@ from typing import Any, Literal
 
 from inversion_bench.config import LoadedSuite
 from inversion_bench.plan import PairJob, Plan
+from inversion_bench.products.attack_generator import trained_generator
 from inversion_bench.products.audit import audit
 from inversion_bench.products.evaluator import evaluator, second_evaluator
 from inversion_bench.products.prior import prior
@@ -28,7 +30,7 @@ from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import write_record
 from inversion_bench.run_context import RunContext
 
-JobKind = Literal["evaluator", "second_evaluator", "prior", "target", "attack", "pair"]
+JobKind = Literal["evaluator", "second_evaluator", "prior", "target", "attack_generator", "attack", "pair"]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class Job:
 
 def target_job_id(defense_index: int, seed: int) -> str:
     return f"target:{defense_index}:{seed}"
+
+
+def generator_job_id(gan_key: str) -> str:
+    return f"generator:{gan_key}"
 
 
 def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[bool]) -> list[Job]:
@@ -67,8 +73,17 @@ def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[
         tid = target_job_id(p.defense_index, p.seed)
         targets.setdefault(tid, Job("target", tid, defense_index=p.defense_index, seed=p.seed))
     jobs.extend(targets.values())
+    generators: dict[str, Job] = {}  # one per stored generator: attack entries may share one
+    for p in todo:
+        if p.gan_key is not None:
+            gid = generator_job_id(p.gan_key)
+            generators.setdefault(gid, Job("attack_generator", gid, (target_job_id(p.defense_index, p.seed),),
+                                           p.defense_index, p.seed, p))
+    jobs.extend(generators.values())
     for p in todo:
         deps = [target_job_id(p.defense_index, p.seed)]
+        if p.gan_key is not None:
+            deps.append(generator_job_id(p.gan_key))
         if attack_needs_prior[p.attack_index] and plan.prior_key is not None:
             deps.append("prior")
         jobs.append(Job("attack", f"attack:{p.record_name}", tuple(deps), p.defense_index, p.seed, p))
@@ -86,7 +101,7 @@ def attack_needs_prior(loaded: LoadedSuite) -> list[bool]:
 def target_uses(job: Job) -> tuple[int, int] | None:
     """The (defense index, seed) of the target ``job`` holds in memory while it runs (attack and
     pair jobs), else None; an executor may release a target once no pending job uses it."""
-    if job.kind in ("attack", "pair") and job.defense_index is not None and job.seed is not None:
+    if job.kind in ("attack_generator", "attack", "pair") and job.defense_index is not None and job.seed is not None:
         return (job.defense_index, job.seed)
     return None
 
@@ -111,6 +126,10 @@ def run_job(ctx: RunContext, job: Job) -> Any:
         assert job.defense_index is not None and job.seed is not None
         target(ctx, job.defense_index, job.seed)
         return ctx.plan.target_keys[(job.defense_index, job.seed)]
+    if job.kind == "attack_generator":
+        assert job.pair is not None and job.pair.gan_key is not None
+        trained_generator(ctx, job.pair)
+        return job.pair.gan_key
     if job.kind == "attack":
         assert job.pair is not None
         return reconstruct(ctx, job.pair)

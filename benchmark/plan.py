@@ -78,6 +78,20 @@ def second_evaluator_key(loaded: LoadedSuite, data_key: str) -> str | None:
     })
 
 
+def generator_key(loaded: LoadedSuite, attack_index: int, target_key: str, seed: int) -> str | None:
+    """The store key of the generator attack ``attack_index`` fits against the target ``target_key``
+    (None for attacks without ``trains_generator``): the target, the attack plugin's name and version,
+    its ``generator_spec()`` and the seed, so entries that differ only in how they invert share it."""
+    a = loaded.suite.attacks[attack_index]
+    cls = REGISTRIES["attacks"].get(a.name)
+    if not getattr(cls, "trains_generator", False):
+        return None
+    spec = cls(loaded.attack_params[attack_index]).generator_spec()
+    return content_key({"job": "attack_generator", "target": target_key, "seed": seed,
+                        "attack": {"plugin": REGISTRIES["attacks"].key_name(a.name),
+                                   "version": REGISTRIES["attacks"].info(a.name).version, "spec": spec}})
+
+
 @dataclass(frozen=True)
 class PairJob:
     """One (defense, attack, seed) pair with the keys of everything it needs."""
@@ -91,6 +105,7 @@ class PairJob:
     attack_key: str
     config_hash: str
     record_name: str
+    gan_key: str | None = None  # the attack's own generator (attacks with trains_generator), else None
 
 
 @dataclass
@@ -143,18 +158,23 @@ def make_plan(loaded: LoadedSuite) -> Plan:
             })
     for di, d in enumerate(s.defenses):
         for ai, a in enumerate(s.attacks):
-            needs_prior = getattr(REGISTRIES["attacks"].get(a.name), "needs_prior", False)
+            attack_cls = REGISTRIES["attacks"].get(a.name)
+            needs_prior = getattr(attack_cls, "needs_prior", False)
+            attack_spec = _plugin_spec("attacks", a.name, loaded.attack_params[ai])
             for seed in s.seeds:
+                gan_key = generator_key(loaded, ai, target_keys[(di, seed)], seed)
+                # the generator enters the attack's hash only for attacks that train one: other keys stay valid
+                with_gan = {"generator": gan_key} if gan_key is not None else {}
                 attack_key = content_key({
                     "job": "attack", "target": target_keys[(di, seed)],
                     "prior": prior_key if needs_prior else None,
-                    "attack": _plugin_spec("attacks", a.name, loaded.attack_params[ai]),
-                    "identities": a.identities, "seed": seed,
+                    "attack": attack_spec, "identities": a.identities, "seed": seed, **with_gan,
                 })
                 config_hash = content_key({"attack": attack_key, "evaluator": evaluator_key,
                                            "metrics": metric_specs, **with_second})
                 pairs.append(PairJob(di, ai, seed, entry_id(d), entry_id(a), target_keys[(di, seed)],
-                                     attack_key, config_hash, record_filename(entry_id(d), entry_id(a), seed)))
+                                     attack_key, config_hash, record_filename(entry_id(d), entry_id(a), seed),
+                                     gan_key))
     suite_hash = content_key({"data": data_key, "evaluator": evaluator_key, "prior": prior_key,
                               "pairs": [p.config_hash for p in pairs], **with_second})
     return Plan(data_key, evaluator_key, prior_key, target_keys, pairs, suite_hash, second_key)

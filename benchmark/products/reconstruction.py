@@ -7,15 +7,14 @@ from pathlib import Path
 
 import torch
 
-from inversion_bench.config import entry_label
 from inversion_bench.errors import AccessError, BenchError
-from inversion_bench.interfaces import AttackContext, Reconstruction
+from inversion_bench.interfaces import Reconstruction
 from inversion_bench.oracle import QueryCounter, target_for
 from inversion_bench.plan import PairJob
+from inversion_bench.products.attack_generator import attack_context, make_attack, trained_generator
 from inversion_bench.products.data import splits
 from inversion_bench.products.prior import prior
 from inversion_bench.products.target import attacked_target
-from inversion_bench.registry import REGISTRIES
 from inversion_bench.run_context import RunContext
 
 
@@ -59,15 +58,15 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     """
     if ctx.store.has("attacks", job.attack_key):
         return job.attack_key
-    _, _, attacked = attacked_target(ctx, job.defense_index, job.seed)
     a = ctx.suite.attacks[job.attack_index]
-    attack = REGISTRIES["attacks"].get(a.name)(ctx.loaded.attack_params[job.attack_index])
+    attack = make_attack(ctx, job)
+    generator = trained_generator(ctx, job) if attack.trains_generator else None  # before the attack's clock
+    _, _, attacked = attacked_target(ctx, job.defense_index, job.seed)
     gen = prior(ctx) if attack.needs_prior else None
     identities = attacked_identities(a.identities, splits(ctx).num_classes, f"attacks[{job.attack_index}].identities")
-    actx = AttackContext(device=ctx.device, seed=job.seed, batch_size=ctx.suite.run.attack_batch_size,
-                         amp=ctx.suite.run.amp, progress=ctx.settings.progress,
-                         resolution=ctx.suite.dataset.resolution, public=splits(ctx).public,
-                         label=f"{entry_label(ctx.suite.defenses[job.defense_index])} seed {job.seed}")
+    actx = attack_context(ctx, job)
+    if generator is not None:
+        actx.trained = generator["state"]
     query_target, counter = target_for(attack.access, attacked, ctx.device)
     torch.manual_seed(job.seed)
     t0 = time.perf_counter()
@@ -84,6 +83,9 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     rec.check()
     rec.info.update(seconds=seconds, access=attack.access, queries=counter.queries,
                     identities=int(identities.numel()))
+    if generator is not None:  # the GAN's fit, apart from the attack's own time and queries
+        rec.info.update(generator_seconds=float(generator["seconds"]), generator_queries=int(generator["queries"]),
+                        generator_key=job.gan_key)
     with ctx.store.writing("attacks", job.attack_key) as tmp:
         torch.save(rec.to_state(), tmp / "data.pt")
         save_grid(rec.images, rec.labels, tmp / "grid.png")

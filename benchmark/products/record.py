@@ -150,6 +150,8 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
     rec = load_reconstruction(ctx, job.attack_key)
     keep["trace"] = rec.trace
     timings["attack_s"] = float(rec.info.get("seconds", 0.0))
+    if "generator_seconds" in rec.info:  # the attack's own GAN (KED-MI, PLG-MI), fitted once per target
+        timings["generator_s"] = float(rec.info["generator_seconds"])
     t1 = time.perf_counter()
     values, directions, details, errors, scopes = score(ctx, rec, metric_context(ctx, job, model, report))
     timings["metrics_s"] = time.perf_counter() - t1
