@@ -118,3 +118,95 @@ def make_pickle_dict(seed: int = 0, with_d: bool = True, resolution: int = 16,
         out["D"] = (TinyD(resolution) if mbstd_group_size == 0
                     else TinyGroupedD(resolution, mbstd_group_size)).eval()
     return out
+
+
+# ------------------------------------------------------------------------ block-structured synthesis
+class TinyBlock(nn.Module):
+    """Mirrors the official ``SynthesisBlock`` (skip architecture): ``forward(x, img, ws, **kw) -> (x, img)``.
+
+    The first block (``in_channels == 0``) starts from a learned constant and has one conv; the
+    others upsample ``x`` by 2 and have two. Each conv is modulated by its own w; the ToRGB output
+    (its own w) is added to the upsampled ``img``. ``ws`` holds ``num_conv + num_torgb`` vectors.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int) -> None:
+        super().__init__()
+        self.in_channels, self.resolution = in_channels, resolution
+        self.num_conv, self.num_torgb = (1 if in_channels == 0 else 2), 1
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+        else:
+            self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+            self.affine0 = nn.Linear(w_dim, out_channels)
+        self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.affine1 = nn.Linear(w_dim, out_channels)
+        self.torgb = nn.Conv2d(out_channels, 3, 1)
+        self.affine_rgb = nn.Linear(w_dim, out_channels)
+
+    @staticmethod
+    def _modulated(conv: nn.Module, affine: nn.Module, x: Tensor, w: Tensor) -> Tensor:
+        return conv(x * (1 + affine(w))[:, :, None, None])
+
+    def forward(self, x: Tensor | None, img: Tensor | None, ws: Tensor, noise_mode: str = "random",
+                force_fp32: bool = False) -> tuple[Tensor, Tensor]:
+        assert ws.shape[1] == self.num_conv + self.num_torgb
+        w_iter = iter(ws.unbind(dim=1))
+        if self.in_channels == 0:
+            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+        else:
+            assert x is not None and x.shape[1:] == (self.in_channels, self.resolution // 2, self.resolution // 2)
+            x = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+            x = torch.nn.functional.leaky_relu(self._modulated(self.conv0, self.affine0, x, next(w_iter)), 0.2)
+        x = torch.nn.functional.leaky_relu(self._modulated(self.conv1, self.affine1, x, next(w_iter)), 0.2)
+        if img is not None:
+            img = torch.nn.functional.interpolate(img, scale_factor=2, mode="bilinear", align_corners=False)
+        y = self._modulated(self.torgb, self.affine_rgb, x, next(w_iter))
+        img = img + y if img is not None else y
+        return x, img
+
+
+class TinyBlockSynthesis(nn.Module):
+    """Mirrors the official ``SynthesisNetwork``: blocks ``b4``, ``b8``, ... listed in ``block_resolutions``,
+    the ws split as in the official ``forward`` (each block's ws overlap the next block's by its ToRGB w)."""
+
+    def __init__(self, w_dim: int, resolution: int, channels: int = 4) -> None:
+        super().__init__()
+        self.w_dim, self.img_resolution = w_dim, resolution
+        self.block_resolutions = [2**i for i in range(2, resolution.bit_length())]
+        self.num_ws = 0
+        for res in self.block_resolutions:
+            block = TinyBlock(0 if res == 4 else channels, channels, w_dim, res)
+            self.num_ws += block.num_conv + (block.num_torgb if res == resolution else 0)
+            setattr(self, f"b{res}", block)
+        self.last_kwargs: dict = {}
+
+    def forward(self, ws: Tensor, noise_mode: str = "random", force_fp32: bool = False) -> Tensor:
+        self.last_kwargs = {"noise_mode": noise_mode, "force_fp32": force_fp32}
+        assert ws.shape[1:] == (self.num_ws, self.w_dim)
+        ws = ws.to(torch.float32)
+        block_ws, w_idx = [], 0
+        for res in self.block_resolutions:
+            block = getattr(self, f"b{res}")
+            block_ws.append(ws.narrow(1, w_idx, block.num_conv + block.num_torgb))
+            w_idx += block.num_conv
+        x = img = None
+        for res, cur_ws in zip(self.block_resolutions, block_ws, strict=True):
+            x, img = getattr(self, f"b{res}")(x, img, cur_ws, noise_mode=noise_mode, force_fp32=force_fp32)
+        return img  # the official network returns the raw sum too (roughly [-1, 1] once trained)
+
+
+class TinyBlockG(nn.Module):
+    """A ``G_ema`` whose synthesis has the official block structure (3 blocks at 16 px, num_ws 6)."""
+
+    def __init__(self, z_dim: int = 8, w_dim: int = 6, resolution: int = 16) -> None:
+        super().__init__()
+        self.synthesis = TinyBlockSynthesis(w_dim, resolution)
+        self.z_dim, self.w_dim, self.num_ws, self.c_dim = z_dim, w_dim, self.synthesis.num_ws, 0
+        self.img_resolution = resolution
+        self.mapping = TinyMapping(z_dim, w_dim, self.num_ws)
+
+
+def make_block_pickle_dict(seed: int = 0, resolution: int = 16) -> dict[str, nn.Module]:
+    """``{'G_ema': TinyBlockG, 'D': TinyD}``: a pickle whose synthesis can be walked block by block."""
+    torch.manual_seed(seed)
+    return {"G_ema": TinyBlockG(resolution=resolution).eval(), "D": TinyD(resolution).eval()}

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from inversion_bench import augment
+from inversion_bench.attacks.common.layered import check_span
 from inversion_bench.errors import ConfigError, DivergedError, MissingResourceError
 from inversion_bench.interfaces import Generator, GeneratorPlugin, PriorContext
 from inversion_bench.registry import PluginParams, generators
@@ -146,6 +147,27 @@ class DCGANGenerator(Generator):
     @property
     def has_discriminator(self) -> bool:
         return True
+
+    # The stages one by one (IF-GMI; inversion_bench.attacks.common.layered.LayeredSynthesis): block k < L - 1
+    # is (transposed conv, batch norm, ReLU), the last block (transposed conv, tanh); ``w`` enters block 0 only.
+    def _blocks(self) -> list[nn.Sequential]:
+        m = list(self.net.main)
+        return [nn.Sequential(*m[i : i + 3]) for i in range(0, len(m) - 2, 3)] + [nn.Sequential(*m[-2:])]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._blocks())
+
+    def features(self, w: Tensor, upto: int, start: int = 0, inputs: Tensor | None = None) -> Tensor:
+        blocks = self._blocks()
+        check_span(start, upto, len(blocks), inputs)
+        x = w.view(w.shape[0], self.z_dim, 1, 1) if start == 0 else inputs
+        for block in blocks[start:upto]:
+            x = block(x)
+        return x
+
+    def synthesize_from(self, layer: int, features: Tensor | None, w: Tensor) -> Tensor:
+        return (self.features(w, self.num_layers, layer, features) + 1) / 2
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
+from inversion_bench.attacks.common.layered import broadcast_ws, run_stylegan_blocks, stylegan_blocks
 from inversion_bench.errors import ConfigError, MissingResourceError
 from inversion_bench.interfaces import Generator, GeneratorPlugin, PriorContext
 from inversion_bench.registry import PluginParams, generators
@@ -231,6 +232,20 @@ class StyleGAN2ADAGenerator(Generator):
     @property
     def has_discriminator(self) -> bool:
         return self.d is not None
+
+    # The blocks b4, b8, ... one by one (IF-GMI; inversion_bench.attacks.common.layered.LayeredSynthesis).
+    @property
+    def num_layers(self) -> int:
+        return len(stylegan_blocks(self.g.synthesis))
+
+    def features(self, w: Tensor, upto: int, start: int = 0, inputs: Tensor | None = None) -> Tensor:
+        ws = broadcast_ws(w, self.num_ws, self.w_dim)
+        return run_stylegan_blocks(self.g.synthesis, ws, start, upto, inputs, self._synth_kwargs)[0]
+
+    def synthesize_from(self, layer: int, features: Tensor | None, w: Tensor) -> Tensor:
+        ws = broadcast_ws(w, self.num_ws, self.w_dim)
+        img = run_stylegan_blocks(self.g.synthesis, ws, layer, self.num_layers, features, self._synth_kwargs)[1]
+        return (img.float() + 1) / 2
 
 
 DEFAULT_MBSTD_GROUP = 4
