@@ -62,7 +62,8 @@ def _build(defense: Defense, seed: int) -> Classifier:
 
 
 def test_the_project_defenses_are_registered():
-    for name in ("label-smoothing", "mid", "bido", "tl-dmi", "dp-sgd", "top-k-logits", "confidence-rounding"):
+    for name in ("label-smoothing", "mid", "bido", "tl-dmi", "dp-sgd", "top-k-logits", "confidence-rounding",
+                 "trap-mid", "random-erasing", "online-label-smoothing", "gaussian-noise"):
         assert name in NAMES
         assert defenses.info(name).doc  # `bench list` shows the first docstring line
     for old in ("label_smoothing", "tl_dmi", "dp_sgd", "top_k_logits", "confidence_rounding"):  # aliases
