@@ -255,7 +255,7 @@ def _figure(entry: dict[str, Any], base: Path | None) -> str:
 
 
 def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), notes: Sequence[str] = (),
-                base: Path | None = None) -> str:
+                base: Path | None = None, extra: Sequence[str] = ()) -> str:
     """The whole page as one string.
 
     Args:
@@ -263,6 +263,7 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
         figures: ``{name, title, caption, png, svg}`` entries (PNG inlined as base64).
         notes: extra remarks (e.g. figures that could not be drawn).
         base: folder the page is written to (for relative SVG links).
+        extra: HTML sections placed after the figures (e.g. the cost table).
     """
     legend = [
         "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
@@ -303,6 +304,7 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
     if figures:
         parts.append("<h2>Figures</h2>")
         parts += [_figure(f, base) for f in figures]
+    parts += [x for x in extra if x]
     if all_notes:
         parts += ["<h2>Notes</h2>", '<ul class="small">' + "".join(f"<li>{_e(n)}</li>" for n in all_notes) + "</ul>"]
     parts += ["<h2>Failures</h2>",

@@ -180,6 +180,9 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
     report.files["records_csv"] = write_records_csv(records, out / "records.csv")
+    from inversion_bench.leaderboard.costs import costs_html, write_costs
+
+    report.files["costs_csv"] = write_costs(records, out / "costs.csv")
     check_grid_attack(records, grid_attack)
     notes_before = len(report.notes)
     if figures:
@@ -190,7 +193,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         save_figure_list(out, report.figures)
     all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
-    page.write_text(render_html(board, report.figures, report.notes, base=out), encoding="utf-8")
+    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[costs_html(records)]),
+                    encoding="utf-8")
     report.files["html"] = page
     if all_drawn:
         rk.save(out, key, [*report.files.values(), *(f[k] for f in report.figures for k in ("png", "svg"))])
