@@ -124,6 +124,18 @@ def _dry_run(runner) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from inversion_bench import fastpath
+
+    stamp = fastpath.unchanged(args)  # nothing changed since the last clean run: answer without torch or MLflow
+    if stamp is not None:
+        print(f"nothing changed since the run of {stamp['written']} (suite, code, inputs and run folder as they "
+              f"were; --recheck checks anyway)\n{stamp['summary']}")
+        return 0
+    fastpath.forget(args)
+    return _full_run(args)
+
+
+def _full_run(args: argparse.Namespace) -> int:
     from inversion_bench.executors import make_executor
     from inversion_bench.plan import describe
     from inversion_bench.resources import missing_resources
@@ -161,6 +173,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"MLflow: not mirrored ({tracker.broken}); the next `bench run` mirrors the records", file=sys.stderr)
     if summary.failed:
         print(f"{len(summary.failed)} pair(s) failed: {', '.join(summary.failed)} (see the records)", file=sys.stderr)
+    elif summary.exit_code == 0 and (tracker is None or tracker.broken is None):
+        from inversion_bench.fastpath import stamp_run
+
+        stamp_run(args, loaded, runner.run_dir, tracker, len(summary.ok) + len(summary.skipped))
     return summary.exit_code
 
 
@@ -306,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
+    p.add_argument("--recheck", action="store_true", help="check every pair, the report and the MLflow mirror even "
+                   "when nothing changed since the last clean run of this command (no fast path)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("validate", help="check a suite without running anything")

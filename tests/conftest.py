@@ -54,6 +54,15 @@ def run_tiny(data: dict, folder: Path) -> Path:
     return folder / "runs" / data["name"]
 
 
+@pytest.fixture(autouse=True)
+def bench_cache(tmp_path_factory, monkeypatch) -> Path:
+    """A cache folder of its own for every test (the fast path's stamps never leak between tests or
+    into the user's ~/.cache)."""
+    path = tmp_path_factory.mktemp("bench-cache")
+    monkeypatch.setenv("INVERSION_BENCH_CACHE", str(path))
+    return path
+
+
 @pytest.fixture
 def write_suite(tmp_path):
     def _write(data: dict, name: str = "suite.yaml") -> Path:

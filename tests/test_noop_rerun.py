@@ -43,7 +43,7 @@ def test_noop_rerun_skips_the_report_and_a_changed_record_rebuilds_it(tmp_path, 
     before = _mtimes(out)
     capsys.readouterr()
 
-    assert _run(suite) == 0
+    assert _run(suite, "--recheck") == 0  # the full path (without it: the fast path, tests/test_fastpath.py)
     text = capsys.readouterr().out
     assert f"nothing changed; the report is up to date ({out / 'index.html'})" in text
     assert _mtimes(out) == before, "a no-op rerun rewrote report files"
