@@ -50,11 +50,19 @@ def cache_dir() -> Path:
 
 
 def request(args: argparse.Namespace) -> dict[str, Any]:
-    """What identifies a ``bench run`` command: options, working directory, interpreter, environment."""
-    options = {k: v for k, v in sorted(vars(args).items()) if k not in ("func", "recheck", "verbose")}
+    """What identifies a ``bench run`` command: options, working directory, interpreter, environment.
+
+    Taken once, before the run (a run sets environment variables of its own, e.g. MLflow's), and kept
+    on ``args`` so that the stamp written after the run is found by the next identical command."""
+    if "_fastpath_request" in vars(args):
+        return vars(args)["_fastpath_request"]
+    options = {k: v for k, v in sorted(vars(args).items())
+               if k not in ("func", "recheck", "verbose") and not k.startswith("_")}
     env = {k: v for k, v in sorted(os.environ.items()) if k.startswith(_ENV_PREFIXES)}
-    return {"options": json.loads(json.dumps(options, default=str)), "cwd": os.getcwd(),
-            "python": sys.executable, "env": env}
+    req = {"options": json.loads(json.dumps(options, default=str)), "cwd": os.getcwd(),
+           "python": sys.executable, "env": env}
+    args._fastpath_request = req
+    return req
 
 
 def stamp_file(args: argparse.Namespace) -> Path:
@@ -171,8 +179,8 @@ def write_stamp(args: argparse.Namespace, *, suite_files: Iterable[Path], run_di
                 summary: str) -> Path | None:
     """Writes the stamp of a finished run (see the module doc); returns its path, None when this run
     cannot have one (too many input files, or the cache cannot be written)."""
-    skip = {run_dir.resolve()}
-    paths = sorted({p for p in _suite_paths(inputs) if not any(p == s or s in p.parents for s in skip)})
+    run = run_dir.resolve()  # listed itself; its parents (run.output) hold other runs' folders
+    paths = sorted({p for p in _suite_paths(inputs) if not (p == run or run in p.parents or p in run.parents)})
     watch = {
         "contents": sorted({str(Path(p).resolve()) for p in suite_files}),
         "stats": _module_files() + [str(p) for p in paths if p.is_file()],

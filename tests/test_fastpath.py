@@ -107,6 +107,17 @@ def test_a_changed_module_or_include_file_takes_the_full_path(tmp_path: Path, ca
     assert fastpath.unchanged(_args(suite)) is not None
 
 
+def test_the_request_is_taken_once_before_the_run_changes_the_environment(tmp_path: Path, monkeypatch):
+    """Regression: the MLflow tracker sets MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR during a run; a stamp keyed by
+    the environment after the run was never found by the next identical command."""
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    args = _args(tmp_path / "suite.yaml")
+    before = fastpath.stamp_file(args)
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    assert fastpath.stamp_file(args) == before  # the same command object: the request taken at the start
+    assert fastpath.stamp_file(_args(tmp_path / "suite.yaml")) != before  # a new command sees the new variable
+
+
 def _args(suite: Path):
     from inversion_bench.cli import build_parser
 
