@@ -192,8 +192,8 @@ def test_threat_model_suites_cover_every_access_level(suite):
     loaded = load_suite(Path(__file__).resolve().parents[1] / "suites" / suite)
     access = {REGISTRIES["attacks"].get(a.name).access for a in loaded.suite.attacks}
     assert access == {"white-box", "black-box", "label-only"}
-    defenses = {d.name for d in loaded.suite.defenses}
-    assert {"label_smoothing", "top_k_logits", "confidence_rounding"} <= defenses
+    defenses = {REGISTRIES["defenses"].canonical(d.name) for d in loaded.suite.defenses}
+    assert {"label-smoothing", "top-k-logits", "confidence-rounding"} <= defenses
 
 
 def test_a_defended_target_stays_in_eval_mode_through_frozen():
