@@ -78,18 +78,23 @@ def second_evaluator_key(loaded: LoadedSuite, data_key: str) -> str | None:
     })
 
 
-def generator_key(loaded: LoadedSuite, attack_index: int, target_key: str, seed: int) -> str | None:
-    """The store key of the generator attack ``attack_index`` fits against the target ``target_key``
-    (None for attacks without ``trains_generator``): the target, the attack plugin's name and version,
-    its ``generator_spec()`` and the seed, so entries that differ only in how they invert share it."""
+def generator_spec(loaded: LoadedSuite, attack_index: int) -> dict[str, Any] | None:
+    """What keys the generator attack ``attack_index`` fits with its target's knowledge: the plugin's
+    name and version and its ``generator_spec()`` (None for attacks without ``trains_generator``)."""
     a = loaded.suite.attacks[attack_index]
     cls = REGISTRIES["attacks"].get(a.name)
     if not getattr(cls, "trains_generator", False):
         return None
-    spec = cls(loaded.attack_params[attack_index]).generator_spec()
-    return content_key({"job": "attack_generator", "target": target_key, "seed": seed,
-                        "attack": {"plugin": REGISTRIES["attacks"].key_name(a.name),
-                                   "version": REGISTRIES["attacks"].info(a.name).version, "spec": spec}})
+    return {"plugin": REGISTRIES["attacks"].key_name(a.name), "version": REGISTRIES["attacks"].info(a.name).version,
+            "spec": cls(loaded.attack_params[attack_index]).generator_spec()}
+
+
+def generator_key(spec: dict[str, Any] | None, target_key: str, seed: int) -> str | None:
+    """The store key of the generator ``spec`` (:func:`generator_spec`) fitted against the target
+    ``target_key`` with ``seed``: entries that differ only in how they invert share it."""
+    if spec is None:
+        return None
+    return content_key({"job": "attack_generator", "target": target_key, "seed": seed, "attack": spec})
 
 
 @dataclass(frozen=True)
@@ -156,13 +161,15 @@ def make_plan(loaded: LoadedSuite) -> Plan:
                 "defense": _plugin_spec("defenses", d.name, loaded.defense_params[di]), "seed": seed,
                 "checkpoint": _checkpoint_spec(d.checkpoint, folder),
             })
+    gan_specs = [generator_spec(loaded, ai) for ai in range(len(s.attacks))]
     for di, d in enumerate(s.defenses):
         for ai, a in enumerate(s.attacks):
             attack_cls = REGISTRIES["attacks"].get(a.name)
             needs_prior = getattr(attack_cls, "needs_prior", False)
             attack_spec = _plugin_spec("attacks", a.name, loaded.attack_params[ai])
+            gan_spec = gan_specs[ai]
             for seed in s.seeds:
-                gan_key = generator_key(loaded, ai, target_keys[(di, seed)], seed)
+                gan_key = generator_key(gan_spec, target_keys[(di, seed)], seed)
                 # the generator enters the attack's hash only for attacks that train one: other keys stay valid
                 with_gan = {"generator": gan_key} if gan_key is not None else {}
                 attack_key = content_key({
