@@ -273,7 +273,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         for info in REGISTRIES[kind]:
             params = ", ".join(f"{p['name']}={p['default']!r}" for p in info.parameters())
             print(f"  {info.name:<20} {info.doc}")
-            access = f"; access: {info.obj.access}" if kind == "attacks" else ""
+            access = f"; access: {_access(info.obj)}" if kind == "attacks" else ""
             aliases = f"; aliases: {', '.join(info.aliases)}" if info.aliases else ""
             print(f"  {'':<20} origin: {info.origin}; version {info.version} ({info.provenance}){access}{aliases}")
             if params:
@@ -281,8 +281,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _access(attack) -> str:
+    """An attack's access level, and whether it fits a GAN of its own with the target's knowledge."""
+    return attack.access + (", trains its own GAN" if getattr(attack, "trains_generator", False) else "")
+
+
 def _print_plugin(info) -> None:
-    access = f"; access: {info.obj.access}" if info.kind == "attack" else ""
+    access = f"; access: {_access(info.obj)}" if info.kind == "attack" else ""
     aliases = f"; aliases: {', '.join(info.aliases)}" if info.aliases else ""
     where = f"version {info.version}, {info.provenance}; origin: {info.origin}{access}{aliases}"
     print(f"{info.kind} {info.name}  ({where})")

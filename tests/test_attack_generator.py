@@ -124,3 +124,13 @@ def test_plan_keys_the_generator_by_target_and_generator_settings(tmp_path: Path
     assert attack["mif"].deps == ("target:0:0",)
     order = [j.id for j in jobs]
     assert all(order.index(d) < order.index(j.id) for j in jobs for d in j.deps)
+
+
+def test_bench_list_says_which_attacks_train_their_own_gan(capsys):
+    assert main(["list", "attacks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    origin = {lines[i].split()[0]: lines[i + 1] for i in range(len(lines) - 1) if lines[i].startswith("  ") and
+              not lines[i].startswith("   ")}
+    assert origin["ked-mi"].rstrip().endswith("access: white-box, trains its own GAN")
+    assert origin["plg-mi"].rstrip().endswith("access: white-box, trains its own GAN")
+    assert origin["ppa"].rstrip().endswith("access: white-box")
