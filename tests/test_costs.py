@@ -35,5 +35,6 @@ def test_cost_rows_are_means_per_attack_and_per_defense(tmp_path):
     assert [r["id"] for r in table] == ["ked", "mirror", "hard", "ls"]
     assert float(table[0]["generator_mean_s"]) == 60.0 and table[1]["generator_mean_s"] == ""
     html = costs_html(RECORDS)
-    assert "<h2>Cost</h2>" in html and "<td>KED</td><td>white-box</td><td>2</td><td>15.0</td><td>20.0</td><td>60.0</td>" in html
+    assert "<h2>Cost</h2>" in html
+    assert "<td>KED</td><td>white-box</td><td>2</td><td>15.0</td><td>20.0</td><td>60.0</td>" in html
     assert costs_html([]) == ""

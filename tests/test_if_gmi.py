@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NaNOnGradTarget
 from torch import Tensor, nn
 
 from inversion_bench.attacks.common.layered import (
@@ -240,17 +241,8 @@ def test_errors() -> None:
     with pytest.raises(ConfigError, match="steps has 4 stages"):
         _run(steps=[1, 1, 1, 1])  # the 16 px DCGAN has 3 blocks
 
-    class NaNTarget(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(3, 6)
-
-        def forward(self, x: Tensor) -> Tensor:
-            out = self.lin(x.mean((2, 3)))
-            return out * float("nan") if torch.is_grad_enabled() else out
-
     with pytest.raises(DivergedError, match="if-gmi stage 0"):
-        _run(target=NaNTarget())
+        _run(target=NaNOnGradTarget())
 
 
 def test_zero_steps_and_no_identities() -> None:

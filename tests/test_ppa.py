@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NaNOnGradTarget
 from torch import Tensor, nn
 
 from inversion_bench.attacks.common.views import FixedView
@@ -139,17 +140,8 @@ def test_needs_a_prior() -> None:
 
 
 def test_divergence_raises() -> None:
-    class NaNTarget(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.lin = nn.Linear(3, 6)
-
-        def forward(self, x: Tensor) -> Tensor:
-            out = self.lin(x.mean((2, 3)))
-            return out * float("nan") if torch.is_grad_enabled() else out
-
     with pytest.raises(DivergedError, match="ppa"):
-        _run(target=NaNTarget())
+        _run(target=NaNOnGradTarget())
 
 
 def test_no_identities() -> None:

@@ -32,7 +32,8 @@ KIND = "generators"
 
 def make_attack(ctx: RunContext, job: PairJob) -> Attack:
     """The attack plugin of ``job`` with its validated parameters."""
-    return REGISTRIES["attacks"].get(ctx.suite.attacks[job.attack_index].name)(ctx.loaded.attack_params[job.attack_index])
+    cls = REGISTRIES["attacks"].get(ctx.suite.attacks[job.attack_index].name)
+    return cls(ctx.loaded.attack_params[job.attack_index])
 
 
 def attack_context(ctx: RunContext, job: PairJob) -> AttackContext:
