@@ -53,7 +53,7 @@ from inversion_bench import augment
 from inversion_bench.attacks.common.layered import LayeredSynthesis, as_layered, l1_deviation_projection
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
-from inversion_bench.attacks.common.search import search_candidates
+from inversion_bench.attacks.common.search import check_search_selection, search_candidates
 from inversion_bench.attacks.common.selection import select_per_identity, transform_scores
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
@@ -98,22 +98,13 @@ class IFGMIParams(PluginParams):
 
     @model_validator(mode="after")
     def _check(self) -> IFGMIParams:
-        if self.num_candidates > self.search_space_size:
-            raise ValueError(f"num_candidates ({self.num_candidates}) exceeds search_space_size "
-                             f"({self.search_space_size})")
-        if self.samples_per_target > self.num_candidates:
-            raise ValueError(f"samples_per_target ({self.samples_per_target}) exceeds num_candidates "
-                             f"({self.num_candidates})")
+        check_search_selection(self)
         if any(s < 0 for s in self.steps):
             raise ValueError(f"steps must be >= 0, got {self.steps}")
         for name in ("radius_features", "radius_w"):
             if len(getattr(self, name)) < len(self.steps):
                 raise ValueError(f"{name} has {len(getattr(self, name))} entries but steps has "
                                  f"{len(self.steps)} stages; give one radius per stage")
-        for name in ("crop_scale", "selection_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
         return self
 
 

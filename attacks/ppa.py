@@ -70,7 +70,7 @@ from inversion_bench import augment
 from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
-from inversion_bench.attacks.common.search import search_candidates
+from inversion_bench.attacks.common.search import check_search_selection, search_candidates
 from inversion_bench.attacks.common.selection import score_latents, select_per_identity
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
@@ -111,16 +111,7 @@ class PPAParams(LommaParams):
 
     @model_validator(mode="after")
     def _check(self) -> PPAParams:
-        if self.num_candidates > self.search_space_size:
-            raise ValueError(f"num_candidates ({self.num_candidates}) exceeds search_space_size "
-                             f"({self.search_space_size})")
-        if self.samples_per_target > self.num_candidates:
-            raise ValueError(f"samples_per_target ({self.samples_per_target}) exceeds num_candidates "
-                             f"({self.num_candidates})")
-        for name in ("crop_scale", "selection_scale"):
-            lo, hi = getattr(self, name)
-            if not 0 < lo <= hi <= 1:
-                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
+        check_search_selection(self)
         return self
 
     @model_serializer(mode="wrap")

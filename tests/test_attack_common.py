@@ -231,3 +231,20 @@ def test_fixed_view() -> None:
     assert FixedView(center_crop=24, resize=16).output_size(32) == 16
     with pytest.raises(ConfigError, match="center_crop"):
         FixedView(center_crop=40).check(32)
+
+
+def test_ppa_and_if_gmi_parameters_share_their_search_and_selection_checks():
+    import pydantic
+
+    from inversion_bench.attacks.if_gmi import IFGMIParams
+    from inversion_bench.attacks.ppa import PPAParams
+
+    for cls in (PPAParams, IFGMIParams):
+        with pytest.raises(pydantic.ValidationError, match=r"num_candidates \(9\) exceeds search_space_size \(8\)"):
+            cls(search_space_size=8, num_candidates=9, samples_per_target=1)
+        with pytest.raises(pydantic.ValidationError, match=r"samples_per_target \(5\) exceeds num_candidates \(4\)"):
+            cls(search_space_size=8, num_candidates=4, samples_per_target=5)
+        with pytest.raises(pydantic.ValidationError, match=r"selection_scale must satisfy 0 < low <= high <= 1, "
+                                                           r"got \(0.5, 1.5\)"):
+            cls(search_space_size=8, num_candidates=4, samples_per_target=1, selection_scale=(0.5, 1.5))
+        cls(search_space_size=8, num_candidates=4, samples_per_target=4)

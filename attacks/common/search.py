@@ -24,6 +24,24 @@ from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Generator
 
 
+def check_search_selection(params: object) -> None:
+    """The constraints the parameters of PPA-style attacks (PPA, IF-GMI) share: no more candidates than
+    searched latents, no more kept images than candidates, crop scales in (0, 1].
+
+    Raises:
+        ValueError: naming the field and the values (pydantic reports it against the suite's field).
+    """
+    p = params
+    if p.num_candidates > p.search_space_size:
+        raise ValueError(f"num_candidates ({p.num_candidates}) exceeds search_space_size ({p.search_space_size})")
+    if p.samples_per_target > p.num_candidates:
+        raise ValueError(f"samples_per_target ({p.samples_per_target}) exceeds num_candidates ({p.num_candidates})")
+    for name in ("crop_scale", "selection_scale"):
+        lo, hi = getattr(p, name)
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {(lo, hi)}")
+
+
 def top_candidates(confidences: Tensor, num_candidates: int) -> Tensor:
     """Indices of the ``num_candidates`` highest scores of every identity.
 
