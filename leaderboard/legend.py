@@ -88,4 +88,24 @@ def significance_help(lb: LeaderboardTable, mark: str) -> str:
             f"otherwise {s.bootstrap} random ones) gives p < {s.significance:g}. A Δ without it "
             f"({'no mark' if mark else 'grey'}) is not significant at that level, or has no paired test "
             "(target columns, the worst case, metrics without per-identity values): do not read it as a "
-            "difference.")
+            f"difference.{multiplicity_note(lb)}")
+
+
+def multiplicity_note(lb: LeaderboardTable) -> str:
+    """How many paired tests the table holds and how many would fall below the level by chance alone.
+
+    Every Δ is tested on its own, at ``settings.significance``, without a correction for the number of
+    tests: with ``m`` tests and no true difference anywhere, about ``significance * m`` are expected to
+    be marked. Empty when the table holds no test.
+    """
+    if "p_value" not in lb.data or lb.data.empty:
+        return ""
+    p = lb.data["p_value"].astype(float)
+    tested = int(p.notna().sum())
+    if tested == 0:
+        return ""
+    alpha = lb.settings.significance
+    marked = int((p < alpha).sum())
+    return (f" This table holds {tested} paired test{'s' if tested != 1 else ''}, each at {alpha:g} without a "
+            f"correction for their number: with no true difference anywhere, about {alpha * tested:.1f} would "
+            f"be marked by chance; {marked} {'is' if marked == 1 else 'are'} marked here.")

@@ -122,6 +122,22 @@ def test_identity_interval_and_paired_test() -> None:
     assert "vs baseline: p = 0.008, paired sign-flip permutation test (exact; 8 (seed, identity) pairs)" in title
 
 
+def test_legend_counts_the_tests_and_the_marks_expected_by_chance() -> None:
+    from inversion_bench.leaderboard.html import render_html
+
+    lb = build(identity_records())
+    tested = [(d, k) for d in ("strong", "same") for k in ("gmi/attack_acc@1", "gmi/attack_acc@5")]
+    assert all(not math.isnan(lb.cell(d, k)["p_value"]) for d, k in tested)
+    marked = sum(lb.cell(d, k)["p_value"] < 0.05 for d, k in tested)
+    assert marked == 2  # Strong's acc@1 and acc@5; Same's are not significant
+    text = ("This table holds 4 paired tests, each at 0.05 without a correction for their number: with no true "
+            "difference anywhere, about 0.2 would be marked by chance; 2 are marked here.")
+    assert text in lb.to_markdown() and text in render_html(lb)
+    # one defense: nothing is tested, nothing is said about it
+    alone = build([identity_record("none", s, ACC1["none"][s]) for s in (0, 1)])
+    assert "This table holds" not in alone.to_markdown()
+
+
 def test_csv_carries_intervals_and_p_values(tmp_path: Path) -> None:
     from inversion_bench.leaderboard.report import write_records_csv
     from inversion_bench.leaderboard.stats import bootstrap_interval
