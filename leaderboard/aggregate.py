@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from inversion_bench.leaderboard.baseline import table_baseline
+from inversion_bench.leaderboard.compute_settings import compute_settings_note
 from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
     DEFAULT_ACCESS,
@@ -348,6 +349,7 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: str | None = None,
     notes: list[str] = []
     recs = dedupe(records, notes)
     notes += _status_notes(recs)
+    notes += compute_settings_note(recs)
     by_defense = _by_defense(recs)
     baseline, source = table_baseline(recs, by_defense, notes, baseline, baseline_source)
     setup = table_setup(recs)
