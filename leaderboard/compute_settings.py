@@ -16,13 +16,14 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from inversion_bench.leaderboard.formatting import plural
+
 
 def _setting(block: Any) -> str | None:
     """``"cpu, 2 threads"`` from a target report or attack info, ``None`` when it was not recorded."""
     if not isinstance(block, dict) or block.get("torch_threads") is None:
         return None
-    threads = int(block["torch_threads"])
-    return f"{block.get('device', 'device not recorded')}, {threads} thread{'s' if threads != 1 else ''}"
+    return f"{block.get('device', 'device not recorded')}, {plural(int(block['torch_threads']), 'thread')}"
 
 
 def compute_settings(records: Sequence[dict[str, Any]]) -> dict[str, Counter[str | None]]:
@@ -45,11 +46,10 @@ def compute_settings(records: Sequence[dict[str, Any]]) -> dict[str, Counter[str
 
 
 def _describe(counts: Counter[str | None], noun: str) -> str:
-    parts = [f"{n} {noun}{'s' if n != 1 else ''} on {s}" for s, n in sorted(
+    parts = [f"{plural(n, noun)} on {s}" for s, n in sorted(
         ((s, n) for s, n in counts.items() if s is not None), key=lambda sn: (-sn[1], sn[0]))]
     if counts.get(None):
-        n = counts[None]
-        parts.append(f"{n} {noun}{'s' if n != 1 else ''} without a recorded setting")
+        parts.append(f"{plural(counts[None], noun)} without a recorded setting")
     return ", ".join(parts)
 
 

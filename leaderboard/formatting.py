@@ -390,7 +390,12 @@ def guarantee_text(info: DefenseInfo, latex: bool = False) -> str:
     return f"{eps} ($\\delta$={info.delta:.0e})" if latex else f"{eps} (δ={info.delta:.0e})"
 
 
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``"1 seed"``, ``"3 seeds"``; ``words`` for an irregular plural (``"identities"``)."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 def seed_summary(lb: LeaderboardTable) -> str:
     """``"3 seeds: 0, 1, 2"``: the seeds of every record behind the leaderboard."""
     seeds = lb.meta.get("seeds") or []
-    return f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}: {', '.join(str(s) for s in seeds)}"
+    return f"{plural(len(seeds), 'seed')}: {', '.join(str(s) for s in seeds)}"

@@ -7,6 +7,7 @@ add their own.
 
 from __future__ import annotations
 
+from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import EvaluatorAudit, EvaluatorInfo, LeaderboardTable
 from inversion_bench.leaderboard.stats import SIGN_FLIP_TEST
 
@@ -105,7 +106,7 @@ def multiplicity_note(lb: LeaderboardTable) -> str:
     if tested == 0:
         return ""
     alpha = lb.settings.significance
-    marked = int((p < alpha).sum())
-    return (f" This table holds {tested} paired test{'s' if tested != 1 else ''}, each at {alpha:g} without a "
+    marked = int(lb.data["significant"].sum())
+    return (f" This table holds {plural(tested, 'paired test')}, each at {alpha:g} without a "
             f"correction for their number: with no true difference anywhere, about {alpha * tested:.1f} would "
             f"be marked by chance; {marked} {'is' if marked == 1 else 'are'} marked here.")

@@ -31,6 +31,7 @@ from typing import Any
 
 import pandas as pd
 
+from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import Column, EvaluatorAudit, EvaluatorInfo, ReportSettings
 from inversion_bench.leaderboard.records import finite, is_ok
 from inversion_bench.leaderboard.stats import (
@@ -156,10 +157,6 @@ def _per_identity(recs: Sequence[dict[str, Any]], col: Column, seeds: Sequence[i
     return {s: v for s, v in out.items() if v is not None}
 
 
-def _plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (words or word + 's')}"
-
-
 def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[int, IdentityValues],
                   settings: ReportSettings) -> dict[str, Any]:
     """``ci_low, ci_high, ci_method, n_identities`` of one cell."""
@@ -174,14 +171,14 @@ def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[in
         if math.isnan(low):
             return {**nan, "ci_method": "no interval: one identity on one seed"}
         over = "identities and seeds" if len(groups) > 1 else "identities"
-        n = f"{_plural(n_ids, 'identity', 'identities')} × {_plural(len(groups), 'seed')}"
+        n = f"{plural(n_ids, 'identity', 'identities')} × {plural(len(groups), 'seed')}"
         method = f"bootstrap over {over}, n = {n}"
         return {"ci_low": low, "ci_high": high, "ci_method": method, "n_identities": n_ids}
     if len(values) < 2:
         why = "one seed" if col.is_target or col.is_worst_case else "one seed and no per-identity values"
         return {**nan, "ci_method": f"no interval: {why}"}
     low, high = seed_interval(values, conf, reps)
-    return {"ci_low": low, "ci_high": high, "ci_method": f"bootstrap over seeds, n = {_plural(len(values), 'seed')}",
+    return {"ci_low": low, "ci_high": high, "ci_method": f"bootstrap over seeds, n = {plural(len(values), 'seed')}",
             "n_identities": 0}
 
 
@@ -204,7 +201,7 @@ def paired_test(col: Column, mine: Mapping[int, IdentityValues], base: Mapping[i
         return math.nan, "no paired test (no (seed, identity) pair in both)"
     p = paired_permutation_test(a, b, settings.bootstrap)
     kind = "exact" if exact_test(len(a), settings.bootstrap) else f"Monte Carlo, {settings.bootstrap} sign vectors"
-    return p, f"{SIGN_FLIP_TEST} ({kind}; {_plural(len(a), '(seed, identity) pair')})"
+    return p, f"{SIGN_FLIP_TEST} ({kind}; {plural(len(a), '(seed, identity) pair')})"
 
 
 def add_uncertainty(data: pd.DataFrame, by_defense: Mapping[str, Sequence[dict[str, Any]]],
