@@ -153,6 +153,12 @@ class RunContext:
             self._code_version = code_version()
         return self._code_version
 
+    def compute_setting(self) -> dict[str, Any]:
+        """Where a product is being computed: the device and torch's CPU thread count. Kept in target
+        reports and attack infos, not in store keys (CPU results differ in the last bits between thread
+        counts; :mod:`inversion_bench.leaderboard.compute_settings` notes a table that mixes them)."""
+        return {"device": str(self.device), "torch_threads": torch.get_num_threads()}
+
     def resolve_path(self, ref: str) -> Path:
         """A path of the suite: absolute, or relative to the suite file's folder."""
         path = Path(ref).expanduser()

@@ -91,9 +91,7 @@ def train_or_load(ctx: RunContext, kind: str, key: str, arch: Any, arch_params: 
         else:
             report = _train_report(ctx, model, recipe, seed, desc, defense)
         report["seconds"] = time.perf_counter() - t0
-        # where it was computed: CPU float results (and so label-only attacks on them) can differ in the
-        # last bits between thread counts, and the store key does not hold either
-        report["device"], report["torch_threads"] = str(ctx.device), torch.get_num_threads()
+        report.update(ctx.compute_setting())
         ctx.store.save_torch(kind, key, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                                          "report": report},
                              meta={"desc": desc, "test_accuracy": report["test_accuracy"]})

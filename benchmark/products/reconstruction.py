@@ -82,7 +82,7 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     rec.labels = rec.labels.detach().long().cpu()
     rec.check()
     rec.info.update(seconds=seconds, access=attack.access, queries=counter.queries,
-                    identities=int(identities.numel()), device=str(ctx.device), torch_threads=torch.get_num_threads())
+                    identities=int(identities.numel()), **ctx.compute_setting())
     if generator is not None:  # the GAN's fit, apart from the attack's own time and queries
         rec.info.update(generator_seconds=float(generator["seconds"]), generator_queries=int(generator["queries"]),
                         generator_key=job.gan_key)
