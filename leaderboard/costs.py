@@ -16,6 +16,8 @@ from typing import Any
 
 import pandas as pd
 
+from inversion_bench.leaderboard.model import DEFAULT_ACCESS
+
 COLUMNS = ("kind", "id", "label", "access", "pairs", "mean_s", "max_s", "generator_mean_s", "queries_per_identity")
 
 
@@ -36,7 +38,7 @@ def cost_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             queries = [float(q) for r in mine if (q := (r.get("queries") or {}).get("per_identity")) is not None]
             rows.append({
                 "kind": kind, "id": name, "label": mine[0].get(f"{key}_label") or name,
-                "access": (mine[0].get("access") or "white-box") if kind == "attack" else "",
+                "access": (mine[0].get("access") or DEFAULT_ACCESS) if kind == "attack" else "",
                 "pairs": len(mine), "mean_s": _mean(times), "max_s": max(times) if times else None,
                 "generator_mean_s": _mean(gans) if kind == "attack" else None,
                 "queries_per_identity": _mean(queries) if kind == "attack" else None,
