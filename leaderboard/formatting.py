@@ -390,8 +390,7 @@ def guarantee_text(info: DefenseInfo, latex: bool = False) -> str:
     return f"{eps} ($\\delta$={info.delta:.0e})" if latex else f"{eps} (δ={info.delta:.0e})"
 
 
-def plural(n: int, word: str, words: str | None = None) -> str:
-    """``"1 seed"``, ``"3 seeds"``; ``words`` for an irregular plural (``"identities"``)."""
+def plural(n: int, word: str, words: str | None = None) -> str:  # "1 seed", "3 seeds", "2 identities"
     return f"{n} {word if n == 1 else (words or word + 's')}"
 
 
