@@ -220,12 +220,21 @@ class ReportConfig(_Strict):
     """How the leaderboard states uncertainty (kept in every record, so a table rebuilt from records
     alone reads the same)."""
 
-    significance: float = Field(0.05, gt=0, lt=1, description="a difference to the baseline is coloured only "
-                                "when its paired test's p-value is below this level (otherwise grey)")
-    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the bootstrap intervals")
-    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples per interval")
+    significance: float = Field(0.05, gt=0, lt=1, description="a difference to the baseline is marked only "
+                                "when its defense test over seeds, adjusted for the table's number of tests, gives "
+                                "a p-value below this level (otherwise grey)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the intervals")
+    bootstrap: int = Field(2000, ge=100, description="bootstrap resamples per interval (and Monte Carlo draws of a "
+                           "permutation test too large to enumerate)")
     intervals: bool = Field(False, description="Markdown and LaTeX show mean ± interval half-width (the CSVs "
                             "and the page's tooltips always carry the interval)")
+    correction: Literal["bh", "holm", "none"] = Field(
+        "bh", description="multiplicity correction over the table's defense tests: bh (Benjamini-Hochberg, false "
+        "discovery rate), holm (family-wise error rate) or none")
+    seed_test: Literal["auto", "paired", "two-sample"] = Field(
+        "auto", description="the defense test over seeds: paired sign-flip (same seeds in both rows; 6 seeds at "
+        "0.05), two-sample permutation (4 seeds at 0.05), or auto: paired when both rows ran the same seeds and "
+        "enough of them, two-sample otherwise")
 
 
 class Suite(_Strict):

@@ -13,15 +13,15 @@ The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Ag
 * A cell is the mean and sample standard deviation (``ddof=1``) over the seeds whose record is ``ok``
   and whose value is finite. Failed seeds and missing values (``None``/NaN/inf in ``ok`` records) are
   counted separately and never enter the numbers.
-* The worst-case column (right after the test accuracy, when some attack has an ``attack_acc@1``) is,
-  per seed, the highest ``attack_acc@1`` over the attacks with an ``ok`` record and a finite value on
-  that seed, then mean and std over seeds like every other cell; the attack named is the one that is
-  the maximum on most seeds (:mod:`inversion_bench.leaderboard.worst_case`).
+* The worst-case column (right after the test accuracy, when some attack has an ``attack_acc@1``) is
+  the strongest attack's mean: the highest mean ``attack_acc@1`` of the attacks with an ``ok`` record
+  and a finite value on every seed of the row, with that attack's std over seeds; the mean of per-seed
+  maxima sits beside it (:mod:`inversion_bench.leaderboard.worst_case`).
 * Every attack column carries the attack's access level (``record["access"]``; records without one
   are white-box) and the mean ``queries["per_identity"]`` of its ok records.
 * ``delta`` is, for every non-baseline defense, ``mean(defense) - mean(baseline)``.
-* Every cell has a percentile bootstrap interval and, against the baseline, a paired sign-flip
-  permutation test (:mod:`inversion_bench.leaderboard.uncertainty`), with the records'
+* Every cell has an interval and, against the baseline, a defense test over seeds adjusted for the
+  table's multiplicity (:mod:`inversion_bench.leaderboard.uncertainty`), with the records'
   ``report_settings``.
 """
 
@@ -37,6 +37,7 @@ import pandas as pd
 
 from inversion_bench.leaderboard.baseline import table_baseline
 from inversion_bench.leaderboard.compute_settings import compute_settings_note
+from inversion_bench.leaderboard.configurations import split_configurations
 from inversion_bench.leaderboard.model import (
     DATA_COLUMNS,
     DEFAULT_ACCESS,
@@ -293,7 +294,8 @@ def _add_defense(cells: _Cells, defense: str, recs: Sequence[dict[str, Any]], co
         if col.is_worst_case:
             wc = worst_case(recs, list(dict.fromkeys(c.attack for c in columns if c.is_attack)), col.metric)
             cells.worst[defense] = wc
-            cells.rows.append(_row(base, col, wc.values, wc.seeds, len(wc.failed), len(wc.missing), len(seeds)))
+            cells.rows.append({**_row(base, col, wc.values, wc.seeds, len(wc.failed), len(wc.missing), len(seeds)),
+                               "mean_of_maxima": wc.mean_of_maxima})
         else:
             cells.rows.append(_attack_row(base, col, recs, cells.missing))
     cells.failures += _failures(defense, label, recs)
@@ -302,6 +304,8 @@ def _add_defense(cells: _Cells, defense: str, recs: Sequence[dict[str, Any]], co
 def _data(rows: list[dict[str, Any]], baseline: str | None) -> pd.DataFrame:
     """The long table of :data:`DATA_COLUMNS` with ``delta`` against the baseline's means."""
     data = pd.DataFrame(rows)
+    if "mean_of_maxima" not in data:
+        data["mean_of_maxima"] = math.nan
     data["delta"] = math.nan
     if baseline is not None:
         base_means = data[data["defense"] == baseline].set_index("column")["mean"]
@@ -347,7 +351,7 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: str | None = None,
     if not records:
         raise ValueError("no records to build a leaderboard from")
     notes: list[str] = []
-    recs = dedupe(records, notes)
+    recs = dedupe(split_configurations(records, notes), notes)
     notes += _status_notes(recs)
     notes += compute_settings_note(recs)
     by_defense = _by_defense(recs)

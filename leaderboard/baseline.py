@@ -69,6 +69,11 @@ def table_baseline(recs: Sequence[dict[str, Any]], defenses: Collection[str], no
                          f"{named[0]!r} is used (choose one with --baseline).")
         chosen, source = (str(named[0]), "the records") if named else (None, "none")
     if chosen is not None and chosen not in defenses:
+        variants = sorted(d for d in defenses if d.startswith(f"{chosen}@"))
+        if variants:
+            notes.append(f"the baseline defense {chosen!r} was run with several configurations ({', '.join(variants)});"
+                         " no differences are shown: choose one with --baseline.")
+            return None, source or "none"
         if source == "--baseline":
             raise ValueError(f"--baseline {chosen!r} is not a defense with records; defenses: {sorted(defenses)}")
         notes.append(f"the baseline defense {chosen!r} has no records; no differences are shown.")

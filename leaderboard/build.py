@@ -59,7 +59,7 @@ class Leaderboard(LeaderboardTable):
 
     def to_csv(self, path: str | Path) -> Path:
         """Writes :meth:`wide` as CSV (raw numbers, full float precision; a text cell that a spreadsheet
-        would read as a formula gets a leading ``'``, see :func:`~inversion_bench.leaderboard.formatting.csv_text`).
+        would read as a formula gets a leading ``'``, see :func:`~inversion_bench.leaderboard.escape.csv_text`).
 
         Args:
             path: destination file; parent folders are created.
@@ -69,7 +69,7 @@ class Leaderboard(LeaderboardTable):
         """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        from inversion_bench.leaderboard.formatting import write_csv
+        from inversion_bench.leaderboard.escape import write_csv
 
         return write_csv(self.wide(), path)
 
@@ -93,7 +93,7 @@ class Leaderboard(LeaderboardTable):
         files = {"markdown": md, "csv": csv, "latex": tex}
         if self.equal_utility is not None and not self.equal_utility.empty:
             files["equal_utility_csv"] = out / "equal_utility.csv"
-            from inversion_bench.leaderboard.formatting import write_csv
+            from inversion_bench.leaderboard.escape import write_csv
 
             write_csv(self.equal_utility, files["equal_utility_csv"])
         return files

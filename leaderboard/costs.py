@@ -47,7 +47,7 @@ def cost_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_costs(records: Sequence[dict[str, Any]], path: Path) -> Path:
-    from inversion_bench.leaderboard.formatting import write_csv
+    from inversion_bench.leaderboard.escape import write_csv
 
     path.parent.mkdir(parents=True, exist_ok=True)
     return write_csv(pd.DataFrame(cost_rows(records), columns=list(COLUMNS)), path)

@@ -6,12 +6,14 @@ paper (Struppek et al., ICLR 2024) asked for comparisons at equal test accuracy.
 accuracy), one per value of the swept parameter. For every attack, the curve is read at the
 baseline's mean test accuracy ``u0``:
 
-* the points are taken in the order of the swept value; every segment between neighbours whose
-  test accuracies enclose ``u0`` (``min <= u0 <= max``) gives a linear interpolation of the attack
-  accuracy there; a point exactly at ``u0`` gives its own value;
-* with several such crossings (test accuracy is not monotone in the parameter) the lowest attack
-  accuracy is reported: the most private setting available at the baseline's utility; the number
-  of crossings is kept;
+* the points are taken in the order of their test accuracy, whatever order the suite lists the swept
+  values in: the curve is read between the neighbours in utility whose test accuracies enclose ``u0``
+  (linear interpolation of the attack accuracy); a point exactly at ``u0`` gives its own value;
+* tied test accuracies give several readings (every point at ``u0``, or every pair of a point at the
+  lower and one at the upper neighbouring test accuracy): the lowest attack accuracy is reported, the
+  most private setting available at the baseline's utility, independent of the order of the ties; the
+  number of readings is kept as ``crossings``. An attack accuracy that is not monotone in the test
+  accuracy is interpolated as it is;
 * the baseline itself is left out of its group's curve when it is a member (e.g. ``alpha: 0`` of an
   alpha sweep): the reading answers whether the *other* settings reach a lower attack accuracy at
   the baseline's utility, read on the segment that spans the baseline's place in the sweep;
@@ -30,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from inversion_bench.leaderboard.formatting import md_text
+from inversion_bench.leaderboard.escape import md_text
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 
 ACC1 = "attack_acc@1"
@@ -49,7 +51,7 @@ def read_at(points: Sequence[tuple[float, float]], u0: float) -> Reading:
     """The attack accuracy of a curve at test accuracy ``u0``.
 
     Args:
-        points: (test accuracy, attack accuracy) in the order of the swept parameter.
+        points: (test accuracy, attack accuracy), in any order: they are sorted by test accuracy (stable).
         u0: the utility to read at (the baseline's test accuracy).
     """
     pts = [(float(x), float(y)) for x, y in points if not (math.isnan(x) or math.isnan(y))]
@@ -60,13 +62,12 @@ def read_at(points: Sequence[tuple[float, float]], u0: float) -> Reading:
         side = "below" if u0 < min(xs) else "above"
         return Reading(math.nan, 0, f"the baseline's test accuracy {100 * u0:.1f} % is {side} the swept "
                        f"range {100 * min(xs):.1f}-{100 * max(xs):.1f} %")
-    found = [y for x, y in pts if x == u0]
-    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:], strict=True):
-        lo, hi = min(x0, x1), max(x0, x1)
-        if lo < u0 < hi:
-            found.append(y0 + (y1 - y0) * (u0 - x0) / (x1 - x0))
-    if not found:  # u0 inside the range but between non-neighbouring points only: cannot happen with >= 2
-        return Reading(math.nan, 0, "no segment of the curve crosses the baseline's test accuracy")
+    at = [y for x, y in pts if x == u0]
+    if at:
+        return Reading(min(at), len(at))
+    x_lo, x_hi = max(x for x in xs if x < u0), min(x for x in xs if x > u0)
+    lows, highs = [y for x, y in pts if x == x_lo], [y for x, y in pts if x == x_hi]
+    found = [y0 + (y1 - y0) * (u0 - x_lo) / (x_hi - x_lo) for y0 in lows for y1 in highs]
     return Reading(min(found), len(found))
 
 
@@ -115,7 +116,7 @@ def equal_utility(board: Any, records: Sequence[dict[str, Any]], metric: str = A
 
 def to_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None) -> str:
     """The equal-utility table as Markdown (empty string without rows); free text through
-    :func:`~inversion_bench.leaderboard.formatting.md_text` (no raw HTML, a ``|`` never splits a cell)."""
+    :func:`~inversion_bench.leaderboard.escape.md_text` (no raw HTML, a ``|`` never splits a cell)."""
     if table.empty:
         return ""
     labels = labels or {}
@@ -132,7 +133,8 @@ def to_markdown(table: pd.DataFrame, labels: dict[str, str] | None = None) -> st
         delta = 100 * (r["value"] - r["baseline_value"])
         out.append(f"| {name} | {attack} | {100 * r['value']:.1f} | {100 * r['baseline_value']:.1f} "
                    f"| {delta:+.1f} | {int(r['crossings'])} |")
-    out += ["", "Linear interpolation along the sweep (points in the order of the swept value) at the "
-            "baseline's mean test accuracy; with several crossings the lowest value; never extrapolated. "
+    out += ["", "Linear interpolation between the sweep's points sorted by test accuracy, at the "
+            "baseline's mean test accuracy; with several readings (tied test accuracies) the lowest value; never "
+            "extrapolated. "
             "Means over seeds, no interval."]
     return "\n".join(out) + "\n"

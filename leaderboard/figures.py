@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from inversion_bench.leaderboard.formatting import plot_text  # noqa: E402
+from inversion_bench.leaderboard.escape import plot_text  # noqa: E402
 
 DPI = 150
 

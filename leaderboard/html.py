@@ -40,13 +40,19 @@ from inversion_bench.leaderboard.formatting import (
     has_guarantees,
     interval_text,
     is_significant,
-    p_value_text,
     queries_text,
     seed_summary,
     test_text,
     worst_case_title,
 )
-from inversion_bench.leaderboard.legend import AUDIT_HELP, cells_help, evaluator_items, interval_help, significance_help
+from inversion_bench.leaderboard.legend import (
+    AUDIT_HELP,
+    cells_help,
+    evaluator_items,
+    interval_help,
+    significance_help,
+    testability_note,
+)
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
@@ -200,8 +206,7 @@ def _row(lb: LeaderboardTable, info: DefenseInfo, cells: dict[tuple[str, str], A
         if lb.baseline is not None and not info.is_baseline and not c.placeholder and cell["n"]:
             d = delta_text(c, cell, cells[(lb.baseline, c.key)], decimals[c.key])
             cls = _delta_class(c, float(cell["delta"]), is_significant(cell))
-            p = p_value_text(cell["p_value"])
-            title = "difference to the baseline" + (f"; {p}" if p else "; no paired test")
+            title = f"difference to the baseline; {test_text(cell) or 'no test'}"
             delta = (f'<span class="delta {cls}" data-p="{_raw(cell["p_value"])}" title="{_e(title)}">'
                      f'Δ {_e(d)}</span>')
         raw = _raw(cell["mean"]) if cell["n"] else ""
@@ -268,10 +273,11 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
     legend = [
         "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
         cells_help(lb, seed_summary(lb)).replace("`", ""),
-        interval_help(lb) + " Hover a cell for its interval, n and the paired test's p-value.",
+        interval_help(lb) + " Hover a cell for its interval, n and the defense test's p-value.",
     ]
     if WORST_CASE in {c.key for c in lb.columns}:
-        legend += [WORST_CASE_HELP + " (k/n attacks on seed s): some attacks failed on that seed.",
+        legend += [WORST_CASE_HELP + " (k/n attacks on every seed): only k attacks have a value on every seed; "
+                   "such rows sort after the complete ones.",
                    "Rows start sorted by the worst case, lowest (best for the defender) first."]
     levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
     if levels:
@@ -279,8 +285,10 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
                       + "; ".join(ACCESS_HELP.get(a, a) for a in levels) + ".")
     if lb.baseline is not None:
         legend.append(f"Δ: difference of means to the baseline ({lb.baseline_label}); accuracies in percentage "
-                      "points; green: better for the defender, red: worse, grey: not significant.")
+                      "points; green: better for the defender, red: worse, grey: not significant or not testable.")
         legend.append(significance_help(lb, ""))
+        if testability_note(lb):
+            legend.append(testability_note(lb))
     legend.append(AUDIT_HELP)
     if has_guarantees(lb):
         legend.append("ε (DP): the (ε, δ) differential-privacy guarantee reported by the defense (largest ε over "

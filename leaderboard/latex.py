@@ -15,14 +15,16 @@ from inversion_bench.leaderboard.formatting import (
     seed_summary,
 )
 from inversion_bench.leaderboard.latex_text import tex_text
+from inversion_bench.leaderboard.legend import testability_note
 from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
 from inversion_bench.leaderboard.setup_info import setup_lines
+from inversion_bench.leaderboard.significance import CORRECTION_NAMES
 
 LATEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
 NA_MARK_TEX = r"\textsuperscript{\textdagger}"
 """Footnote mark of values not computed in an otherwise successful run."""
 
-_PM, _NA, _NR = "\ue000", "\ue001", "\ue002"
+_PM, _NA, _NR, _SIG = "\ue000", "\ue001", "\ue002", "\ue003"
 """Placeholders of the plus-minus sign and the n/a mark in a cell's text (private-use characters, which no
 label can turn into markup)."""
 
@@ -126,15 +128,16 @@ def _delta_rows(lb: LeaderboardTable, eps_col: bool) -> list[str]:
                 row.append("")
                 continue
             text = delta_text(c, cells[(info.defense, c.key)], cells[(lb.baseline, c.key)], decimals[c.key],
-                              na_mark=_NA)
-            row.append(latex_escape(text.replace(NOT_RUN, _NR)).replace(_NA, NA_MARK_TEX).replace(_NR, "--"))
+                              na_mark=_NA, mark=_SIG)
+            row.append(latex_escape(text.replace(NOT_RUN, _NR)).replace(_NA, NA_MARK_TEX).replace(_NR, "--")
+                       .replace(_SIG, r"\textsuperscript{*}"))
         lines.append(" & ".join(row) + r" \\")
     return lines
 
 
 def _caption(lb: LeaderboardTable, deltas: bool = False) -> str:
-    spread = (f"half-width of the {100 * lb.settings.confidence:g}\\% percentile bootstrap interval (identities "
-              "and seeds resampled; no CI: a single value)" if lb.settings.intervals else "sample standard deviation")
+    spread = (f"half-width of the {100 * lb.settings.confidence:g}\\% interval (crossed bootstrap over seeds "
+              "and identities, or t over seeds; no CI: none)" if lb.settings.intervals else "sample standard deviation")
     caption = (
         f"Leaderboard of suite \\texttt{{{latex_escape(lb.suite)}}}: mean $\\pm$ {spread} "
         f"over seeds ({latex_escape(seed_summary(lb))}); accuracies in \\%. "
@@ -147,15 +150,19 @@ def _caption(lb: LeaderboardTable, deltas: bool = False) -> str:
             "; ".join(ACCESS_HELP.get(a, a) for a in levels)) + ")."
     if any(c.is_worst_case for c in lb.columns):
         caption += (
-            " Worst case: per seed, the highest attack accuracy any attack reached against the defense, "
-            "then mean $\\pm$ std over seeds, with the attack that reached it on most seeds."
+            " Worst case: the strongest attack's mean (the highest mean attack accuracy over seeds of any attack "
+            "with a value on every seed), $\\pm$ its std over seeds."
         )
     if lb.missing:
         caption += f" {NA_MARK_TEX}~not computed in an otherwise successful run."
     if any(i.near_chance for i in lb.defenses):
         caption += " (near chance): test accuracy at most 2$\\times$ chance level."
     if deltas and lb.baseline is not None:
-        caption += " $\\Delta$ rows: difference of means to the baseline."
+        caption += (" $\\Delta$ rows: difference of means to the baseline; * " + latex_escape(
+            "the defense test over seeds (trained models as the unit) gives a "
+            f"{CORRECTION_NAMES[lb.settings.correction]} adjusted p < {lb.settings.significance:g}") + ".")
+    if lb.baseline is not None and testability_note(lb):
+        caption += " " + latex_escape(testability_note(lb))
     lines = setup_lines(lb.setup)
     if lines:
         caption += " Setup: " + latex_escape(" ".join(lines))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import EvaluatorAudit, EvaluatorInfo, LeaderboardTable
-from inversion_bench.leaderboard.stats import SIGN_FLIP_TEST
+from inversion_bench.leaderboard.significance import CORRECTION_NAMES, SIGN_FLIP_TEST, TWO_SAMPLE_TEST
+from inversion_bench.leaderboard.stats import RNG_SEED
 
 AUDIT_GROUPS = {"private_other": "other private identities", "public": "public identities"}
 """Display names of the audit's image groups (others are shown by their key)."""
@@ -64,49 +65,77 @@ def _level(lb: LeaderboardTable) -> str:
 def interval_help(lb: LeaderboardTable) -> str:
     """What the interval is and how it is computed."""
     s = lb.settings
-    return (f"Interval: {_level(lb)} percentile bootstrap interval of the mean ({s.bootstrap} resamples, fixed "
-            "seed): where the records hold per-identity values (attack accuracy, KNN distance), each resample "
-            "draws the seeds with replacement and, within each, the attacked identities with replacement; other "
-            "cells (target columns, the worst case, FID and other metrics without per-identity values) resample "
-            "seeds only and have no interval with a single seed. n = identities per seed × seeds.")
+    return (f"Interval: {_level(lb)} interval of the mean. Cells with per-identity values (attack accuracy, KNN "
+            f"distance): crossed bootstrap ({s.bootstrap} resamples, generator seed {RNG_SEED}), each resample "
+            "drawing the seeds with replacement and the identities with replacement once, the same identities on "
+            "every drawn seed; mean ± t(ν) × its standard deviation × √(S/(S−1)), ν the Satterthwaite degrees of "
+            "freedom of the seed × identity mean squares (one seed: over the identities of one trained model, "
+            "without seed-to-seed variation). Other cells (target columns, the worst case, FID): Student's t over "
+            "seeds, none with fewer than 3 seeds. n = identities × seeds, or seeds.")
 
 
 def cells_help(lb: LeaderboardTable, seeds: str) -> str:
     """The legend line of the main table's cells."""
     if lb.settings.intervals:
-        return (f"Cells: mean ± half-width of the {_level(lb)} bootstrap interval (half of its width; the interval "
-                f"need not be symmetric) over seeds ({seeds}); `no CI`: a single value, no interval. Accuracies in %.")
+        return (f"Cells: mean ± half-width of the {_level(lb)} interval over seeds ({seeds}); `no CI`: no "
+                "interval (see below). Accuracies in %.")
     return (f"Cells: mean ± sample standard deviation (ddof=1) over seeds ({seeds}); a cell with a single seed "
             "shows the mean only. Accuracies in %.")
+
+
+def _test_name(lb: LeaderboardTable) -> str:
+    s = lb.settings
+    if s.seed_test == "paired":
+        return f"the {SIGN_FLIP_TEST} over seeds (per-seed differences, same seed in both rows)"
+    if s.seed_test == "two-sample":
+        return f"the {TWO_SAMPLE_TEST} over seeds (the rows' per-seed values)"
+    return (f"the {SIGN_FLIP_TEST} over seeds when both rows ran the same seeds and enough of them, else the "
+            f"{TWO_SAMPLE_TEST} over the rows' per-seed values")
+
+
+def testability_note(lb: LeaderboardTable) -> str:
+    """``"Δ marks: not testable with 1 seed; 4 needed."`` when some Δ cannot be tested; ``""`` otherwise."""
+    if "testable" not in lb.data or lb.baseline is None:
+        return ""
+    rows = lb.data[(lb.data["defense"] != lb.baseline) & (lb.data["seeds_needed"] > 0)]
+    if rows.empty:
+        return ""
+    seeds = sorted({len(v) for v in rows["seeds"]})
+    needed = int(rows["seeds_needed"].max())
+    have = " or ".join(str(n) for n in seeds)
+    some = "" if len(rows) == int((lb.data["defense"] != lb.baseline).sum()) else f" ({len(rows)} of the Δs)"
+    return (f"Δ marks{some}: not testable with {have} seed{'s' if seeds != [1] else ''} per defense; {needed} needed "
+            f"at {lb.settings.significance:g}. A Δ without a mark is no evidence of a difference.")
 
 
 def significance_help(lb: LeaderboardTable, mark: str) -> str:
     """How to read a Δ: marked (Markdown ``mark``) or coloured (HTML, ``mark == ""``) only when significant."""
     s = lb.settings
     shown = f"`{mark}` after a Δ" if mark else "a green (better) or red (worse) Δ"
-    return (f"{shown}: the {SIGN_FLIP_TEST} against the baseline (two-sided, on the per-identity values "
-            f"paired by (seed, identity) against the same attack; every sign vector when 2^pairs ≤ {s.bootstrap}, "
-            f"otherwise {s.bootstrap} random ones) gives p < {s.significance:g}. A Δ without it "
-            f"({'no mark' if mark else 'grey'}) is not significant at that level, or has no paired test "
-            "(target columns, the worst case, metrics without per-identity values): do not read it as a "
-            f"difference.{multiplicity_note(lb)}")
+    return (f"{shown}: {_test_name(lb)} against the baseline (two-sided, exact where the permutations can be "
+            f"enumerated) gives an adjusted p < {s.significance:g}. The unit is the trained model: each seed's "
+            "value (its mean over identities) is one observation, so a defense is tested across trainings, "
+            f"not across the identities of one model. A Δ without it ({'no mark' if mark else 'grey'}) is not "
+            "significant, or not testable with the seeds at hand (the tooltip and leaderboard.csv say which and "
+            f"how many seeds are needed): do not read it as a difference.{multiplicity_note(lb)} The "
+            "identity-level sign-flip test over (seed, identity) pairs (CSV `_p_identity`) asks only whether these "
+            "trained models differ on these identities; it never marks a Δ.")
 
 
 def multiplicity_note(lb: LeaderboardTable) -> str:
-    """How many paired tests the table holds and how many would fall below the level by chance alone.
+    """The correction, the number of testable tests and how many would fall below the level by chance alone.
 
-    Every Δ is tested on its own, at ``settings.significance``, without a correction for the number of
-    tests: with ``m`` tests and no true difference anywhere, about ``significance * m`` are expected to
-    be marked. Empty when the table holds no test.
+    Empty when the table holds no testable test.
     """
-    if "p_value" not in lb.data or lb.data.empty:
+    if "testable" not in lb.data or lb.data.empty:
         return ""
-    p = lb.data["p_value"].astype(float)
-    tested = int(p.notna().sum())
+    tested = int(lb.data["testable"].sum())
     if tested == 0:
         return ""
     alpha = lb.settings.significance
+    raw = int((lb.data["testable"] & (lb.data["p_value"] < alpha)).sum())
     marked = int(lb.data["significant"].sum())
-    return (f" This table holds {plural(tested, 'paired test')}, each at {alpha:g} without a "
-            f"correction for their number: with no true difference anywhere, about {alpha * tested:.1f} would "
-            f"be marked by chance; {marked} {'is' if marked == 1 else 'are'} marked here.")
+    return (f" This table holds {plural(tested, 'testable defense test')}: with no true difference anywhere, "
+            f"about {alpha * tested:.1f} would fall below {alpha:g} by chance; {raw} do unadjusted. Marks use "
+            f"{CORRECTION_NAMES[lb.settings.correction]} adjusted p-values over these tests: "
+            f"{marked} {'is' if marked == 1 else 'are'} marked.")

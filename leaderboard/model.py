@@ -32,7 +32,7 @@ NEAR_CHANCE_FACTOR = 2.0
 """A test accuracy at most this many times chance level (``1 / num_classes``) is flagged."""
 
 WORST_CASE = "worst_case"
-"""Column key of the worst-case column (the highest attack accuracy any attack reached, per seed)."""
+"""Column key of the worst-case column (the strongest attack's mean attack accuracy)."""
 
 WORST_CASE_ATTACK = "*"
 """Value of ``attack`` in :attr:`LeaderboardTable.data` for the worst-case column."""
@@ -68,8 +68,14 @@ DATA_COLUMNS = (
     "ci_method",
     "n_identities",
     "p_value",
+    "p_adjusted",
+    "testable",
+    "seeds_needed",
     "significant",
     "test",
+    "p_identity",
+    "test_identity",
+    "mean_of_maxima",
 )
 
 
@@ -197,36 +203,48 @@ class Failure:
 
 @dataclass(frozen=True)
 class WorstCase:
-    """A defense's worst case: per seed, the highest ``attack_acc@1`` any attack reached against it.
+    """A defense's worst case: the strongest attack's mean ``attack_acc@1`` (lower is better for the defender).
 
-    Only ``ok`` records with a finite value count; an attack that failed (or has no record, or no
-    value) on a seed is left out of that seed's maximum, which then covers fewer attacks.
+    The headline is the highest mean over seeds of any attack that has an ``ok`` record with a finite
+    value on *every* seed of the row (:attr:`complete`), so every candidate is averaged over the same
+    seeds. Beside it, the mean over seeds of each seed's maximum over those attacks (:attr:`maxima`): a
+    larger quantity (for two equally strong attacks by about 0.56 seed standard deviations, however many
+    seeds), kept in the CSV and the tooltip.
 
     Attributes:
         n_attacks: number of attacks of the table.
-        seeds: the seeds with a value (at least one attack covered), ascending.
-        values: the maximum of each of those seeds.
-        attacks: the attack id that reached each seed's maximum (the first in attack order on ties).
+        seeds: the seeds of the headline's values (the row's seeds when an attack is complete), ascending.
+        values: the headline attack's value on each of those seeds.
+        attack: the headline attack (the highest mean among :attr:`complete`, ties in attack order);
+            ``None`` when no attack has a value on every seed.
+        complete: the attacks with a value on every seed of the row, in table order.
+        maxima: each seed's maximum over :attr:`complete` (same seeds as :attr:`values`).
+        attacks: the attack of each of those maxima (the first in attack order on ties).
         covered: ``(seed, number of attacks with a value)`` for every seed of the defense.
         failed: seeds without any value where some record failed.
         missing: seeds without any value where every record was ok but lacked the value.
-        attack: the attack named in the cell: the one that is the maximum on most seeds, ties by
-            the higher mean (over seeds) of its own value, then attack order; ``None`` without values.
     """
 
     n_attacks: int
     seeds: tuple[int, ...]
     values: tuple[float, ...]
+    attack: str | None
+    complete: tuple[str, ...]
+    maxima: tuple[float, ...]
     attacks: tuple[str, ...]
     covered: tuple[tuple[int, int], ...]
     failed: tuple[int, ...] = ()
     missing: tuple[int, ...] = ()
-    attack: str | None = None
 
     @property
-    def partial(self) -> dict[int, int]:
-        """Seeds with a value that cover only some attacks: seed -> attacks covered."""
-        return {s: k for s, k in self.covered if 0 < k < self.n_attacks}
+    def partial(self) -> bool:
+        """Whether the headline covers only some attacks of the table (some attack lacks a value on a seed)."""
+        return len(self.complete) < self.n_attacks
+
+    @property
+    def mean_of_maxima(self) -> float:
+        """The mean over seeds of each seed's maximum (NaN without values)."""
+        return sum(self.maxima) / len(self.maxima) if self.maxima else float("nan")
 
 
 @dataclass(frozen=True)
@@ -235,16 +253,23 @@ class ReportSettings:
     written before the setting existed).
 
     Attributes:
-        significance: a Δ to the baseline is coloured only when its paired test's p-value is below it.
-        confidence: coverage of the bootstrap intervals.
-        bootstrap: bootstrap resamples per interval (and Monte Carlo sign vectors per paired test).
+        significance: a Δ to the baseline is marked only when its defense test's adjusted p-value is below it.
+        confidence: coverage of the intervals.
+        bootstrap: bootstrap resamples per interval (and Monte Carlo draws per permutation test).
         intervals: Markdown and LaTeX show mean ± interval half-width instead of mean ± std.
+        correction: multiplicity correction over the table's defense tests: ``"bh"``
+            (Benjamini–Hochberg), ``"holm"`` or ``"none"``. Records written before it existed read
+            ``"bh"``.
+        seed_test: the defense test over seeds: ``"auto"``, ``"paired"`` or ``"two-sample"``
+            (:data:`~inversion_bench.leaderboard.significance.SEED_TESTS`).
     """
 
     significance: float = 0.05
     confidence: float = 0.95
     bootstrap: int = 2000
     intervals: bool = False
+    correction: str = "bh"
+    seed_test: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -304,13 +329,20 @@ class LeaderboardTable:
             values; ``delta`` is NaN for the baseline row and where either mean is missing;
             ``queries_per_identity`` is the mean over the ok records that counted queries, NaN
             otherwise and for the target and worst-case columns; ``ci_low``/``ci_high`` are the ends
-            of the percentile bootstrap interval of the mean (:mod:`~inversion_bench.leaderboard.stats`,
-            NaN without one), ``ci_method`` says what it resamples or why there is none,
+            of the interval of the mean (:mod:`~inversion_bench.leaderboard.stats`: crossed bootstrap
+            over seeds and identities, or t over seeds; NaN without one), ``ci_method`` says what it
+            resamples or why there is none,
             ``n_identities`` the identities per seed it resamples (0 for an interval over seeds);
-            ``p_value`` is the paired sign-flip permutation test against the baseline on (seed,
-            identity) pairs (NaN for the baseline and without per-identity values), ``significant``
-            whether it is below ``settings.significance`` (False when NaN), ``test`` names the test
-            and its pairs, or says why there is none).
+            ``p_value`` is the defense test against the baseline over seeds (the trained model is the
+            unit; :mod:`~inversion_bench.leaderboard.significance`), NaN for the baseline and without
+            values; ``testable`` whether that test can reach ``settings.significance`` with the seeds at
+            hand, ``seeds_needed`` the seeds per row it needs (0 when testable); ``p_adjusted`` the
+            p-value adjusted over the table's testable tests (``settings.correction``), ``significant``
+            whether it is below the level (False when NaN or not testable); ``test`` names the test and
+            its seeds, or says why there is none; ``p_identity`` and ``test_identity`` the paired
+            sign-flip test over (seed, identity) pairs, which asks whether these trained models differ
+            on these identities and never marks a Δ; ``mean_of_maxima`` (worst-case column only) the
+            mean over seeds of each seed's maximum over attacks).
         worst_case: the :class:`WorstCase` of every defense (empty without a worst-case column).
         failures: the failed pairs, in defense/attack/seed order.
         missing: (defense, column key, seed) of values that were ``None``/non-finite in ok records.

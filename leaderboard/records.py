@@ -98,7 +98,9 @@ def same_result(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 def different_results_error(key: tuple[str, str, int], old: dict[str, Any], rec: dict[str, Any]) -> ValueError:
     """The error of two genuinely different results for one pair: both files and the first differing setting."""
-    diff = first_difference({k: old.get(k) for k in RESULT_SETTINGS}, {k: rec.get(k) for k in RESULT_SETTINGS})
+    settings = [k for k in RESULT_SETTINGS if k != "config_hash"]  # name a setting before the hash of them all
+    diff = (first_difference({k: old.get(k) for k in settings}, {k: rec.get(k) for k in settings})
+            or first_difference({"config_hash": old.get("config_hash")}, {"config_hash": rec.get("config_hash")}))
     what = (f"{diff[0]} differs ({diff[1]!r} vs {diff[2]!r})" if diff is not None
             else f"suite_hash differs ({old.get('suite_hash')!r} vs {rec.get('suite_hash')!r})")
     return ValueError(

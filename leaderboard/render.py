@@ -2,7 +2,7 @@
 
 The number and cell formatting is shared with :mod:`inversion_bench.leaderboard.latex` and
 :mod:`inversion_bench.leaderboard.html` (:mod:`inversion_bench.leaderboard.formatting`). Free text (labels,
-names, notes, errors) goes through :func:`~inversion_bench.leaderboard.formatting.md_text`: no raw HTML, and
+names, notes, errors) goes through :func:`~inversion_bench.leaderboard.escape.md_text`: no raw HTML, and
 a ``|`` never splits a table cell.
 """
 
@@ -14,6 +14,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from inversion_bench.leaderboard.equal_utility import to_markdown as eu_markdown
+from inversion_bench.leaderboard.escape import md_text
 from inversion_bench.leaderboard.formatting import (
     ACCESS_HELP,
     ARROWS,
@@ -29,12 +30,18 @@ from inversion_bench.leaderboard.formatting import (
     display_text,
     guarantee_text,
     has_guarantees,
-    md_text,
     seed_attacks,
     seed_coverage,
     seed_summary,
 )
-from inversion_bench.leaderboard.legend import AUDIT_HELP, cells_help, evaluator_items, interval_help, significance_help
+from inversion_bench.leaderboard.legend import (
+    AUDIT_HELP,
+    cells_help,
+    evaluator_items,
+    interval_help,
+    significance_help,
+    testability_note,
+)
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
@@ -117,10 +124,12 @@ def _delta_section(lb: LeaderboardTable, cells: Cells, decimals: dict[str, int])
         f"## Δ vs {md_text(lb.baseline_label)}",
         "",
         f"Difference of means (defense − baseline); accuracies in percentage points. `{SIGNIFICANT_MARK}`: the "
-        f"paired sign-flip permutation test gives p < {lb.settings.significance:g} (see the legend); a Δ "
-        "without it is not significant.",
+        f"defense test over seeds gives an adjusted p < {lb.settings.significance:g} (see the legend); a Δ "
+        "without it is not significant or not testable.",
         "",
     ]
+    if testability_note(lb):
+        out += [f"**{testability_note(lb)}**", ""]
     dbody = []
     for info in others:
         row = [_row_label(lb, info)]
@@ -140,7 +149,8 @@ def _legend(lb: LeaderboardTable) -> list[str]:
         "- ↑ higher is better for the defender; ↓ lower is better for the defender.",
         f"- {cells_help(lb, seed_summary(lb))}",
         f"- {interval_help(lb)} The intervals and p-values are in leaderboard.csv (`_ci_low`, `_ci_high`, "
-        "`_p_value`, `_significant`) and the page's tooltips.",
+        "`_p_value`, `_p_adjusted`, `_testable`, `_seeds_needed`, `_significant`, `_p_identity`) and the page's "
+        "tooltips.",
         (
             "- `failed`: every seed of the pair failed (see Failures); `(k/n failed)`: the numbers "
             "cover the remaining seeds only."
@@ -148,9 +158,11 @@ def _legend(lb: LeaderboardTable) -> list[str]:
     ]
     if any(c.is_worst_case for c in lb.columns):
         out += [
-            f"- {WORST_CASE_HELP} `(k/n attacks on seed s)`: some attacks failed on that seed and the maximum "
-            "covers the others; `(k/n failed)`: every attack failed on k seeds.",
-            "- Rows are sorted by the worst case, lowest (best for the defender) first; rows without one last.",
+            f"- {WORST_CASE_HELP} `(k/n attacks on every seed)`: only k of the table's attacks have a value on "
+            "every seed of the row, and the worst case is taken over those; `(k/n failed)`: every attack failed on "
+            "k seeds.",
+            "- Rows are sorted by the worst case, lowest (best for the defender) first; rows whose worst case covers "
+            "only some attacks after the complete ones; rows without one last.",
         ]
     if lb.baseline is not None:
         out.append(f"- {significance_help(lb, SIGNIFICANT_MARK)}")
@@ -271,9 +283,11 @@ def wide_frame(lb: LeaderboardTable) -> pd.DataFrame:
             row[f"{c.key}_n"] = int(cell["n"])
             row[f"{c.key}_delta"] = cell["delta"]
             row[f"{c.key}_failed"] = int(cell["n_failed"])
-            for k in ("ci_low", "ci_high", "p_value", "significant"):
+            for k in ("ci_low", "ci_high", "p_value", "p_adjusted", "significant", "testable", "seeds_needed",
+                      "p_identity"):
                 row[f"{c.key}_{k}"] = cell[k]
             if c.is_worst_case:
+                row[f"{WORST_CASE}_mean_of_maxima"] = cell["mean_of_maxima"]
                 wc = lb.worst_case.get(info.defense)
                 row[f"{WORST_CASE}_attack"] = wc.attack if wc else None
                 row[f"{WORST_CASE}_attacks"] = seed_attacks(wc)

@@ -214,7 +214,7 @@ def _record_interval(rec: dict[str, Any], metric: str) -> dict[str, Any]:
     known, unknown = per
     values = [*known.values(), *([0.0] * unknown)]
     settings = report_settings([rec], [])
-    low, high = bootstrap_interval([values], settings.confidence, settings.bootstrap)
+    low, high = bootstrap_interval(values, settings.confidence, settings.bootstrap)
     return {"ci_low": low, "ci_high": high, "n_identities": len(values)}
 
 
@@ -228,7 +228,7 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     ``ci_low``/``ci_high`` are the record's own percentile bootstrap interval (over its identities, at the
     record's ``report_settings.confidence``) of a metric with per-identity values (``attack_acc@1``,
     ``attack_acc@5``), ``n_identities`` the identities it resamples; empty for other metrics. A text cell
-    that a spreadsheet would read as a formula gets a leading ``'`` (``formatting.csv_text``).
+    that a spreadsheet would read as a formula gets a leading ``'`` (``escape.csv_text``).
     """
     import pandas as pd
 
@@ -247,6 +247,6 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
             rows.append({**base, "metric": m, "value": v, "direction": (r.get("directions") or {}).get(m, ""),
                          **_record_interval(r, m)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    from inversion_bench.leaderboard.formatting import write_csv
+    from inversion_bench.leaderboard.escape import write_csv
 
     return write_csv(pd.DataFrame(rows, columns=list(RECORD_COLUMNS)), path)

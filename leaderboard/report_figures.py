@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import inversion_bench.leaderboard.figures as fig
 from inversion_bench.leaderboard.equal_utility import sweep_groups
-from inversion_bench.leaderboard.formatting import write_csv
+from inversion_bench.leaderboard.escape import write_csv
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 from inversion_bench.leaderboard.runs import RunView
 

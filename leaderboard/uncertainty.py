@@ -1,26 +1,28 @@
-"""Intervals and paired tests of the leaderboard's cells, read from the records.
+"""Intervals and defense tests of the leaderboard's cells, read from the records.
 
-:mod:`~inversion_bench.leaderboard.stats` holds the arithmetic; this module finds what it needs in the
-records and fills the ``ci_low, ci_high, ci_method, n_identities, p_value, significant, test`` columns of
-:attr:`~inversion_bench.leaderboard.model.LeaderboardTable.data`:
+:mod:`~inversion_bench.leaderboard.stats` (intervals) and :mod:`~inversion_bench.leaderboard.significance`
+(tests, multiplicity) hold the arithmetic; this module finds what they need in the records and fills the
+``ci_low, ci_high, ci_method, n_identities, p_value, p_adjusted, testable, seeds_needed, significant, test,
+p_identity, test_identity`` columns of :attr:`~inversion_bench.leaderboard.model.LeaderboardTable.data`:
 
 * Per-identity values of a metric ``m`` are the dict ``per_identity_<m>`` (or, for ``attack_<x>``,
   ``per_identity_<x>``: ``attack_acc@1`` -> ``per_identity_acc@1``) in any of the record's
   ``metric_details`` blocks, or the dict ``per_identity`` of the block named ``m`` (``knn_distance``,
-  ``facenet_distance``), when it holds one number per identity. The interval is then of the mean over
-  identities (for the KNN distance, a mean over images, the two differ when identities have different
-  numbers of images). A block whose dict has fewer identities than ``identities_attacked``
-  while ``identities_without_images`` is positive (records written before every attacked identity was
-  listed) adds those identities as 0-valued identities of unknown id: they count in the interval and
-  are left out of the paired test (they cannot be matched).
-* An attack cell whose every seed has per-identity values gets the bootstrap over identities (and
-  seeds, with several); any other cell with at least two seeds (including one where only some seeds
-  have per-identity values) the bootstrap over seeds; a cell with a single value none (NaN, and
-  ``ci_method`` says why). Target columns (test accuracy and the other
-  target-scope metrics) and the worst case get the interval over seeds only.
-* A defense's attack cell is tested against the baseline's cell of the same attack and metric with the
-  paired sign-flip permutation test on the (seed, identity) pairs present in both (seeds whose records
-  lack per-identity values are left out of the test).
+  ``facenet_distance``), when it holds one number per identity. A block whose dict has fewer identities
+  than ``identities_attacked`` while ``identities_without_images`` is positive (records written before
+  every attacked identity was listed) adds those identities as 0-valued identities of unknown id: they
+  count in the interval (as identities ``?0, ?1, ...``) and are left out of the identity-level test.
+* **Interval.** An attack cell whose every seed has per-identity values gets the crossed interval over
+  seeds and identities (:func:`~inversion_bench.leaderboard.stats.crossed_interval`; with one seed it is
+  over the identities of one trained model, and says so). Any other cell gets Student's t interval over
+  seeds, and none with fewer than three seeds ("too few seeds").
+* **Defense test** (the Δ mark): the cell's per-seed values against the baseline's, paired sign-flip or
+  two-sample permutation over seeds (``report.seed_test``). A test that cannot reach the level with the
+  seeds at hand is *not testable* (no mark; ``seeds_needed`` says how many it needs). The testable tests
+  of the table form one family, adjusted with ``report.correction`` (Benjamini–Hochberg by default); a Δ
+  is marked when its adjusted p-value is below ``report.significance``.
+* **Identity-level test** (never a mark): the paired sign-flip test over the (seed, identity) pairs
+  present in both cells. It asks whether these trained models differ on these identities.
 """
 
 from __future__ import annotations
@@ -29,18 +31,29 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import Column, EvaluatorAudit, EvaluatorInfo, ReportSettings
 from inversion_bench.leaderboard.records import finite, is_ok
-from inversion_bench.leaderboard.stats import (
+from inversion_bench.leaderboard.significance import (
+    CORRECTIONS,
+    SEED_TESTS,
     SIGN_FLIP_TEST,
-    bootstrap_interval,
-    exact_test,
+    TWO_SAMPLE_TEST,
+    adjust,
+    choose_test,
+    min_p_paired,
+    min_p_two_sample,
     paired_permutation_test,
-    seed_interval,
+    seeds_needed,
+    sign_flip_exact,
+    sign_flip_test,
+    two_sample_exact,
+    two_sample_test,
 )
+from inversion_bench.leaderboard.stats import MIN_SEEDS_INTERVAL, crossed_interval, t_interval
 
 IdentityValues = tuple[dict[str, float], int]
 """Per-identity values of one record: ``{identity id: value}`` and the number of 0-valued identities of
@@ -60,10 +73,17 @@ def report_settings(recs: Sequence[dict[str, Any]], notes: list[str]) -> ReportS
         notes.append(f"records disagree on report_settings ({found}); using the first, {found[0]}.")
     default = ReportSettings()
     s = found[0]
+    correction = str(s.get("correction", default.correction))
+    seed_test = str(s.get("seed_test", default.seed_test))
+    if correction not in CORRECTIONS or seed_test not in SEED_TESTS:
+        notes.append(f"report_settings name an unknown correction or seed test ({correction!r}, {seed_test!r}); "
+                     f"using {default.correction!r} and {default.seed_test!r}.")
+        correction, seed_test = default.correction, default.seed_test
     return ReportSettings(significance=float(s.get("significance", default.significance)),
                           confidence=float(s.get("confidence", default.confidence)),
                           bootstrap=int(s.get("bootstrap", default.bootstrap)),
-                          intervals=bool(s.get("intervals", default.intervals)))
+                          intervals=bool(s.get("intervals", default.intervals)),
+                          correction=correction, seed_test=seed_test)
 
 
 def _audit(block: Any) -> EvaluatorAudit | None:
@@ -137,9 +157,13 @@ def identity_values(rec: Mapping[str, Any], metric: str) -> IdentityValues | Non
     return None
 
 
-def _group(vals: IdentityValues) -> list[float]:
-    known, unknown = vals
-    return [*known.values(), *([0.0] * unknown)]
+def _matrix(per_identity: Mapping[int, IdentityValues]) -> tuple[np.ndarray, int]:
+    """Seeds × identities of a cell (NaN where a seed lacks an identity; unknown ids as ``?0, ?1, ...``) and
+    the largest number of identities on one seed."""
+    rows = [{**known, **{f"?{k}": 0.0 for k in range(unknown)}} for known, unknown in per_identity.values()]
+    ids = sorted({i for r in rows for i in r}, key=lambda k: (len(k), k))
+    matrix = np.array([[r.get(i, math.nan) for i in ids] for r in rows], dtype=float)
+    return matrix, max(len(r) for r in rows)
 
 
 def _cell_records(recs: Sequence[dict[str, Any]], col: Column, seeds: Sequence[int]) -> dict[int, dict[str, Any]]:
@@ -160,36 +184,36 @@ def _per_identity(recs: Sequence[dict[str, Any]], col: Column, seeds: Sequence[i
 def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[int, IdentityValues],
                   settings: ReportSettings) -> dict[str, Any]:
     """``ci_low, ci_high, ci_method, n_identities`` of one cell."""
-    conf, reps = settings.confidence, settings.bootstrap
     nan = {"ci_low": math.nan, "ci_high": math.nan, "n_identities": 0}
     if not values:
         return {**nan, "ci_method": "no interval: no values"}
     if per_identity and len(per_identity) == len(values):  # every seed has per-identity values
-        groups = [_group(v) for v in per_identity.values()]
-        n_ids = max(len(g) for g in groups)
-        low, high = bootstrap_interval(groups, conf, reps)
+        matrix, n_ids = _matrix(per_identity)
+        low, high, nu = crossed_interval(matrix, settings.confidence, settings.bootstrap)
         if math.isnan(low):
             return {**nan, "ci_method": "no interval: one identity on one seed"}
-        over = "identities and seeds" if len(groups) > 1 else "identities"
-        n = f"{plural(n_ids, 'identity', 'identities')} × {plural(len(groups), 'seed')}"
-        method = f"bootstrap over {over}, n = {n}"
+        ids = plural(n_ids, "identity", "identities")
+        if len(per_identity) == 1:
+            method = (f"bootstrap over the identities of one trained model, t (ν = {nu:.1f}), n = {ids}; "
+                      "seed-to-seed variation not included")
+        else:
+            method = (f"crossed bootstrap over seeds and identities, t (ν = {nu:.1f}), "
+                      f"n = {ids} × {plural(len(per_identity), 'seed')}")
         return {"ci_low": low, "ci_high": high, "ci_method": method, "n_identities": n_ids}
-    if len(values) < 2:
-        why = "one seed" if col.is_target or col.is_worst_case else "one seed and no per-identity values"
-        return {**nan, "ci_method": f"no interval: {why}"}
-    low, high = seed_interval(values, conf, reps)
-    return {"ci_low": low, "ci_high": high, "ci_method": f"bootstrap over seeds, n = {plural(len(values), 'seed')}",
+    if len(values) < MIN_SEEDS_INTERVAL:
+        return {**nan, "ci_method": f"no interval: too few seeds ({len(values)}; {MIN_SEEDS_INTERVAL} needed)"}
+    low, high = t_interval(values, settings.confidence)
+    return {"ci_low": low, "ci_high": high, "ci_method": f"t interval over seeds, n = {plural(len(values), 'seed')}",
             "n_identities": 0}
 
 
-def paired_test(col: Column, mine: Mapping[int, IdentityValues], base: Mapping[int, IdentityValues],
-                settings: ReportSettings) -> tuple[float, str]:
-    """(p-value, description) of the paired test of a defense's cell against the baseline's."""
+def identity_test(col: Column, mine: Mapping[int, IdentityValues], base: Mapping[int, IdentityValues],
+                  settings: ReportSettings) -> tuple[float, str]:
+    """(p-value, description) of the identity-level paired test of a defense's cell against the baseline's."""
     if not col.is_attack:
-        return math.nan, "no paired test (" + ("seed-level values only" if not col.is_worst_case else
-                                               "the worst case has seed-level values only") + ")"
+        return math.nan, ""
     if not mine or not base:
-        return math.nan, "no paired test (no per-identity values)"
+        return math.nan, "no identity-level test (no per-identity values)"
     a: list[float] = []
     b: list[float] = []
     for seed in sorted(set(mine) & set(base)):
@@ -198,38 +222,93 @@ def paired_test(col: Column, mine: Mapping[int, IdentityValues], base: Mapping[i
             a.append(known_a[ident])
             b.append(known_b[ident])
     if not a:
-        return math.nan, "no paired test (no (seed, identity) pair in both)"
+        return math.nan, "no identity-level test (no (seed, identity) pair in both)"
+    nonzero = int(np.count_nonzero(np.asarray(a) - np.asarray(b)))
     p = paired_permutation_test(a, b, settings.bootstrap)
-    kind = "exact" if exact_test(len(a), settings.bootstrap) else f"Monte Carlo, {settings.bootstrap} sign vectors"
-    return p, f"{SIGN_FLIP_TEST} ({kind}; {plural(len(a), '(seed, identity) pair')})"
+    kind = "exact" if sign_flip_exact(nonzero, settings.bootstrap) else f"Monte Carlo, {settings.bootstrap} draws"
+    return p, (f"{SIGN_FLIP_TEST} over (seed, identity) pairs ({kind}; {plural(len(a), 'pair')}, {nonzero} non-zero): "
+               "whether these trained models differ on these identities, not a test of the defense")
+
+
+def _needed(settings: ReportSettings, level: float) -> int:
+    """Seeds per row the configured test needs to reach ``level`` (``auto``: the earlier of the two)."""
+    if settings.seed_test == "auto":
+        return min(seeds_needed("paired", level), seeds_needed("two-sample", level))
+    return seeds_needed(settings.seed_test, level)
+
+
+def defense_test(values: Sequence[float], seeds: Sequence[int], base_values: Sequence[float],
+                 base_seeds: Sequence[int], settings: ReportSettings, level: float) -> dict[str, Any]:
+    """``p_value, testable, seeds_needed, test`` of a defense's per-seed values against the baseline's.
+
+    ``level`` is the level the test must be able to reach (the significance level; divided by the
+    number of tests under Holm).
+    """
+    mine = dict(zip(seeds, values, strict=True))
+    base = dict(zip(base_seeds, base_values, strict=True))
+    kind = choose_test(settings.seed_test, list(mine), list(base), level)
+    if kind == "paired":
+        shared = sorted(set(mine) & set(base))
+        d = [mine[s] - base[s] for s in shared]
+        nonzero = int(np.count_nonzero(d))
+        p = sign_flip_test(d, settings.bootstrap)
+        min_p = min_p_paired(nonzero)
+        exact = "exact" if sign_flip_exact(nonzero, settings.bootstrap) else f"Monte Carlo, {settings.bootstrap} draws"
+        what = f"{SIGN_FLIP_TEST} over seeds ({exact}; {plural(len(shared), 'seed')}, {nonzero} non-zero)"
+        n_seeds = len(shared)
+    else:
+        p = two_sample_test(list(mine.values()), list(base.values()), settings.bootstrap)
+        min_p = min_p_two_sample(len(mine), len(base))
+        exact = ("exact" if two_sample_exact(len(mine), len(base), settings.bootstrap)
+                 else f"Monte Carlo, {settings.bootstrap} draws")
+        what = f"{TWO_SAMPLE_TEST} over seeds ({exact}; {len(mine)} vs {len(base)} seeds)"
+        n_seeds = min(len(mine), len(base))
+    if min_p < level:
+        return {"p_value": p, "testable": True, "seeds_needed": 0, "test": what}
+    k = _needed(settings, level)
+    return {"p_value": p, "testable": False, "seeds_needed": k,
+            "test": f"not testable with {plural(n_seeds, 'seed')}; {k} needed ({what})"}
+
+
+def _no_test(why: str) -> dict[str, Any]:
+    return {"p_value": math.nan, "testable": False, "seeds_needed": 0, "test": why}
 
 
 def add_uncertainty(data: pd.DataFrame, by_defense: Mapping[str, Sequence[dict[str, Any]]],
                     columns: Sequence[Column], baseline: str | None, settings: ReportSettings) -> pd.DataFrame:
-    """``data`` with the interval and paired-test columns filled (see the module docstring)."""
+    """``data`` with the interval and test columns filled (see the module docstring)."""
     cols = {c.key: c for c in columns}
-    per_id: dict[tuple[str, str], dict[int, IdentityValues]] = {}
-    for _, row in data.iterrows():
-        per_id[(row["defense"], row["column"])] = _per_identity(by_defense[row["defense"]], cols[row["column"]],
-                                                                list(row["seeds"]))
+    rows = {(r["defense"], r["column"]): r for _, r in data.iterrows()}
+    per_id = {key: _per_identity(by_defense[key[0]], cols[key[1]], list(r["seeds"])) for key, r in rows.items()}
+    n_tests = sum(1 for (d, c), r in rows.items() if baseline not in (None, d) and r["values"]
+                  and (baseline, c) in rows and rows[(baseline, c)]["values"])
+    level = settings.significance / max(n_tests, 1) if settings.correction == "holm" else settings.significance
     out: dict[str, list[Any]] = {k: [] for k in ("ci_low", "ci_high", "ci_method", "n_identities", "p_value",
-                                                 "significant", "test")}
-    for _, row in data.iterrows():
-        col = cols[row["column"]]
-        mine = per_id[(row["defense"], row["column"])]
-        ci = cell_interval(col, list(row["values"]), mine, settings)
-        if baseline is None or row["defense"] == baseline:
-            p, test = math.nan, "" if baseline is None else "baseline"
-        elif not row["values"]:
-            p, test = math.nan, "no paired test (no values)"
+                                                 "testable", "seeds_needed", "test", "p_identity", "test_identity")}
+    for key, row in rows.items():
+        col = cols[key[1]]
+        ci = cell_interval(col, list(row["values"]), per_id[key], settings)
+        base = rows.get((baseline, key[1])) if baseline is not None else None
+        p_id, t_id = math.nan, ""
+        if baseline is None or key[0] == baseline:
+            test = _no_test("" if baseline is None else "baseline")
+        elif not row["values"] or base is None or not base["values"]:
+            test = _no_test("no test (no values)" if not row["values"] else "no test (the baseline has no values)")
         else:
-            p, test = paired_test(col, mine, per_id.get((baseline, row["column"]), {}), settings)
+            test = defense_test(list(row["values"]), list(row["seeds"]), list(base["values"]), list(base["seeds"]),
+                                settings, level)
+            p_id, t_id = identity_test(col, per_id[key], per_id[(baseline, key[1])], settings)
         for k in ("ci_low", "ci_high", "ci_method", "n_identities"):
             out[k].append(ci[k])
-        out["p_value"].append(p)
-        out["significant"].append(bool(not math.isnan(p) and p < settings.significance))
-        out["test"].append(test)
+        for k in ("p_value", "testable", "seeds_needed", "test"):
+            out[k].append(test[k])
+        out["p_identity"].append(p_id)
+        out["test_identity"].append(t_id)
     data = data.copy()
     for k, v in out.items():
         data[k] = v
-    return data.astype({"n_identities": int, "significant": bool})
+    family = [p if t else math.nan for p, t in zip(out["p_value"], out["testable"], strict=True)]
+    data["p_adjusted"] = adjust(family, settings.correction)
+    data["significant"] = [bool(t and not math.isnan(q) and q < settings.significance)
+                           for t, q in zip(out["testable"], data["p_adjusted"], strict=True)]
+    return data.astype({"n_identities": int, "significant": bool, "testable": bool, "seeds_needed": int})

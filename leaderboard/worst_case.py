@@ -1,11 +1,20 @@
-"""The worst case of a defense (the strongest attack against it, per seed) and the default row order.
+"""The worst case of a defense (the strongest attack against it) and the default row order.
 
-A defense is only as strong as the strongest attack against it: per seed, the worst case is the
-highest ``attack_acc@1`` (:data:`~inversion_bench.leaderboard.model.WORST_CASE_METRIC`, lower is better
-for the defender) that any attack reached, over the ``ok`` records with a finite value. An attack that
-failed on a seed is left out of that seed (the others still count, and the cell says how many attacks
-it covers); a seed where no attack has a value has no worst case. The cell is the mean ± std of the
-per-seed maxima, like every other cell.
+A defense is only as strong as the strongest attack against it. The worst case is the **strongest
+attack's mean**: over the attacks that have an ``ok`` record with a finite
+:data:`~inversion_bench.leaderboard.model.WORST_CASE_METRIC` (``attack_acc@1``, lower is better for the
+defender) on every seed of the row (the seeds where some attack has a value; a seed where none has is
+counted as failed), the highest mean over seeds. Its cell is that attack's mean ± std
+over seeds, and its seed values are what the defense test compares with the baseline's.
+
+The mean over seeds of each seed's maximum over attacks is a different estimand: for two equally
+strong attacks it exceeds the strongest mean by ``sigma / sqrt(pi)`` (about 0.56 seed standard
+deviations) whatever the number of seeds, whereas the strongest attack's mean is biased by that amount
+divided by ``sqrt(seeds)``. It is kept beside the headline (CSV, tooltip). A maximum is only taken over
+attacks present on every seed: an attack that failed on one seed would otherwise make the seeds'
+maxima range over different attack sets. A row whose headline covers fewer attacks than the table
+(:attr:`~inversion_bench.leaderboard.model.WorstCase.partial`) is flagged and sorted after the complete
+rows.
 
 Pure functions over records and the table model; :mod:`~inversion_bench.leaderboard.aggregate` calls
 :func:`worst_case`, the renderers call :func:`ranked`.
@@ -14,7 +23,6 @@ Pure functions over records and the table model; :mod:`~inversion_bench.leaderbo
 from __future__ import annotations
 
 import math
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -37,38 +45,13 @@ def seed_maximum(values: Mapping[str, float], order: Sequence[str]) -> tuple[str
     """The attack with the highest value, the first in ``order`` on ties; ``None`` without values.
 
     Args:
-        values: attack id -> value on one seed.
+        values: attack id -> value (on one seed, or a mean over seeds).
         order: attack ids in table order.
     """
     if not values:
         return None
     best = max(_in_order(values, order), key=values.__getitem__)  # max keeps the first of equals
     return best, values[best]
-
-
-def named_attack(per_seed: Sequence[str], means: Mapping[str, float], order: Sequence[str]) -> str | None:
-    """The attack named in a worst-case cell.
-
-    The attack that is the maximum on most seeds; ties by the higher mean of the attack's own values
-    (``means``), then the first in ``order``.
-
-    Args:
-        per_seed: the attack of each seed's maximum.
-        means: attack id -> mean of its values over seeds against this defense.
-        order: attack ids in table order.
-
-    Returns:
-        The attack id, or ``None`` when ``per_seed`` is empty.
-    """
-    if not per_seed:
-        return None
-    counts = Counter(per_seed)
-
-    def key(a: str) -> tuple[int, float]:
-        mean = means.get(a, math.nan)
-        return counts[a], (mean if math.isfinite(mean) else -math.inf)
-
-    return max(_in_order(counts, order), key=key)
 
 
 def _seed_values(recs: Sequence[dict[str, Any]], metric: str) -> dict[int, dict[str, float]]:
@@ -98,43 +81,38 @@ def worst_case(recs: Sequence[dict[str, Any]], attacks: Sequence[str],
         The :class:`~inversion_bench.leaderboard.model.WorstCase`.
     """
     by_seed = _seed_values(recs, metric)
-    seeds: list[int] = []
-    values: list[float] = []
-    winners: list[str] = []
     failed: list[int] = []
     missing: list[int] = []
     for s in sorted(by_seed):
-        top = seed_maximum(by_seed[s], attacks)
-        if top is None:
-            seed_failed = any(not is_ok(r) for r in recs if int(r["seed"]) == s)
-            (failed if seed_failed else missing).append(s)
-            continue
-        seeds.append(s)
-        winners.append(top[0])
-        values.append(top[1])
-    own: dict[str, list[float]] = {}
-    for vals in by_seed.values():
-        for a, v in vals.items():
-            own.setdefault(a, []).append(v)
-    means = {a: sum(v) / len(v) for a, v in own.items()}
+        if not by_seed[s]:
+            (failed if any(not is_ok(r) for r in recs if int(r["seed"]) == s) else missing).append(s)
+    seeds = [s for s in sorted(by_seed) if by_seed[s]]  # a seed where no attack has a value is failed/missing
+    complete = [a for a in _in_order({a for v in by_seed.values() for a in v}, attacks)
+                if seeds and all(a in by_seed[s] for s in seeds)]
+    means = {a: sum(by_seed[s][a] for s in seeds) / len(seeds) for a in complete}
+    top = seed_maximum(means, attacks)
+    tops = [seed_maximum({a: by_seed[s][a] for a in complete}, attacks) for s in seeds] if top else []
     return WorstCase(
         n_attacks=len(attacks),
-        seeds=tuple(seeds),
-        values=tuple(values),
-        attacks=tuple(winners),
+        seeds=tuple(seeds) if top else (),
+        values=tuple(by_seed[s][top[0]] for s in seeds) if top else (),
+        attack=top[0] if top else None,
+        complete=tuple(complete),
+        maxima=tuple(t[1] for t in tops if t),
+        attacks=tuple(t[0] for t in tops if t),
         covered=tuple((s, len(by_seed[s])) for s in sorted(by_seed)),
         failed=tuple(failed),
         missing=tuple(missing),
-        attack=named_attack(winners, means, attacks),
     )
 
 
 def ranked(table: LeaderboardTable) -> list[DefenseInfo]:
     """The rows in the default order of the Markdown table and the HTML page.
 
-    By the mean of the worst-case column, lowest (best for the defender) first; rows without a
-    worst case (every seed failed) last; ties, and every row when the table has no worst-case column,
-    in ``defense_index`` order. The baseline is not pinned: it sorts like any other row. Near-chance
+    By the mean of the worst-case column, lowest (best for the defender) first; rows whose worst case
+    covers only some attacks of the table after the complete ones (by their own worst case), rows
+    without a worst case last; ties, and every row when the table has no worst-case column, in
+    ``defense_index`` order. The baseline is not pinned: it sorts like any other row. Near-chance
     rows are not moved either: their flag travels with the row label.
 
     Args:
@@ -150,7 +128,8 @@ def ranked(table: LeaderboardTable) -> list[DefenseInfo]:
         pos, info = pos_info
         cell = table.cell(info.defense, WORST_CASE)
         if int(cell["n"]) == 0 or not math.isfinite(float(cell["mean"])):
-            return 1, 0.0, pos
-        return 0, float(cell["mean"]), pos
+            return 2, 0.0, pos
+        wc = table.worst_case.get(info.defense)
+        return int(wc is not None and wc.partial), float(cell["mean"]), pos
 
     return [info for _, info in sorted(enumerate(table.defenses), key=key)]

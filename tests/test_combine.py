@@ -76,11 +76,11 @@ def test_genuinely_different_result_is_refused(runs, capsys) -> None:
     (other / "records").mkdir(parents=True)
     (other / "suite.json").write_text((b / "suite.json").read_text())
     rec = _hard_record(b)
-    rec.update(config_hash="changed", attack_params={**rec["attack_params"], "steps": 99})
+    rec.update(config_hash="changed", keys={**rec["keys"], "prior": "another-prior"})
     (other / "records" / "hard__mif__seed0.json").write_text(json.dumps(rec))
     assert main(["leaderboard", str(a), str(other), "--output", str(tmp / "x")]) == 2
     err = capsys.readouterr().err
-    assert "attack_params.steps" in err and str(other) in err and str(a) in err
+    assert "keys.prior" in err and str(other) in err and str(a) in err
 
 
 def _products(run_dir: Path) -> set[str]:

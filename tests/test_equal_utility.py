@@ -21,11 +21,32 @@ def test_a_point_exactly_at_the_utility_gives_its_value():
     assert r.value == pytest.approx(0.70) and r.crossings == 1
 
 
-def test_several_crossings_give_the_lowest_value():
-    # test accuracy goes up then down again: 0.85 is crossed twice
-    r = read_at([(0.80, 0.50), (0.90, 0.70), (0.80, 0.30)], 0.85)
-    assert r.crossings == 2
-    assert r.value == pytest.approx(min(0.60, 0.50))
+def test_tied_utilities_give_the_lowest_reading_whatever_their_order():
+    # two settings at test accuracy 0.80 (attack .50 and .30), one at 0.90 (.70): read at 0.85 on both
+    # segments, 0.60 and 0.50; the lowest, in either order of the tied points
+    for pts in ([(0.80, 0.50), (0.90, 0.70), (0.80, 0.30)], [(0.80, 0.30), (0.80, 0.50), (0.90, 0.70)]):
+        r = read_at(pts, 0.85)
+        assert r.crossings == 2 and r.value == pytest.approx(0.50)
+    r = read_at([(0.85, 0.4), (0.80, 0.5), (0.85, 0.2)], 0.85)  # two points exactly at u0
+    assert r.crossings == 2 and r.value == pytest.approx(0.2)
+
+
+def test_points_are_read_in_order_of_utility_not_of_the_swept_value():
+    """A sweep listed as [0.1, -0.1, 0, 0.05, -0.05]: joined in that order the curve crosses the baseline's
+    utility on segments between settings that are not neighbours in utility; sorted, it is read between
+    the two settings whose test accuracies enclose it."""
+    values = [0.1, -0.1, 0.0, 0.05, -0.05]
+    test_acc = {0.1: 0.86, -0.1: 0.95, 0.0: 0.90, 0.05: 0.88, -0.05: 0.92}
+    attack = {0.1: 0.80, -0.1: 0.30, 0.0: 0.70, 0.05: 0.75, -0.05: 0.50}
+    recs = [_rec(f"ls.alpha{v}", k, test_acc[v], attack[v], v) for k, v in enumerate(values)]
+    for r in recs:
+        r["baseline"] = "ls.alpha0.0"
+    row = equal_utility(aggregate(recs), recs).iloc[0]
+    # sorted without the baseline: (0.86, .80) (0.88, .75) (0.92, .50) (0.95, .30); 0.90 lies between 0.88
+    # and 0.92: .75 + (.50 - .75) * (0.02 / 0.04) = .625
+    assert row["value"] == pytest.approx(0.625) and row["crossings"] == 1
+    # joined in suite order, (0.86, .80)-(0.95, .30) and (0.88, .75)-(0.92, .50) would both cross
+    assert read_at([(test_acc[v], attack[v]) for v in values if v != 0.0], 0.90).value == pytest.approx(0.625)
 
 
 def test_outside_the_range_is_never_extrapolated():

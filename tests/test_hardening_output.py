@@ -23,7 +23,7 @@ from inversion_bench.attacks.gmi import GenerativeModelInversion, GMIParams
 from inversion_bench.attacks.ppa import PlugAndPlayAttack, PPAParams
 from inversion_bench.interfaces import AttackContext
 from inversion_bench.leaderboard.equal_utility import to_markdown as eu_markdown
-from inversion_bench.leaderboard.formatting import csv_text, md_text, plot_text, write_csv
+from inversion_bench.leaderboard.escape import csv_text, md_text, plot_text, write_csv
 from inversion_bench.leaderboard.latex import latex_escape
 from inversion_bench.leaderboard.toy2d import draw_toy2d
 from inversion_bench.models import build_classifier

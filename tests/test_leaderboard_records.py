@@ -46,6 +46,7 @@ def test_same_config_hash_is_one_result_other_settings_refused(tmp_path: Path, r
     for r in ok:
         r["config_hash"] = f"cfg-{r['defense']}-{r['attack']}-{r['seed']}"
         r["attack_params"] = {"steps": 100}
+        r["keys"] = {"evaluator": "ev", "prior": "prior"}
     run_a, run_b = tmp_path / "a", tmp_path / "b"
     for r in ok:
         write_record(run_a / "records", r)
@@ -54,10 +55,10 @@ def test_same_config_hash_is_one_result_other_settings_refused(tmp_path: Path, r
     write_record(run_b / "records", same)
     combined = build_from_dirs([run_a, run_b])
     pd.testing.assert_frame_equal(combined.wide(), build(ok).wide())
-    changed = copy.deepcopy(same)
-    changed.update(config_hash="cfg-other", attack_params={"steps": 999})
+    changed = copy.deepcopy(same)  # same attack and defense configuration, another evaluation model
+    changed.update(config_hash="cfg-other", keys={**(changed.get("keys") or {}), "evaluator": "ev-other"})
     write_record(run_b / "records", changed)
-    with pytest.raises(ValueError, match=r"attack_params\.steps differs") as exc:
+    with pytest.raises(ValueError, match=r"keys\.evaluator differs") as exc:
         build_from_dirs([run_a, run_b])
     assert str(run_a) in str(exc.value) and str(run_b) in str(exc.value)
 

@@ -76,66 +76,61 @@ def scipy_paired_p(a: list[float], b: list[float]) -> float:
     return float(res.pvalue)
 
 
-def test_identity_interval_and_paired_test() -> None:
-    from inversion_bench.leaderboard.stats import bootstrap_interval, seed_interval
+def test_identity_interval_identity_level_test_and_two_seeds_not_testable() -> None:
+    from inversion_bench.leaderboard.stats import crossed_interval
 
     lb = build(identity_records())
     strong = lb.cell("strong", "gmi/attack_acc@1")
-    assert (strong["ci_low"], strong["ci_high"]) == bootstrap_interval(list(ACC1["strong"]), 0.95, 2000)
+    low, high, nu = crossed_interval(np.array(ACC1["strong"]), 0.95, 2000)
+    assert (strong["ci_low"], strong["ci_high"]) == (low, high)
     assert strong["ci_low"] <= strong["mean"] <= strong["ci_high"]
-    assert strong["ci_method"] == "bootstrap over identities and seeds, n = 4 identities × 2 seeds"
+    assert strong["ci_method"] == (f"crossed bootstrap over seeds and identities, t (ν = {nu:.1f}), "
+                                   "n = 4 identities × 2 seeds")
     assert strong["n_identities"] == 4
-    # 8 (seed, identity) pairs: exact, all differences negative -> p = 2 / 2^8, the same as scipy's
+    # identity level: 8 (seed, identity) pairs, exact, all differences negative -> p = 2 / 2^8, as scipy's; no mark
     flat = {d: [v for s in (0, 1) for v in ACC1[d][s]] for d in ACC1}
-    assert strong["p_value"] == pytest.approx(2 / 256) == pytest.approx(scipy_paired_p(flat["strong"], flat["none"]))
-    assert bool(strong["significant"]) and "exact; 8 (seed, identity) pairs" in strong["test"]
+    assert strong["p_identity"] == pytest.approx(2 / 256) == pytest.approx(scipy_paired_p(flat["strong"], flat["none"]))
+    assert "exact; 8 pairs, 8 non-zero" in strong["test_identity"]
+    assert "not a test of the defense" in strong["test_identity"]
     same = lb.cell("same", "gmi/attack_acc@1")
-    assert same["p_value"] == pytest.approx(scipy_paired_p(flat["same"], flat["none"]))
-    assert same["p_value"] > 0.05 and not same["significant"]
+    assert same["p_identity"] == pytest.approx(scipy_paired_p(flat["same"], flat["none"]))
+    # the defense test over seeds: 2 vs 2 seeds cannot reach 0.05 (smallest p 2 / C(4, 2)): not testable, no mark
+    for d in ("strong", "same"):
+        for key in ("test_accuracy", "worst_case", "gmi/attack_acc@1", "gmi/fid"):
+            cell = lb.cell(d, key)
+            assert not cell["testable"] and not cell["significant"] and cell["seeds_needed"] == 4, (d, key)
+            assert cell["test"].startswith("not testable with 2 seeds; 4 needed (two-sample permutation test over "
+                                           "seeds (exact; 2 vs 2 seeds))"), cell["test"]
+            assert math.isnan(cell["p_adjusted"])
+    assert strong["p_value"] == pytest.approx(1 / 3)  # the two most extreme of the 6 splits
     base = lb.cell("none", "gmi/attack_acc@1")
     assert math.isnan(base["p_value"]) and not base["significant"] and base["test"] == "baseline"
-    # target column, FID (no per-identity values), worst case: intervals over seeds only, no paired test
+    # target column, FID, worst case (no per-identity values) with 2 seeds: too few seeds for an interval
     for key in ("test_accuracy", "gmi/fid", "worst_case"):
         cell = lb.cell("strong", key)
-        assert cell["ci_method"] == "bootstrap over seeds, n = 2 seeds" and cell["n_identities"] == 0, key
-        assert (cell["ci_low"], cell["ci_high"]) == seed_interval(list(cell["values"])), key
-        assert math.isnan(cell["p_value"]) and not cell["significant"] and "no paired test" in cell["test"], key
+        assert cell["ci_method"] == "no interval: too few seeds (2; 3 needed)" and cell["n_identities"] == 0, key
+        assert math.isnan(cell["ci_low"]) and math.isnan(cell["ci_high"])
 
-    # Markdown: a significant Δ carries "*", the others none; the legend names the test
+    # Markdown: no mark, and the table says why; the legend names the test and the unit
     md = lb.to_markdown()
     delta = md_tables(md)[1]
-    assert md_row(delta, "Strong")["GMI [white-box]: attack_acc@1 (pp) ↓"].endswith("*")
-    assert not md_row(delta, "Same")["GMI [white-box]: attack_acc@1 (pp) ↓"].endswith("*")
-    assert not md_row(delta, "Strong")["Test acc. (pp) ↑"].endswith("*")
-    assert "paired sign-flip permutation test" in md and "p < 0.05" in md and "percentile bootstrap" in md
-    # HTML: coloured only when significant, grey otherwise; the tooltip has the interval, n, test and p
+    assert not any(v.endswith("*") for row in delta for v in row.values())
+    assert "Δ marks: not testable with 2 seeds per defense; 4 needed at 0.05." in md
+    assert "The unit is the trained model" in md and "crossed bootstrap" in md
+    # HTML: grey; the tooltip has the interval, n, the test and why it is not testable
     page = _Page()
     from inversion_bench.leaderboard.html import render_html
 
-    page.feed(render_html(lb))
-    assert page.deltas[("strong", "gmi/attack_acc@1")]["class"] == "delta good"
-    assert page.deltas[("same", "gmi/attack_acc@1")]["class"] == "delta ns"
-    assert page.deltas[("strong", "test_accuracy")]["class"] == "delta ns"  # worse, but no paired test
+    html = render_html(lb)
+    page.feed(html)
+    assert page.deltas[("strong", "gmi/attack_acc@1")]["class"] == "delta ns"
+    assert "not testable with 2 seeds; 4 needed" in page.deltas[("strong", "gmi/attack_acc@1")]["title"]
     title = page.cells[("strong", "gmi/attack_acc@1")]["title"]
     lo, hi = 100 * strong["ci_low"], 100 * strong["ci_high"]
-    assert f"95% CI [{lo:.1f}, {hi:.1f}] (bootstrap over identities and seeds, n = 4 identities × 2 seeds)" in title
-    assert "vs baseline: p = 0.008, paired sign-flip permutation test (exact; 8 (seed, identity) pairs)" in title
-
-
-def test_legend_counts_the_tests_and_the_marks_expected_by_chance() -> None:
-    from inversion_bench.leaderboard.html import render_html
-
-    lb = build(identity_records())
-    tested = [(d, k) for d in ("strong", "same") for k in ("gmi/attack_acc@1", "gmi/attack_acc@5")]
-    assert all(not math.isnan(lb.cell(d, k)["p_value"]) for d, k in tested)
-    marked = sum(lb.cell(d, k)["p_value"] < 0.05 for d, k in tested)
-    assert marked == 2  # Strong's acc@1 and acc@5; Same's are not significant
-    text = ("This table holds 4 paired tests, each at 0.05 without a correction for their number: with no true "
-            "difference anywhere, about 0.2 would be marked by chance; 2 are marked here.")
-    assert text in lb.to_markdown() and text in render_html(lb)
-    # one defense: nothing is tested, nothing is said about it
-    alone = build([identity_record("none", s, ACC1["none"][s]) for s in (0, 1)])
-    assert "This table holds" not in alone.to_markdown()
+    assert f"95% CI [{lo:.1f}, {hi:.1f}] (crossed bootstrap over seeds and identities" in title
+    assert "vs baseline: p = 0.333, not testable with 2 seeds; 4 needed" in title
+    assert "Δ marks: not testable with 2 seeds per defense; 4 needed at 0.05." in html
+    assert "4 needed at 0.05" in lb.to_latex()
 
 
 def test_csv_carries_intervals_and_p_values(tmp_path: Path) -> None:
@@ -145,15 +140,16 @@ def test_csv_carries_intervals_and_p_values(tmp_path: Path) -> None:
     recs = identity_records()
     lb = build(recs)
     df = pd.read_csv(lb.to_csv(tmp_path / "lb.csv")).set_index("defense")
-    for k in ("ci_low", "ci_high", "p_value"):
+    for k in ("ci_low", "ci_high", "p_value", "p_identity", "seeds_needed"):
         assert df.loc["strong", f"gmi/attack_acc@1_{k}"] == pytest.approx(lb.cell("strong", "gmi/attack_acc@1")[k])
-    assert bool(df.loc["strong", "gmi/attack_acc@1_significant"]) is True
-    assert bool(df.loc["same", "gmi/attack_acc@1_significant"]) is False
+    assert bool(df.loc["strong", "gmi/attack_acc@1_testable"]) is False
+    assert bool(df.loc["strong", "gmi/attack_acc@1_significant"]) is False
+    assert df.loc["strong", "worst_case_mean_of_maxima"] == pytest.approx(float(np.mean(ACC1["strong"], axis=1).mean()))
     assert math.isnan(df.loc["none", "gmi/attack_acc@1_p_value"])
     # records.csv: each record's own interval over its identities for attack_acc@1/@5
     long = pd.read_csv(write_records_csv(recs, tmp_path / "records.csv"))
     row = long[(long["defense"] == "strong") & (long["seed"] == 1) & (long["metric"] == "attack_acc@1")].iloc[0]
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_interval([ACC1["strong"][1]], 0.95, 2000))
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx(bootstrap_interval(ACC1["strong"][1], 0.95, 2000))
     assert row["n_identities"] == 4
     assert long.loc[long["metric"] == "test_accuracy", "ci_low"].isna().all()
 
@@ -172,8 +168,8 @@ def test_intervals_setting_shows_half_widths_and_disagreement_is_noted() -> None
     single = lb.cell("none", "ppa/attack_acc@1")
     assert math.isnan(single["ci_low"]) and single["ci_method"] == "no interval: one identity on one seed"
     assert md_row(main, "No defense")["PPA [white-box]: attack_acc@1 (%) ↓"] == "50.0 (no CI)"
-    assert "half-width of the 90% bootstrap interval" in lb.to_markdown()
-    assert f"{100 * cell['mean']:.1f} $\\pm$ {hw:.1f}" in lb.to_latex() and "bootstrap interval" in lb.to_latex()
+    assert "half-width of the 90% interval" in lb.to_markdown()
+    assert f"{100 * cell['mean']:.1f} $\\pm$ {hw:.1f}" in lb.to_latex() and "crossed bootstrap" in lb.to_latex()
 
     recs[0]["report_settings"] = {**settings, "significance": 0.01}
     lb2 = build(recs)
@@ -185,7 +181,7 @@ def test_intervals_setting_shows_half_widths_and_disagreement_is_noted() -> None
 
 
 def test_old_records_count_identities_without_images_as_zero() -> None:
-    from inversion_bench.leaderboard.stats import bootstrap_interval
+    from inversion_bench.leaderboard.stats import crossed_interval
 
     recs = [identity_record("none", 0, [0.9, 0.8, 0.7, 1.0]), identity_record("strong", 0, [0.1, 0.0, 0.2, 0.1])]
     block = recs[1]["metric_details"]["attack_accuracy"]
@@ -193,11 +189,14 @@ def test_old_records_count_identities_without_images_as_zero() -> None:
     block["identities_without_images"] = 1
     lb = build(recs)
     cell = lb.cell("strong", "gmi/attack_acc@1")
-    assert (cell["ci_low"], cell["ci_high"]) == bootstrap_interval([[0.1, 0.0, 0.1, 0.0]], 0.95, 2000)
-    assert cell["ci_method"] == "bootstrap over identities, n = 4 identities × 1 seed"
+    low, high, nu = crossed_interval(np.array([[0.1, 0.0, 0.1, 0.0]]), 0.95, 2000)
+    assert (cell["ci_low"], cell["ci_high"]) == (low, high) and nu == 3.0
+    assert cell["ci_method"] == ("bootstrap over the identities of one trained model, t (ν = 3.0), n = 4 identities; "
+                                 "seed-to-seed variation not included")
     # the identity of unknown id cannot be paired: 3 pairs (exact)
-    assert "exact; 3 (seed, identity) pairs" in cell["test"]
-    assert cell["p_value"] == pytest.approx(scipy_paired_p([0.1, 0.0, 0.1], [0.9, 0.8, 1.0]))
+    assert "exact; 3 pairs, 3 non-zero" in cell["test_identity"]
+    assert cell["p_identity"] == pytest.approx(scipy_paired_p([0.1, 0.0, 0.1], [0.9, 0.8, 1.0]))
+    assert cell["test"].startswith("not testable with 1 seed; 4 needed")
 
 
 def test_target_scope_metrics_are_target_columns() -> None:
@@ -216,7 +215,7 @@ def test_target_scope_metrics_are_target_columns() -> None:
     assert keys[:3] == ["test_accuracy", "ece", "worst_case"]
     assert "gmi/ece" not in keys and "gmi/evaluator_agreement" in keys
     ece = lb.cell("strong", "ece")
-    assert ece["n"] == 2 and ece["mean"] == pytest.approx(0.155) and ece["ci_method"].startswith("bootstrap over seeds")
+    assert ece["n"] == 2 and ece["mean"] == pytest.approx(0.155) and ece["ci_method"].startswith("no interval: too few")
     main = md_tables(lb.to_markdown())[0]
     headers = list(main[0])
     assert headers[1:4] == ["Test acc. (%) ↑", "Target: ece ↓", "Worst case: attack_acc@1 (%) ↓"]
@@ -282,13 +281,14 @@ def test_per_identity_values_found_in_details() -> None:
 
 
 def test_seed_without_per_identity_values() -> None:
-    """A seed whose record lacks per-identity values: the interval is over seeds, the test uses the others."""
+    """A seed whose record lacks per-identity values: no crossed interval (t over seeds, too few here); the
+    identity-level test uses the other seed."""
     recs = identity_records()
     (old,) = [r for r in recs if r["defense"] == "strong" and r["seed"] == 1]
     del old["metric_details"]
     lb = build(recs)
     cell = lb.cell("strong", "gmi/attack_acc@1")
-    assert cell["ci_method"] == "bootstrap over seeds, n = 2 seeds" and cell["n_identities"] == 0
-    assert "exact; 4 (seed, identity) pairs" in cell["test"]
-    assert cell["p_value"] == pytest.approx(2 / 16)  # 4 negative differences on seed 0
+    assert cell["ci_method"] == "no interval: too few seeds (2; 3 needed)" and cell["n_identities"] == 0
+    assert "exact; 4 pairs, 4 non-zero" in cell["test_identity"]
+    assert cell["p_identity"] == pytest.approx(2 / 16)  # 4 negative differences on seed 0
     assert not cell["significant"]

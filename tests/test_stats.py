@@ -1,5 +1,5 @@
-"""The leaderboard's bootstrap intervals and paired sign-flip permutation test, against hand-computed values
-and scipy."""
+"""The leaderboard's intervals, permutation tests and multiplicity corrections against hand-computed values,
+scipy and brute-force enumeration."""
 
 from __future__ import annotations
 
@@ -10,13 +10,25 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
+from inversion_bench.leaderboard.significance import (
+    adjust,
+    choose_test,
+    min_p_paired,
+    min_p_two_sample,
+    paired_permutation_test,
+    seeds_needed,
+    sign_flip_exact,
+    sign_flip_test,
+    two_sample_exact,
+    two_sample_test,
+)
 from inversion_bench.leaderboard.stats import (
     bootstrap_interval,
-    exact_test,
+    crossed_interval,
+    crossed_replicates,
     half_width,
-    paired_permutation_test,
-    resampled_means,
-    seed_interval,
+    satterthwaite_df,
+    t_interval,
 )
 
 
@@ -29,117 +41,182 @@ def scipy_p(a: np.ndarray, b: np.ndarray, n_resamples: float = np.inf) -> float:
     return float(res.pvalue)
 
 
+def scipy_two_sample_p(a: np.ndarray, b: np.ndarray) -> float:
+    """scipy's exact permutation test of ``|mean(a) - mean(b)|`` (one-sided on the absolute difference: scipy's
+    own two-sided p-value doubles the smaller tail, which differs for unequal group sizes)."""
+    res = sps.permutation_test((a, b), lambda x, y, axis: np.abs(np.mean(x, axis=axis) - np.mean(y, axis=axis)),
+                               vectorized=True, permutation_type="independent", n_resamples=np.inf,
+                               alternative="greater")
+    return float(res.pvalue)
+
+
 # --------------------------------------------------------------------------------------------------
-# bootstrap
+# intervals
 
 
-def test_all_equal_values_give_a_zero_width_interval() -> None:
-    low, high = bootstrap_interval([[0.4] * 7, [0.4] * 5, [0.4] * 9])
-    assert low == pytest.approx(0.4) and high == pytest.approx(0.4)
-    assert half_width(low, high) == pytest.approx(0.0)
-
-
-def test_single_value_has_no_interval() -> None:
-    for groups in ([[0.3]], [[], [0.3]], [], [[]]):
-        low, high = bootstrap_interval(groups)
-        assert math.isnan(low) and math.isnan(high)
-    assert all(math.isnan(x) for x in seed_interval([0.3]))
+def test_one_record_bootstrap_by_hand() -> None:
+    """One record, identities 0 and 1: a resample's mean is 0, 0.5 or 1 with probabilities 1/4, 1/2, 1/4."""
+    assert bootstrap_interval([0.0, 1.0], 0.95, 2000) == (0.0, 1.0)  # 2.5 % and 97.5 % in the outer atoms
+    assert bootstrap_interval([0.0, 1.0], 0.40, 2000) == (0.5, 0.5)  # 30 % and 70 % in the middle atom
+    low, high = bootstrap_interval([0.4] * 7)
+    assert low == pytest.approx(0.4) and high == pytest.approx(0.4) and half_width(low, high) == pytest.approx(0)
+    assert all(math.isnan(x) for x in bootstrap_interval([0.3]))
     assert math.isnan(half_width(math.nan, math.nan))
 
 
-def test_two_identities_by_hand() -> None:
-    """One seed, identities 0 and 1: a resample of two identities has mean 0, 0.5 or 1 with probabilities
-    1/4, 1/2, 1/4 (the four ordered draws 00, 01, 10, 11)."""
-    rng = np.random.default_rng(7)
-    means = resampled_means([[0.0, 1.0]], 20000, rng)
-    assert set(np.unique(means)) == {0.0, 0.5, 1.0}
-    for v, p in ((0.0, 0.25), (0.5, 0.5), (1.0, 0.25)):
-        assert np.mean(means == v) == pytest.approx(p, abs=0.015)
-    # 95 %: the 2.5 % and 97.5 % quantiles fall into the outer atoms (each 25 %)
-    assert bootstrap_interval([[0.0, 1.0]], 0.95, 2000) == (0.0, 1.0)
-    # 40 %: the 30 % and 70 % quantiles both fall into the middle atom (25 % .. 75 %)
-    assert bootstrap_interval([[0.0, 1.0]], 0.40, 2000) == (0.5, 0.5)
-
-
-def test_seeds_are_resampled_too() -> None:
-    """Two seeds with one value each: the mean of a resample of seeds is 0.2, 0.3 or 0.4 (1/4, 1/2, 1/4)."""
-    means = resampled_means([[0.2], [0.4]], 20000, np.random.default_rng(3))
-    assert set(np.round(np.unique(means), 12)) == {0.2, 0.3, 0.4}
-    assert np.mean(np.isclose(means, 0.3)) == pytest.approx(0.5, abs=0.015)
-    assert seed_interval([0.2, 0.4]) == pytest.approx((0.2, 0.4))
-    # identities within seeds: seed A {0, 1}, seed B {1, 1}: enumerate the 2 x 2 x 4 x 4 equally likely draws
-    by_hand = []
-    groups = [[0.0, 1.0], [1.0, 1.0]]
-    for s1, s2 in itertools.product(range(2), repeat=2):
-        for i1 in itertools.product(range(2), repeat=2):
-            for i2 in itertools.product(range(2), repeat=2):
-                g1, g2 = groups[s1], groups[s2]
-                by_hand.append((np.mean([g1[i] for i in i1]) + np.mean([g2[i] for i in i2])) / 2)
-    means = resampled_means(groups, 40000, np.random.default_rng(11))
-    assert means.mean() == pytest.approx(np.mean(by_hand), abs=0.005)
-    assert means.var() == pytest.approx(np.var(by_hand), rel=0.05)
+def test_crossed_replicates_draw_identities_once_for_every_seed() -> None:
+    """2 seeds x 2 identities: 4 equally likely seed draws x 4 identity draws, the same identities on both
+    drawn seeds; the replicates' distribution equals the enumeration of those 16 outcomes."""
+    y = np.array([[0.0, 1.0], [1.0, 1.0]])
+    by_hand = [np.mean([y[s, i] for s in seeds for i in ids])
+               for seeds in itertools.product(range(2), repeat=2) for ids in itertools.product(range(2), repeat=2)]
+    reps = crossed_replicates(y, 40000, np.random.default_rng(11))
     for v in np.unique(by_hand):
-        assert np.mean(np.isclose(means, v)) == pytest.approx(np.mean(np.isclose(by_hand, v)), abs=0.01)
+        assert np.mean(np.isclose(reps, v)) == pytest.approx(np.mean(np.isclose(by_hand, v)), abs=0.01), v
+    # independent identity draws per seed would give 0.25 with probability 1/16 * ... > 0; shared draws never
+    # give a mean of 0.25 here (it needs identity 0 on one seed only)
+    assert not np.any(np.isclose(reps, 0.25))
+    # a missing cell is left out of its seed's mean
+    z = np.array([[0.0, np.nan], [1.0, 1.0]])
+    reps = crossed_replicates(z, 2000, np.random.default_rng(1))
+    assert set(np.round(np.unique(reps[~np.isnan(reps)]), 12)) <= {0.0, 0.5, 1.0}
+    # NaN only where no drawn seed has a drawn identity: seed 0 drawn twice, identity 1 drawn twice (1/16)
+    assert np.mean(np.isnan(reps)) == pytest.approx(1 / 16, abs=0.02)
 
 
-def test_bootstrap_is_reproducible_and_covers_the_mean() -> None:
+def test_satterthwaite_df_by_hand() -> None:
+    y = np.array([[1.0, 2.0, 4.0], [2.0, 2.0, 5.0]])
+    s, i = y.shape
+    grand = y.mean()
+    ms_a = i * ((y.mean(1) - grand) ** 2).sum() / (s - 1)
+    ms_b = s * ((y.mean(0) - grand) ** 2).sum() / (i - 1)
+    resid = y - y.mean(1)[:, None] - y.mean(0)[None, :] + grand
+    ms_e = (resid**2).sum() / ((s - 1) * (i - 1))
+    expected = (ms_a + ms_b - ms_e) ** 2 / (ms_a**2 / (s - 1) + ms_b**2 / (i - 1) + ms_e**2 / ((s - 1) * (i - 1)))
+    assert satterthwaite_df(y) == pytest.approx(expected)
+    assert satterthwaite_df(np.array([[1.0, 2.0, 3.0, 5.0]])) == 3.0  # one seed: identities - 1
+    assert satterthwaite_df(np.array([[1.0], [2.0], [4.0]])) == 2.0  # one identity: seeds - 1
+    assert satterthwaite_df(np.array([[1.0, np.nan, 2.0], [2.0, 5.0, 3.0]])) == pytest.approx(
+        satterthwaite_df(np.array([[1.0, 2.0], [2.0, 3.0]])))  # identities present on every seed
+
+
+def test_crossed_interval_is_reproducible_and_centred() -> None:
     rng = np.random.default_rng(0)
-    groups = [rng.uniform(size=30), rng.uniform(size=30), rng.uniform(size=30)]
-    first = bootstrap_interval(groups, 0.95, 2000)
-    assert bootstrap_interval(groups, 0.95, 2000) == first
-    low, high = first
-    mean = np.mean([g.mean() for g in groups])
-    assert low < mean < high
-    assert bootstrap_interval(groups, 0.5, 2000)[1] - bootstrap_interval(groups, 0.5, 2000)[0] < high - low
+    y = rng.uniform(size=(4, 30))
+    first = crossed_interval(y, 0.95, 2000)
+    assert crossed_interval(y, 0.95, 2000) == first
+    low, high, nu = first
+    assert low < y.mean() < high and (low + high) / 2 == pytest.approx(y.mean())
+    assert crossed_interval(y, 0.5, 2000)[1] - crossed_interval(y, 0.5, 2000)[0] < high - low
+    assert 1.0 <= nu
+    assert all(math.isnan(v) for v in crossed_interval(np.array([[0.3]])))
+
+
+def test_t_interval_equals_scipy_and_needs_three_seeds() -> None:
+    values = [0.61, 0.55, 0.70, 0.66]
+    expected = sps.t.interval(0.95, len(values) - 1, loc=np.mean(values), scale=sps.sem(values))
+    assert t_interval(values, 0.95) == pytest.approx(expected)
+    assert all(math.isnan(v) for v in t_interval([0.2, 0.4]))
 
 
 # --------------------------------------------------------------------------------------------------
-# paired sign-flip permutation test
+# paired sign-flip test
 
 
-def test_identical_arrays_give_p_one() -> None:
-    a = np.array([0.1, 0.5, 0.5, 0.9])
-    assert paired_permutation_test(a, a) == 1.0  # exact
-    big = np.linspace(0, 1, 40)
-    assert paired_permutation_test(big, big, resamples=500) == 1.0  # Monte Carlo: (500 + 1) / (500 + 1)
-
-
-def test_hand_computed_p_values() -> None:
-    # d = (1, 2, 3): of the 8 sign vectors only +++ and --- reach |mean| >= 2
-    assert paired_permutation_test([1, 2, 3], [0, 0, 0]) == pytest.approx(2 / 8)
-    # d = (1, 2): means 1.5, 0.5, -0.5, -1.5; |mean| >= 1.5 on 2 of 4
+def test_sign_flip_hand_computed_p_values() -> None:
+    # d = (1, 2, 3): of the 8 sign vectors only +++ and --- reach |sum| >= 6
+    assert sign_flip_test([1, 2, 3]) == pytest.approx(2 / 8)
     assert paired_permutation_test([1, 2], [0, 0]) == pytest.approx(2 / 4)
-    # d = (1, -1): observed mean 0, every sign vector is at least as extreme
-    assert paired_permutation_test([1, 0], [0, 1]) == 1.0
-    assert exact_test(3, 2000) and exact_test(10, 1024) and not exact_test(11, 2000) and not exact_test(0, 10)
+    assert paired_permutation_test([1, 0], [0, 1]) == 1.0  # observed 0: every vector is as extreme
+    a = np.array([0.1, 0.5, 0.5, 0.9])
+    assert paired_permutation_test(a, a) == 1.0
+    # zero differences carry no sign: dropped, so (1, 2, 3, 0, 0) is the test of (1, 2, 3)
+    assert sign_flip_test([1, 2, 3, 0, 0]) == pytest.approx(2 / 8)
+    assert math.isnan(sign_flip_test([]))
 
 
-def test_exact_matches_scipy() -> None:
+def test_sign_flip_exact_matches_brute_force_and_scipy() -> None:
     rng = np.random.default_rng(5)
-    for n in (2, 3, 5, 8, 10):
-        a, b = rng.uniform(size=n), rng.uniform(size=n)
-        b[: n // 2] = a[: n // 2] - 0.3  # some signal
-        assert paired_permutation_test(a, b, resamples=2000) == pytest.approx(scipy_p(a, b), rel=1e-9), n
-    # ties in the differences
-    a, b = np.array([1.0, 1.0, 0.0, 0.5, 0.5]), np.array([0.0, 0.0, 0.0, 0.0, 1.0])
-    assert paired_permutation_test(a, b) == pytest.approx(scipy_p(a, b), rel=1e-9)
+    for n in (1, 2, 3, 5, 8, 11):
+        a = np.round(rng.uniform(size=n), 2)
+        b = np.round(a - rng.normal(0.1, 0.3, size=n), 2)
+        d = (a - b)[a != b]
+        obs = abs(d.sum())
+        brute = np.mean([abs(np.dot(s, d)) >= obs - 1e-9 for s in itertools.product((1, -1), repeat=d.size)])
+        assert paired_permutation_test(a, b) == pytest.approx(brute, abs=1e-12), n
+        if n > 1:  # scipy needs two observations
+            assert paired_permutation_test(a, b) == pytest.approx(scipy_p(a, b), rel=1e-9), n
+    # 40 pairs, 17 non-zero differences: exact (the earlier Monte Carlo erred by up to 0.022 here)
+    d = np.zeros(40)
+    d[:17] = np.round(rng.normal(0.05, 0.25, size=17), 2)
+    d[d == 0] = 0.01
+    d[17:] = 0.0
+    assert sign_flip_exact(17, 2000) and not sign_flip_exact(33, 2000)
+    assert sign_flip_test(d) == pytest.approx(scipy_p(d[:17], np.zeros(17)), rel=1e-9)
 
 
-def test_monte_carlo_close_to_scipy_exact_and_corrected() -> None:
+def test_sign_flip_monte_carlo_beyond_the_exact_limit() -> None:
     rng = np.random.default_rng(9)
-    a = rng.uniform(size=16)
-    b = a - rng.normal(0.05, 0.2, size=16)
-    exact = scipy_p(a, b)  # 2 ** 16 sign vectors, enumerated by scipy
-    mc = paired_permutation_test(a, b, resamples=20000)
-    assert not exact_test(16, 20000)
-    assert mc == pytest.approx(exact, abs=0.015)
-    # every difference positive: (hits + 1) / (resamples + 1) > 0 even though hardly any vector is as extreme
-    p = paired_permutation_test(np.ones(30), np.zeros(30), resamples=999)
-    assert p == pytest.approx(1 / 1000)
-    assert paired_permutation_test(a, b, resamples=3000) == paired_permutation_test(a, b, resamples=3000)
-
-
-def test_bad_input() -> None:
+    d = rng.normal(0.2, 1.0, size=40)
+    exact_by_normal = 2 * sps.norm.sf(abs(d.sum()) / np.sqrt((d**2).sum()))  # large-sample sign-flip null
+    mc = sign_flip_test(d, resamples=20000)
+    assert mc == pytest.approx(exact_by_normal, abs=0.03)
+    assert sign_flip_test(np.ones(60), resamples=999) == pytest.approx(1 / 1000)  # (hits + 1) / (resamples + 1)
+    assert sign_flip_test(d, resamples=3000) == sign_flip_test(d, resamples=3000)
     with pytest.raises(ValueError):
         paired_permutation_test([1, 2], [1])
-    assert math.isnan(paired_permutation_test([], []))
+
+
+# --------------------------------------------------------------------------------------------------
+# two-sample test
+
+
+def test_two_sample_by_hand_and_against_scipy() -> None:
+    # {1, 2} vs {3, 4}: of the 6 splits, {1, 2} and {3, 4} reach |mean difference| >= 2
+    assert two_sample_test([1, 2], [3, 4]) == pytest.approx(2 / 6)
+    assert two_sample_test([1, 2, 3], [1, 2, 3]) == 1.0
+    rng = np.random.default_rng(2)
+    for n_a, n_b in ((3, 3), (4, 4), (5, 5), (4, 6), (6, 6)):
+        a, b = rng.normal(0.3, 0.1, n_a), rng.normal(0.4, 0.1, n_b)  # no ties, so float rounding cannot matter
+        assert two_sample_exact(n_a, n_b, 2000)
+        assert two_sample_test(a, b) == pytest.approx(scipy_two_sample_p(a, b), rel=1e-9), (n_a, n_b)
+    assert math.isnan(two_sample_test([], [1.0]))
+
+
+def test_smallest_p_values_and_seeds_needed() -> None:
+    assert [min_p_paired(n) for n in (1, 2, 5, 6)] == [1.0, 0.5, 2 / 32, 2 / 64]
+    assert min_p_two_sample(2, 2) == pytest.approx(2 / 6) and min_p_two_sample(4, 4) == pytest.approx(2 / 70)
+    assert min_p_two_sample(3, 5) == pytest.approx(1 / 56)
+    assert seeds_needed("paired", 0.05) == 6 and seeds_needed("two-sample", 0.05) == 4
+    assert seeds_needed("paired", 0.01) == 8 and seeds_needed("two-sample", 0.01) == 5
+    # the smallest p really is attained: 6 seeds, all differences of one sign
+    assert sign_flip_test(np.arange(1.0, 7.0)) == pytest.approx(min_p_paired(6))
+    assert two_sample_test([1, 2, 3, 4], [5, 6, 7, 8]) == pytest.approx(min_p_two_sample(4, 4))
+
+
+def test_choice_of_test() -> None:
+    six = list(range(6))
+    assert choose_test("auto", six, six, 0.05) == "paired"
+    assert choose_test("auto", six[:5], six[:5], 0.05) == "two-sample"  # paired cannot reach 0.05 with 5
+    assert choose_test("auto", six, [*six[:5], 9], 0.05) == "two-sample"  # different seed sets
+    assert choose_test("paired", six[:3], six[:3], 0.05) == "paired"
+    assert choose_test("paired", [0, 1], [2, 3], 0.05) == "two-sample"  # nothing to pair
+    assert choose_test("two-sample", six, six, 0.05) == "two-sample"
+
+
+# --------------------------------------------------------------------------------------------------
+# multiplicity
+
+
+def test_benjamini_hochberg_equals_scipy_and_holm_by_hand() -> None:
+    p = np.array([0.01, 0.04, 0.03, 0.005])
+    assert adjust(p, "bh") == pytest.approx(sps.false_discovery_control(p, method="bh"))
+    assert adjust(p, "bh") == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    # Holm: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 = 0.02, 0.03, 0.06, 0.04 -> running max
+    assert adjust(p, "holm") == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert adjust(p, "none") == pytest.approx(p)
+    with_nan = adjust([0.01, math.nan, 0.04], "bh")
+    assert math.isnan(with_nan[1]) and with_nan[[0, 2]] == pytest.approx([0.02, 0.04])  # NaN is not in the family
+    assert adjust([0.9, 0.95], "holm") == pytest.approx([1.0, 1.0])  # capped at 1
+    with pytest.raises(ValueError, match="unknown correction"):
+        adjust([0.1], "bonferroni-ish")

@@ -15,7 +15,7 @@ import pytest
 from inversion_bench.leaderboard import build
 from inversion_bench.leaderboard.html import render_html
 from inversion_bench.leaderboard.report import write_records_csv
-from inversion_bench.leaderboard.worst_case import named_attack, ranked, seed_maximum, worst_case
+from inversion_bench.leaderboard.worst_case import ranked, seed_maximum, worst_case
 from tests.test_leaderboard import make_record, md_row, md_tables
 
 ATTACKS = {"gmi": ("GMI", 0, "white-box"), "mirror": ("Mirror", 1, "black-box"), "brep": ("BREP-MI", 2, "label-only")}
@@ -65,39 +65,56 @@ def lb():
     return build(hand_records())
 
 
-def test_seed_maximum_and_named_attack() -> None:
+def test_seed_maximum() -> None:
     order = ["gmi", "mirror", "brep"]
     assert seed_maximum({"brep": 0.5, "mirror": 0.7, "gmi": 0.2}, order) == ("mirror", 0.7)
     assert seed_maximum({"brep": 0.5, "mirror": 0.5}, order) == ("mirror", 0.5)  # tie: table order
     assert seed_maximum({}, order) is None
-    assert named_attack(["brep", "mirror", "brep"], {"mirror": 0.9, "brep": 0.1}, order) == "brep"  # most seeds
-    assert named_attack(["brep", "mirror"], {"mirror": 0.4, "brep": 0.6}, order) == "brep"  # tie: higher mean
-    assert named_attack(["brep", "mirror"], {"mirror": 0.5, "brep": 0.5}, order) == "mirror"  # then table order
-    assert named_attack([], {}, order) is None
 
 
 def test_worst_case_values_by_hand(lb) -> None:
-    # none: seed 0 max(.80, .60, .40) = .80 (GMI), seed 1 max(.70, .75, .30) = .75 (Mirror);
-    # GMI and Mirror each win one seed, GMI's mean (.75) beats Mirror's (.675): GMI is named
+    # none: every attack on both seeds; means GMI .75, Mirror .675, BREP-MI .35: the strongest is GMI (.75);
+    # per-seed maxima .80 (GMI) and .75 (Mirror): their mean .775 is larger, as it must be
     wc = lb.worst_case["none"]
-    assert wc.values == (0.80, 0.75) and wc.attacks == ("gmi", "mirror") and wc.attack == "gmi"
-    assert wc.covered == ((0, 3), (1, 3)) and wc.partial == {}
+    assert wc.attack == "gmi" and wc.values == (0.80, 0.70) and wc.complete == ("gmi", "mirror", "brep")
+    assert wc.maxima == (0.80, 0.75) and wc.attacks == ("gmi", "mirror") and not wc.partial
+    assert wc.mean_of_maxima == pytest.approx(0.775) and wc.covered == ((0, 3), (1, 3))
     cell = lb.cell("none", "worst_case")
-    assert cell["mean"] == pytest.approx(0.775) and cell["std"] == pytest.approx(np.std([0.80, 0.75], ddof=1))
+    assert cell["mean"] == pytest.approx(0.75) and cell["std"] == pytest.approx(np.std([0.80, 0.70], ddof=1))
+    assert cell["mean_of_maxima"] == pytest.approx(0.775)
     assert cell["n"] == 2 and cell["n_failed"] == 0 and math.isnan(cell["delta"])
-    # round: seed 0 max(.05, .55, .35) = .55 (Mirror); seed 1: GMI failed, max(.50, .52) = .52 (BREP-MI)
-    # over the 2 attacks that succeeded; tie of one seed each: Mirror's mean .525 beats BREP-MI's .435
+    # round: GMI failed on seed 1, so only Mirror (.525) and BREP-MI (.435) are on every seed: Mirror; the
+    # row is flagged (2/3 attacks); per-seed maxima over those two: .55 (Mirror), .52 (BREP-MI)
     wc = lb.worst_case["round"]
-    assert wc.values == (0.55, 0.52) and wc.attacks == ("mirror", "brep") and wc.attack == "mirror"
-    assert wc.partial == {1: 2} and wc.n_attacks == 3
+    assert wc.attack == "mirror" and wc.values == (0.55, 0.50) and wc.complete == ("mirror", "brep")
+    assert wc.partial and wc.n_attacks == 3 and wc.maxima == (0.55, 0.52) and wc.attacks == ("mirror", "brep")
     cell = lb.cell("round", "worst_case")
-    assert cell["mean"] == pytest.approx(0.535) and cell["std"] == pytest.approx(np.std([0.55, 0.52], ddof=1))
-    assert cell["n"] == 2 and cell["n_failed"] == 0  # a seed with a failed attack still counts
-    assert cell["delta"] == pytest.approx(0.535 - 0.775)
-    # broken: seed 0 max(.10, .11, .10) = .11 (Mirror), seed 1 .12 (GMI)
-    assert lb.cell("broken", "worst_case")["mean"] == pytest.approx((0.11 + 0.12) / 2)
+    assert cell["mean"] == pytest.approx(0.525) and cell["std"] == pytest.approx(np.std([0.55, 0.50], ddof=1))
+    assert cell["n"] == 2 and cell["n_failed"] == 0
+    assert cell["delta"] == pytest.approx(0.525 - 0.75)
+    # broken: GMI (.11) beats Mirror (.10) and BREP-MI (.10)
+    assert lb.cell("broken", "worst_case")["mean"] == pytest.approx(0.11)
     # the GMI column alone would call Rounding the best defense by far
     assert lb.cell("round", "gmi/attack_acc@1")["mean"] == pytest.approx(0.05)
+
+
+def test_worst_case_over_different_attack_sets_per_seed_is_flagged_and_sorted_after() -> None:
+    """5 attacks on seed 0 and 2 on seed 1: the maximum is taken over the 2 on both seeds, the row is flagged
+    and sorted after every row whose worst case covers all attacks, whatever its value."""
+    attacks = [(f"a{k}", f"A{k}", k) for k in range(5)]
+    recs = []
+    for k, a in enumerate(attacks):
+        for seed in (0, 1):
+            recs.append(make_record(("full", "Full", 0), a, seed, {"test_accuracy": 0.9, "attack_acc@1": 0.3}))
+            if seed == 0 or k < 2:
+                value = 0.9 if k >= 2 else 0.1  # the strong attacks ran on seed 0 only
+                recs.append(make_record(("gappy", "Gappy", 1), a, seed, {"test_accuracy": 0.9, "attack_acc@1": value}))
+    lb = build(recs)
+    wc = lb.worst_case["gappy"]
+    assert wc.partial and wc.complete == ("a0", "a1") and lb.cell("gappy", "worst_case")["mean"] == pytest.approx(0.1)
+    assert [i.defense for i in ranked(lb)] == ["full", "gappy"]  # 0.1 < 0.3, but only 2/5 attacks
+    main = md_tables(lb.to_markdown())[0]
+    assert md_row(main, "Gappy")["Worst case: attack_acc@1 (%) ↓"] == "10.0 ± 0.0 (A0; 2/5 attacks on every seed)"
 
 
 def test_markdown_cells_headers_and_sort(lb) -> None:
@@ -107,26 +124,28 @@ def test_markdown_cells_headers_and_sort(lb) -> None:
     assert headers[1:3] == ["Test acc. (%) ↑", "Worst case: attack_acc@1 (%) ↓"]
     assert headers[3:] == ["GMI [white-box]: attack_acc@1 (%) ↓", "Mirror [black-box]: attack_acc@1 (%) ↓",
                            "BREP-MI [label-only]: attack_acc@1 (%) ↓"]
-    # lowest worst case first; the baseline is not pinned; the near-chance row sorts to the top, flagged
-    assert [r["Defense"] for r in main] == ["Broken ⚠ near chance", "Rounding", "No defense (baseline)"]
+    # lowest worst case first; the baseline is not pinned; the near-chance row sorts to the top, flagged; the
+    # row whose worst case misses an attack (Rounding: GMI failed on seed 1) comes after the complete rows
+    assert [r["Defense"] for r in main] == ["Broken ⚠ near chance", "No defense (baseline)", "Rounding"]
     assert [r["Defense"] for r in delta] == ["Broken ⚠ near chance", "Rounding"]
-    assert md_row(main, "No defense")["Worst case: attack_acc@1 (%) ↓"] == "77.5 ± 3.5 (GMI on 1/2 seeds)"
+    assert md_row(main, "No defense")["Worst case: attack_acc@1 (%) ↓"] == "75.0 ± 7.1 (GMI)"
     assert md_row(main, "Rounding")["Worst case: attack_acc@1 (%) ↓"] == (
-        "53.5 ± 2.1 (Mirror on 1/2 seeds; 2/3 attacks on seed 1)")
-    assert md_row(delta, "Rounding")["Worst case: attack_acc@1 (pp) ↓"] == "-24.0"
+        "52.5 ± 3.5 (Mirror; 2/3 attacks on every seed)")
+    assert md_row(delta, "Rounding")["Worst case: attack_acc@1 (pp) ↓"] == "-22.5"
     assert md_row(main, "Rounding")["GMI [white-box]: attack_acc@1 (%) ↓"] == "5.0 (1/2 failed)"
     assert "Rows are sorted by the worst case" in md and "2× chance level" in md
     assert "label-only: the top-1 label only" in md
+    assert "0.56 seed standard deviations" in md
     # the table model, the CSV and the LaTeX keep defense_index order
     assert [i.defense for i in lb.defenses] == ["none", "round", "broken"]
-    assert [i.defense for i in ranked(lb)] == ["broken", "round", "none"]
+    assert [i.defense for i in ranked(lb)] == ["broken", "none", "round"]
 
 
 def test_latex_headers_and_order(lb) -> None:
     tex = lb.to_latex()
     for token in (r"\multicolumn{1}{c}{Worst case}", r"\multicolumn{1}{c}{GMI [white-box]}",
                   r"\multicolumn{1}{c}{Mirror [black-box]}", r"\multicolumn{1}{c}{BREP-MI [label-only]}",
-                  r"53.5 $\pm$ 2.1 (Mirror on 1/2 seeds; 2/3 attacks on seed 1)", r"Broken \textbf{(near chance)}"):
+                  r"52.5 $\pm$ 3.5 (Mirror; 2/3 attacks on every seed)", r"Broken \textbf{(near chance)}"):
         assert token in tex
     assert tex.index("No defense (baseline) &") < tex.index("Rounding &") < tex.index("Broken ")
 
@@ -135,11 +154,12 @@ def test_csv_fields(lb, tmp_path: Path) -> None:
     df = pd.read_csv(lb.to_csv(tmp_path / "lb.csv")).set_index("defense")
     assert list(df.index) == ["none", "round", "broken"]
     cols = list(df.columns)
-    stats = ["ci_low", "ci_high", "p_value", "significant"]
-    assert cols[1:10] == [f"test_accuracy_{k}" for k in ("mean", "std", "n", "delta", "failed", *stats)]
-    assert cols[10:22] == [f"worst_case_{k}" for k in ("mean", "std", "n", "delta", "failed", *stats, "attack",
-                                                          "attacks", "covered")]
-    assert df.loc["round", "worst_case_mean"] == pytest.approx(0.535, rel=1e-12)
+    stats = ["ci_low", "ci_high", "p_value", "p_adjusted", "significant", "testable", "seeds_needed", "p_identity"]
+    assert cols[1:14] == [f"test_accuracy_{k}" for k in ("mean", "std", "n", "delta", "failed", *stats)]
+    assert cols[14:31] == [f"worst_case_{k}" for k in ("mean", "std", "n", "delta", "failed", *stats,
+                                                          "mean_of_maxima", "attack", "attacks", "covered")]
+    assert df.loc["round", "worst_case_mean"] == pytest.approx(0.525, rel=1e-12)
+    assert df.loc["round", "worst_case_mean_of_maxima"] == pytest.approx(0.535, rel=1e-12)
     assert df.loc["round", "worst_case_attack"] == "mirror"
     assert df.loc["round", "worst_case_attacks"] == "0:mirror;1:brep"
     assert df.loc["round", "worst_case_covered"] == "0:3/3;1:2/3"
@@ -190,16 +210,18 @@ class _Page(HTMLParser):
 def test_html_initial_order_headers_and_tooltips(lb) -> None:
     page = _Page()
     page.feed(render_html(lb))
-    assert page.rows == ["broken", "round", "none"]  # sorted by worst case, lowest first
+    assert page.rows == ["broken", "none", "round"]  # sorted by worst case, lowest first; partial rows after
     assert page.groups == ["Target", "Worst case", "GMI [white-box]", "Mirror [black-box]", "BREP-MI [label-only]"]
     assert page.heads["worst_case"].get("data-sort") == "asc"
     wc = page.cells[("round", "worst_case")]
-    assert float(wc["data-value"]) == pytest.approx(0.535, rel=1e-12)
+    assert float(wc["data-value"]) == pytest.approx(0.525, rel=1e-12)
     assert wc["data-attack"] == "mirror"
-    assert wc["title"].startswith("seed 0: 55.0 by Mirror; seed 1: 52.0 by BREP-MI (2/3 attacks); ")
-    # the worst case gets an interval over seeds and no paired test (it is a maximum of means)
-    assert "95% CI [" in wc["title"] and "bootstrap over seeds, n = 2 seeds" in wc["title"]
-    assert "no paired test (the worst case has seed-level values only)" in wc["title"]
+    assert wc["title"].startswith(
+        "strongest attack's mean: Mirror (over the 2/3 attacks with a value on every seed); mean of per-seed "
+        "maxima 53.5 (seed 0: 55.0 by Mirror; seed 1: 52.0 by BREP-MI (2/3 attacks)); ")
+    # two seeds: no interval over seeds, and the defense test cannot reach the level
+    assert "no interval: too few seeds (2; 3 needed)" in wc["title"]
+    assert "not testable with 2 seeds; 4 needed" in wc["title"]
     assert "1,500 queries per identity" in page.cells[("round", "mirror/attack_acc@1")]["title"]
     assert "25,000 queries per identity" in page.cells[("round", "brep/attack_acc@1")]["title"]
     assert "queries" not in page.cells[("round", "gmi/attack_acc@1")]["title"]  # white-box: not shown
@@ -238,7 +260,8 @@ def test_seed_where_every_attack_failed_and_defense_without_any() -> None:
     page.feed(render_html(lb))
     assert page.rows[-1] == "dead"
     assert page.cells[("round", "worst_case")]["title"].startswith(
-        "seed 0: 55.0 by Mirror; seed 1: every attack failed; no interval: one seed")
+        "strongest attack's mean: Mirror; mean of per-seed maxima 55.0 (seed 0: 55.0 by Mirror; seed 1: every "
+        "attack failed); no interval: too few seeds (1; 3 needed)")
     assert worst_case([], ["gmi"]).attack is None
 
 
