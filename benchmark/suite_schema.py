@@ -231,10 +231,10 @@ class ReportConfig(_Strict):
     correction: Literal["bh", "holm", "none"] = Field(
         "bh", description="multiplicity correction over the table's defense tests: bh (Benjamini-Hochberg, false "
         "discovery rate), holm (family-wise error rate) or none")
-    seed_test: Literal["auto", "paired", "two-sample"] = Field(
-        "auto", description="the defense test over seeds: paired sign-flip (same seeds in both rows; 6 seeds at "
-        "0.05), two-sample permutation (4 seeds at 0.05), or auto: paired when both rows ran the same seeds and "
-        "enough of them, two-sample otherwise")
+    seed_test: Literal["two-sample", "paired"] = Field(
+        "two-sample", description="the defense test over seeds: two-sample permutation of the rows' per-seed values "
+        "(4 seeds per row at 0.05) or paired sign-flip of the per-seed differences (same seeds in both rows; 6 "
+        "seeds at 0.05)")
 
 
 class Suite(_Strict):

@@ -84,13 +84,9 @@ def cells_help(lb: LeaderboardTable, seeds: str) -> str:
 
 
 def _test_name(lb: LeaderboardTable) -> str:
-    s = lb.settings
-    if s.seed_test == "paired":
+    if lb.settings.seed_test == "paired":
         return f"the {SIGN_FLIP_TEST} over seeds (per-seed differences, same seed in both rows)"
-    if s.seed_test == "two-sample":
-        return f"the {TWO_SAMPLE_TEST} over seeds (the rows' per-seed values)"
-    return (f"the {SIGN_FLIP_TEST} over seeds when both rows ran the same seeds and enough of them, else the "
-            f"{TWO_SAMPLE_TEST} over the rows' per-seed values")
+    return f"the {TWO_SAMPLE_TEST} over seeds (the two rows' per-seed values)"
 
 
 def testability_note(lb: LeaderboardTable) -> str:

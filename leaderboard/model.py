@@ -260,7 +260,7 @@ class ReportSettings:
         correction: multiplicity correction over the table's defense tests: ``"bh"``
             (Benjamini–Hochberg), ``"holm"`` or ``"none"``. Records written before it existed read
             ``"bh"``.
-        seed_test: the defense test over seeds: ``"auto"``, ``"paired"`` or ``"two-sample"``
+        seed_test: the defense test over seeds: ``"two-sample"`` or ``"paired"``
             (:data:`~inversion_bench.leaderboard.significance.SEED_TESTS`).
     """
 
@@ -269,7 +269,7 @@ class ReportSettings:
     bootstrap: int = 2000
     intervals: bool = False
     correction: str = "bh"
-    seed_test: str = "auto"
+    seed_test: str = "two-sample"
 
 
 @dataclass(frozen=True)

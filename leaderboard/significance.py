@@ -38,9 +38,8 @@ SIGN_FLIP_TEST = "paired sign-flip permutation test"
 TWO_SAMPLE_TEST = "two-sample permutation test"
 """Name of the unpaired test over seeds."""
 
-SEED_TESTS = ("auto", "paired", "two-sample")
-"""``report.seed_test`` values: ``auto`` takes the paired test when the two rows ran the same seeds and
-enough of them for it to reach the level, the two-sample test otherwise."""
+SEED_TESTS = ("two-sample", "paired")
+"""``report.seed_test`` values (the first is the default)."""
 
 CORRECTIONS = ("bh", "holm", "none")
 """``report.correction`` values."""
@@ -193,18 +192,10 @@ def seeds_needed(test: str, level: float, limit: int = 64) -> int:
     return limit
 
 
-def choose_test(seed_test: str, seeds_a: Sequence[int], seeds_b: Sequence[int], level: float) -> str:
-    """The test of two rows: ``"paired"`` or ``"two-sample"`` (see :data:`SEED_TESTS`).
-
-    ``paired`` is taken as asked when the rows share a seed (unshared seeds are left out of it); with
-    ``auto``, when both rows ran the same seeds and enough of them to reach ``level``.
-    """
-    shared = set(seeds_a) & set(seeds_b)
-    if seed_test == "paired" and shared:
-        return "paired"
-    if seed_test == "auto" and set(seeds_a) == set(seeds_b) and min_p_paired(len(shared)) < level:
-        return "paired"
-    return "two-sample"
+def choose_test(seed_test: str, seeds_a: Sequence[int], seeds_b: Sequence[int]) -> str:
+    """The test of two rows: ``"paired"`` when it is asked for and the rows share a seed (unshared seeds are
+    left out of it), ``"two-sample"`` otherwise."""
+    return "paired" if seed_test == "paired" and set(seeds_a) & set(seeds_b) else "two-sample"
 
 
 def adjust(pvalues: Sequence[float], method: str) -> np.ndarray:

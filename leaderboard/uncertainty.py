@@ -16,8 +16,8 @@ p_identity, test_identity`` columns of :attr:`~inversion_bench.leaderboard.model
   seeds and identities (:func:`~inversion_bench.leaderboard.stats.crossed_interval`; with one seed it is
   over the identities of one trained model, and says so). Any other cell gets Student's t interval over
   seeds, and none with fewer than three seeds ("too few seeds").
-* **Defense test** (the Δ mark): the cell's per-seed values against the baseline's, paired sign-flip or
-  two-sample permutation over seeds (``report.seed_test``). A test that cannot reach the level with the
+* **Defense test** (the Δ mark): the cell's per-seed values against the baseline's, two-sample
+  permutation (default) or paired sign-flip over seeds (``report.seed_test``). A test that cannot reach the level with the
   seeds at hand is *not testable* (no mark; ``seeds_needed`` says how many it needs). The testable tests
   of the table form one family, adjusted with ``report.correction`` (Benjamini–Hochberg by default); a Δ
   is marked when its adjusted p-value is below ``report.significance``.
@@ -230,13 +230,6 @@ def identity_test(col: Column, mine: Mapping[int, IdentityValues], base: Mapping
                "whether these trained models differ on these identities, not a test of the defense")
 
 
-def _needed(settings: ReportSettings, level: float) -> int:
-    """Seeds per row the configured test needs to reach ``level`` (``auto``: the earlier of the two)."""
-    if settings.seed_test == "auto":
-        return min(seeds_needed("paired", level), seeds_needed("two-sample", level))
-    return seeds_needed(settings.seed_test, level)
-
-
 def defense_test(values: Sequence[float], seeds: Sequence[int], base_values: Sequence[float],
                  base_seeds: Sequence[int], settings: ReportSettings, level: float) -> dict[str, Any]:
     """``p_value, testable, seeds_needed, test`` of a defense's per-seed values against the baseline's.
@@ -246,13 +239,13 @@ def defense_test(values: Sequence[float], seeds: Sequence[int], base_values: Seq
     """
     mine = dict(zip(seeds, values, strict=True))
     base = dict(zip(base_seeds, base_values, strict=True))
-    kind = choose_test(settings.seed_test, list(mine), list(base), level)
+    kind = choose_test(settings.seed_test, list(mine), list(base))
     if kind == "paired":
         shared = sorted(set(mine) & set(base))
         d = [mine[s] - base[s] for s in shared]
         nonzero = int(np.count_nonzero(d))
         p = sign_flip_test(d, settings.bootstrap)
-        min_p = min_p_paired(nonzero)
+        min_p = min_p_paired(len(shared))  # testability depends on the seeds, not on tied differences
         exact = "exact" if sign_flip_exact(nonzero, settings.bootstrap) else f"Monte Carlo, {settings.bootstrap} draws"
         what = f"{SIGN_FLIP_TEST} over seeds ({exact}; {plural(len(shared), 'seed')}, {nonzero} non-zero)"
         n_seeds = len(shared)
@@ -265,7 +258,7 @@ def defense_test(values: Sequence[float], seeds: Sequence[int], base_values: Seq
         n_seeds = min(len(mine), len(base))
     if min_p < level:
         return {"p_value": p, "testable": True, "seeds_needed": 0, "test": what}
-    k = _needed(settings, level)
+    k = seeds_needed(kind, level)
     return {"p_value": p, "testable": False, "seeds_needed": k,
             "test": f"not testable with {plural(n_seeds, 'seed')}; {k} needed ({what})"}
 
