@@ -17,8 +17,9 @@ p_identity, test_identity`` columns of :attr:`~inversion_bench.leaderboard.model
   over the identities of one trained model, and says so). Any other cell gets Student's t interval over
   seeds, and none with fewer than three seeds ("too few seeds").
 * **Defense test** (the Δ mark): the cell's per-seed values against the baseline's, two-sample
-  permutation (default) or paired sign-flip over seeds (``report.seed_test``). A test that cannot reach the level with the
-  seeds at hand is *not testable* (no mark; ``seeds_needed`` says how many it needs). The testable tests
+  permutation (default) or paired sign-flip over seeds (``report.seed_test``). A test that cannot
+  reach the level with the seeds at hand is *not testable* (no mark; ``seeds_needed`` says how many it
+  needs). The testable tests
   of the table form one family, adjusted with ``report.correction`` (Benjamini–Hochberg by default); a Δ
   is marked when its adjusted p-value is below ``report.significance``.
 * **Identity-level test** (never a mark): the paired sign-flip test over the (seed, identity) pairs
