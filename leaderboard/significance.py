@@ -228,3 +228,30 @@ def adjust(pvalues: Sequence[float], method: str) -> np.ndarray:
     back[order] = np.minimum(adj, 1.0)
     out[ok] = back
     return out
+
+
+def seed_requirements(seeds: int, tests: int, level: float, seed_test: str, correction: str) -> list[str]:
+    """What a suite's seeds allow the defense test to say (``bench validate``).
+
+    Args:
+        seeds: seeds per defense.
+        tests: about how many Δs the table tests (non-baseline defenses × columns).
+        level: ``report.significance``.
+        seed_test: ``report.seed_test``.
+        correction: ``report.correction``.
+
+    Returns:
+        Lines: the seeds the test needs to reach the level at all (under Holm: ``level / tests``), and the
+        seeds one difference needs to be marked when every other Δ of the table is null
+        (``level / tests`` under either correction).
+    """
+    name = SIGN_FLIP_TEST if seed_test == "paired" else TWO_SAMPLE_TEST
+    needed = seeds_needed(seed_test, level / max(tests, 1) if correction == "holm" else level)
+    alone = seeds_needed(seed_test, level / max(tests, 1)) if correction != "none" else needed
+    state = "enough" if seeds >= needed else "not testable"
+    lines = [f"defense test: {name} over seeds at {level:g}, {CORRECTION_NAMES[correction]} over about "
+             f"{tests} Δ(s): needs {needed} seeds per defense; the suite runs {seeds} ({state})"]
+    if correction != "none" and tests > 1:
+        lines.append(f"  one difference among {tests} null Δs is marked only with p < {level:g}/{tests}: "
+                     f"{alone} seeds per defense")
+    return lines

@@ -62,6 +62,7 @@ def scaled_suite(weights: Path, out: Path) -> dict:
         "prior": {"params": {"pickle": "stylegan2_ffhq", "code_dir": "stylegan2_code"}},
         "weights": {"stylegan2_ffhq": str(weights / "ffhq_tiny.pkl"), "stylegan2_code": str(TESTS),
                     "facenet": str(weights / "facenet.pt"), "fid_inception": str(weights / "pt_inception.pth")},
+        "seeds": [0],  # facescrub.yaml runs 5
         "run": {"device": "cpu", "amp": False, "channels_last": False, "progress": False, "output": str(out),
                 "attack_batch_size": 8, "eval_batch_size": 8},
     }

@@ -238,3 +238,22 @@ def test_one_attack_id_with_two_configurations_is_two_columns(tmp_path: Path) ->
     both = copy.deepcopy(recs(0, 16, ("hard", "ls")))
     lb2 = build([*recs(0, 8, ("hard", "ls")), *both])
     assert len([c for c in lb2.columns if c.is_attack]) == 2
+
+
+def test_validate_prints_the_seeds_the_defense_test_needs(capsys) -> None:
+    from inversion_bench.cli import main
+
+    suites = Path(__file__).resolve().parents[1] / "suites"
+    assert main(["validate", "--schema-only", str(suites / "quickstart.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert ("defense test: two-sample permutation test over seeds at 0.05, Benjamini–Hochberg (false discovery "
+            "rate) over about 36 Δ(s): needs 4 seeds per defense; the suite runs 1 (not testable)") in out
+    assert "one difference among 36 null Δs is marked only with p < 0.05/36: 7 seeds per defense" in out
+    assert main(["validate", "--schema-only", str(suites / "quickstart.yaml"), "--set", "report.seed_test=paired",
+                 "--set", "report.correction=holm"]) == 0
+    out = capsys.readouterr().out
+    assert "paired sign-flip permutation test over seeds at 0.05, Holm (family-wise error rate)" in out
+    assert "needs 11 seeds per defense; the suite runs 1 (not testable)" in out  # 2 / 2^n < 0.05 / 36
+    for name in ("defenses", "threat-models", "alpha-sweep"):  # the comparison suites can mark a difference
+        assert main(["validate", "--schema-only", str(suites / f"{name}.yaml")]) == 0
+        assert "needs 4 seeds per defense; the suite runs 5 (enough)" in capsys.readouterr().out, name
