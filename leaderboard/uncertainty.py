@@ -193,6 +193,8 @@ def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[in
         low, high, nu = crossed_interval(matrix, settings.confidence, settings.bootstrap)
         if math.isnan(low):
             return {**nan, "ci_method": "no interval: one identity on one seed"}
+        if col.is_accuracy:  # a share: the symmetric t interval is clipped to [0, 1]
+            low, high = max(low, 0.0), min(high, 1.0)
         ids = plural(n_ids, "identity", "identities")
         if len(per_identity) == 1:
             method = (f"bootstrap over the identities of one trained model, t (ν = {nu:.1f}), n = {ids}; "
@@ -204,6 +206,8 @@ def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[in
     if len(values) < MIN_SEEDS_INTERVAL:
         return {**nan, "ci_method": f"no interval: too few seeds ({len(values)}; {MIN_SEEDS_INTERVAL} needed)"}
     low, high = t_interval(values, settings.confidence)
+    if col.is_accuracy:
+        low, high = max(low, 0.0), min(high, 1.0)
     return {"ci_low": low, "ci_high": high, "ci_method": f"t interval over seeds, n = {plural(len(values), 'seed')}",
             "n_identities": 0}
 

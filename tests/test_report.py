@@ -284,3 +284,61 @@ def test_mistyped_grid_attack_lists_the_attacks(run_dir: Path, tmp_path: Path, c
     assert main(["report", str(run_dir), "--no-figures", "--output", str(tmp_path / "o"), "--grid-attack", "mfi"]) == 2
     err = capsys.readouterr().err
     assert "mfi" in err and "mif" in err
+
+
+def _seeded_copy(run_dir: Path, dest: Path, seeds: int, settings: dict | None = None) -> Path:
+    """A copy of the 2-seed run (records and suite.json) grown to ``seeds`` seeds by copying each record of seed
+    ``s % 2`` to seed ``s``, with LS's attack accuracy set to 0 on every seed (a clear effect); ``settings``
+    replaces every record's report_settings."""
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("store", "leaderboard", "mlflow*", "mlartifacts"))
+    for p in sorted((dest / "records").glob("*.json")):
+        rec = json.loads(p.read_text())
+        if rec["defense"] == "ls":
+            rec["metrics"]["attack_acc@1"] = 0.0
+            block = rec["metric_details"]["attack_accuracy"]
+            block["per_identity_acc@1"] = {k: 0.0 for k in block["per_identity_acc@1"]}
+        if settings is not None:
+            rec["report_settings"] = settings
+        p.write_text(json.dumps(rec))
+        for s in range(2, seeds):
+            if rec["seed"] == s % 2:
+                (dest / "records" / p.name.replace(f"seed{rec['seed']}", f"seed{s}")).write_text(
+                    json.dumps({**rec, "seed": s}))
+    return dest
+
+
+def test_report_marks_only_with_enough_seeds_adjusted_as_configured(run_dir: Path, tmp_path: Path) -> None:
+    """`bench report` on 2 seeds: no mark, and every format says the Δs are not testable and how many seeds
+    they need; with enough seeds the marks come back, adjusted with the records' report.correction."""
+    from inversion_bench.leaderboard.significance import adjust
+
+    out = tmp_path / "two"
+    assert main(["report", str(run_dir), "--no-figures", "--output", str(out)]) == 0
+    note = "Δ marks: not testable with 2 seeds per defense; 4 needed at 0.05."
+    md = (out / "leaderboard.md").read_text()
+    assert note in md and note in (out / "index.html").read_text() and "4 needed at 0.05" in (
+        out / "leaderboard.tex").read_text()
+    rows = [line for line in md[md.index("## Δ vs"):md.index("## Legend")].splitlines() if line.startswith("| ")]
+    assert rows and not any(cell.strip().endswith("*") for line in rows for cell in line.split("|"))
+    # Holm must reach 0.05 / 10 (2 defenses x 5 columns): 7 seeds per defense (smallest p 2 / 3432)
+    for correction, seeds in (("bh", 5), ("holm", 7)):
+        settings = {"significance": 0.05, "confidence": 0.95, "bootstrap": 2000, "intervals": False,
+                    "correction": correction, "seed_test": "two-sample"}
+        grown = _seeded_copy(run_dir, tmp_path / f"seeds-{correction}", seeds, settings)
+        out = tmp_path / f"seeds-{correction}-report"
+        assert main(["report", str(grown), "--no-figures", "--output", str(out)]) == 0
+        df = pd.read_csv(out / "leaderboard.csv").set_index("defense")
+        key = "mif/attack_acc@1"
+        assert bool(df.loc["ls", f"{key}_testable"]) and df.loc["ls", f"{key}_p_value"] < 0.01
+        testable = [(d, c) for d in df.index for c in df.columns
+                    if c.endswith("_testable") and str(df.loc[d, c]) == "True"]
+        p = [float(df.loc[d, c.replace("_testable", "_p_value")]) for d, c in testable]
+        adjusted = [float(df.loc[d, c.replace("_testable", "_p_adjusted")]) for d, c in testable]
+        assert adjusted == pytest.approx(list(adjust(p, correction)))
+        md = (out / "leaderboard.md").read_text()
+        name = {"bh": "Benjamini–Hochberg (false discovery rate)", "holm": "Holm (family-wise error rate)"}[correction]
+        assert f"{name} adjusted p-values" in md and "Δ marks" not in md
+        significant = bool(df.loc["ls", f"{key}_significant"])
+        assert significant == (float(df.loc["ls", f"{key}_p_adjusted"]) < 0.05)
+        row = next(line for line in md[md.index("## Δ vs"):].splitlines() if line.startswith("| LS 0.1"))
+        assert row.count("*") >= int(significant)
