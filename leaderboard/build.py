@@ -38,10 +38,12 @@ class Leaderboard(LeaderboardTable):
         Returns:
             Columns ``defense, defense_label``, then for every target column (``test_accuracy`` and
             the other target-scope metrics), the worst case and every ``<attack>/<metric>``:
-            ``_mean, _std, _n, _delta, _failed, _ci_low, _ci_high, _p_value, _significant`` (the
-            bootstrap interval of the mean, NaN without one; the paired test's p-value against the
-            baseline, NaN without one; whether it is below the significance level); the worst case adds
-            ``worst_case_attack`` (the attack named), ``worst_case_attacks`` (``"seed:attack;..."``)
+            ``_mean, _std, _n, _delta, _failed, _ci_low, _ci_high, _p_value, _p_adjusted, _significant,
+            _testable, _seeds_needed, _p_identity`` (the interval of the mean, NaN without one; the defense
+            test over seeds against the baseline, its adjusted p-value, whether that is below the level,
+            whether the seeds suffice to test and how many it needs; the identity-level test); the worst
+            case adds ``worst_case_mean_of_maxima``, ``worst_case_attack`` (the strongest attack),
+            ``worst_case_attacks`` (each seed's maximum, ``"seed:attack;..."``)
             and ``worst_case_covered`` (``"seed:k/n;..."``); every attack adds ``<attack>/access`` and
             ``<attack>/queries_per_identity`` before its metrics; then ``num_classes``, ``near_chance``,
             ``epsilon`` and ``delta``. Rows in ``defense_index`` order. Placeholder columns of attacks

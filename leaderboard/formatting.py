@@ -26,7 +26,7 @@ NEAR_CHANCE = "⚠ near chance"
 NA_MARK = "†"
 NOT_RUN = "—"
 SIGNIFICANT_MARK = "*"
-"""Appended to a Δ whose paired test against the baseline is significant (Markdown)."""
+"""Appended to a Δ whose defense test against the baseline is significant after adjustment (Markdown)."""
 NO_INTERVAL = "no CI"
 """Annotation of a cell without an interval when the table shows intervals (a single value)."""
 ACCESS_HELP = {
@@ -128,7 +128,7 @@ def spread_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", int
 
 
 def interval_text(col: Column, cell: pd.Series, decimals: int, confidence: float) -> str:
-    """``"95% CI [34.0, 39.8] (bootstrap over identities and seeds (10 identities × 3 seeds))"``, or why
+    """``"95% CI [34.0, 39.8] (crossed bootstrap over seeds and identities, ...)"``, or why
     there is none (``"no interval: one seed"``)."""
     method = str(cell.get("ci_method") or "")
     if not has_interval(cell):
@@ -160,7 +160,7 @@ def test_text(cell: pd.Series) -> str:
 
 
 def is_significant(cell: pd.Series) -> bool:
-    """Whether the cell's paired test against the baseline is below the significance level."""
+    """Whether the cell's defense test against the baseline is significant (adjusted p below the level)."""
     return bool(cell.get("significant", False))
 
 
@@ -219,7 +219,7 @@ def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_
         base: the baseline's row for the same column.
         decimals: decimals of the column.
         na_mark: footnote mark for missing values.
-        mark: appended to the number when the paired test is significant (``"*"`` in Markdown).
+        mark: appended to the number when the defense test is significant (``"*"`` in Markdown).
 
     Returns:
         The text (``"failed"``/``"n/a"``/``"—"`` where no difference can be taken).

@@ -3,8 +3,9 @@
 The page holds, inline: the sortable defense x attack table (rows start sorted by the worst case,
 lowest first; click a metric header to sort; arrows mark the direction that is better for the
 defender), mean ± std over seeds, the difference to the baseline under each value (green/red only when the
-paired sign-flip permutation test against the baseline is significant, grey otherwise), the bootstrap
-interval, n and the paired test's p-value in each cell's tooltip, the target columns (test accuracy and the
+defense test over seeds against the baseline is significant after the table's multiplicity correction, grey
+otherwise or when not testable), the interval, n and the test's p-values in each cell's tooltip, the target
+columns (test accuracy and the
 other target-scope metrics) first and the worst case over attacks next, each attack's access
 level in its header (and the queries per identity of black-box and label-only attacks in the cell
 tooltips), the (epsilon, delta) guarantee where a defense reports one, the provenance of the numbers (suite hash,
@@ -13,7 +14,7 @@ PNG (with links to the SVG files next to the page), notes and failures.
 
 Every value cell carries its raw number in ``data-value`` (accuracies as fractions, full precision):
 sorting uses it, and tests compare it with the records; ``data-ci-low``/``data-ci-high`` hold its interval
-and the Δ span's ``data-p`` the paired test's p-value (empty where there is none).
+and the Δ span's ``data-p`` the defense test's p-value (empty where there is none).
 """
 
 from __future__ import annotations
