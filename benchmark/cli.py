@@ -108,7 +108,8 @@ def _dry_run(runner) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench import fastpath
 
-    stamp = fastpath.unchanged(args)  # nothing changed since the last clean run: answer without torch or MLflow
+    # nothing changed since the last clean run: answer without torch or MLflow
+    stamp = fastpath.unchanged(args, args.suite or _default_suite())
     if stamp is not None:
         print(f"nothing changed since the run of {stamp['written']} (suite, code, inputs and run folder as they "
               f"were; --recheck checks anyway)\n{stamp['summary']}")
