@@ -115,6 +115,9 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"were; --recheck checks anyway)\n{stamp['summary']}")
         return 0
     fastpath.forget(args)
+    from inversion_bench.preflight import check_tracking_option
+
+    check_tracking_option(args)  # a --tracking-uri server that is down: refused before torch and the plugins load
     return _full_run(args)
 
 

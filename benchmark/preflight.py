@@ -79,9 +79,23 @@ def tracking_problem(uri: str | None, run_dir: Path) -> str | None:
     return f"{problem} (set by --tracking-uri / run.tracking_uri {uri}); or run with --no-tracking" if problem else None
 
 
+def check_tracking_option(args: argparse.Namespace) -> None:
+    """``--tracking-uri`` of ``bench run``, checked (a server probed) before the suite and its plugins are
+    even loaded, so that a server that is down is refused within a second; :func:`check_run` checks a
+    ``run.tracking_uri`` of the suite instead.
+
+    Raises:
+        ConfigError: the store cannot be written or the server does not answer.
+    """
+    if args.tracking_uri and not (args.no_tracking or args.dry_run):
+        problem = tracking_problem(args.tracking_uri, Path(args.run_dir or "."))
+        if problem:
+            raise ConfigError(problem)
+
+
 def check_run(args: argparse.Namespace, loaded: Any, run_dir: Path) -> None:
     """Input errors of ``bench run`` that are cheap to find, in one place: the run folder, the store and
-    the MLflow store can be written, the tracking server answers, the device exists.
+    the MLflow store of ``run.tracking_uri`` can be written, its server answers, the device exists.
 
     Raises:
         ConfigError: one line naming the option (or suite field) and the fix; nothing was written.
@@ -102,8 +116,8 @@ def check_run(args: argparse.Namespace, loaded: Any, run_dir: Path) -> None:
         problem = folder_problem(store_root(loaded, run_dir), "store")
         if problem:
             raise ConfigError(f"{problem} (set by {'--store' if args.store else 'run.store'}); nothing was run")
-    if run.tracking and not args.no_tracking:
-        problem = tracking_problem(args.tracking_uri or run.tracking_uri, run_dir)
+    if run.tracking and not args.no_tracking and not args.tracking_uri:  # --tracking-uri: check_tracking_option
+        problem = tracking_problem(run.tracking_uri, run_dir)
         if problem:
             raise ConfigError(problem)
     if run.executor == "local":  # a Ray driver need not have the GPUs of its tasks
