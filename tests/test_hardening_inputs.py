@@ -24,10 +24,15 @@ from tests.test_hardening_surfaces import _read_only
 
 
 def _validate(write_suite, capsys, data: dict, *needles: str) -> str:
-    """`bench validate` of ``data``: exit 2 and one line holding ``needles``."""
+    """`bench validate` of ``data``: exit 2, one line holding ``needles``, and `bench run` refuses it the same
+    way before it writes anything (no run folder, store or MLflow store)."""
     suite = write_suite(data)
     assert main(["validate", str(suite), "--schema-only"]) == 2
-    return _one_line_error(capsys.readouterr().err, str(suite), *needles)
+    line = _one_line_error(capsys.readouterr().err, str(suite), *needles)
+    assert main(["run", str(suite)]) == 2
+    assert _one_line_error(capsys.readouterr().err) == line
+    assert not (suite.parent / "runs").exists()
+    return line
 
 
 # ---- row 4: export into a read-only folder or under a file -----------------------------------------
