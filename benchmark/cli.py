@@ -1,6 +1,7 @@
 """The ``bench`` command line.
 
-Exit codes: 0 success; 1 some pairs failed (recorded as failed); 2 invalid input (nothing ran).
+Exit codes: 0 success; 1 some pairs failed (recorded as failed); 2 invalid input (nothing ran); 130 or 143
+stopped by SIGINT (Ctrl-C) or SIGTERM (finished work kept, the lock released; the same command resumes).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import re
 import sys
 from pathlib import Path
 
@@ -113,24 +113,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _check_run_folder(args: argparse.Namespace, loaded, run_dir: Path) -> None:
-    """Input errors of a run that are cheap to find: the run folder and the device (exit 2, nothing written)."""
-    from inversion_bench.lock import folder_problem
-    from inversion_bench.run_context import check_device
-
-    if args.run_dir and re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", args.run_dir):
-        raise ConfigError(f"--run-dir {args.run_dir}: must be a local path (like run.output); remote storage URLs "
-                          "are not supported: mount the storage at the same path on every node and give that path")
-    if args.dry_run:
-        return
-    problem = folder_problem(run_dir)
-    if problem:
-        where = "--run-dir" if args.run_dir else "--output (run.output)"
-        raise ConfigError(f"{problem} (set by {where})")
-    if loaded.suite.run.executor == "local":  # a Ray driver need not have the GPUs of its tasks
-        check_device(loaded.suite.run.device)
-
-
 def _dry_run(runner) -> int:
     todo, skip = runner.pending()
     print(f"{len(todo)} pair(s) to run, {len(skip)} already recorded in {runner.run_dir}")
@@ -142,18 +124,23 @@ def _dry_run(runner) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench import fastpath
 
-    stamp = fastpath.unchanged(args)  # nothing changed since the last clean run: answer without torch or MLflow
+    # nothing changed since the last clean run: answer without torch or MLflow
+    stamp = fastpath.unchanged(args, args.suite or _default_suite())
     if stamp is not None:
         print(f"nothing changed since the run of {stamp['written']} (suite, code, inputs and run folder as they "
               f"were; --recheck checks anyway)\n{stamp['summary']}")
         return 0
     fastpath.forget(args)
+    from inversion_bench.preflight import check_tracking_option
+
+    check_tracking_option(args)  # a --tracking-uri server that is down: refused before torch and the plugins load
     return _full_run(args)
 
 
 def _full_run(args: argparse.Namespace) -> int:
     from inversion_bench.executors import make_executor
     from inversion_bench.plan import describe
+    from inversion_bench.preflight import check_run
     from inversion_bench.resources import missing_resources
     from inversion_bench.run_context import run_dir_of
     from inversion_bench.runner import Runner
@@ -162,7 +149,7 @@ def _full_run(args: argparse.Namespace) -> int:
     problems = missing_resources(loaded)
     if problems:
         raise ConfigError("\n".join(problems))
-    _check_run_folder(args, loaded, run_dir_of(loaded, args.run_dir))
+    check_run(args, loaded, run_dir_of(loaded, args.run_dir))  # folders, store, MLflow, device: before any work
     executor = None if args.dry_run else make_executor(loaded.suite.run)  # exits 2 here when Ray is missing
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
                     tracking_uri=args.tracking_uri, progress=False if args.no_progress else None)
@@ -398,11 +385,18 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "opacus"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from inversion_bench.signals import Interrupted, stop_on_signals
+
     try:
-        return int(args.func(args) or 0)
+        with stop_on_signals():  # SIGTERM unwinds like Ctrl-C: the lock is released, finished work kept
+            return int(args.func(args) or 0)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:
+        print(f"stopped by {exc}: finished records and stored products are kept and the run folder's lock is "
+              "released; run the same command again to resume", file=sys.stderr)
+        return exc.exit_code
 
 
 if __name__ == "__main__":

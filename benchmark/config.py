@@ -25,6 +25,7 @@ from inversion_bench.config_messages import format_error, raise_validation, shor
 from inversion_bench.config_overrides import apply_override, blame_override, read_suite_json, shown_path
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
+from inversion_bench.strict_values import check_numbers
 from inversion_bench.suite_schema import (
     AttackConfig,
     DatasetConfig,
@@ -40,7 +41,7 @@ from inversion_bench.suite_schema import (
     non_finite,
     slug,
 )
-from inversion_bench.sweep import expand_sweeps
+from inversion_bench.sweep import expand_sweeps, sweep_lines
 
 __all__ = [
     "AttackConfig", "DatasetConfig", "DefenseConfig", "LoadedSuite", "ModelConfig", "PluginRef", "RayConfig",
@@ -231,7 +232,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return [k.strip() for k in keys], value
 
 
-def _check_plugin(source: str, where: str, reg: Registry[Any], name: str, params: dict[str, Any]) -> Any:
+def _check_plugin(source: str, where: str, reg: Registry[Any], name: str, params: dict[str, Any],
+                  renames: dict[str, str] | None = None) -> Any:
     try:
         cls = reg.get(name)
     except UnknownPluginError as exc:
@@ -243,6 +245,7 @@ def _check_plugin(source: str, where: str, reg: Registry[Any], name: str, params
     except TypeError as exc:
         raise ConfigError(f"{source}: {where}.params: {exc}") from None
     _check_finite(source, validated, f"{where}.params")
+    check_numbers(source, validated, params, f"{where}.params", renames)  # no true for 1, seeds of 32 bits
     return validated
 
 
@@ -298,7 +301,7 @@ def _public_type_error(exc: TypeError) -> str:
 def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
     """Validates a suite mapping (structure, types, plugin names and plugin params); swept defenses
     (``sweep:``) are expanded first (:mod:`inversion_bench.sweep`)."""
-    suite_dict = expand_sweeps(suite_dict, source)
+    written, suite_dict = suite_dict, expand_sweeps(suite_dict, source)
     try:
         suite = Suite(**suite_dict)
     except ValidationError as exc:
@@ -306,6 +309,8 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
     except TypeError as exc:
         raise ConfigError(f"{source}: {_public_type_error(exc)}") from None
     _check_finite(source, suite)
+    swept = sweep_lines(written, suite.defenses)
+    check_numbers(source, suite, suite_dict, renames=swept)
     loaded = LoadedSuite(suite, source, suite_dict)
     R = REGISTRIES
     loaded.dataset_params = _check_plugin(source, "dataset", R["datasets"], suite.dataset.name, suite.dataset.params)
@@ -317,7 +322,7 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
         raise ConfigError(f"{source}: evaluation.architecture: must differ from target.architecture "
                           f"(both {suite.target.architecture.name}); attack accuracy needs a separate model")
     for i, d in enumerate(suite.defenses):
-        loaded.defense_params.append(_check_plugin(source, f"defenses[{i}]", R["defenses"], d.name, d.params))
+        loaded.defense_params.append(_check_plugin(source, f"defenses[{i}]", R["defenses"], d.name, d.params, swept))
     needs_prior = []
     for i, a in enumerate(suite.attacks):
         loaded.attack_params.append(_check_plugin(source, f"attacks[{i}]", R["attacks"], a.name, a.params))
@@ -341,9 +346,14 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
 
 
 def check_identities(suite: Suite, num_classes: int, source: str) -> None:
-    """Every attack's ``identities`` list names private classes (0..num_classes-1); checked when the
-    suite is validated if the split fixes the class count, else as soon as the data is split."""
+    """Every attack's ``identities`` names private classes: a list holds indices 0..num_classes-1, a count N
+    is at most num_classes; checked when the suite is validated if the split fixes the class count, else
+    as soon as the data is split (before the run writes anything)."""
     for i, a in enumerate(suite.attacks):
+        if isinstance(a.identities, int) and a.identities > num_classes:
+            raise ConfigError(f"{source}: attacks[{i}].identities: {a.identities} (the first {a.identities} classes), "
+                              f"but there are only {num_classes} private classes; use identities: {num_classes} or "
+                              "fewer, or all, or raise dataset.split.private_identities")
         bad = [c for c in a.identities if c >= num_classes] if isinstance(a.identities, list) else []
         if bad:
             raise ConfigError(f"{source}: attacks[{i}].identities: class index {bad[0]} is outside the {num_classes} "

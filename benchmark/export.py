@@ -28,6 +28,7 @@ import torch
 from inversion_bench.errors import ConfigError
 from inversion_bench.leaderboard.runs import ReportError, RunView
 from inversion_bench.metrics.accuracy import model_logits
+from inversion_bench.preflight import folder_problem
 from inversion_bench.products.audit import top1
 from inversion_bench.products.data import splits
 from inversion_bench.results import load_records
@@ -78,9 +79,13 @@ def ok_records(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def check_out_dir(out_dir: Path, force: bool) -> None:
-    """Refuses a file, and a non-empty folder unless ``force`` (files of the same names are then replaced)."""
+    """Refuses a file, a path under a file, a read-only place, and a non-empty folder unless ``force``
+    (files of the same names are then replaced)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir}: is a file; give a new folder")
+    problem = folder_problem(out_dir, "--out")
+    if problem:
+        raise ConfigError(problem)
     if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
         raise ConfigError(f"--out {out_dir}: the folder exists and is not empty; give a new folder, or add --force "
                           "to write into it (files of the same names are replaced, others kept)")

@@ -13,7 +13,10 @@ is mirrored, ``bench run`` writes a *stamp* of everything that run depended on:
 - the run folder: names, sizes and modification times of the records, ``suite.json``, the report's
   files and the MLflow SQLite store in the folder.
 
-The next ``bench run`` with the same request compares the stamp with the present (standard library
+The stamp also names what it covers: the suite file and the run folder with its record files. A stamp
+that does not (empty, forged, or written by an older version) or that names another suite, or a run
+folder it does not list, is ignored. The next ``bench run`` with the same request compares the stamp with
+the present (standard library
 and YAML only: well under a second). Equal means the full path would find every pair recorded, the
 report up to date and nothing to mirror, so it says so and exits 0 without starting it. Anything
 different, a missing or unreadable stamp, or ``--recheck`` takes the full path, which checks
@@ -36,7 +39,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-STAMP_VERSION = 1
+STAMP_VERSION = 2  # 2: the stamp names the suite and the run folder's records it covers
 MAX_LISTED = 300_000  # files listed under the suite's input folders before the fast path gives up
 _ENV_PREFIXES = ("MLFLOW_", "INVERSION_BENCH_", "CUDA_VISIBLE_DEVICES")
 _GROUPS_PREFIX = "bench."  # entry-point groups of plugins (bench.defenses, ...)
@@ -175,10 +178,10 @@ def suite_files(source: str | Path, plugin_files: Iterable[str] | None = None) -
     return out + [Path(f).resolve() for f in plugin_files or []]
 
 
-def write_stamp(args: argparse.Namespace, *, suite_files: Iterable[Path], run_dir: Path, inputs: Iterable[Any],
-                summary: str) -> Path | None:
-    """Writes the stamp of a finished run (see the module doc); returns its path, None when this run
-    cannot have one (too many input files, or the cache cannot be written)."""
+def write_stamp(args: argparse.Namespace, *, suite: Path, suite_files: Iterable[Path], run_dir: Path,
+                inputs: Iterable[Any], summary: str) -> Path | None:
+    """Writes the stamp of a finished run of the suite file ``suite`` (see the module doc); returns its path,
+    None when this run cannot have one (too many input files, or the cache cannot be written)."""
     run = run_dir.resolve()  # listed itself; its parents (run.output) hold other runs' folders
     paths = sorted({p for p in _suite_paths(inputs) if not (p == run or run in p.parents or p in run.parents)})
     watch = {
@@ -189,7 +192,9 @@ def write_stamp(args: argparse.Namespace, *, suite_files: Iterable[Path], run_di
     state = _state(watch)
     if state is None:
         return None
-    stamp = {"version": STAMP_VERSION, "request": request(args), "watch": watch, "state": state,
+    covers = {"suite": str(Path(suite).resolve()), "run_dir": str(run),
+              "records": sorted(p.name for p in (run / "records").glob("*.json"))}
+    stamp = {"version": STAMP_VERSION, "request": request(args), "covers": covers, "watch": watch, "state": state,
              "summary": summary, "written": time.strftime("%Y-%m-%d %H:%M:%S")}
     path = stamp_file(args)
     try:
@@ -202,8 +207,13 @@ def write_stamp(args: argparse.Namespace, *, suite_files: Iterable[Path], run_di
     return path
 
 
-def unchanged(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The stamp of the last run of this request when nothing it depended on changed since, else None."""
+def unchanged(args: argparse.Namespace, suite: str | Path | None = None) -> dict[str, Any] | None:
+    """The stamp of the last run of this request when nothing it depended on changed since, else None.
+
+    Args:
+        args: the ``bench run`` command line.
+        suite: the suite file it runs (default ``args.suite``; without either, no stamp is trusted).
+    """
     if getattr(args, "recheck", False) or getattr(args, "dry_run", False):
         return None
     try:
@@ -213,10 +223,27 @@ def unchanged(args: argparse.Namespace) -> dict[str, Any] | None:
     if not isinstance(stamp, dict) or stamp.get("version") != STAMP_VERSION or stamp.get("request") != request(args):
         return None
     try:
+        if not _covers(stamp, suite or args.suite):
+            return None
         now = _state(stamp["watch"])
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError, ValueError, OSError):
         return None
     return stamp if now is not None and now == stamp.get("state") else None
+
+
+def _covers(stamp: dict[str, Any], suite_file: str | Path | None) -> bool:
+    """Whether ``stamp`` watches what its answer is about: the suite file of this request (its content) and
+    a run folder whose listing holds the records the stamp names (at least one). An empty, forged or
+    foreign stamp (another suite, a run folder it does not list) is not."""
+    if not suite_file:
+        return False
+    covers, watch, state = stamp["covers"], stamp["watch"], stamp["state"]
+    suite = str(Path(suite_file).resolve())
+    run_dir, records = covers["run_dir"], covers["records"]
+    listed = {entry[0] for entry in state["folders"].get(run_dir) or []}
+    return (covers["suite"] == suite and suite in watch["contents"] and state["contents"].get(suite) is not None
+            and run_dir in watch["folders"] and isinstance(records, list) and bool(records)
+            and all(os.path.join("records", str(name)) in listed for name in records))
 
 
 def forget(args: argparse.Namespace) -> None:
@@ -240,5 +267,5 @@ def stamp_run(args: argparse.Namespace, loaded: Any, run_dir: Path, tracker: Any
     inputs = [loaded.raw, params, {k: str(v) for k, v in loaded.weights().items()}, tracking, args.plugin or []]
     summary = (f"run folder: {run_dir}  (0 ran, {pairs} from cache, 0 failed)\n"
                f"report: {run_dir / 'leaderboard' / 'index.html'}")
-    return write_stamp(args, suite_files=suite_files(loaded.source, args.plugin), run_dir=run_dir, inputs=inputs,
-                       summary=summary)
+    return write_stamp(args, suite=Path(loaded.source), suite_files=suite_files(loaded.source, args.plugin),
+                       run_dir=run_dir, inputs=inputs, summary=summary)

@@ -1,4 +1,4 @@
-"""The run folder's lock and the checks that a run folder can be written at all.
+"""The run folder's lock (whether a folder can be written at all is :mod:`inversion_bench.preflight`'s check).
 
 One ``bench run`` at a time writes a run folder: :class:`RunLock` creates ``<run_dir>/.lock``
 atomically (``O_CREAT | O_EXCL``) holding the process's pid, host, start time and command, and removes
@@ -25,7 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from inversion_bench.config_messages import shorten
 from inversion_bench.errors import ConfigError
+from inversion_bench.preflight import folder_problem
 
 log = logging.getLogger(__name__)
 
@@ -38,42 +40,31 @@ class RunLockedError(ConfigError):
     """The run folder is in use by another ``bench run`` (exit 2)."""
 
 
-def folder_problem(path: Path, what: str = "run folder") -> str | None:
-    """Why ``path`` cannot be (created and) written as a folder, or None when it can.
-
-    Looks at the path and its nearest existing ancestor only; writes nothing.
-    """
-    path = Path(path).expanduser()
-    probe = path.absolute()
-    while not probe.exists():
-        if probe.is_symlink():  # a dangling link: mkdir would fail on it
-            return f"{what} {path}: {probe} is a broken symbolic link"
-        if probe.parent == probe:
-            break
-        probe = probe.parent
-    if probe.exists() and not probe.is_dir():
-        return f"{what} {path}: {probe} is a file, not a folder; give a folder path (or move the file away)"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{what} {path}: {probe} is read-only for this user; give a writable folder"
-    return None
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host."""
-    if pid <= 0:
-        return False
+def _pid_max() -> int:
+    """The largest pid this host hands out (Linux: ``/proc/sys/kernel/pid_max``; else 2**22, Linux's cap)."""
+    try:
+        return int(Path("/proc/sys/kernel/pid_max").read_text().strip())
+    except (OSError, ValueError):
+        return 2**22
+
+
+def pid_alive(pid: Any) -> bool | None:
+    """Whether a process with this pid exists on this host; None when ``pid`` cannot be a process id
+    here (not an integer, not positive, above the host's largest pid), so its liveness is unknown."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid <= _pid_max():
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by another user
         return True
-    except OSError:
-        return False
+    except (OSError, OverflowError):
+        return None
     return True
 
 
@@ -141,6 +132,11 @@ class RunLock:
         problem = folder_problem(self.run_dir)
         if problem:
             raise ConfigError(problem)
+        if self.path.is_dir() or (self.path.exists() and not self.path.is_file()):
+            kind = "a folder" if self.path.is_dir() else "not a regular file"
+            raise ConfigError(f"run folder {self.run_dir}: its lock {self.path} is {kind}, which `bench run` never "
+                              f"writes; move it away (mv {self.path} {self.path}.moved) and run again, or give "
+                              "another --run-dir")
         info = {"pid": os.getpid(), "host": socket.gethostname(), "start": _now(),
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:500], "token": self.token}
         try:
@@ -169,18 +165,23 @@ class RunLock:
         return True
 
     def _check_holder(self) -> None:
-        """Removes a stale lock (with a warning); raises :class:`RunLockedError` for a live one."""
+        """Removes a stale lock (with a warning); raises :class:`RunLockedError` for a live one, and for
+        one whose liveness cannot be checked (another host, a pid that is no process id of this host)."""
         info = self._read_settled()
         if info is None and not self.path.exists():
             return  # released meanwhile
-        host = socket.gethostname()
-        stale = (info is None or (info.get("host") == host and isinstance(info.get("pid"), int)
-                                  and not pid_alive(info["pid"])))
-        if not stale:
-            gone = f"if that process is gone, delete {self.path}" if info.get("host") != host else \
-                "wait for it to finish"
-            raise RunLockedError(f"run folder {self.run_dir} is in use by {describe_holder(info)}; {gone}, "
-                                 "or give another --run-dir")
+        if info is not None and info.get("host") != socket.gethostname():
+            raise RunLockedError(f"run folder {self.run_dir} is in use by {describe_holder(info)}; if that process "
+                                 f"is gone, delete {self.path}, or give another --run-dir")
+        alive = False if info is None else pid_alive(info.get("pid"))
+        if alive is None:
+            raise RunLockedError(f"run folder {self.run_dir}: its lock {self.path} names the pid "
+                                 f"{shorten(info.get('pid'), 30)}, which is no process id of this host, so whether "
+                                 f"its run goes on cannot be checked; if no `bench run` uses this folder (see `ps`), "
+                                 f"delete {self.path} and run again, or give another --run-dir")
+        if alive:
+            raise RunLockedError(f"run folder {self.run_dir} is in use by {describe_holder(info)}; wait for it to "
+                                 f"finish (its lock is {self.path}), or give another --run-dir")
         self._take_over(info)
 
     def _read_settled(self) -> dict[str, Any] | None:

@@ -331,6 +331,10 @@ def _load_entry_point(reg: Registry[Any], ep: Any) -> None:
     except Exception as exc:  # a broken third-party package must not hide the others
         log.warning("could not load plugin %s (%s): %s", ep.name, origin, exc)
         return
+    except SystemExit as exc:  # nor stop the command: sys.exit() at import is a broken package too
+        log.warning("could not load plugin %s (%s): it called sys.exit(%s) while being imported; it is left out "
+                    "(fix or uninstall %s)", ep.name, origin, repr(exc.code)[:200], dist_name or ep.value)
+        return
     finally:
         _current_origin.pop()
     if inspect.isclass(obj):
@@ -375,6 +379,10 @@ def load_plugin_file(path: str | Path) -> None:
         spec.loader.exec_module(module)
     except Exception as exc:
         raise ConfigError(f"--plugin {path}: importing it failed: {type(exc).__name__}: {exc}") from exc
+    except SystemExit as exc:
+        sys.modules.pop(modname, None)
+        raise ConfigError(f"--plugin {path}: it called sys.exit({repr(exc.code)[:200]}) while being imported; a "
+                          "plugin file must only define and register its classes") from None
     finally:
         _current_origin.pop()
     _loaded_files.add(p)

@@ -4,7 +4,8 @@ Records are the truth of a run: the leaderboard and the MLflow mirror are rebuil
 Each is written atomically (temporary file in the same folder, then ``os.replace``), so a killed
 run never leaves a half-written record; the file gets the mode the umask gives a new file (not
 ``mkstemp``'s 0600), and a full disk is a :class:`~inversion_bench.errors.DiskFullError` naming it.
-A record file that cannot be read anyway (copied half, edited by hand, not a JSON object) is named
+A record file that cannot be read anyway (copied half, edited by hand, not a JSON object, a number no
+float holds such as a metric of 10^400) is named
 in a warning and skipped by :func:`load_records`; ``bench run`` moves it to ``records/corrupt/``
 (:func:`move_aside`, never deleted) and runs its pair again.
 
@@ -113,7 +114,29 @@ def read_record(path: Path) -> dict[str, Any]:
         raise ValueError(f"lacks {', '.join(missing)}")
     if not isinstance(rec["defense"], str) or not isinstance(rec["attack"], str) or not isinstance(rec["seed"], int):
         raise ValueError("defense and attack must be strings and seed an integer")
+    bad = unfit_number(rec)
+    if bad is not None:
+        raise ValueError(f"{bad[0]}: {str(bad[1])[:20]}{'...' if len(str(bad[1])) > 20 else ''} is not a finite "
+                         "number a float can hold (records are written with finite numbers only: edited or damaged)")
     return rec
+
+
+def unfit_number(value: Any, where: str = "") -> tuple[str, int | float] | None:
+    """The first number in a record that no finite float holds (an integer beyond about 1.8e308, inf or
+    nan: ``json`` reads ``1e400`` as inf) as (field path, value), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "(top level)", value
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        try:
+            float(value)
+        except OverflowError:
+            return where or "(top level)", value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = unfit_number(item, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}".lstrip("."))
+        if found is not None:
+            return found
+    return None
 
 
 def load_records(records_dir: Path, unreadable: list[tuple[Path, str]] | None = None) -> list[dict[str, Any]]:

@@ -98,3 +98,20 @@ def expand_sweeps(suite: dict[str, Any], source: str) -> dict[str, Any]:
     for i, d in enumerate(defenses):
         expanded += expand_entry(d, f"defenses[{i}]", source)
     return {**suite, "defenses": expanded}
+
+
+def sweep_lines(suite: dict[str, Any], expanded: list[Any]) -> dict[str, str]:
+    """``defenses[i].params.<param>`` of every swept entry of the expanded suite -> the ``sweep:`` line the
+    user wrote (``defenses[k].sweep.<param>``), so that a problem of a swept value is reported there."""
+    lines: dict[str, str] = {}
+    originals = suite.get("defenses") if isinstance(suite.get("defenses"), list) else []
+    for i, entry in enumerate(expanded):
+        swept = getattr(entry, "swept", None)
+        if swept is None:
+            continue
+        for k, d in enumerate(originals):
+            if isinstance(d, dict) and "sweep" in d and (d.get("id") or slug(str(d.get("label") or d.get("name")))
+                                                         ) == swept.group:
+                lines[f"defenses[{i}].params.{swept.param}"] = f"defenses[{k}].sweep.{swept.param}"
+                break
+    return lines

@@ -20,6 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import socket
+import time
+import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,41 @@ def default_tracking_uri(run_dir: Path) -> str:
 def is_server_uri(uri: str) -> bool:
     """Whether ``uri`` is a tracking server (``http(s)://``) rather than a file or database of this machine."""
     return uri.startswith(("http://", "https://"))
+
+
+PROBE_TIMEOUT_S = 3.0
+"""How long :func:`server_problem` waits for a tracking server to accept a connection."""
+
+
+def server_problem(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why the tracking server at ``uri`` (``http(s)://host[:port]``) cannot be reached, or None.
+
+    One TCP connection with a short timeout, made before any work: MLflow's own client retries a
+    server that is down for minutes before it gives up.
+
+    Args:
+        uri: the tracking URI (``--tracking-uri`` or ``run.tracking_uri``).
+        timeout: seconds to wait for the connection.
+    """
+    named = f"tracking URI {uri} (--tracking-uri / run.tracking_uri)"
+    fix = "start the MLflow server (mlflow server --host HOST --port PORT), correct the URI, or run with --no-tracking"
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        return f"{named}: not a valid server address ({exc}); give http(s)://HOST:PORT, or run with --no-tracking"
+    if not host:
+        return f"{named}: names no host; give http(s)://HOST:PORT, or run with --no-tracking"
+    t0 = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as exc:
+        reason = f"{type(exc).__name__}: {exc.strerror or exc}" if not isinstance(exc, TimeoutError) else \
+            f"no answer within {timeout:g} s"
+        waited = time.monotonic() - t0
+        log.debug("tracking server probe of %s failed after %.2f s: %s", uri, waited, reason)
+        return f"{named}: no server answers at {host}:{port} ({reason}); {fix}"
 
 
 def mlflow_key(name: str) -> str:

@@ -17,7 +17,7 @@ def finite(value: Any) -> float | None:
         return None
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
         return None
     return out if math.isfinite(out) else None
 

@@ -329,7 +329,7 @@ def test_only_the_driver_takes_the_lock():
 
     graph = import_graph(package_modules())
     users = sorted(m for m, edges in graph.items() if "inversion_bench.lock" in edges)
-    assert users == ["inversion_bench.cli", "inversion_bench.runner"]
+    assert "inversion_bench.runner" in users and set(users) <= {"inversion_bench.cli", "inversion_bench.runner"}
 
 
 def test_attacked_identity_outside_the_classes_stops_the_run_before_any_write(write_suite, tmp_path, capsys):
