@@ -70,24 +70,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise ConfigError("\n".join(problems))
     for line in describe(loaded, make_plan(loaded)):
         print(line)
-    for line in _seed_lines(loaded):
-        print(line)
     print(f"{loaded.source}: OK")
     return 0
-
-
-def _seed_lines(loaded) -> list[str]:
-    """What the suite's seeds allow the leaderboard's defense test to say (the minimum seeds it needs)."""
-    from inversion_bench.leaderboard.significance import seed_requirements
-    from inversion_bench.registry import REGISTRIES
-
-    s = loaded.suite
-    columns = 1 if any("attack_acc@1" in REGISTRIES["metrics"].get(m.name).better for m in s.metrics) else 0
-    for m in s.metrics:
-        cls = REGISTRIES["metrics"].get(m.name)
-        columns += len(cls.better) * (1 if cls.scope == "target" else len(s.attacks))
-    tests = (len(s.defenses) - 1) * columns
-    return seed_requirements(len(s.seeds), tests, s.report.significance, s.report.seed_test, s.report.correction)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:

@@ -195,4 +195,17 @@ def describe(loaded: LoadedSuite, plan: Plan) -> list[str]:
         lines.append(f"  defense {entry_id(d)}: {d.name} {d.params} ({entry_label(d)})")
     for a in s.attacks:
         lines.append(f"  attack  {entry_id(a)}: {a.name} {a.params}")
-    return lines
+    return lines + seed_lines(loaded)
+
+
+def seed_lines(loaded: LoadedSuite) -> list[str]:
+    """What the suite's seeds allow the leaderboard's defense test to say: the seeds it needs at the level, and
+    for one difference among the table's Δs (about (defenses - 1) x columns of them)."""
+    from inversion_bench.leaderboard.significance import seed_requirements
+
+    s = loaded.suite
+    metrics = [REGISTRIES["metrics"].get(m.name) for m in s.metrics]
+    columns = 1 if any("attack_acc@1" in cls.better for cls in metrics) else 0  # the worst case
+    columns += sum(len(cls.better) * (1 if cls.scope == "target" else len(s.attacks)) for cls in metrics)
+    tests = (len(s.defenses) - 1) * columns
+    return seed_requirements(len(s.seeds), tests, s.report.significance, s.report.seed_test, s.report.correction)
