@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from inversion_bench.config import LoadedSuite, entry_id, entry_label
 from inversion_bench.config_messages import raise_validation
+from inversion_bench.data.resolved import resolved_identities
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import record_filename
@@ -135,6 +136,9 @@ def make_plan(loaded: LoadedSuite) -> Plan:
         "resolution": s.dataset.resolution,
         "split": s.dataset.split.model_dump(mode="json"),
     }
+    resolved = resolved_identities(dataset_plugin, s.dataset.split)
+    if resolved is not None:  # datasets read from files: the identities they resolve to (generated data: none)
+        data_spec["resolved"] = resolved
     data_key = content_key(data_spec)
     evaluator_key = content_key({
         "job": "evaluator", "data": data_key,

@@ -10,10 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from inversion_bench.config import LoadedSuite, check_identities
-from inversion_bench.data import TensorFaces
+from inversion_bench.data.resolved import listed_collection
 from inversion_bench.data.splits import make_splits
 from inversion_bench.errors import ConfigError
 from inversion_bench.plan import second_arch_params
@@ -108,10 +106,8 @@ def split_problems(loaded: LoadedSuite) -> list[str]:
     if listing is None:
         return []
     names, counts = listing
-    fake = TensorFaces(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.arange(len(names)).repeat_interleave(
-        torch.tensor(counts, dtype=torch.long)), names)
     try:
-        splits = make_splits(fake, s.dataset.split)
+        splits = make_splits(listed_collection(names, counts), s.dataset.split)
         check_identities(s, splits.num_classes, loaded.source)
     except ConfigError as exc:
         msg = str(exc)
