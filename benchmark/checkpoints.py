@@ -40,8 +40,8 @@ SOURCES: dict[str, str] = {
     "kedmi": "KED-MI's targets and evaluation model (VGG16_88.26.tar, IR152_91.16.tar, FaceNet64_88.50.tar, "
              "FaceNet_95.88.tar): https://drive.google.com/drive/folders/1U4gekn72UX_n1pHdm9GQUQwwYVDvpTfN "
              "(README of github.com/SCccc21/Knowledge-Enriched-DMI)",
-    "gmi": "GMI's target and evaluation models, as linked from github.com/MKariya1998/GMI-Attack (the same "
-           "files as KED-MI's: https://drive.google.com/drive/folders/1U4gekn72UX_n1pHdm9GQUQwwYVDvpTfN)",
+    "gmi": "files in GMI's layout (github.com/MKariya1998/GMI-Attack, whose README links none; KED-MI publishes "
+           "models of the same classes: https://drive.google.com/drive/folders/1U4gekn72UX_n1pHdm9GQUQwwYVDvpTfN)",
     "mibench": "MIBench's checkpoints_v2.0: https://drive.google.com/drive/folders/1ko8zAK1j9lTSF8FMvacO8mCKHY9evG9L "
                "(README of github.com/ffhibnese/Model-Inversion-Attack-ToolBox)",
     "ppa": "the release assets of https://github.com/LukasStruppek/Plug-and-Play-Attacks/releases (ResNet-152 "
