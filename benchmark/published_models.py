@@ -35,6 +35,7 @@ import torchvision
 from pydantic import Field
 from torch import Tensor, nn
 
+from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Classifier
 from inversion_bench.models import Architecture, load_state_dict_file, resolve_weights_path
 from inversion_bench.registry import PluginParams, architectures
@@ -203,18 +204,69 @@ class VGG1664(PublishedArchitecture):
         return model
 
 
+BACKBONE_FILES = {152: "Backbone_IR_152_Epoch_112_Batch_2547328_Time_2019-07-13-02-59_checkpoint.pth",
+                  50: "backbone_ir50_ms1m_epoch120.pth"}
+"""The face.evoLVe backbones the references start from (KED-MI train_classifier.py; MIBench ships them in
+checkpoints_v2.0 under classifier/backbones/)."""
+
+
+class _IRParams(PluginParams):
+    backbone: str | None = Field(None, description="face.evoLVe backbone weights to start training from, as the "
+                                 "references do (IR-152: " + BACKBONE_FILES[152] + ", IR-50: " + BACKBONE_FILES[50]
+                                 + "): a name in the suite's weights: section or a file path")
+
+
+def load_backbone(feature: IRBackbone, path: Path, layers: int) -> None:
+    """Copies a face.evoLVe IR-``layers`` backbone file into ``feature``: every key of ``feature`` must be in the file
+    with its shape; the file's ``output_layer`` is ignored by the 64 px backbones (as the references do).
+
+    Raises:
+        ConfigError: naming the file and the missing or mis-shaped keys.
+    """
+    state = load_state_dict_file(path)
+    own = feature.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    shapes = [f"{k}: file {list(state[k].shape)}, model {list(v.shape)}" for k, v in own.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or shapes:
+        raise ConfigError(f"backbone {path} is not a face.evoLVe IR-{layers} backbone: {len(missing)} missing "
+                          f"key(s) {missing[:3]}, {len(shapes)} mis-shaped {shapes[:3]}; the references start "
+                          f"IR-{layers} from {BACKBONE_FILES[layers]}: check the path")
+    feature.load_state_dict({**own, **{k: state[k] for k in own if k in state}})
+
+
+class _IRArchitecture(PublishedArchitecture):
+    """The IR models: an optional face.evoLVe backbone to start from (``backbone``)."""
+
+    Params = _IRParams
+    layers: ClassVar[int] = 50
+
+    def required_weights(self) -> dict[str, str]:
+        ref = self.params.backbone
+        return {ref: f"face.evoLVe IR-{self.layers} backbone ({BACKBONE_FILES[self.layers]}; MIBench "
+                     "checkpoints_v2.0, classifier/backbones/)"} if ref else {}
+
+    def build(self, num_classes: int, resolution: int, weights: Mapping[str, Path]) -> Classifier:
+        model = super().build(num_classes, resolution, weights)
+        if self.params.backbone:
+            load_backbone(model.body.feature,
+                          resolve_weights_path(self.params.backbone, weights, f"architecture {self.name}"), self.layers)
+        return model
+
+
 @architectures.register("ir152-64")
-class IR15264(PublishedArchitecture):
+class IR15264(_IRArchitecture):
     """IR-152 (face.evoLVe) at 64 px with a 512-d embedding layer: the KED-MI / MIBench ``IR152`` target."""
 
     mibench_name = "ir152_64"
+    layers = 152
 
     def make_body(self) -> nn.Module:
         return IR64Body(152)
 
 
 @architectures.register("facenet64")
-class FaceNet64(PublishedArchitecture):
+class FaceNet64(_IRArchitecture):
     """IR-50 (face.evoLVe) at 64 px with a 512-d embedding layer: the KED-MI / MIBench ``FaceNet64`` target."""
 
     mibench_name = "facenet64"
@@ -224,7 +276,7 @@ class FaceNet64(PublishedArchitecture):
 
 
 @architectures.register("facenet112")
-class FaceNet112(PublishedArchitecture):
+class FaceNet112(_IRArchitecture):
     """IR-50 (face.evoLVe) at 112 px: the evaluation model of GMI and KED-MI (``FaceNet``, their
     ``FaceNet_95.88.tar``) and MIBench's ``FaceNet112``; 64 px images are resized to 112 px."""
 

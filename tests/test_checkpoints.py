@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from inversion_bench.checkpoints import CheckpointError, CheckpointRef, load_into, unwrap
-from inversion_bench.errors import MissingResourceError
+from inversion_bench.errors import ConfigError, MissingResourceError
 from inversion_bench.registry import REGISTRIES
 
 MANIFESTS = Path(__file__).parent / "fixtures" / "checkpoint_manifests"
@@ -163,3 +163,24 @@ def test_checkpoint_ref_validates_the_format():
     assert CheckpointRef(path="a.tar").format == "native"
     with pytest.raises(ValueError, match="format"):
         CheckpointRef(path="a.tar", format="tensorflow")
+
+
+def test_face_evolve_backbone_starts_the_ir_models(tmp_path):
+    from inversion_bench.published_models import IRBackbone
+
+    torch.manual_seed(3)
+    evolve = IRBackbone(152, output_side=7)  # face.evoLVe's file also holds the 112 px output_layer
+    path = tmp_path / "Backbone_IR_152.pth"
+    torch.save(evolve.state_dict(), path)
+    cls = REGISTRIES["architectures"].get("ir152-64")
+    model = cls(cls.Params(backbone=str(path))).build(3, 64, {})
+    own = model.body.feature.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in evolve.state_dict().items() if not k.startswith("output_layer"))
+    assert cls(cls.Params(backbone="ir152")).required_weights() == {
+        "ir152": "face.evoLVe IR-152 backbone (Backbone_IR_152_Epoch_112_Batch_2547328_Time_2019-07-13-02-59_"
+                 "checkpoint.pth; MIBench checkpoints_v2.0, classifier/backbones/)"}
+    torch.save(IRBackbone(50).state_dict(), tmp_path / "ir50.pth")
+    with pytest.raises(ConfigError, match=r"ir50.pth is not a face.evoLVe IR-152 backbone: \d+ missing"):
+        build("ir152-64", classes=3, backbone=str(tmp_path / "ir50.pth"))
+    with pytest.raises(MissingResourceError, match="nothere.pth"):
+        build("facenet64", classes=3, backbone=str(tmp_path / "nothere.pth"))
