@@ -200,6 +200,11 @@ class VGG1664(PublishedArchitecture):
             path = resolve_weights_path(self.params.pretrained, weights, "architecture vgg16-64")
             state = {k.removeprefix("features."): v for k, v in load_state_dict_file(path).items()
                      if k.startswith("features.")}
+            own = model.body.feature.state_dict()
+            bad = sorted(set(own) ^ set(state)) + [k for k in own if k in state and state[k].shape != own[k].shape]
+            if bad:
+                raise ConfigError(f"architecture vgg16-64: {path} is not torchvision's vgg16_bn (features.* keys "
+                                  f"differ: {bad[:3]}); give vgg16_bn-6c64b313.pth or check the path")
             model.body.feature.load_state_dict(state)
         return model
 

@@ -184,3 +184,17 @@ def test_face_evolve_backbone_starts_the_ir_models(tmp_path):
         build("ir152-64", classes=3, backbone=str(tmp_path / "ir50.pth"))
     with pytest.raises(MissingResourceError, match="nothere.pth"):
         build("facenet64", classes=3, backbone=str(tmp_path / "nothere.pth"))
+
+
+def test_vgg_starts_from_imagenet_vgg16_bn(tmp_path):
+    import torchvision
+
+    torch.manual_seed(4)
+    imagenet = torchvision.models.vgg16_bn(weights=None)
+    torch.save(imagenet.state_dict(), tmp_path / "vgg16_bn.pth")
+    cls = REGISTRIES["architectures"].get("vgg16-64")
+    model = cls(cls.Params(pretrained=str(tmp_path / "vgg16_bn.pth"))).build(3, 64, {})
+    assert torch.equal(model.body.feature[0].weight, imagenet.features[0].weight)
+    torch.save(torchvision.models.vgg11_bn(weights=None).state_dict(), tmp_path / "vgg11.pth")
+    with pytest.raises(ConfigError, match="vgg11.pth is not torchvision's vgg16_bn"):
+        cls(cls.Params(pretrained=str(tmp_path / "vgg11.pth"))).build(3, 64, {})
