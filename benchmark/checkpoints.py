@@ -26,10 +26,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 
 from inversion_bench.errors import ConfigError, MissingResourceError
@@ -57,13 +57,36 @@ class CheckpointError(ConfigError):
 
 
 class CheckpointRef(BaseModel):
-    """``checkpoint: {path: FILE, format: FORMAT}`` in a suite."""
+    """``checkpoint: {path: FILE, format: FORMAT}`` in a suite (``checkpoint: FILE`` is ``format: native``).
+
+    A native reference dumps as its plain path, so suites, ``suite.json`` and records that name a path
+    read as before formats existed.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str = Field(description="the checkpoint file (relative paths: from the working directory)")
     format: CheckpointFormat = Field("native", description="who wrote it: native (this package), kedmi, gmi, "
                                      "mibench or ppa; decides how its key names map to the architecture's")
+
+    @model_serializer(mode="wrap")
+    def _plain_path(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        return data["path"] if self.format == "native" else data
+
+
+def _from_path(value: Any) -> Any:
+    """A plain path becomes ``{path: value}``; mappings and references pass to the model's validation."""
+    if isinstance(value, str):
+        return {"path": value}
+    if isinstance(value, Mapping | CheckpointRef):
+        return value
+    raise ValueError(f"give a file path or {{path: FILE, format: native|kedmi|gmi|mibench|ppa}}, got "
+                     f"{type(value).__name__}")
+
+
+Checkpoint = Annotated[CheckpointRef, BeforeValidator(_from_path)]
+"""The type of a suite's ``checkpoint:`` fields: a path or a path with its format."""
 
 
 def as_ref(ref: str | CheckpointRef | Mapping[str, Any]) -> CheckpointRef:

@@ -119,3 +119,24 @@ def test_suite_runs_on_published_checkpoints(tmp_path, one_thread):
         (stored,) = [torch.load(p, weights_only=True) for p in (store / kind).glob("*/data.pt")]
         assert stored["report"]["checkpoint"]["format"] in ("kedmi", "mibench")  # loaded, not trained
         assert all(torch.equal(stored["state_dict"][k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ({"path": "x.tar", "format": "tensorflow"},
+     "defenses[0].checkpoint.format: must be one of 'native', 'kedmi', 'gmi', 'mibench' or 'ppa', got 'tensorflow'"),
+    ({"path": "x.tar", "fmt": "kedmi"}, "defenses[0].checkpoint.fmt: unknown key. Did you mean 'format'?"),
+    (5, "defenses[0].checkpoint: give a file path or {path: FILE, format: native|kedmi|gmi|mibench|ppa}, got int"),
+])
+def test_bad_checkpoint_entries_name_field_and_fix(write_suite, capsys, value, message):
+    suite = tiny_suite(defenses=[{"id": "hard", "name": "label_smoothing", "checkpoint": value}])
+    assert main(["validate", "--schema-only", str(write_suite(suite))]) == 2
+    err = capsys.readouterr().err
+    assert message in err and ".str:" not in err
+
+
+def test_a_plain_path_stays_a_string_in_the_resolved_suite(write_suite):
+    suite = tiny_suite(defenses=[{"id": "a", "name": "label_smoothing", "checkpoint": "t.pt"},
+                                 {"id": "b", "name": "label_smoothing", "checkpoint": {"path": "u.tar",
+                                                                                        "format": "kedmi"}}])
+    dumped = load_suite(write_suite(suite)).suite.model_dump(mode="json")
+    assert [d["checkpoint"] for d in dumped["defenses"]] == ["t.pt", {"path": "u.tar", "format": "kedmi"}]
