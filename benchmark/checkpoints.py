@@ -204,7 +204,7 @@ def load_into(model: nn.Module, path: Path, fmt: str, arch: str,
     """
     state, outer = unwrap(read_file(path), path)
     if fmt != "native" and fmt not in prefixes:
-        known = ", ".join(["native", *prefixes]) or "native"
+        known = ", ".join(["native", *prefixes])
         raise CheckpointError(f"checkpoint {path}: architecture {arch} has no layout for format {fmt}; "
                               f"use one of: {known}")
     named = outer.get("model_name")
