@@ -85,7 +85,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"[ERROR  ] dataset.split: {problem}")
         bad += 1
     for r in resources:
-        mark = "ok     " if r.ok else "MISSING"
+        mark = "ok     " if r.ok else "WRONG  " if r.path is not None and r.path.exists() else "MISSING"
         where = f" {r.path}" if r.path else ""
         print(f"[{mark}] {r.field}: {r.what}{where}")
         if not r.ok:

@@ -318,6 +318,9 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
                                               suite.target.architecture.name, suite.target.architecture.params)
     loaded.eval_arch_params = _check_plugin(source, "evaluation.architecture", R["architectures"],
                                             suite.evaluation.architecture.name, suite.evaluation.architecture.params)
+    if suite.target.checkpoint is not None:
+        raise ConfigError(f"{source}: target.checkpoint: a target is trained or loaded per defense; move the file to "
+                          "the defense it belongs to, e.g. defenses[0].checkpoint (the published target of no defense)")
     if suite.evaluation.architecture == suite.target.architecture:
         raise ConfigError(f"{source}: evaluation.architecture: must differ from target.architecture "
                           f"(both {suite.target.architecture.name}); attack accuracy needs a separate model")

@@ -11,12 +11,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 import torchvision
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 
 from inversion_bench.errors import ConfigError, MissingResourceError
@@ -36,8 +36,15 @@ TORCHVISION_URLS = {
 
 
 class Architecture(Plugin, ABC):
-    """Builds a :class:`Classifier` for ``num_classes`` classes."""
+    """Builds a :class:`Classifier` for ``num_classes`` classes.
 
+    ``checkpoint_prefixes[format]`` maps the key names of checkpoints other code published in
+    ``format`` to this package's (publisher prefix, this package's prefix; the first match wins;
+    :mod:`inversion_bench.checkpoints`); ``native`` checkpoints need none.
+    """
+
+    checkpoint_prefixes: ClassVar[dict[str, tuple[tuple[str, str], ...]]] = {}
+    mibench_name: ClassVar[str] = ""  # MIBench's model_name for the same network, checked when loading its files
 
     def required_weights(self) -> dict[str, str]:
         """Names of the suite's ``weights:`` entries this architecture needs -> description."""
@@ -175,6 +182,26 @@ class _TorchvisionParams(PluginParams):
         None, description="ImageNet weights: a name in the suite's weights: section or a file path"
     )
     input_size: int | None = Field(None, ge=32, description="input resolution (default 224, 299 for Inception)")
+    normalize: Literal["imagenet", "ppa"] = Field(
+        "imagenet", description="input normalisation: imagenet (ImageNet mean and std) or ppa (mean 0.5, std 0.5, as "
+        "Plug & Play Attacks trains and evaluates its ResNet-152 and Inception-v3: utils/datasets.py)")
+
+    @model_serializer(mode="wrap")
+    def _drop_default(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Leaves ``normalize`` out at its default, so the cache keys of suites without it stay as they were."""
+        data = handler(self)
+        if data.get("normalize") == "imagenet":
+            data.pop("normalize")
+        return data
+
+    def mean_std(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        """The per-channel mean and std the network's input is normalised with."""
+        return (IMAGENET_MEAN, IMAGENET_STD) if self.normalize == "imagenet" else ((0.5,) * 3, (0.5,) * 3)
+
+
+PPA_PREFIXES: tuple[tuple[str, str], ...] = (("model.fc.", "head."), ("model.", "body.net."))
+"""Plug & Play Attacks' ``Classifier`` keeps the torchvision network as ``model`` (models/classifier.py at
+LukasStruppek/Plug-and-Play-Attacks@3087a4f); its ``fc`` is this package's ``head``."""
 
 
 def resolve_weights_path(ref: str, weights: Mapping[str, Path], what: str) -> Path:
@@ -219,6 +246,7 @@ def _make_resnet(factory_name: str):
 
     class _TorchvisionResNet(Architecture):
         Params = _TorchvisionParams
+        checkpoint_prefixes = {"ppa": PPA_PREFIXES}
 
         def required_weights(self) -> dict[str, str]:
             ref = self.params.pretrained
@@ -236,9 +264,9 @@ def _make_resnet(factory_name: str):
                                       f"unexpected {unexpected[:3]})")
             feat = net.fc.in_features
             net.fc = nn.Identity()
+            mean, std = self.params.mean_std()
             return Classifier(_ResNetBody(net), nn.Linear(feat, num_classes), feature_dim=feat,
-                              num_classes=num_classes, input_size=self.params.input_size or 224,
-                              mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                              num_classes=num_classes, input_size=self.params.input_size or 224, mean=mean, std=std)
 
     _TorchvisionResNet.__doc__ = f"torchvision {factory_name} (optional local ImageNet weights)."
     _TorchvisionResNet.__name__ = _TorchvisionResNet.__qualname__ = f"TV_{factory_name}"
@@ -282,6 +310,7 @@ class InceptionV3(Architecture):
     """torchvision Inception-v3 with auxiliary logits (299 px; optional local ImageNet weights)."""
 
     Params = _TorchvisionParams
+    checkpoint_prefixes = {"ppa": PPA_PREFIXES}
 
     def required_weights(self) -> dict[str, str]:
         ref = self.params.pretrained
@@ -298,9 +327,10 @@ class InceptionV3(Architecture):
         net.AuxLogits.fc = nn.Linear(net.AuxLogits.fc.in_features, num_classes)
         feat = net.fc.in_features
         net.fc = nn.Identity()
+        mean, std = self.params.mean_std()
         return InceptionClassifier(_InceptionBody(net), nn.Linear(feat, num_classes), feature_dim=feat,
                                    num_classes=num_classes, input_size=self.params.input_size or 299,
-                                   mean=IMAGENET_MEAN, std=IMAGENET_STD)
+                                   mean=mean, std=std)
 
 
 def build_classifier(arch_name: str, params: dict, num_classes: int, resolution: int,

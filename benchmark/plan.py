@@ -14,8 +14,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from inversion_bench.checkpoints import CheckpointRef, as_ref
 from inversion_bench.config import LoadedSuite, entry_id, entry_label
 from inversion_bench.config_messages import raise_validation
+from inversion_bench.data.resolved import resolved_identities
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import record_filename
@@ -28,13 +30,19 @@ def _plugin_spec(kind: str, name: str, params: Any) -> dict[str, Any]:
     return {"plugin": REGISTRIES[kind].key_name(name), "version": info.version, "params": dumped}
 
 
-def _checkpoint_spec(path: str | None, folder: Path) -> dict[str, Any] | None:
-    if path is None:
+def _checkpoint_spec(ref: str | CheckpointRef | None, folder: Path) -> dict[str, Any] | None:
+    """The file behind a ``checkpoint:`` (path, size, mtime) and, when not native, its format."""
+    if ref is None:
         return None
-    p = Path(path).expanduser()
+    cref = as_ref(ref)
+    p = Path(cref.path).expanduser()
     p = p if p.is_absolute() else folder / p
     st = p.stat() if p.exists() else None
-    return {"path": str(p), "size": st.st_size if st else None, "mtime": int(st.st_mtime) if st else None}
+    spec: dict[str, Any] = {"path": str(p), "size": st.st_size if st else None,
+                            "mtime": int(st.st_mtime) if st else None}
+    if cref.format != "native":  # native checkpoints keep the keys they had before formats existed
+        spec["format"] = cref.format
+    return spec
 
 
 SECOND_EVALUATOR_SEED = 1
@@ -135,6 +143,9 @@ def make_plan(loaded: LoadedSuite) -> Plan:
         "resolution": s.dataset.resolution,
         "split": s.dataset.split.model_dump(mode="json"),
     }
+    resolved = resolved_identities(dataset_plugin, s.dataset.split)
+    if resolved is not None:  # datasets read from files: the identities they resolve to (generated data: none)
+        data_spec["resolved"] = resolved
     data_key = content_key(data_spec)
     evaluator_key = content_key({
         "job": "evaluator", "data": data_key,

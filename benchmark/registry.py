@@ -273,7 +273,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
 BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.data.synthetic", "inversion_bench.data.image_folder", "inversion_bench.data.celeba",
     "inversion_bench.data.toy2d",
-    "inversion_bench.models",
+    "inversion_bench.models", "inversion_bench.published_models",
     "inversion_bench.defenses.label_smoothing", "inversion_bench.defenses.mid", "inversion_bench.defenses.bido",
     "inversion_bench.defenses.tl_dmi", "inversion_bench.defenses.dp_sgd", "inversion_bench.defenses.output",
     "inversion_bench.defenses.trap_mid", "inversion_bench.defenses.random_erasing",

@@ -7,13 +7,14 @@ Inception, FaceNet) are listed with whether each is present and where it is expe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-
+from inversion_bench.checkpoints import as_ref, load_into, not_found_message
 from inversion_bench.config import LoadedSuite, check_identities
-from inversion_bench.data import TensorFaces
+from inversion_bench.data.resolved import listed_collection
 from inversion_bench.data.splits import make_splits
 from inversion_bench.errors import ConfigError
 from inversion_bench.plan import second_arch_params
@@ -54,15 +55,7 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     root = getattr(loaded.dataset_params, "root", None)
     out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
                         not problems, "; ".join(problems)))
-    second = s.evaluation.second.checkpoint if s.evaluation.second is not None else None
-    for field, ref in [("evaluation.checkpoint", s.evaluation.checkpoint), ("evaluation.second.checkpoint", second)] + [
-            (f"defenses[{i}].checkpoint", d.checkpoint) for i, d in enumerate(s.defenses)]:
-        if ref is None:
-            continue
-        p = Path(ref).expanduser()
-        p = p if p.is_absolute() else loaded.folder / p
-        out.append(Resource(field, "trained classifier state dict", p, p.is_file(),
-                            "" if p.is_file() else f"{field}: {p} not found; train it or fix the path"))
+    out.extend(check_checkpoints(loaded))
     weights = loaded.weights()
     seen: set[str] = set()
     for field, cls, params in _plugins(loaded):
@@ -94,6 +87,77 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     return out
 
 
+def _checkpoint_fields(loaded: LoadedSuite) -> Iterator[tuple[str, Any, str, Any, int | None]]:
+    """(field, checkpoint value, architecture name, its params, defense index or None) per classifier."""
+    s = loaded.suite
+    yield ("evaluation.checkpoint", s.evaluation.checkpoint, s.evaluation.architecture.name,
+           loaded.eval_arch_params, None)
+    if s.evaluation.second is not None:
+        yield ("evaluation.second.checkpoint", s.evaluation.second.checkpoint, s.evaluation.second.architecture.name,
+               second_arch_params(loaded), None)
+    for i, d in enumerate(s.defenses):
+        yield f"defenses[{i}].checkpoint", d.checkpoint, s.target.architecture.name, loaded.target_arch_params, i
+
+
+def private_classes(loaded: LoadedSuite) -> int | None:
+    """The number of private identities (the classifiers' classes), from the dataset's listing; None
+    when it is unknown before loading or the split does not fit the listing."""
+    dataset = REGISTRIES["datasets"].get(loaded.suite.dataset.name)(loaded.dataset_params)
+    listing = dataset.listing()
+    if listing is None:
+        return None
+    try:
+        return make_splits(listed_collection(*listing), loaded.suite.dataset.split).num_classes
+    except ConfigError:
+        return None
+
+
+def check_checkpoints(loaded: LoadedSuite) -> list[Resource]:
+    """Every ``checkpoint:`` of the suite: its format known to the architecture, the file present
+    (else where it comes from) and, when the class count is known, every key and shape fitting the
+    classifier the suite builds (:func:`inversion_bench.checkpoints.load_into`)."""
+    out: list[Resource] = []
+    classes: int | None = -1  # computed on the first file found
+    for field, ref, arch_name, arch_params, di in _checkpoint_fields(loaded):
+        if ref is None:
+            continue
+        cref = as_ref(ref)
+        path = Path(cref.path).expanduser()
+        path = path if path.is_absolute() else loaded.folder / path
+        arch = REGISTRIES["architectures"].get(arch_name)
+        what = f"{arch_name} checkpoint ({cref.format})"
+        formats = ["native", *arch.checkpoint_prefixes]
+        if cref.format not in formats:
+            out.append(Resource(field, what, path, False, f"{field}.format: architecture {arch_name} reads no "
+                                f"{cref.format} checkpoints; use one of {formats} or another architecture"))
+            continue
+        if not path.is_file():
+            out.append(Resource(field, what, path, False, not_found_message(field, path, cref.format)))
+            continue
+        classes = private_classes(loaded) if classes == -1 else classes
+        problem = "" if classes is None else _fit_problem(loaded, field, path, cref.format, arch, arch_params, di,
+                                                          classes)
+        out.append(Resource(field, what, path, not problem, problem))
+    return out
+
+
+def _fit_problem(loaded: LoadedSuite, field: str, path: Path, fmt: str, arch: Any, arch_params: Any,
+                 defense_index: int | None, classes: int) -> str:
+    """Why the file does not load into the classifier the suite builds ('' when it does)."""
+    try:
+        model = arch(arch_params).build(classes, loaded.suite.dataset.resolution, loaded.weights())
+    except ConfigError:
+        return ""  # a missing backbone weights file: reported with the weights
+    if defense_index is not None:
+        d = loaded.suite.defenses[defense_index]
+        model = REGISTRIES["defenses"].get(d.name)(loaded.defense_params[defense_index]).configure_model(model)
+    try:
+        load_into(model, path, fmt, arch.name, arch.checkpoint_prefixes, arch.mibench_name)
+    except ConfigError as exc:
+        return f"{field}: {exc}"
+    return ""
+
+
 def missing_resources(loaded: LoadedSuite) -> list[str]:
     return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok]
 
@@ -108,10 +172,8 @@ def split_problems(loaded: LoadedSuite) -> list[str]:
     if listing is None:
         return []
     names, counts = listing
-    fake = TensorFaces(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), torch.arange(len(names)).repeat_interleave(
-        torch.tensor(counts, dtype=torch.long)), names)
     try:
-        splits = make_splits(fake, s.dataset.split)
+        splits = make_splits(listed_collection(names, counts), s.dataset.split)
         check_identities(s, splits.num_classes, loaded.source)
     except ConfigError as exc:
         msg = str(exc)

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, model_validator
 
+from inversion_bench.checkpoints import Checkpoint
 from inversion_bench.data.splits import SplitSpec
 from inversion_bench.training import TrainingRecipe
 
@@ -50,7 +51,8 @@ class DatasetConfig(_Strict):
 class ModelConfig(_Strict):
     architecture: PluginRef
     training: TrainingRecipe = Field(default_factory=TrainingRecipe)
-    checkpoint: str | None = Field(None, description="an already-trained state dict to load instead of training")
+    checkpoint: Checkpoint | None = Field(None, description="an already-trained classifier instead of "
+                                          "training: a path, or {path, format: native|kedmi|gmi|mibench|ppa}")
 
 
 class EvaluationConfig(ModelConfig):
@@ -108,7 +110,8 @@ class DefenseConfig(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     id: str | None = Field(None, description="short unique id used in file names (default: from the label)")
     label: str | None = Field(None, description="display name in tables")
-    checkpoint: str | None = Field(None, description="an already-trained target state dict instead of training")
+    checkpoint: Checkpoint | None = Field(None, description="an already-trained target instead of training: "
+                                          "a path, or {path, format: native|kedmi|gmi|mibench|ppa}")
     swept: SweptConfig | None = Field(None, description="set by a sweep: (see inversion_bench.sweep): the group "
                                       "this entry belongs to and the value of the swept parameter")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
@@ -146,6 +146,10 @@ def is_grayscale(data: LabeledImages | FaceCollection | None) -> bool:
 class DatasetPlugin(Plugin, ABC):
     """A dataset plugin: parameters in, a :class:`FaceCollection` out."""
 
+    generated: ClassVar[bool] = False
+    """True when the collection is a pure function of the parameters and the plugin version (nothing is
+    read from disk): its resolved identities then add nothing to the data key
+    (:mod:`inversion_bench.data.resolved`). Plugins that read files leave it False."""
 
     def missing(self) -> list[str]:
         """Problems that stop a run before it starts (e.g. a missing folder), each with its fix."""

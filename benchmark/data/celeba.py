@@ -71,11 +71,25 @@ class CelebA(DatasetPlugin):
         return out
 
     def identity(self) -> dict[str, Any]:
+        """Parameters, the identity file's SHA-1 and a fingerprint of the image files the kept
+        identities use (file name and size each, -1 for a missing file), so a replaced image folder
+        gives new cache keys."""
         ident = self.params.model_dump(mode="json")
         ident.pop("cache_images", None)
-        _, ident_file, _ = self._paths()
+        _, ident_file, images = self._paths()
         if ident_file.is_file():
             ident["identity_file_sha1"] = hashlib.sha1(ident_file.read_bytes()).hexdigest()
+            pairs = read_identity_file(ident_file)
+            keep = set(most_frequent(pairs, self.params.num_identities))
+            digest = hashlib.sha1()
+            for fname, person in sorted(pairs):
+                if person in keep:
+                    try:
+                        size = (images / fname).stat().st_size
+                    except OSError:
+                        size = -1
+                    digest.update(f"{person}\0{fname}\0{size}\n".encode())
+            ident["files_sha1"] = digest.hexdigest()
         return ident
 
     def listing(self) -> tuple[list[str], list[int]] | None:

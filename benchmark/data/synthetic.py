@@ -142,6 +142,7 @@ class SyntheticFaces(DatasetPlugin):
     """
 
     version = "1"
+    generated = True  # nothing read from disk: the resolved identities follow from the parameters
 
     class Params(PluginParams):
         num_identities: int = Field(60, ge=2, le=100_000, description="number of identities (classes)")

@@ -105,6 +105,7 @@ class Toy2D(DatasetPlugin):
     """Gaussian clusters in 2-D encoded as flat images, the toy of Struppek et al. (ICLR 2024), Fig. 1."""
 
     version = "1"
+    generated = True  # nothing read from disk: the resolved identities follow from the parameters
 
     class Params(PluginParams):
         num_classes: int = Field(3, ge=2, le=64, description="private clusters (the target's classes)")

@@ -8,23 +8,20 @@ from typing import Any
 
 import torch
 
-from inversion_bench.errors import BenchError
+from inversion_bench.checkpoints import CheckpointRef, as_ref, checkpoint_json, load_into
 from inversion_bench.interfaces import Classifier
-from inversion_bench.models import load_state_dict_file
 from inversion_bench.products.data import splits
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.run_context import RunContext
 from inversion_bench.training import Trainer, accuracy, predict_logits
 
 
-def load_checkpoint(ctx: RunContext, model: Classifier, ref: str) -> None:
-    """Loads the state dict file ``ref`` (a suite path) into ``model``; a mismatch is a clear error."""
-    path = ctx.resolve_path(ref)
-    state = load_state_dict_file(path)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise BenchError(f"checkpoint {path} does not fit the architecture: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}; check the suite's architecture and num classes")
+def load_checkpoint(ctx: RunContext, model: Classifier, ref: str | CheckpointRef, arch_name: str) -> None:
+    """Loads the checkpoint ``ref`` (a suite path, or path and format) into ``model`` of architecture
+    ``arch_name``, every key and shape checked (:func:`inversion_bench.checkpoints.load_into`)."""
+    cref = as_ref(ref)
+    arch = REGISTRIES["architectures"].get(arch_name)
+    load_into(model, ctx.resolve_path(cref.path), cref.format, arch_name, arch.checkpoint_prefixes, arch.mibench_name)
 
 
 def _build(ctx: RunContext, arch: Any, arch_params: Any, defense: Any) -> Classifier:
@@ -33,13 +30,14 @@ def _build(ctx: RunContext, arch: Any, arch_params: Any, defense: Any) -> Classi
     return defense.configure_model(model) if defense is not None else model
 
 
-def _checkpoint_report(ctx: RunContext, model: Classifier, checkpoint: str) -> dict[str, Any]:
+def _checkpoint_report(ctx: RunContext, model: Classifier, checkpoint: str | CheckpointRef,
+                       arch_name: str) -> dict[str, Any]:
     """Loads ``checkpoint`` and measures it on the private test split (nothing is trained)."""
     test = splits(ctx).private_test
-    load_checkpoint(ctx, model, checkpoint)
+    load_checkpoint(ctx, model, checkpoint, arch_name)
     model.to(ctx.device)
     logits = predict_logits(model, test, ctx.settings)
-    return {"test_accuracy": accuracy(logits, test.labels), "checkpoint": checkpoint,
+    return {"test_accuracy": accuracy(logits, test.labels), "checkpoint": checkpoint_json(checkpoint),
             "logit_std": float(logits.std(dim=1).mean())}
 
 
@@ -69,7 +67,8 @@ def _load_stored(model: Classifier, path: Path) -> dict[str, Any]:
 
 
 def train_or_load(ctx: RunContext, kind: str, key: str, arch: Any, arch_params: Any, recipe: Any,
-                  checkpoint: str | None, seed: int, desc: str, defense: Any = None) -> tuple[Classifier, dict]:
+                  checkpoint: str | CheckpointRef | None, seed: int, desc: str,
+                  defense: Any = None) -> tuple[Classifier, dict]:
     """The classifier stored under ``(kind, key)``; trained (or read from ``checkpoint``) and stored when absent.
 
     Returns the model on the run's device in eval mode (``cache_key`` set to ``key``) and its
@@ -87,7 +86,7 @@ def train_or_load(ctx: RunContext, kind: str, key: str, arch: Any, arch_params: 
         model = _build(ctx, arch, arch_params, defense)
         t0 = time.perf_counter()
         if checkpoint is not None:
-            report = _checkpoint_report(ctx, model, checkpoint)
+            report = _checkpoint_report(ctx, model, checkpoint, arch.name)
         else:
             report = _train_report(ctx, model, recipe, seed, desc, defense)
         report["seconds"] = time.perf_counter() - t0

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from inversion_bench.checkpoints import checkpoint_json
 from inversion_bench.config import entry_label
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import MetricContext, Reconstruction
@@ -98,10 +99,10 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
                     "resolution": s.dataset.resolution, "split": s.dataset.split.model_dump(mode="json")},
         "target": {"architecture": s.target.architecture.name, "params": ctx.loaded.target_arch_params.model_dump(
             mode="json"), "epochs": s.target.training.epochs, "steps": s.target.training.steps,
-                   "checkpoint": s.target.checkpoint},
+                   "checkpoint": checkpoint_json(s.target.checkpoint)},
         "evaluation": {"architecture": s.evaluation.architecture.name, "params": ctx.loaded.eval_arch_params.model_dump(
             mode="json"), "epochs": s.evaluation.training.epochs, "steps": s.evaluation.training.steps,
-                       "checkpoint": s.evaluation.checkpoint},
+                       "checkpoint": checkpoint_json(s.evaluation.checkpoint)},
         "metrics": [{"name": m.name, "params": p.model_dump(mode="json"),
                      "keys": sorted(getattr(REGISTRIES["metrics"].get(m.name), "better", None) or {})}
                     for m, p in zip(s.metrics, ctx.loaded.metric_params, strict=True)],
