@@ -115,8 +115,7 @@ def significance_help(lb: LeaderboardTable, mark: str) -> str:
             "significant, or not testable with the seeds at hand (the tooltip and leaderboard.csv say which and "
             f"how many seeds are needed): do not read it as a difference.{multiplicity_note(lb)} The "
             "identity-level sign-flip test over (seed, identity) pairs (leaderboard.csv: _p_identity) asks only "
-            "whether these "
-            "trained models differ on these identities; it never marks a Δ.")
+            "whether these trained models differ on these identities; it never marks a Δ.")
 
 
 def multiplicity_note(lb: LeaderboardTable) -> str:
