@@ -12,20 +12,11 @@ import logging
 import sys
 from pathlib import Path
 
+from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.errors import ConfigError
 
 log = logging.getLogger("inversion_bench")
 
-DEFAULT_SUITE = "suites/quickstart.yaml"
-
-
-def _default_suite() -> str:
-    """``suites/quickstart.yaml`` of the working directory, else the copy installed with the package."""
-    if Path(DEFAULT_SUITE).is_file():
-        return DEFAULT_SUITE
-    from importlib.resources import files
-
-    return str(files("inversion_bench.suites") / "quickstart.yaml")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -56,7 +47,7 @@ def _load(args: argparse.Namespace):
     load_plugins()
     for f in args.plugin or []:
         load_plugin_file(f)
-    return load_suite(args.suite or _default_suite(), _overrides(args))
+    return load_suite(args.suite or default_suite(), _overrides(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -125,7 +116,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench import fastpath
 
     # nothing changed since the last clean run: answer without torch or MLflow
-    stamp = fastpath.unchanged(args, args.suite or _default_suite())
+    stamp = fastpath.unchanged(args, args.suite or default_suite())
     if stamp is not None:
         print(f"nothing changed since the run of {stamp['written']} (suite, code, inputs and run folder as they "
               f"were; --recheck checks anyway)\n{stamp['summary']}")

@@ -1,11 +1,12 @@
 """Suite files: YAML read, merged, overridden and validated into typed models.
 
 The models of every section are in ``inversion_bench.suite_schema`` (re-exported here). ``include:``
-merges a base suite (paths relative to the including file; mappings merge key by key, everything
-else is replaced, ``<key>+:`` extends the base's list; a block naming another plugin drops the base's
-``params``). A run folder's ``suite.json`` is read as its resolved suite (``config_overrides``). CLI overrides beat
-the YAML, which beats defaults. Plugin names are looked up in the registries and their ``params``
-validated against each plugin's ``Params``.
+merges a base suite (paths relative to the including file, else a built-in suite by name, see
+``builtin_suites``; mappings merge key by key, everything else is replaced, ``<key>+:`` extends the
+base's list; a block naming another plugin drops the base's ``params``). A run folder's
+``suite.json`` is read as its resolved suite (``config_overrides``). CLI overrides beat the YAML,
+which beats defaults. Plugin names are looked up in the registries and their ``params`` validated
+against each plugin's ``Params``.
 
 Every error names the file, the field path and the fix, e.g.
 ``suites/x.yaml: defenses[2].params.alpha: must be <= 1, got 1.5``.
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from inversion_bench.builtin_suites import resolve_include
 from inversion_bench.config_messages import format_error, raise_validation, shorten
 from inversion_bench.config_overrides import apply_override, blame_override, read_suite_json, shown_path
 from inversion_bench.errors import ConfigError, UnknownPluginError
@@ -205,9 +207,7 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: include: must be a file path or a list of paths")
     merged: dict[str, Any] = {}
     for inc in includes:
-        inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
-        if not inc_path.is_file():
-            raise ConfigError(f"{path}: include: {inc}: no such file (looked at {inc_path})")
+        inc_path = resolve_include(path, inc)
         merged = _deep_merge(merged, read_yaml(inc_path, (*_stack, path.resolve())), f"{path}: ")
     return _deep_merge(merged, data, f"{path}: ")
 
