@@ -27,6 +27,7 @@ from inversion_bench.config_messages import format_error, raise_validation, shor
 from inversion_bench.config_overrides import apply_override, blame_override, read_suite_json, shown_path
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
+from inversion_bench.report_check import check_report_table
 from inversion_bench.strict_values import check_numbers
 from inversion_bench.suite_schema import (
     AttackConfig,
@@ -342,6 +343,7 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
     if suite.baseline is not None and suite.baseline not in suite.defense_ids():
         raise ConfigError(f"{source}: baseline: {suite.baseline!r} is not a defense id; "
                           f"choose one of {suite.defense_ids()}")
+    check_report_table(suite, source)
     return loaded
 
 

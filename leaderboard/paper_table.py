@@ -1,0 +1,46 @@
+"""The paper table: the columns the suite's ``report.table`` selects, for ``leaderboard.tex`` and the
+tables of ``leaderboard.md`` (the CSV and the page always carry every column).
+
+The selection only hides columns: every number, interval and adjusted p-value is the one of the full
+table (the multiplicity correction counts every test of the table, shown or not), and the worst case
+stays the strongest of all the suite's attacks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from inversion_bench.leaderboard.model import Column, LeaderboardTable
+
+
+def _shown(col: Column, metrics: tuple[str, ...] | None, attacks: tuple[str, ...] | None) -> bool:
+    if col.is_test_accuracy or col.is_worst_case:
+        return True
+    if col.is_target:
+        return metrics is None or col.metric in metrics
+    if attacks is not None and col.attack not in attacks:
+        return False
+    return col.placeholder or metrics is None or col.metric in metrics
+
+
+def paper_columns(lb: LeaderboardTable) -> list[Column]:
+    """The columns of ``lb`` that its ``report.table`` settings show, in table order: the test accuracy
+    and the worst case always, then the target metrics and the attack columns named by ``metrics`` and
+    ``attacks`` (every one where a setting is not given)."""
+    table = lb.settings.table
+    return [c for c in lb.columns if _shown(c, table.metrics, table.attacks)]
+
+
+def paper_view(lb: LeaderboardTable) -> LeaderboardTable:
+    """``lb`` with only its :func:`paper_columns` (the same object when every column shows)."""
+    shown = paper_columns(lb)
+    return lb if len(shown) == len(lb.columns) else replace(lb, columns=shown)
+
+
+def hidden_note(lb: LeaderboardTable) -> str | None:
+    """One sentence saying how many columns ``report.table`` leaves out and where they are, or ``None``."""
+    hidden = len(lb.columns) - len(paper_columns(lb))
+    if not hidden:
+        return None
+    return (f"This table shows {len(lb.columns) - hidden} of {len(lb.columns)} columns (report.table); "
+            "every column is in leaderboard.csv and on the report page.")
