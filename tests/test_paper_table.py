@@ -179,3 +179,22 @@ def test_run_keeps_table_settings_in_records_and_store_path_out_of_the_caption(t
     tex = (run / "leaderboard" / "leaderboard.tex").read_text()
     assert str(tmp_path) not in tex and r"knn\_distance" not in tex and r"attack\_acc@1" in tex
     assert "knn_distance" in (run / "leaderboard" / "leaderboard.csv").read_text().splitlines()[0]
+
+
+def test_rerun_with_another_table_setting_applies_it_without_recomputing(tmp_path, one_thread, capsys):
+    data = tiny_suite()
+    data["run"] = {**data["run"], "output": str(tmp_path / "runs"), "threads": 1}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(data))
+    run = tmp_path / "runs" / "tiny"
+    assert main(["run", str(tmp_path / "suite.yaml"), "--no-tracking", "--no-figures"]) == 0
+    assert r"knn\_distance" in (run / "leaderboard" / "leaderboard.tex").read_text()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (run / "store").rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["run", str(tmp_path / "suite.yaml"), "--no-tracking", "--no-figures",
+                 "--set", "report.table.metrics=[attack_acc@1]"]) == 0
+    assert "0 ran, 2 from cache" in capsys.readouterr().out
+    assert {p.name: p.stat().st_mtime_ns for p in (run / "store").rglob("*") if p.is_file()} == stamps
+    tex = (run / "leaderboard" / "leaderboard.tex").read_text()
+    assert r"knn\_distance" not in tex and r"attack\_acc@1" in tex
+    rec = json.loads(next((run / "records").glob("*.json")).read_text())
+    assert rec["report_settings"]["table"]["metrics"] == ["attack_acc@1"]
