@@ -69,10 +69,10 @@ def test_unknown_include_raises_config_error_naming_the_file(tmp_path):
         resolve_include(tmp_path / "x.yaml", "sub/quickstart.yaml")
 
 
-def test_readme_walkthrough_suite_needs_no_path_to_the_repository(outside, capsys):
-    """The README's ``mine.yaml`` (defense plugin walk-through, step 5) validates from any folder; its
-    plugin defense is swapped for a built-in one so that no plugin file is needed here."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def test_defense_guide_suite_needs_no_path_to_the_repository(outside, capsys):
+    """The defense plugin guide's ``mine.yaml`` (step 5) validates from any folder; its plugin defense is
+    swapped for a built-in one so that no plugin file is needed here."""
+    readme = (REPO / "docs" / "guides" / "defense-plugin.md").read_text(encoding="utf-8")
     block = readme.split("cat > mine.yaml <<'YAML'\n", 1)[1].split("YAML\n", 1)[0]
     lines = [line.strip() for line in block.splitlines()]
     assert lines[0].startswith("include: quickstart.yaml")
