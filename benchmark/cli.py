@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.errors import ConfigError
+from inversion_bench.table_options import add_table_options, table_options
 
 log = logging.getLogger("inversion_bench")
 
@@ -203,7 +204,7 @@ BASELINE_HELP = ("defense id the differences are taken against (default: the bas
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables and index.html from the records only (fast: no figures, no stored models read)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-                           figures=False, baseline=args.baseline)
+                           figures=False, baseline=args.baseline, table=table_options(args))
     print(report.board.to_markdown())
     print(f"\nwritten to {report.out_dir} (page: {report.files['html']})")
     for note in report.notes:
@@ -215,7 +216,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Tables, figures and index.html of one or more run folders (combined when comparable)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                            figures=not args.no_figures, grid_attack=args.grid_attack,
-                           grid_identities=args.grid_identities, baseline=args.baseline)
+                           grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args))
     print(report.board.to_markdown())
     print(f"\nwritten to {report.out_dir}:")
     for name, path in sorted(report.files.items()):
@@ -345,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="where to write (default RUN_DIR/leaderboard)")
     p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)
+    add_table_options(p)
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("report", help="tables, figures and index.html of one or more run folders")
@@ -355,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
     p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
     p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)
+    add_table_options(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a run folder's reconstructions as PNGs with reference images and a "

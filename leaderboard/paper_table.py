@@ -8,9 +8,12 @@ stays the strongest of all the suite's attacks.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 from inversion_bench.leaderboard.model import Column, LeaderboardTable
+from inversion_bench.leaderboard.settings import CAPTIONS, TableSettings
 
 
 def _shown(col: Column, metrics: tuple[str, ...] | None, attacks: tuple[str, ...] | None) -> bool:
@@ -44,3 +47,38 @@ def hidden_note(lb: LeaderboardTable) -> str | None:
         return None
     return (f"This table shows {len(lb.columns) - hidden} of {len(lb.columns)} columns (report.table); "
             "every column is in leaderboard.csv and on the report page.")
+
+
+def with_table(lb: LeaderboardTable, table: Mapping[str, Any] | None) -> LeaderboardTable:
+    """``lb`` with the paper table settings ``table`` (``bench report --table-metrics/--table-attacks/--caption``)
+    in place of the records' (keys not given keep the records' value).
+
+    Args:
+        lb: the leaderboard.
+        table: ``{"metrics": [...], "attacks": [...], "caption": "short" | "full"}``, any subset; ``None``
+            leaves ``lb`` as it is.
+
+    Returns:
+        The leaderboard with the settings (the same object for ``None``).
+
+    Raises:
+        ValueError: a metric or attack the table has no column of, or an unknown caption; the message
+            names the option and the names to choose from.
+    """
+    if not table:
+        return lb
+    attacks = list(dict.fromkeys(c.attack for c in lb.columns if c.is_attack))
+    metrics = list(dict.fromkeys(c.metric for c in lb.columns if not c.is_worst_case and not c.placeholder))
+    for option, key, known in (("--table-metrics", "metrics", metrics), ("--table-attacks", "attacks", attacks)):
+        unknown = [n for n in table.get(key) or [] if n not in known]
+        if unknown:
+            raise ValueError(f"{option}: {unknown[0]!r} is not {key[:-1]} of this table; choose from "
+                             f"{', '.join(known)}")
+    if table.get("caption", "short") not in CAPTIONS:
+        raise ValueError(f"--caption: {table['caption']!r}; choose short or full")
+    current = lb.settings.table
+    chosen = TableSettings(
+        metrics=tuple(table["metrics"]) if table.get("metrics") else current.metrics,
+        attacks=tuple(table["attacks"]) if table.get("attacks") else current.attacks,
+        caption=str(table.get("caption") or current.caption))
+    return replace(lb, settings=replace(lb.settings, table=chosen))

@@ -148,11 +148,6 @@ def test_full_caption_lists_attack_parameters_without_local_paths():
     assert "/home/alice" not in cap and r"\texttt{-{}-set}" in cap
 
 
-def test_markdown_still_lists_every_override():
-    md = build(_records()).to_markdown()
-    assert "Overrides (--set): run.store=/home/alice/secret/store, run.device=cpu, attacks.gmi.params.steps=3." in md
-
-
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (.ci/run installs it)")
 @pytest.mark.parametrize("caption", ["short", "full"])
 def test_selected_table_compiles_with_pdflatex(tmp_path: Path, caption: str) -> None:
@@ -198,3 +193,25 @@ def test_rerun_with_another_table_setting_applies_it_without_recomputing(tmp_pat
     assert r"knn\_distance" not in tex and r"attack\_acc@1" in tex
     rec = json.loads(next((run / "records").glob("*.json")).read_text())
     assert rec["report_settings"]["table"]["metrics"] == ["attack_acc@1"]
+
+
+def test_report_options_override_the_records_table(tmp_path, one_thread, capsys):
+    data = tiny_suite(report={"table": {"metrics": ["attack_acc@1"]}})
+    data["run"] = {**data["run"], "output": str(tmp_path / "runs"), "threads": 1}
+    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(data))
+    run = tmp_path / "runs" / "tiny"
+    assert main(["run", str(tmp_path / "suite.yaml"), "--no-tracking", "--no-figures"]) == 0
+    out = tmp_path / "paper"
+    assert main(["leaderboard", str(run), "--output", str(out), "--table-metrics", "knn_distance",
+                 "--caption", "full"]) == 0
+    tex = (out / "leaderboard.tex").read_text()
+    # test accuracy, worst case, then mi-face's knn_distance alone (the records chose attack_acc@1)
+    assert (r"Defense & Test acc.\ (\%) $\uparrow$ & attack\_acc@1 (\%) $\downarrow$ & knn\_distance $\uparrow$ \\"
+            in tex and r"\multicolumn{1}{c}{mif [white-box]}" in tex)
+    assert "Attacks: mif (mi-face: " in tex and "restarts=2" in tex  # the full caption lists the parameters
+    capsys.readouterr()
+    assert main(["report", str(run), "--no-figures", "--output", str(out), "--table-attacks", "mfi"]) == 2
+    err = capsys.readouterr().err
+    assert "--table-attacks: 'mfi' is not attack of this table; choose from mif" in err
+    assert main(["report", str(run), "--no-figures", "--output", str(out), "--table-metrics", ","]) == 2
+    assert "--table-metrics ',': give names separated by commas" in capsys.readouterr().err
