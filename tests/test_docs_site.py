@@ -41,6 +41,21 @@ def test_every_docs_page_is_in_the_nav():
     assert sorted(nav) == pages
 
 
+def test_plugin_reference_pages_are_current():
+    """docs/reference/ is generated from the plugins' metadata: regenerate it with
+    ``python -m inversion_bench.plugin_docs`` after changing a plugin."""
+    from inversion_bench.plugin_docs import TITLES, reference_page
+    from inversion_bench.registry import REGISTRIES
+
+    for kind in TITLES:
+        page = reference_page(kind)
+        assert (DOCS / "reference" / f"{kind}.md").read_text(encoding="utf-8") == page, (
+            f"docs/reference/{kind}.md is stale: run python -m inversion_bench.plugin_docs")
+        builtin = [i.name for i in REGISTRIES[kind] if i.origin == "built-in"]
+        assert builtin and all(f"## `{name}`" in page for name in builtin)
+    assert "access: **black-box**" in reference_page("attacks")
+
+
 def test_docs_build_strict(tmp_path):
     pytest.importorskip("mkdocs", reason="MkDocs is not installed (pip install -e \".[docs]\")")
     proc = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"),
