@@ -42,11 +42,16 @@ def paper_view(lb: LeaderboardTable) -> LeaderboardTable:
 
 def hidden_note(lb: LeaderboardTable) -> str | None:
     """One sentence saying how many columns ``report.table`` leaves out and where they are, or ``None``."""
-    hidden = len(lb.columns) - len(paper_columns(lb))
+    shown = paper_columns(lb)
+    hidden = len(lb.columns) - len(shown)
     if not hidden:
         return None
-    return (f"This table shows {len(lb.columns) - hidden} of {len(lb.columns)} columns (report.table); "
-            "every column is in leaderboard.csv and on the report page.")
+    note = (f"This table shows {len(shown)} of {len(lb.columns)} columns (report.table); every column is in "
+            "leaderboard.csv and on the report page.")
+    if {c.attack for c in lb.columns if c.is_attack} - {c.attack for c in shown if c.is_attack} and any(
+            c.is_worst_case for c in shown):
+        note += " The worst case covers every attack, shown or not."
+    return note
 
 
 def with_table(lb: LeaderboardTable, table: Mapping[str, Any] | None) -> LeaderboardTable:

@@ -91,6 +91,7 @@ def test_selection_applies_to_latex_and_markdown_not_csv(tmp_path):
                                    "PLG-MI [white-box]: attack_acc@1 (%) ↓", "PLG-MI [white-box]: knn_distance ↑"]
     note = "This table shows 4 of 10 columns (report.table); every column is in leaderboard.csv"
     assert note in lb.to_markdown() and note in tex
+    assert "The worst case covers every attack, shown or not." in tex  # GMI's columns are hidden
     lb.to_csv(tmp_path / "lb.csv")
     header = (tmp_path / "lb.csv").read_text().splitlines()[0]
     assert "gmi/fid_mean" in header and "plg_mi/attack_acc@5_mean" in header
