@@ -27,6 +27,8 @@ def metric_keys(suite: Suite) -> list[str]:
 
 
 def _unknown(source: str, field: str, index: int, name: str, known: list[str], what: str, fix: str) -> ConfigError:
+    """The error for ``report.table.<field>[<index>]: <name>``: what it is not, the closest known name, the
+    names to choose from and ``fix``."""
     close = difflib.get_close_matches(name, known, n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     return ConfigError(f"{source}: report.table.{field}[{index}]: {name!r} is not {what}.{hint} Choose from "
