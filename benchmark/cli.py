@@ -12,20 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
+from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.errors import ConfigError
+from inversion_bench.table_options import add_table_options, table_options
 
 log = logging.getLogger("inversion_bench")
 
-DEFAULT_SUITE = "suites/quickstart.yaml"
-
-
-def _default_suite() -> str:
-    """``suites/quickstart.yaml`` of the working directory, else the copy installed with the package."""
-    if Path(DEFAULT_SUITE).is_file():
-        return DEFAULT_SUITE
-    from importlib.resources import files
-
-    return str(files("inversion_bench.suites") / "quickstart.yaml")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -56,7 +48,7 @@ def _load(args: argparse.Namespace):
     load_plugins()
     for f in args.plugin or []:
         load_plugin_file(f)
-    return load_suite(args.suite or _default_suite(), _overrides(args))
+    return load_suite(args.suite or default_suite(), _overrides(args))
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -109,7 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench import fastpath
 
     # nothing changed since the last clean run: answer without torch or MLflow
-    stamp = fastpath.unchanged(args, args.suite or _default_suite())
+    stamp = fastpath.unchanged(args, args.suite or default_suite())
     if stamp is not None:
         print(f"nothing changed since the run of {stamp['written']} (suite, code, inputs and run folder as they "
               f"were; --recheck checks anyway)\n{stamp['summary']}")
@@ -196,7 +188,7 @@ BASELINE_HELP = ("defense id the differences are taken against (default: the bas
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables and index.html from the records only (fast: no figures, no stored models read)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-                           figures=False, baseline=args.baseline)
+                           figures=False, baseline=args.baseline, table=table_options(args))
     print(report.board.to_markdown())
     print(f"\nwritten to {report.out_dir} (page: {report.files['html']})")
     for note in report.notes:
@@ -208,7 +200,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Tables, figures and index.html of one or more run folders (combined when comparable)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                            figures=not args.no_figures, grid_attack=args.grid_attack,
-                           grid_identities=args.grid_identities, baseline=args.baseline)
+                           grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args))
     print(report.board.to_markdown())
     print(f"\nwritten to {report.out_dir}:")
     for name, path in sorted(report.files.items()):
@@ -338,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--output", help="where to write (default RUN_DIR/leaderboard)")
     p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)
+    add_table_options(p)
     p.set_defaults(func=cmd_leaderboard)
 
     p = sub.add_parser("report", help="tables, figures and index.html of one or more run folders")
@@ -348,6 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
     p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
     p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)
+    add_table_options(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="a run folder's reconstructions as PNGs with reference images and a "

@@ -1,11 +1,12 @@
 """Suite files: YAML read, merged, overridden and validated into typed models.
 
 The models of every section are in ``inversion_bench.suite_schema`` (re-exported here). ``include:``
-merges a base suite (paths relative to the including file; mappings merge key by key, everything
-else is replaced, ``<key>+:`` extends the base's list; a block naming another plugin drops the base's
-``params``). A run folder's ``suite.json`` is read as its resolved suite (``config_overrides``). CLI overrides beat
-the YAML, which beats defaults. Plugin names are looked up in the registries and their ``params``
-validated against each plugin's ``Params``.
+merges a base suite (paths relative to the including file, else a built-in suite by name, see
+``builtin_suites``; mappings merge key by key, everything else is replaced, ``<key>+:`` extends the
+base's list; a block naming another plugin drops the base's ``params``). A run folder's
+``suite.json`` is read as its resolved suite (``config_overrides``). CLI overrides beat the YAML,
+which beats defaults. Plugin names are looked up in the registries and their ``params`` validated
+against each plugin's ``Params``.
 
 Every error names the file, the field path and the fix, e.g.
 ``suites/x.yaml: defenses[2].params.alpha: must be <= 1, got 1.5``.
@@ -21,10 +22,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from inversion_bench.builtin_suites import resolve_include
 from inversion_bench.config_messages import format_error, raise_validation, shorten
 from inversion_bench.config_overrides import apply_override, blame_override, read_suite_json, shown_path
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
+from inversion_bench.report_check import check_report_table
 from inversion_bench.strict_values import check_numbers
 from inversion_bench.suite_schema import (
     AttackConfig,
@@ -205,9 +208,7 @@ def read_yaml(path: Path, _stack: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: include: must be a file path or a list of paths")
     merged: dict[str, Any] = {}
     for inc in includes:
-        inc_path = (path.parent / inc) if not Path(inc).is_absolute() else Path(inc)
-        if not inc_path.is_file():
-            raise ConfigError(f"{path}: include: {inc}: no such file (looked at {inc_path})")
+        inc_path = resolve_include(path, inc)
         merged = _deep_merge(merged, read_yaml(inc_path, (*_stack, path.resolve())), f"{path}: ")
     return _deep_merge(merged, data, f"{path}: ")
 
@@ -345,6 +346,7 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
     if suite.baseline is not None and suite.baseline not in suite.defense_ids():
         raise ConfigError(f"{source}: baseline: {suite.baseline!r} is not a defense id; "
                           f"choose one of {suite.defense_ids()}")
+    check_report_table(suite, source)
     return loaded
 
 

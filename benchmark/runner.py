@@ -81,7 +81,8 @@ class Runner:
     def begin(self) -> tuple[RunSummary, list[PairJob]]:
         """Prepares the run folder; returns the summary (skipped pairs filled in) and the pairs to run.
 
-        Records of pairs to run whose configuration changed are moved to ``records/superseded/``.
+        Records of pairs to run whose configuration changed are moved to ``records/superseded/``; those
+        not run again get the suite's present ``report:`` settings (how the tables present them).
         Call it holding :meth:`lock` (:meth:`run` does).
         """
         ctx = self.ctx
@@ -98,6 +99,7 @@ class Runner:
         log.info("%d pair(s) to run, %d already recorded", len(todo), len(skip))
         for job in todo:
             record.supersede(self.ctx, job)
+        record.refresh_report_settings(self.ctx, skip)
         return summary, todo
 
     def run(self, tracker: Any = None, executor: Executor | None = None) -> RunSummary:

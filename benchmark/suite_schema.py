@@ -219,6 +219,29 @@ class RunConfig(_Strict):
         return v
 
 
+class TableConfig(_Strict):
+    """The paper table: which columns ``leaderboard.tex`` and the tables of ``leaderboard.md`` show, and
+    how long the LaTeX caption is (the CSV and the page keep every column). Names are checked against
+    the suite's attacks and metrics when it is validated."""
+
+    metrics: list[str] | None = Field(None, min_length=1, description="metric keys whose columns the paper "
+                                      "table shows, e.g. [attack_acc@1, knn_distance] (the test accuracy and the "
+                                      "worst case always show); default: every metric")
+    attacks: list[str] | None = Field(None, min_length=1, description="attack ids whose columns the paper table "
+                                      "shows; default: every attack (columns are grouped by access level, then "
+                                      "in suite order)")
+    caption: Literal["short", "full"] = Field("short", description="LaTeX caption: short (the setup in one line, "
+                                              "the rest on the report page) or full (every attack's parameters)")
+
+    @field_validator("metrics", "attacks")
+    @classmethod
+    def _distinct(cls, v: list[str] | None) -> list[str] | None:
+        twice = sorted(x for x, n in Counter(v or []).items() if n > 1)
+        if twice:
+            raise ValueError(f"{twice[0]!r} is listed more than once; list each name once")
+        return v
+
+
 class ReportConfig(_Strict):
     """How the leaderboard states uncertainty (kept in every record, so a table rebuilt from records
     alone reads the same)."""
@@ -238,6 +261,7 @@ class ReportConfig(_Strict):
         "two-sample", description="the defense test over seeds: two-sample permutation of the rows' per-seed values "
         "(4 seeds per row at 0.05) or paired sign-flip of the per-seed differences (same seeds in both rows; 6 "
         "seeds at 0.05)")
+    table: TableConfig = Field(default_factory=TableConfig, description="the paper table's columns and caption")
 
 
 class Suite(_Strict):

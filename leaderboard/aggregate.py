@@ -8,8 +8,9 @@ The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Ag
   (defense, seed) -- it is the same for every attack of that target -- then averaged over seeds. It is
   taken from an ``ok`` record when there is one, otherwise from a failed record that still carries a
   finite value (the target trained, the attack failed afterwards).
-* Columns are, for every attack in ``attack_index`` order, every metric found in that attack's records
-  except the target metrics: ``attack_acc@1`` and ``attack_acc@5`` first, then the others sorted.
+* Columns are, for every attack (grouped by access level: white-box, black-box, label-only; then in
+  ``attack_index`` order), every metric found in that attack's records except the target metrics:
+  ``attack_acc@1`` and ``attack_acc@5`` first, then the others sorted.
 * A cell is the mean and sample standard deviation (``ddof=1``) over the seeds whose record is ``ok``
   and whose value is finite. Failed seeds and missing values (``None``/NaN/inf in ``ok`` records) are
   counted separately and never enter the numbers.
@@ -52,6 +53,7 @@ from inversion_bench.leaderboard.model import (
     Failure,
     LeaderboardTable,
     WorstCase,
+    access_rank,
 )
 from inversion_bench.leaderboard.records import dedupe, distinct, finite, first_line, is_ok, privacy_guarantee, where
 from inversion_bench.leaderboard.setup_info import metric_label, table_setup
@@ -106,8 +108,11 @@ def _by_defense(recs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]
 
 
 def _by_attack(recs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The records of every attack, attacks in ``attack_index`` order."""
-    ordered = sorted(recs, key=lambda r: (int(r.get("attack_index") or 0), str(r["attack"])))
+    """The records of every attack, attacks grouped by access level (white-box, black-box, label-only),
+    then in ``attack_index`` (suite) order: a combined table never puts a black-box attack between
+    white-box ones."""
+    ordered = sorted(recs, key=lambda r: (access_rank(r.get("access") or DEFAULT_ACCESS),
+                                          int(r.get("attack_index") or 0), str(r["attack"])))
     return {a: [r for r in recs if r["attack"] == a] for a in dict.fromkeys(r["attack"] for r in ordered)}
 
 

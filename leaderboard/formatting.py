@@ -15,6 +15,8 @@ import pandas as pd
 
 from inversion_bench.leaderboard.model import (
     DEFAULT_ACCESS,
+    TARGET_COLUMN,
+    WORST_CASE_ATTACK,
     Column,
     DefenseInfo,
     LeaderboardTable,
@@ -242,8 +244,11 @@ def attack_heading(col: Column) -> str:
 
 
 def attack_labels(lb: LeaderboardTable) -> dict[str, str]:
-    """Display name of every attack of the table, by attack id."""
-    return {c.attack: c.attack_label for c in lb.columns if c.is_attack}
+    """Display name of every attack of the table, by attack id (those of columns a paper table hides
+    too: the worst case names the strongest attack, shown or not)."""
+    rows = lb.data[~lb.data["attack"].isin([TARGET_COLUMN, WORST_CASE_ATTACK])]
+    labels = dict(zip(rows["attack"], rows["attack_label"], strict=True))
+    return {**labels, **{c.attack: c.attack_label for c in lb.columns if c.is_attack}}
 
 
 def queries_text(col: Column, cell: pd.Series) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from inversion_bench.leaderboard.formatting import (
-    ACCESS_HELP,
     NOT_RUN,
     attack_heading,
     cell_rows,
@@ -12,17 +11,13 @@ from inversion_bench.leaderboard.formatting import (
     display_text,
     guarantee_text,
     has_guarantees,
-    seed_summary,
 )
+from inversion_bench.leaderboard.latex_caption import NA_MARK_TEX, latex_caption
 from inversion_bench.leaderboard.latex_text import tex_text
-from inversion_bench.leaderboard.legend import testability_note
 from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
-from inversion_bench.leaderboard.setup_info import setup_lines
-from inversion_bench.leaderboard.significance import CORRECTION_NAMES
+from inversion_bench.leaderboard.paper_table import paper_view
 
 LATEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
-NA_MARK_TEX = r"\textsuperscript{\textdagger}"
-"""Footnote mark of values not computed in an otherwise successful run."""
 
 _PM, _NA, _NR, _SIG = "\ue000", "\ue001", "\ue002", "\ue003"
 """Placeholders of the plus-minus sign and the n/a mark in a cell's text (private-use characters, which no
@@ -135,48 +130,15 @@ def _delta_rows(lb: LeaderboardTable, eps_col: bool) -> list[str]:
     return lines
 
 
-def _caption(lb: LeaderboardTable, deltas: bool = False) -> str:
-    spread = (f"half-width of the {100 * lb.settings.confidence:g}\\% interval (crossed bootstrap over seeds "
-              "and identities, or t over seeds; no CI: none)" if lb.settings.intervals else "sample standard deviation")
-    caption = (
-        f"Leaderboard of suite \\texttt{{{latex_escape(lb.suite)}}}: mean $\\pm$ {spread} "
-        f"over seeds ({latex_escape(seed_summary(lb))}); accuracies in \\%. "
-        r"$\uparrow$/$\downarrow$: higher/lower is better for the defender. "
-        r"``failed'': every seed of the pair failed."
-    )
-    levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
-    if levels:
-        caption += " [access]: what the attack sees of the defended target (" + latex_escape(
-            "; ".join(ACCESS_HELP.get(a, a) for a in levels)) + ")."
-    if any(c.is_worst_case for c in lb.columns):
-        caption += (
-            " Worst case: the strongest attack's mean (the highest mean attack accuracy over seeds of any attack "
-            "with a value on every seed), $\\pm$ its std over seeds."
-        )
-    if lb.missing:
-        caption += f" {NA_MARK_TEX}~not computed in an otherwise successful run."
-    if any(i.near_chance for i in lb.defenses):
-        caption += " (near chance): test accuracy at most 2$\\times$ chance level."
-    if deltas and lb.baseline is not None:
-        caption += (" $\\Delta$ rows: difference of means to the baseline; * " + latex_escape(
-            "the defense test over seeds (trained models as the unit) gives a "
-            f"{CORRECTION_NAMES[lb.settings.correction]} adjusted p < {lb.settings.significance:g}") + ".")
-    if lb.baseline is not None and testability_note(lb):
-        caption += " " + latex_escape(testability_note(lb))
-    lines = setup_lines(lb.setup)
-    if lines:
-        caption += " Setup: " + latex_escape(" ".join(lines))
-    return caption
-
-
 def render_latex(lb: LeaderboardTable, deltas: bool = False) -> str:
     """Renders the main table as a LaTeX ``table`` (needs ``\\usepackage{booktabs,graphicx}``).
 
     Two header rows: attack names spanning their metric columns (``\\multicolumn`` and
     ``\\cmidrule``), then metric names with ``$\\uparrow$``/``$\\downarrow$``. The tabular is scaled
     down to the text width when wider (``\\resizebox``), never up. Only ASCII comes out (labels are
-    mapped by :func:`latex_escape`), so it compiles with pdflatex as written. The caption states the
-    setup (dataset, splits, models, attacks, overrides).
+    mapped by :func:`latex_escape`), so it compiles with pdflatex as written. The columns are those
+    the records' ``report.table`` selects (:mod:`~inversion_bench.leaderboard.paper_table`); the caption
+    (:mod:`~inversion_bench.leaderboard.latex_caption`) states the setup, short or full.
 
     Args:
         lb: the leaderboard.
@@ -185,6 +147,7 @@ def render_latex(lb: LeaderboardTable, deltas: bool = False) -> str:
     Returns:
         LaTeX source ending with a newline.
     """
+    full, lb = lb, paper_view(lb)
     cols = lb.columns
     eps_col = has_guarantees(lb)
     lines = [
@@ -204,5 +167,5 @@ def render_latex(lb: LeaderboardTable, deltas: bool = False) -> str:
     if deltas:
         lines += _delta_rows(lb, eps_col)
     lines += [r"\bottomrule", r"\end{tabular}}"]
-    lines += [rf"\caption{{{_caption(lb, deltas)}}}", r"\label{tab:leaderboard}", r"\end{table}"]
+    lines += [rf"\caption{{{latex_caption(full, lb, deltas)}}}", r"\label{tab:leaderboard}", r"\end{table}"]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,8 @@ from typing import Any
 
 import pandas as pd
 
+from inversion_bench.leaderboard.settings import ReportSettings
+
 TEST_ACCURACY = "test_accuracy"
 """Metric name of the target's utility."""
 
@@ -42,6 +44,14 @@ WORST_CASE_METRIC = "attack_acc@1"
 
 DEFAULT_ACCESS = "white-box"
 """Access level of records that do not say (written before attacks declared one)."""
+ACCESS_ORDER = ("white-box", "black-box", "label-only")
+"""Order of the access levels in tables (most to least the attacker sees); an unknown level comes last."""
+
+
+def access_rank(access: str) -> int:
+    """Position of ``access`` in :data:`ACCESS_ORDER` (after every known level when unknown)."""
+    return ACCESS_ORDER.index(access) if access in ACCESS_ORDER else len(ACCESS_ORDER)
+
 
 DATA_COLUMNS = (
     "defense",
@@ -245,31 +255,6 @@ class WorstCase:
     def mean_of_maxima(self) -> float:
         """The mean over seeds of each seed's maximum (NaN without values)."""
         return sum(self.maxima) / len(self.maxima) if self.maxima else float("nan")
-
-
-@dataclass(frozen=True)
-class ReportSettings:
-    """How the leaderboard states uncertainty (``record["report_settings"]``; these defaults for records
-    written before the setting existed).
-
-    Attributes:
-        significance: a Δ to the baseline is marked only when its defense test's adjusted p-value is below it.
-        confidence: coverage of the intervals.
-        bootstrap: bootstrap resamples per interval (and Monte Carlo draws per permutation test).
-        intervals: Markdown and LaTeX show mean ± interval half-width instead of mean ± std.
-        correction: multiplicity correction over the table's defense tests: ``"bh"``
-            (Benjamini–Hochberg), ``"holm"`` or ``"none"``. Records written before it existed read
-            ``"bh"``.
-        seed_test: the defense test over seeds: ``"two-sample"`` or ``"paired"``
-            (:data:`~inversion_bench.leaderboard.significance.SEED_TESTS`).
-    """
-
-    significance: float = 0.05
-    confidence: float = 0.95
-    bootstrap: int = 2000
-    intervals: bool = False
-    correction: str = "bh"
-    seed_test: str = "two-sample"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from inversion_bench.leaderboard.legend import (
     testability_note,
 )
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.paper_table import hidden_note, paper_view
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
 
@@ -229,8 +230,9 @@ def _failures(lb: LeaderboardTable) -> list[str]:
 def render_markdown(lb: LeaderboardTable) -> str:
     """Renders the leaderboard as Markdown.
 
-    Sections: title with the suite name and provenance, the main table (tabulate, github format),
-    the Δ table against the baseline, a legend, notes/footnotes and the list of failures. Both tables
+    Sections: title with the suite name and provenance, the main table (tabulate, github format; the
+    columns ``report.table`` selects, :mod:`~inversion_bench.leaderboard.paper_table`), the Δ table
+    against the baseline, a legend, notes/footnotes and the list of failures. Both tables
     list the rows by worst case, lowest first (:func:`~inversion_bench.leaderboard.worst_case.ranked`).
 
     Args:
@@ -244,8 +246,11 @@ def render_markdown(lb: LeaderboardTable) -> str:
     out: list[str] = [f"# Leaderboard: {md_text(lb.suite)}", "", _provenance(lb), "", _evaluator(lb), ""]
     if setup_lines(lb.setup):
         out += ["Setup:", "", *(f"- {md_text(line)}" for line in setup_lines(lb.setup)), ""]
-    out += [_main_table(lb, cells, decimals), ""]
-    out += _delta_section(lb, cells, decimals)
+    paper = paper_view(lb)
+    out += [_main_table(paper, cells, decimals), ""]
+    if hidden_note(lb):
+        out += [md_text(hidden_note(lb)), ""]
+    out += _delta_section(paper, cells, decimals)
     if lb.equal_utility is not None and not lb.equal_utility.empty:
         out += [eu_markdown(lb.equal_utility)]
     out += _legend(lb)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from inversion_bench.leaderboard.build import Leaderboard, build, unreadable_notes
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.page_files import page_path, save_figure_list
+from inversion_bench.leaderboard.paper_table import with_table
 from inversion_bench.leaderboard.records import first_difference
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 from inversion_bench.leaderboard.stats import bootstrap_interval
@@ -124,7 +125,7 @@ class Report:
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
                  tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
-                 baseline: str | None = None) -> Report:
+                 baseline: str | None = None, table: dict[str, Any] | None = None) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -140,6 +141,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             memory are reused by the figures).
         baseline: the table's baseline defense (``--baseline``); default: the one the first run folder's
             ``suite.json`` names (:mod:`inversion_bench.leaderboard.baseline`).
+        table: the paper table's settings in place of the records' ``report.table`` (``--table-metrics``,
+            ``--table-attacks``, ``--caption``; :func:`~inversion_bench.leaderboard.paper_table.with_table`).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
 
@@ -163,7 +166,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
     key = rk.report_key(dirs, out_dir, figures=figures, grid_attack=grid_attack, grid_identities=grid_identities,
                         tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
-                        baseline=baseline)  # before reading: a record written meanwhile makes it stale
+                        baseline=baseline, table=table)  # before reading: a record written meanwhile makes it stale
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -173,7 +176,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}" + "".join(f"; {n}" for n in notes))
     from inversion_bench.leaderboard.baseline import choose_baseline
 
-    board = build(records, *choose_baseline(dirs, baseline))
+    board = with_table(build(records, *choose_baseline(dirs, baseline)), table)
     board.notes.extend(notes)
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
     rk.forget(out)

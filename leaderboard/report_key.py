@@ -32,7 +32,8 @@ REPORT_VERSION = 1
 """Bump to invalidate every existing report key (e.g. when a figure's data source outside this package changes)."""
 
 DEFAULT_OPTIONS: dict[str, Any] = {"figures": True, "grid_attack": None, "grid_identities": 8,
-                                   "tsne_identities": 20, "tsne_images_per_identity": 30, "baseline": None}
+                                   "tsne_identities": 20, "tsne_images_per_identity": 30, "baseline": None,
+                                   "table": None}
 """The options of :func:`~inversion_bench.leaderboard.report.build_report` that change what it writes."""
 
 

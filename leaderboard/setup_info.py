@@ -66,6 +66,19 @@ def setup_lines(setup: dict[str, Any] | None) -> list[str]:
     """The setup in plain lines (``[]`` without one): dataset and splits, models, attacks, overrides."""
     if not setup:
         return []
+    return [*setup_body(setup), overrides_line(setup.get("overrides"))]
+
+
+def setup_body(setup: dict[str, Any], attack_params: bool = True) -> list[str]:
+    """The dataset with its splits, the target and evaluation models and the attacks, one line each.
+
+    Args:
+        setup: the table's setup (:func:`table_setup`).
+        attack_params: list every attack's parameters; ``False`` names the attacks only.
+
+    Returns:
+        Plain lines.
+    """
     ds = setup.get("dataset") or {}
     lines = [f"Dataset: {ds.get('name')} at {ds.get('resolution')}x{ds.get('resolution')} px{_sizes(setup)}."]
     ev = f"Evaluation model: {_model(setup.get('evaluation') or {})}"
@@ -73,17 +86,28 @@ def setup_lines(setup: dict[str, Any] | None) -> list[str]:
         ev += f", test accuracy {100 * setup['evaluation_test_accuracy']:.1f}%"
     lines += [f"Target: {_model(setup.get('target') or {})}. {ev}."]
     attacks = setup.get("attacks") or {}
-    if attacks:
+    if attacks and attack_params:
         lines.append("Attacks: " + "; ".join(
             f"{a} ({v.get('plugin')}" + (f": {_params(v.get('params') or {})})" if v.get("params") else ")")
             for a, v in attacks.items()) + ".")
-    if setup.get("overrides") is None:
-        lines.append("Overrides (--set): not recorded; the values above are the resolved ones.")
-    elif setup["overrides"]:
-        lines.append("Overrides (--set): " + ", ".join(setup["overrides"]) + ".")
-    else:
-        lines.append("Overrides (--set): none.")
+    elif attacks:
+        lines.append("Attacks: " + ", ".join(f"{a} ({v.get('plugin')})" for a, v in attacks.items()) + ".")
     return lines
+
+
+def overrides_line(overrides: list[str] | None, flag: str = "--set") -> str:
+    """The ``--set`` overrides in one line (``flag`` is how the option is written, e.g. LaTeX markup)."""
+    if overrides is None:
+        return f"Overrides ({flag}): not recorded; the values above are the resolved ones."
+    return f"Overrides ({flag}): " + (", ".join(overrides) if overrides else "none") + "."
+
+
+def experiment_overrides(overrides: list[str] | None) -> list[str] | None:
+    """The overrides that change the experiment: ``run.*`` settings (device, threads, the store and
+    output folders, ...) are left out, so no local path reaches a paper."""
+    if overrides is None:
+        return None
+    return [o for o in overrides if o.split("=", 1)[0].strip().split(".", 1)[0].split("[", 1)[0] != "run"]
 
 
 def metric_label(setup: dict[str, Any] | None, metric: str) -> str:

@@ -38,6 +38,7 @@ import pandas as pd
 from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import Column, EvaluatorAudit, EvaluatorInfo, ReportSettings
 from inversion_bench.leaderboard.records import finite, is_ok
+from inversion_bench.leaderboard.settings import table_settings
 from inversion_bench.leaderboard.significance import (
     CORRECTIONS,
     SEED_TESTS,
@@ -66,7 +67,7 @@ def report_settings(recs: Sequence[dict[str, Any]], notes: list[str]) -> ReportS
     found: list[dict[str, Any]] = []
     for r in recs:
         s = r.get("report_settings")
-        if isinstance(s, Mapping) and dict(s) not in found:
+        if isinstance(s, Mapping) and _with_table(s) not in map(_with_table, found):
             found.append(dict(s))
     if not found:
         return ReportSettings()
@@ -84,7 +85,13 @@ def report_settings(recs: Sequence[dict[str, Any]], notes: list[str]) -> ReportS
                           confidence=float(s.get("confidence", default.confidence)),
                           bootstrap=int(s.get("bootstrap", default.bootstrap)),
                           intervals=bool(s.get("intervals", default.intervals)),
-                          correction=correction, seed_test=seed_test)
+                          correction=correction, seed_test=seed_test, table=table_settings(s.get("table"), notes))
+
+
+def _with_table(s: Mapping[str, Any]) -> dict[str, Any]:
+    """``report_settings`` with the paper table's default block where a record predates it, so that
+    records written before and after ``report.table`` existed agree when their settings do."""
+    return {"table": {"metrics": None, "attacks": None, "caption": "short"}, **s}
 
 
 def _audit(block: Any) -> EvaluatorAudit | None:

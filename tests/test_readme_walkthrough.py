@@ -1,5 +1,5 @@
-"""The README's "Writing a defense plugin" walk-through (step 5), on a tiny suite: a new defense in a
-suite of its own, run on the store of an existing run folder, combined with it by `bench report`."""
+"""The defense plugin guide's walk-through (docs/guides/defense-plugin.md, step 5), on a tiny suite: a new
+defense in a suite of its own, run on the store of an existing run folder, combined with it by `bench report`."""
 
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def _write(path: Path, data: dict) -> Path:
 
 
 def test_readme_walk_through_extends_the_included_defenses(tmp_path):
-    """README "Writing a defense plugin" step 3: include defenses.yaml, list yours under defenses+."""
+    """docs/guides/defense-plugin.md step 3: include defenses.yaml, list yours under defenses+."""
     path = _write(tmp_path / "mine.yaml", {"include": str(SUITES / "defenses.yaml"), "name": "with-mine",
                                            "defenses+": [{"id": "mine", "name": "label_smoothing",
                                                           "params": {"alpha": 0.2}}]})
@@ -42,8 +42,8 @@ def test_readme_walk_through_extends_the_included_defenses(tmp_path):
     base = load_suite(SUITES / "defenses.yaml").suite.defense_ids()
     assert loaded.suite.defense_ids() == [*base, "mine"]
     assert loaded.suite.baseline == "hard"
-    readme = (ROOT / "README.md").read_text()
-    assert "`include: defenses.yaml` and list it under `defenses+:`" in readme
+    guide = (ROOT / "docs" / "guides" / "defense-plugin.md").read_text()
+    assert "`include: defenses.yaml` and list it under `defenses+:`" in guide
 
 
 def test_plus_keys_merge_rules(tmp_path):

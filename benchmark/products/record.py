@@ -237,3 +237,30 @@ def supersede(ctx: RunContext, job: PairJob) -> None:
     dest = inside(ctx.records_dir / "superseded", f"{path.stem}.{tag}.json", "superseded record")
     write_json_atomic(dest, old)
     path.unlink()
+
+
+def refresh_report_settings(ctx: RunContext, skip: list[PairJob]) -> int:
+    """Gives the ok records of ``skip`` (pairs not run again) the suite's present ``report:`` section.
+
+    ``report_settings`` say how the tables present the numbers (intervals, correction, the paper
+    table's columns and caption), not what was computed, so a rerun with another ``report:`` (or
+    ``--set report.table.metrics=[...]``) applies it without recomputing anything. Records that
+    already agree are not touched (a no-op rerun writes nothing).
+
+    Args:
+        ctx: the run's context.
+        skip: the pairs whose ok record with the same config hash exists (:func:`pending`).
+
+    Returns:
+        The number of records rewritten.
+    """
+    wanted = ctx.suite.report.model_dump(mode="json")
+    changed = 0
+    for job in skip:
+        rec = read_record(inside(ctx.records_dir, job.record_name, "record file"))
+        if rec.get("report_settings") != wanted:
+            write_record(ctx.records_dir, {**rec, "report_settings": wanted})
+            changed += 1
+    if changed:
+        log.info("report settings of %d recorded pair(s) updated to the suite's report: section", changed)
+    return changed
