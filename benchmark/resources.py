@@ -51,10 +51,14 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     s = loaded.suite
     out: list[Resource] = []
     dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
-    problems = dataset.missing()
-    root = getattr(loaded.dataset_params, "root", None)
-    out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
-                        not problems, "; ".join(problems)))
+    checks = dataset.checks()
+    if checks:  # the dataset lists its files itself (split files, image counts against the expected ones)
+        out.extend(Resource(c.field, c.what, c.path, c.ok, c.problem) for c in checks)
+    else:
+        problems = dataset.missing()
+        root = getattr(loaded.dataset_params, "root", None)
+        out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
+                            not problems, "; ".join(problems)))
     out.extend(check_checkpoints(loaded))
     weights = loaded.weights()
     seen: set[str] = set()
@@ -168,6 +172,9 @@ def split_problems(loaded: LoadedSuite) -> list[str]:
     attacked class indices. Empty when the dataset cannot list its identities before loading."""
     s = loaded.suite
     dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
+    if s.dataset.split.selection == "published" and not dataset.published_split:
+        return [f"{loaded.source}: dataset.split.selection: 'published' needs a dataset that ships its published "
+                f"split (celeba-split); {s.dataset.name} has none: use random, first or most_images"]
     listing = dataset.listing() if callable(getattr(dataset, "listing", None)) else None
     if listing is None:
         return []
