@@ -12,6 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
+from inversion_bench.cli_data import add_data_parser
 from inversion_bench.errors import ConfigError
 
 log = logging.getLogger("inversion_bench")
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="private training images per identity written under DIR/references (default 5)")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR (same-named files replaced)")
     p.set_defaults(func=cmd_export)
+    add_data_parser(sub)
     return parser
 
 
