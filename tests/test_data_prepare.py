@@ -165,3 +165,19 @@ def test_facescrub_layout_the_suite_reads(tmp_path, capsys, partial):
     (src / "actresses/faces/Alyssa_Milano/Alyssa_Milano_1.jpeg").unlink()
     assert main(argv) == 2
     assert f"missing file: {src / 'actresses/faces/Alyssa_Milano'} has no image" in capsys.readouterr().err
+
+
+def test_doctor_shows_wrong_celeba_counts_with_the_numbers(tmp_path, write_suite, capsys):
+    root = tmp_path / "celeba"
+    _image(root / "img_align_celeba" / "000001.jpg", prep.CELEBA_SOURCE_SIZE, 0)
+    _image(root / "img_align_celeba" / "000002.jpg", prep.CELEBA_SOURCE_SIZE, 1)
+    (root / "identity_CelebA.txt").write_text("000001.jpg 1\n000002.jpg 1\n000003.jpg 2\n")
+    from tests.conftest import tiny_suite
+
+    suite = tiny_suite(dataset={"name": "celeba", "resolution": 16, "params": {"root": str(root), "num_identities": 2},
+                                "split": {"private_identities": 2, "public_identities": 0}})
+    assert main(["doctor", str(write_suite(suite))]) == 2
+    out = capsys.readouterr().out
+    assert "[WRONG  ] dataset.params.identity_file: CelebA identity file: 3 of 202599 images expected" in out
+    assert "[WRONG  ] dataset.params.images: CelebA images: 2 of 3 listed images" in out
+    assert "has 2 of the 3 images identity_CelebA.txt lists (WRONG count)" in out

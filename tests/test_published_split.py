@@ -159,3 +159,19 @@ def test_scaled_down_suite_runs_end_to_end(tmp_path, one_thread):
     assert record["status"] == "ok"
     assert record["setup"]["sizes"]["private_identities"] == PRIVATE
 
+
+
+def test_shipped_suites_without_data_list_every_missing_item(tmp_path, monkeypatch, capsys):
+    root = Path(__file__).resolve().parent.parent / "suites"
+    monkeypatch.chdir(tmp_path)
+    for name in ("celeba64", "celeba64-ffhq", "celeba64-ir152", "celeba64-facenet64"):
+        assert main(["validate", "--schema-only", str(root / f"{name}.yaml")]) == 0
+    assert main(["doctor", str(root / "celeba64.yaml")]) == 2
+    out = capsys.readouterr().out
+    assert out.count("[ok     ] dataset.params.split (") == 3
+    assert "[MISSING] dataset.params.images" in out and "bench data prepare celeba" in out
+    for missing in ("FaceNet_95.88.tar", "VGG16_88.26.tar", "vgg16_bn-6c64b313.pth", "SCccc21/Knowledge-Enriched-DMI"):
+        assert missing in out, missing
+    assert main(["validate", str(root / "celeba64.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "img_align_celeba_64 not found" in err and "FaceNet_95.88.tar not found" in err
