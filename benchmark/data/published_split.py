@@ -15,7 +15,7 @@ d9ad48f997aa204e28696b87ce49a25384fcf794, ``src/modelinversion/datasets/split_fi
 ``data_files/celeba_trainset.txt`` and ``celeba_testset.txt`` (LetheSec/PLG-MI-Attack @
 3cf8735198d88f3d24c077c6035da541b721de7b), which follows KED-MI's split, and the names of
 ``public.txt`` are exactly PLG-MI's ``data_files/celeba_ganset.txt`` (the GAN's public CelebA
-images). Trap-MID ships the same three lists (``data/celeba_trainset.txt``, ``celeba_testset.txt``,
+images). Trap-MID ships PLG-MI's three files again (``data/celeba_trainset.txt``, ``celeba_testset.txt``,
 ``celeba_ganset.txt``: the same git blobs; ntuaislab/Trap-MID @ 3d59377536a5638a9cb5542ab0fb3fdf35b43461).
 1,000 private identities with 27-31 training and 3-4 test images each (27,018 / 3,009);
 30,000 public images of 6,453 other identities, disjoint from the private images.
