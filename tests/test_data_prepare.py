@@ -181,3 +181,29 @@ def test_doctor_shows_wrong_celeba_counts_with_the_numbers(tmp_path, write_suite
     assert "[WRONG  ] dataset.params.identity_file: CelebA identity file: 3 of 202599 images expected" in out
     assert "[WRONG  ] dataset.params.images: CelebA images: 2 of 3 listed images" in out
     assert "has 2 of the 3 images identity_CelebA.txt lists (WRONG count)" in out
+
+
+def test_celeba_zip_archive_as_downloaded_and_a_truncated_one(tmp_path, capsys):
+    import shutil
+    import zipfile
+
+    folder, src = tmp_path / "celeba", tmp_path / "download"
+    ids = fake_celeba(folder)
+    src.mkdir()
+    shutil.copy(folder / "identity_CelebA.txt", src / "identity_CelebA.txt")
+    with zipfile.ZipFile(src / "img_align_celeba.zip", "w") as zf:  # the official archive's layout
+        for name in sorted(ids):
+            zf.write(folder / "img_align_celeba" / name, f"img_align_celeba/{name}")
+    out = tmp_path / "out"
+    assert main(["data", "prepare", "celeba", str(src), "--out", str(out), "--partial"]) == 0
+    assert f"celeba: {len(ids)} file(s) written" in capsys.readouterr().out
+    assert main(["data", "prepare", "celeba", str(folder), "--out", str(tmp_path / "ref"), "--partial"]) == 0
+    for p in sorted((tmp_path / "ref" / "img_align_celeba_64").iterdir()):
+        assert (out / "img_align_celeba_64" / p.name).read_bytes() == p.read_bytes()
+    data = (src / "img_align_celeba.zip").read_bytes()
+    (src / "img_align_celeba.zip").write_bytes(data[: len(data) // 2])  # an interrupted download
+    capsys.readouterr()
+    assert main(["data", "prepare", "celeba", str(src), "--out", str(tmp_path / "out2"), "--partial"]) == 2
+    err = capsys.readouterr().err
+    assert f"{src / 'img_align_celeba.zip'}: not a complete zip archive" in err and "download it again" in err
+    assert not (tmp_path / "out2").exists()

@@ -23,9 +23,12 @@ The crops are the references' (facts, re-implemented here):
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import shutil
 import sys
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,12 @@ class Job:
     dst: Path
     box: tuple[int, int, int, int] | None = None
     source_size: tuple[int, int] | None = None  # the size ``box`` is defined on
+    member: str | None = None  # ``src`` is a zip archive and this its member (CelebA's img_align_celeba.zip)
+
+    @property
+    def name(self) -> str:
+        """The source as the messages name it (``archive.zip:member`` for a member)."""
+        return f"{self.src}:{self.member}" if self.member else str(self.src)
 
 
 @dataclass
@@ -64,27 +73,51 @@ class Outcome:
     failed: list[str] | None = None
 
 
-def input_error(errors: Sequence[str], what: str) -> ConfigError:
+def input_error(errors: Sequence[str], what: str, consequence: str = "nothing written") -> ConfigError:
     """One ConfigError listing ``errors`` (the first :data:`MAX_LISTED`, then how many more)."""
     shown = list(errors[:MAX_LISTED])
     if len(errors) > MAX_LISTED:
         shown.append(f"... and {len(errors) - MAX_LISTED} more")
-    return ConfigError(f"{what}: {len(errors)} problem(s), nothing written:\n  " + "\n  ".join(shown))
+    return ConfigError(f"{what}: {len(errors)} problem(s), {consequence}:\n  " + "\n  ".join(shown))
 
 
-def crop_resize(src: Path, box: tuple[int, int, int, int], source_size: tuple[int, int]) -> Image.Image:
-    """``src`` as RGB, cropped to ``box`` and resized to 64 x 64 (bilinear, as torchvision's ``Resize`` on
-    a PIL image).
+def open_archive(path: Path) -> zipfile.ZipFile:
+    """``path`` opened once per version of the file (its central directory read once for all its members).
 
     Raises:
-        ValueError: the image is not ``source_size`` (the crop is defined on that size only).
-        OSError: Pillow cannot read the file.
+        ConfigError: the archive is truncated or not a zip file.
     """
-    with Image.open(src) as im:
-        if im.size != source_size:
-            raise ValueError(f"{src}: {im.size[0]} x {im.size[1]} pixels, expected {source_size[0]} x "
-                             f"{source_size[1]}; give the original files")
-        return im.convert("RGB").crop(box).resize((OUTPUT_SIZE, OUTPUT_SIZE), Image.Resampling.BILINEAR)
+    st = path.stat()
+    return _open_archive(path, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_archive(path: Path, mtime_ns: int, size: int) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ConfigError(f"{path}: not a complete zip archive ({exc}); the download is truncated or damaged: "
+                          "download it again") from None
+
+
+def crop_resize(job: Job) -> Image.Image:
+    """``job``'s source as RGB, cropped to ``job.box`` and resized to 64 x 64 (bilinear, as torchvision's
+    ``Resize`` on a PIL image).
+
+    Raises:
+        ValueError: the image is not ``job.source_size`` (the crop is defined on that size only).
+        OSError: Pillow cannot read the file (or the archive member is damaged).
+    """
+    size = job.source_size or CELEBA_SOURCE_SIZE
+    try:
+        raw = open_archive(job.src).read(job.member) if job.member else job.src.read_bytes()
+    except (zipfile.BadZipFile, EOFError) as exc:  # a member whose data or CRC is damaged
+        raise OSError(f"damaged archive member ({exc})") from None
+    with Image.open(io.BytesIO(raw)) as im:
+        if im.size != size:
+            raise ValueError(f"{job.name}: {im.size[0]} x {im.size[1]} pixels, expected {size[0]} x {size[1]}; "
+                             "give the original files")
+        return im.convert("RGB").crop(job.box).resize((OUTPUT_SIZE, OUTPUT_SIZE), Image.Resampling.BILINEAR)
 
 
 def is_valid(job: Job) -> bool:
@@ -110,7 +143,7 @@ def write_atomic(job: Job) -> None:
         if job.box is None:
             shutil.copyfile(job.src, tmp)
         else:
-            crop_resize(job.src, job.box, job.source_size or CELEBA_SOURCE_SIZE).save(tmp, format="PNG")
+            crop_resize(job).save(tmp, format="PNG")
         os.replace(tmp, job.dst)
     finally:
         tmp.unlink(missing_ok=True)
@@ -136,5 +169,5 @@ def run_jobs(jobs: Sequence[Job], label: str, progress: bool | None = None,
             write(job)
             out.written += 1
         except (OSError, ValueError) as exc:
-            out.failed.append(f"{job.src}: {exc}" if str(job.src) not in str(exc) else str(exc))
+            out.failed.append(f"{job.name}: {exc}" if job.name not in str(exc) else str(exc))
     return out

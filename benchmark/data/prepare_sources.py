@@ -27,10 +27,11 @@ from inversion_bench.data.prepare import (
     FFHQ_SOURCE_SIZE,
     Job,
     input_error,
+    open_archive,
     run_jobs,
 )
 from inversion_bench.data.published_split import PARTS, get_split, read_part
-from inversion_bench.errors import ConfigError, MissingResourceError
+from inversion_bench.errors import ConfigError
 
 CELEBA_IMAGES = 202_599
 FACESCRUB_IDENTITIES = {"actors/faces": 265, "actresses/faces": 265}
@@ -51,28 +52,44 @@ def _first(src: Path, *candidates: str) -> Path:
     return next((src / c for c in candidates if (src / c).exists()), src / candidates[0])
 
 
+def _celeba_images(src: Path) -> tuple[Path, dict[str, str | None]]:
+    """Where CelebA's aligned images are (the folder, else ``img_align_celeba.zip``) and their names, each
+    with its archive member (None in a folder).
+
+    Raises:
+        ConfigError: neither is there, or the archive is truncated.
+    """
+    folder = _first(src, "img_align_celeba", "Img/img_align_celeba")
+    if folder.is_dir():
+        return folder, {p.name: None for p in folder.iterdir() if p.is_file()}
+    archive = _first(src, "img_align_celeba.zip", "Img/img_align_celeba.zip")
+    if not archive.is_file():
+        raise ConfigError(f"missing folder: {folder} (CelebA's img_align_celeba, or img_align_celeba.zip, from "
+                          "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)")
+    members = [m for m in open_archive(archive).namelist() if not m.endswith("/")]
+    return archive, {Path(m).name: m for m in members if not Path(m).name.startswith(".")}
+
+
 def celeba_plan(src: Path, out: Path, split_name: str = "kedmi-celeba", partial: bool = False,
                 all_images: bool = False) -> Plan:
-    """CelebA: ``img_align_celeba/`` and ``identity_CelebA.txt`` (flat or the official ``Img/``, ``Anno/``)."""
+    """CelebA: ``img_align_celeba/`` (or ``img_align_celeba.zip``) and ``identity_CelebA.txt`` (flat or the
+    official ``Img/``, ``Anno/``)."""
     plan = Plan()
-    images = _first(src, "img_align_celeba", "Img/img_align_celeba")
     ident = _first(src, "identity_CelebA.txt", "Anno/identity_CelebA.txt")
-    for path, what in ((images, "folder"), (ident, "file")):
-        if not path.exists():
-            plan.errors.append(f"missing {what}: {path} (CelebA's {path.name}, from "
-                               "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)")
+    if not ident.is_file():
+        plan.errors.append(f"missing file: {ident} (CelebA's identity_CelebA.txt, from "
+                           "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)")
+    try:
+        images, present = _celeba_images(src)
+        pairs = read_identity_file(ident) if not plan.errors else []
+    except ConfigError as exc:
+        plan.errors.append(str(exc))
     if plan.errors:
         return plan
-    try:
-        pairs = read_identity_file(ident)
-    except MissingResourceError as exc:
-        plan.errors.append(str(exc))
-        return plan
     listed = dict(pairs)
-    present = {p.name for p in images.iterdir() if p.is_file()}
-    plan.errors += [f"missing file: {images / n} (listed in {ident.name})" for n in sorted(set(listed) - present)]
+    plan.errors += [f"missing file: {images / n} (listed in {ident.name})" for n in sorted(set(listed) - set(present))]
     plan.errors += [f"extra file: {images / n} (not in {ident.name}); remove it or use the complete identity file"
-                    for n in sorted(present - set(listed))]
+                    for n in sorted(set(present) - set(listed))]
     if not partial and len(listed) != CELEBA_IMAGES:
         plan.errors.append(f"{ident}: lists {len(listed)} images, CelebA has {CELEBA_IMAGES}; use the complete "
                            "identity file (or --partial for a subset)")
@@ -80,8 +97,8 @@ def celeba_plan(src: Path, out: Path, split_name: str = "kedmi-celeba", partial:
     parts = {part: read_part(split, part) for part in PARTS}
     plan.errors += _split_identities(parts, listed, ident, partial)
     wanted = set(listed) if all_images else {n for pairs_ in parts.values() for n, _ in pairs_ if n in listed}
-    plan.jobs = [Job(images / n, out / CELEBA_OUT / prepared_name(n), CELEBA_BOX, CELEBA_SOURCE_SIZE)
-                 for n in sorted(wanted & present)]
+    plan.jobs = [Job(images if present[n] else images / n, out / CELEBA_OUT / prepared_name(n), CELEBA_BOX,
+                     CELEBA_SOURCE_SIZE, present[n]) for n in sorted(wanted & set(present))]
     for part, pairs_ in parts.items():
         names = [n for n, _ in pairs_ if partial is False or n in listed]
         plan.expected[f"{split_name} {part}"] = ([out / CELEBA_OUT / prepared_name(n) for n in names], len(names))
@@ -189,7 +206,7 @@ def prepare(kind: str, src: Path, out: Path, *, partial: bool = False, all_image
     done = run_jobs(plan.jobs, f"{kind} -> {out}", progress)
     if done.failed:
         raise input_error(done.failed, f"bench data prepare {kind}: {done.written} written, {done.skipped} already "
-                          "there; unreadable sources")
+                          "there; unreadable sources", "their outputs not written (the others are kept)")
     return [f"{kind}: {done.written} file(s) written, {done.skipped} already there, in {out}",
             *count_lines(plan.expected)]
 
@@ -202,6 +219,6 @@ def count_lines(expected: dict[str, tuple[list[Path], int]]) -> list[str]:
         line = f"{label}: {found} of {n} expected"
         (wrong if found != n else lines).append(line if found == n else f"WRONG {line}")
     if wrong:
-        raise input_error(wrong, "bench data prepare: output counts")
+        raise input_error(wrong, "bench data prepare: output counts", "outputs missing")
     return lines if len(lines) <= 12 else [*lines[:10], f"... {len(lines) - 10} more, all as expected"]
 
