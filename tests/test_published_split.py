@@ -175,3 +175,25 @@ def test_shipped_suites_without_data_list_every_missing_item(tmp_path, monkeypat
     assert main(["validate", str(root / "celeba64.yaml")]) == 2
     err = capsys.readouterr().err
     assert "img_align_celeba_64 not found" in err and "FaceNet_95.88.tar not found" in err
+
+
+def test_ffhq_public_variant_and_its_count(tmp_path, write_suite, capsys):
+    fabricate(tmp_path, public=0)
+    ffhq = tmp_path / "ffhq64"
+    ffhq.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(ffhq / f"{i:05d}.png")
+    params = {"root": str(tmp_path), "private_labels": PRIVATE, "public": "ffhq", "ffhq_count": 3}
+    plugin = CelebASplit(CelebASplit.Params(**params))
+    assert plugin.missing() == []
+    names, counts = plugin.listing()
+    assert names[-1] == "ffhq" and counts[-1] == 3 and len(names) == PRIVATE + 1
+    sp = make_splits(plugin.load(8), SplitSpec(private_identities=PRIVATE, selection="published"))
+    assert sp.public_names == ["ffhq"] and len(sp.public) == 3
+    assert float(sp.public.images().min()) == pytest.approx(200 / 255)
+    suite = _scaled_suite(tmp_path)
+    suite["dataset"]["params"] = {**params, "ffhq_count": 70000}
+    assert main(["doctor", str(write_suite(suite))]) == 2
+    out = capsys.readouterr().out
+    assert "[WRONG  ] dataset.params.ffhq_images: FFHQ 64 px: 3 of 70000 images expected" in out
+    assert "expected 70000 (WRONG count)" in out and "bench data prepare ffhq" in out
