@@ -30,6 +30,7 @@ class Resource:
     path: Path | None
     ok: bool
     problem: str = ""
+    blocking: bool = True  # False: reported (WRONG) but does not stop a run
 
 
 def _plugins(loaded: LoadedSuite):
@@ -53,7 +54,7 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
     checks = dataset.checks()
     if checks:  # the dataset lists its files itself (split files, image counts against the expected ones)
-        out.extend(Resource(c.field, c.what, c.path, c.ok, c.problem) for c in checks)
+        out.extend(Resource(c.field, c.what, c.path, c.ok, c.problem, c.blocking) for c in checks)
     else:
         problems = dataset.missing()
         root = getattr(loaded.dataset_params, "root", None)
@@ -163,7 +164,7 @@ def _fit_problem(loaded: LoadedSuite, field: str, path: Path, fmt: str, arch: An
 
 
 def missing_resources(loaded: LoadedSuite) -> list[str]:
-    return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok]
+    return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok and r.blocking]
 
 
 def split_problems(loaded: LoadedSuite) -> list[str]:

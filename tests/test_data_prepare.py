@@ -207,3 +207,26 @@ def test_celeba_zip_archive_as_downloaded_and_a_truncated_one(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{src / 'img_align_celeba.zip'}: not a complete zip archive" in err and "download it again" in err
     assert not (tmp_path / "out2").exists()
+
+
+def test_doctor_shows_facescrub_identity_counts_without_stopping_a_run(tmp_path, write_suite, capsys):
+    src, out = tmp_path / "facescrub", tmp_path / "out"
+    for sub, people in (("actors/faces", ["A", "B"]), ("actresses/faces", ["C", "D"])):
+        for person in people:
+            for k in range(3):
+                _image(src / sub / person / f"{person}_{k}.jpg", (20, 24), k)
+    assert main(["data", "prepare", "facescrub", str(src), "--out", str(out), "--partial"]) == 0
+    from tests.conftest import tiny_suite
+
+    suite = tiny_suite(dataset={"name": "image-folder", "resolution": 16,
+                                "params": {"root": str(out), "subdirs": ["actors/faces", "actresses/faces"]},
+                                "split": {"private_identities": 2, "public_identities": "rest"}})
+    path = write_suite(suite)
+    capsys.readouterr()
+    assert main(["doctor", str(path)]) == 2
+    printed = capsys.readouterr().out
+    assert "[ok     ] dataset.params: dataset image-folder" in printed
+    assert "[WRONG  ] dataset.params.subdirs (actors/faces): FaceScrub actors/faces: 2 of 265 identities " \
+           "expected, 6 images" in printed
+    assert "FaceScrub's actresses/faces has 265 (WRONG count)" in printed
+    assert main(["validate", str(path)]) == 0  # a count is reported, not a reason to stop a scaled-down run

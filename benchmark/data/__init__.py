@@ -154,6 +154,7 @@ class DataCheck(NamedTuple):
     path: Path | None
     ok: bool
     problem: str = ""
+    blocking: bool = True  # False: shown by the doctor (WRONG) without stopping a run, e.g. a count
 
 
 class DatasetPlugin(Plugin, ABC):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from inversion_bench.data.celeba import read_identity_file
 from inversion_bench.data.celeba_split import FFHQ_IMAGES, prepared_name
+from inversion_bench.data.folder_counts import KNOWN_IDENTITIES
 from inversion_bench.data.image_folder import DEFAULT_EXTENSIONS
 from inversion_bench.data.prepare import (
     CELEBA_BOX,
@@ -34,7 +35,7 @@ from inversion_bench.data.published_split import PARTS, get_split, read_part
 from inversion_bench.errors import ConfigError
 
 CELEBA_IMAGES = 202_599
-FACESCRUB_IDENTITIES = {"actors/faces": 265, "actresses/faces": 265}
+FACESCRUB_IDENTITIES = KNOWN_IDENTITIES
 CELEBA_OUT, FFHQ_OUT = "img_align_celeba_64", "ffhq64"
 
 
