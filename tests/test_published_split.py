@@ -197,3 +197,4 @@ def test_ffhq_public_variant_and_its_count(tmp_path, write_suite, capsys):
     out = capsys.readouterr().out
     assert "[WRONG  ] dataset.params.ffhq_images: FFHQ 64 px: 3 of 70000 images expected" in out
     assert "expected 70000 (WRONG count)" in out and "bench data prepare ffhq" in out
+    assert main(["validate", str(write_suite(suite))]) == 0  # reported, not blocking: a subset of FFHQ runs

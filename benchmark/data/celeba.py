@@ -73,7 +73,8 @@ class CelebA(DatasetPlugin):
         return out
 
     def checks(self) -> list[DataCheck]:
-        """The identity file (its entries against CelebA's 202,599) and the image folder (the entries found)."""
+        """The identity file (its entries against CelebA's 202,599) and the image folder (the entries found); the
+        counts are reported, not blocking (a scaled-down copy lists fewer; a missing image stops the load)."""
         root, ident, images = self._paths()
         if not ident.is_file():
             return [DataCheck("dataset.params.identity_file", f"CelebA identity file; {WHERE}", ident, False,
@@ -82,7 +83,7 @@ class CelebA(DatasetPlugin):
         ok = len(pairs) == CELEBA_IMAGES
         out = [DataCheck("dataset.params.identity_file", f"CelebA identity file: {len(pairs)} of {CELEBA_IMAGES} "
                          "images expected", ident, ok, "" if ok else f"dataset.params.identity_file: {ident} lists "
-                         f"{len(pairs)} images, CelebA has {CELEBA_IMAGES} (WRONG count); {WHERE}")]
+                         f"{len(pairs)} images, CelebA has {CELEBA_IMAGES} (WRONG count); {WHERE}", blocking=False)]
         if not images.is_dir():
             return [*out, DataCheck("dataset.params.images", f"CelebA images; {WHERE}", images, False,
                                     f"dataset.params.images: folder {images} not found; {WHERE}")]
@@ -91,7 +92,7 @@ class CelebA(DatasetPlugin):
         ok = found == len(pairs)
         return [*out, DataCheck("dataset.params.images", f"CelebA images: {found} of {len(pairs)} listed images",
                                 images, ok, "" if ok else f"dataset.params.images: {images} has {found} of the "
-                                f"{len(pairs)} images {ident.name} lists (WRONG count); {WHERE}")]
+                                f"{len(pairs)} images {ident.name} lists (WRONG count); {WHERE}", blocking=False)]
 
     def identity(self) -> dict[str, Any]:
         """Parameters, the identity file's SHA-1 and a fingerprint of the image files the kept

@@ -67,7 +67,8 @@ class CelebASplit(DatasetPlugin):
                                            "only (a scaled-down run); None: all")
         public_labels: int | None = Field(None, ge=0, description="keep the split's first N public labels only; "
                                           "None: all")
-        ffhq_count: int = Field(FFHQ_IMAGES, ge=1, description="FFHQ 64 px images expected (public: ffhq)")
+        ffhq_count: int = Field(FFHQ_IMAGES, ge=1, description="FFHQ 64 px images bench doctor expects (public: "
+                                "ffhq); a different number is reported, not blocking")
         cache_images: int = Field(60_100, ge=0, description="decoded images kept in memory (LRU)")
 
     def _folder(self, sub: str) -> Path:
@@ -129,14 +130,17 @@ class CelebASplit(DatasetPlugin):
             ok = n == expected
             out.append(DataCheck("dataset.params.ffhq_images", f"FFHQ 64 px: {n} of {expected} images expected",
                                  ffhq, ok, "" if ok else f"dataset.params.ffhq_images: {ffhq} has {n} images, "
-                                 f"expected {expected} (WRONG count); {FFHQ_WHERE}"))
+                                 f"expected {expected} (WRONG count); {FFHQ_WHERE}", blocking=False))
         return out
 
     def missing(self) -> list[str]:
         root = Path(self.params.root).expanduser()
         if not root.is_dir():
             return [f"dataset.params.root: folder {root} does not exist; {CELEBA_WHERE}"]
-        return [c.problem for c in self.checks() if not c.ok]
+        out = [c.problem for c in self.checks() if not c.ok and c.blocking]
+        if self.params.public == "ffhq" and not self._ffhq_files():
+            out.append(f"dataset.params.ffhq_images: no .png in {self._folder(self.params.ffhq_images)}; {FFHQ_WHERE}")
+        return out
 
     def listing(self) -> tuple[list[str], list[int]] | None:
         """Identities and image counts from the split files (and the FFHQ folder's listing)."""
