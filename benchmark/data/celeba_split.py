@@ -4,7 +4,8 @@ The images are the 64 px crops ``bench data prepare celeba`` writes (``<root>/<i
 for every ``<stem>.jpg`` of the split; crop and resize: :mod:`inversion_bench.data.prepare`). The
 identities and the train/test assignment come from the shipped split
 (:mod:`inversion_bench.data.published_split`), never from a random draw: class k of the target is
-label k of the split, so published checkpoints (KED-MI, MIBench) classify the same people.
+label k of the split, the label order MIBench, PLG-MI and Trap-MID train with (KED-MI's own lists
+are not public).
 
 Identities, in order: the split's private labels (``kedmi_0000`` ... ``kedmi_0999``), then the public
 part: the split's other CelebA identities (``public: celeba``; ``kedmi_public_0000`` ...), or every
