@@ -4,7 +4,8 @@ Each source is checked as a whole before any file is written (:mod:`inversion_be
 one error per missing or extra file, naming it; exit 2). Then every output is written atomically
 (a hidden ``.part`` file renamed into place), so an interrupted run leaves only complete files, and a
 rerun skips every output that is already there and valid (an image of the expected size, a copy of
-the expected length). A progress bar is drawn on a terminal only.
+the expected length). A progress bar is drawn on a terminal only. CelebA's downloaded
+``img_align_celeba.zip`` is read in place (:func:`open_archive`); a truncated archive is refused.
 
 The crops are the references' (facts, re-implemented here):
 
