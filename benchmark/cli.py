@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
+from inversion_bench.cli_data import add_data_parser
 from inversion_bench.errors import ConfigError
 from inversion_bench.table_options import add_table_options, table_options
 
@@ -353,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="private training images per identity written under DIR/references (default 5)")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR (same-named files replaced)")
     p.set_defaults(func=cmd_export)
+    add_data_parser(sub)
     return parser
 
 

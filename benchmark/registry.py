@@ -272,6 +272,7 @@ REGISTRIES: dict[str, Registry[Any]] = {
 # Built-in plugins: importing these modules registers everything the suite ships with.
 BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.data.synthetic", "inversion_bench.data.image_folder", "inversion_bench.data.celeba",
+    "inversion_bench.data.celeba_split",
     "inversion_bench.data.toy2d",
     "inversion_bench.models", "inversion_bench.published_models",
     "inversion_bench.defenses.label_smoothing", "inversion_bench.defenses.mid", "inversion_bench.defenses.bido",

@@ -30,6 +30,7 @@ class Resource:
     path: Path | None
     ok: bool
     problem: str = ""
+    blocking: bool = True  # False: reported (WRONG) but does not stop a run
 
 
 def _plugins(loaded: LoadedSuite):
@@ -51,10 +52,14 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     s = loaded.suite
     out: list[Resource] = []
     dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
-    problems = dataset.missing()
-    root = getattr(loaded.dataset_params, "root", None)
-    out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
-                        not problems, "; ".join(problems)))
+    checks = dataset.checks()
+    if checks:  # the dataset lists its files itself (split files, image counts against the expected ones)
+        out.extend(Resource(c.field, c.what, c.path, c.ok, c.problem, c.blocking) for c in checks)
+    else:
+        problems = dataset.missing()
+        root = getattr(loaded.dataset_params, "root", None)
+        out.append(Resource("dataset.params", f"dataset {s.dataset.name}", Path(root) if root else None,
+                            not problems, "; ".join(problems)))
     out.extend(check_checkpoints(loaded))
     weights = loaded.weights()
     seen: set[str] = set()
@@ -159,7 +164,7 @@ def _fit_problem(loaded: LoadedSuite, field: str, path: Path, fmt: str, arch: An
 
 
 def missing_resources(loaded: LoadedSuite) -> list[str]:
-    return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok]
+    return [f"{loaded.source}: {r.problem}" for r in check_resources(loaded) if not r.ok and r.blocking]
 
 
 def split_problems(loaded: LoadedSuite) -> list[str]:
@@ -168,6 +173,9 @@ def split_problems(loaded: LoadedSuite) -> list[str]:
     attacked class indices. Empty when the dataset cannot list its identities before loading."""
     s = loaded.suite
     dataset = REGISTRIES["datasets"].get(s.dataset.name)(loaded.dataset_params)
+    if s.dataset.split.selection == "published" and not dataset.published_split:
+        return [f"{loaded.source}: dataset.split.selection: 'published' needs a dataset that ships its published "
+                f"split (celeba-split); {s.dataset.name} has none: use random, first or most_images"]
     listing = dataset.listing() if callable(getattr(dataset, "listing", None)) else None
     if listing is None:
         return []

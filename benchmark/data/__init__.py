@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
@@ -35,6 +36,8 @@ class FaceCollection(ABC):
     targets: Tensor  # [N] int64
     resolution: int
     grayscale: bool = False  # True: the three channels of every image are equal
+    published_test: Tensor | None = None  # [N] bool: the published split's test images (``selection: published``)
+    listing_only: bool = False  # True: identities and counts of a listing, no pixels (``bench validate``)
 
     @abstractmethod
     def __len__(self) -> int: ...
@@ -143,6 +146,17 @@ def is_grayscale(data: LabeledImages | FaceCollection | None) -> bool:
     return bool(getattr(data, "grayscale", False))
 
 
+class DataCheck(NamedTuple):
+    """One file or folder a dataset reads, checked for ``bench doctor`` (``ok`` False: ``problem`` says why)."""
+
+    field: str  # where the suite names it, e.g. "dataset.params.images"
+    what: str  # what it is and where it comes from
+    path: Path | None
+    ok: bool
+    problem: str = ""
+    blocking: bool = True  # False: shown by the doctor (WRONG) without stopping a run, e.g. a count
+
+
 class DatasetPlugin(Plugin, ABC):
     """A dataset plugin: parameters in, a :class:`FaceCollection` out."""
 
@@ -151,8 +165,17 @@ class DatasetPlugin(Plugin, ABC):
     read from disk): its resolved identities then add nothing to the data key
     (:mod:`inversion_bench.data.resolved`). Plugins that read files leave it False."""
 
+    published_split: ClassVar[bool] = False
+    """True when the collection carries its published train/test assignment (``published_test``), which
+    ``split: {selection: published}`` keeps."""
+
     def missing(self) -> list[str]:
         """Problems that stop a run before it starts (e.g. a missing folder), each with its fix."""
+        return []
+
+    def checks(self) -> list[DataCheck]:
+        """The files and folders the dataset reads, each checked (counts against the expected ones where the
+        protocol defines them), for ``bench doctor``; empty: the doctor shows :meth:`missing` as one line."""
         return []
 
     def listing(self) -> tuple[list[str], list[int]] | None:

@@ -9,6 +9,7 @@ image folder (the aligned ``img_align_celeba`` or a cropped copy with the same f
 from __future__ import annotations
 
 import hashlib
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,12 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from inversion_bench.data import DatasetPlugin, FaceCollection, ImageOptions
+from inversion_bench.data import DataCheck, DatasetPlugin, FaceCollection, ImageOptions
 from inversion_bench.data.image_folder import ImageFolderFaces
 from inversion_bench.errors import MissingResourceError
 from inversion_bench.registry import datasets
 
+CELEBA_IMAGES = 202_599  # images of CelebA (Liu et al., ICCV 2015), the lines of identity_CelebA.txt
 WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
          "(Anno/identity_CelebA.txt, Img/img_align_celeba)")
 
@@ -69,6 +71,28 @@ class CelebA(DatasetPlugin):
         if not images.is_dir():
             out.append(f"dataset.params.images: folder {images} not found; {WHERE}")
         return out
+
+    def checks(self) -> list[DataCheck]:
+        """The identity file (its entries against CelebA's 202,599) and the image folder (the entries found); the
+        counts are reported, not blocking (a scaled-down copy lists fewer; a missing image stops the load)."""
+        root, ident, images = self._paths()
+        if not ident.is_file():
+            return [DataCheck("dataset.params.identity_file", f"CelebA identity file; {WHERE}", ident, False,
+                              f"dataset.params.identity_file: {ident} not found; {WHERE}")]
+        pairs = read_identity_file(ident)
+        ok = len(pairs) == CELEBA_IMAGES
+        out = [DataCheck("dataset.params.identity_file", f"CelebA identity file: {len(pairs)} of {CELEBA_IMAGES} "
+                         "images expected", ident, ok, "" if ok else f"dataset.params.identity_file: {ident} lists "
+                         f"{len(pairs)} images, CelebA has {CELEBA_IMAGES} (WRONG count); {WHERE}", blocking=False)]
+        if not images.is_dir():
+            return [*out, DataCheck("dataset.params.images", f"CelebA images; {WHERE}", images, False,
+                                    f"dataset.params.images: folder {images} not found; {WHERE}")]
+        present = {e.name for e in os.scandir(images)}
+        found = sum(name in present for name, _ in pairs)
+        ok = found == len(pairs)
+        return [*out, DataCheck("dataset.params.images", f"CelebA images: {found} of {len(pairs)} listed images",
+                                images, ok, "" if ok else f"dataset.params.images: {images} has {found} of the "
+                                f"{len(pairs)} images {ident.name} lists (WRONG count); {WHERE}", blocking=False)]
 
     def identity(self) -> dict[str, Any]:
         """Parameters, the identity file's SHA-1 and a fingerprint of the image files the kept

@@ -31,7 +31,9 @@ from PIL import Image, ImageOps
 from pydantic import Field
 from torch import Tensor
 
-from inversion_bench.data import Crop, DatasetPlugin, FaceCollection, ImageOptions
+from inversion_bench.data import Crop, DataCheck, DatasetPlugin, FaceCollection, ImageOptions
+from inversion_bench.data.folder_counts import folder_checks
+from inversion_bench.data.image_convert import to_rgb as _to_rgb
 from inversion_bench.errors import MissingResourceError
 from inversion_bench.registry import datasets
 
@@ -88,22 +90,6 @@ def decode_image(path: str | Path, resolution: int, crop: Crop = "center", grays
     if size is not None:
         size[:] = [w, h]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
-
-
-def _to_rgb(im: Image.Image) -> Image.Image:
-    """Converts any Pillow mode to RGB (16-bit and float greyscale are rescaled, alpha over white)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(im, dtype=np.float32)
-        top = 65535.0 if arr.max(initial=0.0) > 255.0 else 255.0
-        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(arr, mode="L").convert("RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 class ImageFolderFaces(FaceCollection):
@@ -284,6 +270,12 @@ class ImageFolder(DatasetPlugin):
             (f"{sub}/{name}" if counts[name] > 1 and sub else name, folder) for name, sub, folder in found
         ]
         return sorted(named, key=lambda item: (natural_key(item[0]), item))
+
+    def checks(self) -> list[DataCheck]:
+        """The layout (:meth:`missing`), then identities and images per sub-path against the numbers of the
+        dataset they are known to be (FaceScrub's; :mod:`inversion_bench.data.folder_counts`)."""
+        return folder_checks(self.missing(), Path(self._params().root).expanduser(), self._bases(),
+                             self._extensions())
 
     def missing(self) -> list[str]:
         """Problems with the folder layout (no image is decoded)."""

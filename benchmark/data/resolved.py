@@ -35,7 +35,9 @@ def listed_collection(names: Sequence[str], counts: Sequence[int]) -> TensorFace
     computed without decoding an image.
     """
     targets = torch.arange(len(names)).repeat_interleave(torch.tensor(list(counts), dtype=torch.long))
-    return TensorFaces(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), targets, list(names))
+    listed = TensorFaces(torch.zeros(0, 3, 1, 1, dtype=torch.uint8), targets, list(names))
+    listed.listing_only = True
+    return listed
 
 
 def names_digest(names: Sequence[str], counts: Sequence[int] | None = None) -> str:

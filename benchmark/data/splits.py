@@ -27,8 +27,9 @@ class SplitSpec(BaseModel):
     public_identities: int | Literal["rest"] | list[str] = Field(
         "rest", description="number of disjoint identities for the attacker, 'rest', or their names"
     )
-    selection: Literal["random", "first", "most_images"] = Field(
-        "random", description="how the private identities are chosen"
+    selection: Literal["random", "first", "most_images", "published"] = Field(
+        "random", description="how the private identities are chosen; 'published': the first ones of a dataset "
+        "with a published split (celeba-split), whose own train/test images are kept (test_fraction unused)"
     )
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of each private identity's images held out")
     seed: int = Field(42, ge=0, le=2**32 - 1, description="seed of the identity choice and the train/test split")
@@ -79,9 +80,10 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
     n_ids = len(collection.identity_names)
     g = torch.Generator().manual_seed(spec.seed)
     counts = torch.bincount(collection.targets, minlength=n_ids)
+    fixed = _published_test(collection, spec)
     if spec.selection == "random":
         order = torch.randperm(n_ids, generator=g)
-    elif spec.selection == "first":
+    elif spec.selection in ("first", "published"):
         order = torch.arange(n_ids)
     else:  # most images first, ties broken by index (stable sort)
         order = torch.sort(-counts, stable=True).indices
@@ -97,12 +99,20 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
                 "private identity needs at least 2 (one for training, one for testing); add images or "
                 "set dataset.split.selection: most_images"
             )
-        idx = idx[torch.randperm(len(idx), generator=g)]
-        n_test = min(len(idx) - 1, max(1, round(len(idx) * spec.test_fraction)))
-        test_idx.append(idx[:n_test])
-        train_idx.append(idx[n_test:])
-        test_lab.append(torch.full((n_test,), label))
-        train_lab.append(torch.full((len(idx) - n_test,), label))
+        if fixed is not None:
+            test, train = idx[fixed[idx]], idx[~fixed[idx]]
+            if not len(test) or not len(train):
+                raise ConfigError(f"dataset: identity {collection.identity_names[ident]!r} has {len(train)} training "
+                                  f"and {len(test)} test image(s) in the published split; each private identity "
+                                  "needs both: choose private identities of the split")
+        else:
+            idx = idx[torch.randperm(len(idx), generator=g)]
+            n_test = min(len(idx) - 1, max(1, round(len(idx) * spec.test_fraction)))
+            test, train = idx[:n_test], idx[n_test:]
+        test_idx.append(test)
+        train_idx.append(train)
+        test_lab.append(torch.full((len(test),), label))
+        train_lab.append(torch.full((len(train),), label))
 
     pub_mask = torch.isin(collection.targets, public_ids)
     pub_idx = torch.nonzero(pub_mask).flatten()
@@ -116,6 +126,18 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
         private_names=[collection.identity_names[i] for i in private_ids.tolist()],
         public_names=[collection.identity_names[i] for i in public_ids.tolist()],
     )
+
+
+def _published_test(collection: FaceCollection, spec: SplitSpec) -> torch.Tensor | None:
+    """The collection's published test-image mask under ``selection: published`` (None otherwise, and for a
+    listing, whose train/test sizes then follow ``test_fraction``: only the identities are read from it)."""
+    if spec.selection != "published":
+        return None
+    mask = getattr(collection, "published_test", None)
+    if mask is None and not getattr(collection, "listing_only", False):
+        raise ConfigError("dataset.split.selection: 'published' needs a dataset that ships its published split "
+                          "(e.g. celeba-split); this dataset has none: use random, first or most_images")
+    return mask
 
 
 def _by_name(names: list[str], wanted: list[str], field: str) -> torch.Tensor:
