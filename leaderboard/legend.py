@@ -93,6 +93,11 @@ def testability_note(lb: LeaderboardTable) -> str:
     """``"Δ marks: not testable with 1 seed; 4 needed."`` when some Δ cannot be tested; ``""`` otherwise."""
     if "testable" not in lb.data or lb.baseline is None:
         return ""
+    published = lb.data["test"].astype(str).str.contains("one published model")
+    if published.any():
+        return ("Δ marks: not testable where a row is one published model (a checkpoint, the same on every seed: "
+                "its seeds vary only the attacks); the tooltip and leaderboard.csv say which. A Δ without a mark "
+                "is no evidence of a difference.")
     rows = lb.data[(lb.data["defense"] != lb.baseline) & (lb.data["seeds_needed"] > 0)]
     if rows.empty:
         return ""

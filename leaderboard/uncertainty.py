@@ -22,6 +22,8 @@ p_identity, test_identity`` columns of :attr:`~inversion_bench.leaderboard.model
   needs). The testable tests
   of the table form one family, adjusted with ``report.correction`` (Benjamini–Hochberg by default); a Δ
   is marked when its adjusted p-value is below ``report.significance``.
+* A defense whose every target was loaded from a checkpoint (a published model) is one trained model
+  whatever the seeds: its Δs (and every Δ when it is the baseline) are not testable.
 * **Identity-level test** (never a mark): the paired sign-flip test over the (seed, identity) pairs
   present in both cells. It asks whether these trained models differ on these identities.
 """
@@ -275,6 +277,13 @@ def defense_test(values: Sequence[float], seeds: Sequence[int], base_values: Seq
             "test": f"not testable with {plural(n_seeds, 'seed')}; {k} needed ({what})"}
 
 
+def one_published_model(recs: Sequence[dict[str, Any]]) -> bool:
+    """Whether every target of a defense's records was loaded from a checkpoint (``record["target"]["checkpoint"]``):
+    then its seeds share one trained model and cannot replicate the defense."""
+    blocks = [r.get("target") for r in recs]
+    return bool(blocks) and all(isinstance(b, Mapping) and b.get("checkpoint") for b in blocks)
+
+
 def _no_test(why: str) -> dict[str, Any]:
     return {"p_value": math.nan, "testable": False, "seeds_needed": 0, "test": why}
 
@@ -288,6 +297,7 @@ def add_uncertainty(data: pd.DataFrame, by_defense: Mapping[str, Sequence[dict[s
     n_tests = sum(1 for (d, c), r in rows.items() if baseline not in (None, d) and r["values"]
                   and (baseline, c) in rows and rows[(baseline, c)]["values"])
     level = settings.significance / max(n_tests, 1) if settings.correction == "holm" else settings.significance
+    fixed = {d: one_published_model(recs) for d, recs in by_defense.items()}
     out: dict[str, list[Any]] = {k: [] for k in ("ci_low", "ci_high", "ci_method", "n_identities", "p_value",
                                                  "testable", "seeds_needed", "test", "p_identity", "test_identity")}
     for key, row in rows.items():
@@ -299,6 +309,10 @@ def add_uncertainty(data: pd.DataFrame, by_defense: Mapping[str, Sequence[dict[s
             test = _no_test("" if baseline is None else "baseline")
         elif not row["values"] or base is None or not base["values"]:
             test = _no_test("no test (no values)" if not row["values"] else "no test (the baseline has no values)")
+        elif fixed[key[0]] or fixed[baseline]:
+            test = _no_test(f"not testable: {'the baseline' if fixed[baseline] else 'this defense'} is one "
+                            "published model (a checkpoint), the same on every seed, which varies only the attacks")
+            p_id, t_id = identity_test(col, per_id[key], per_id[(baseline, key[1])], settings)
         else:
             test = defense_test(list(row["values"]), list(row["seeds"]), list(base["values"]), list(base["seeds"]),
                                 settings, level)

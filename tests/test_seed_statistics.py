@@ -257,3 +257,19 @@ def test_validate_prints_the_seeds_the_defense_test_needs(capsys) -> None:
     for name in ("defenses", "threat-models", "alpha-sweep"):  # the comparison suites can mark a difference
         assert main(["validate", "--schema-only", str(suites / f"{name}.yaml")]) == 0
         assert "needs 4 seeds per defense; the suite runs 5 (enough)" in capsys.readouterr().out, name
+
+
+def test_a_published_checkpoint_is_one_trained_model_whatever_the_seeds() -> None:
+    """A target loaded from a checkpoint is the same model on every seed: only the attack varies, so the
+    defense test over seeds would treat attack noise as training replicates. Not testable."""
+    recs = seeded_records(5, -0.3)
+    for r in recs:
+        if r["defense"] == "hard":
+            r["target"] = {"test_accuracy": 0.9, "checkpoint": {"path": "IR152_91.16.tar", "format": "kedmi"}}
+    lb = build(recs)
+    cell = lb.cell("strong", "gmi/attack_acc@1")
+    assert not cell["testable"] and not cell["significant"] and "one published model" in cell["test"]
+    assert "the baseline is one published model" in cell["test"]
+    assert "not testable where a row is one published model" in lb.to_markdown()
+    trained = build(seeded_records(5, -0.3))  # the same numbers from five trainings: marked
+    assert trained.cell("strong", "gmi/attack_acc@1")["significant"]
