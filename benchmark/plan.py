@@ -219,4 +219,10 @@ def seed_lines(loaded: LoadedSuite) -> list[str]:
     columns = 1 if any("attack_acc@1" in cls.better for cls in metrics) else 0  # the worst case
     columns += sum(len(cls.better) * (1 if cls.scope == "target" else len(s.attacks)) for cls in metrics)
     tests = (len(s.defenses) - 1) * columns
-    return seed_requirements(len(s.seeds), tests, s.report.significance, s.report.seed_test, s.report.correction)
+    lines = seed_requirements(len(s.seeds), tests, s.report.significance, s.report.seed_test, s.report.correction)
+    fixed = [entry_id(d) for d in s.defenses if d.checkpoint]
+    if fixed:
+        base = " (the baseline: every Δ)" if s.baseline_id in fixed else ""
+        lines.append(f"  not testable whatever the seeds: {', '.join(fixed)}{base} load a published checkpoint, one "
+                     "trained model on every seed")
+    return lines

@@ -254,6 +254,9 @@ def test_validate_prints_the_seeds_the_defense_test_needs(capsys) -> None:
     out = capsys.readouterr().out
     assert "paired sign-flip permutation test over seeds at 0.05, Holm (family-wise error rate)" in out
     assert "needs 11 seeds per defense; the suite runs 1 (not testable)" in out  # 2 / 2^n < 0.05 / 36
+    assert main(["validate", "--schema-only", str(suites / "celeba64.yaml")]) == 0
+    assert ("not testable whatever the seeds: hard (the baseline: every Δ) load a published checkpoint"
+            in capsys.readouterr().out)
     for name in ("defenses", "threat-models", "alpha-sweep"):  # the comparison suites can mark a difference
         assert main(["validate", "--schema-only", str(suites / f"{name}.yaml")]) == 0
         assert "needs 4 seeds per defense; the suite runs 5 (enough)" in capsys.readouterr().out, name
