@@ -19,9 +19,9 @@ p_identity, test_identity`` columns of :attr:`~inversion_bench.leaderboard.model
 * **Defense test** (the Δ mark): the cell's per-seed values against the baseline's, two-sample
   permutation (default) or paired sign-flip over seeds (``report.seed_test``). A test that cannot
   reach the level with the seeds at hand is *not testable* (no mark; ``seeds_needed`` says how many it
-  needs). The testable tests
-  of the table form one family, adjusted with ``report.correction`` (Benjamini–Hochberg by default); a Δ
-  is marked when its adjusted p-value is below ``report.significance``.
+  needs). The testable tests of the table form one family, adjusted with ``report.correction``
+  (Benjamini–Hochberg by default); a Δ is marked when its adjusted p-value is below
+  ``report.significance``.
 * A defense whose every target was loaded from a checkpoint (a published model) is one trained model
   whatever the seeds: its Δs (and every Δ when it is the baseline) are not testable.
 * **Identity-level test** (never a mark): the paired sign-flip test over the (seed, identity) pairs
