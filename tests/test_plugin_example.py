@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,25 +10,18 @@ import pytest
 import torch
 
 from tests.conftest import tiny_suite
+from tests.example_plugins import bench_with, install_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "plugin-defense"
 
 
 @pytest.fixture(scope="module")
 def installed_example(tmp_path_factory):
-    # build from a copy, so that the build leaves nothing (build/, *.egg-info) in the example folder
-    src = tmp_path_factory.mktemp("src") / "plugin-defense"
-    shutil.copytree(EXAMPLE, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    site = tmp_path_factory.mktemp("site")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--target", str(site), str(src)], check=True)
-    return site
+    return install_example(tmp_path_factory, "plugin-defense")
 
 
 def _bench(args, site, cwd):
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.run([sys.executable, "-m", "inversion_bench.cli", *args], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+    return bench_with(args, site, cwd)
 
 
 def test_noisy_logits_function():

@@ -19,6 +19,7 @@ from pydantic import Field
 
 from inversion_bench.data import DataCheck, DatasetPlugin, FaceCollection, ImageOptions
 from inversion_bench.data.image_folder import ImageFolderFaces
+from inversion_bench.data.published_split import read_name_label_lines
 from inversion_bench.errors import MissingResourceError
 from inversion_bench.registry import datasets
 
@@ -29,15 +30,7 @@ WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
 
 def read_identity_file(path: Path) -> list[tuple[str, int]]:
     """(file name, identity id) pairs of ``identity_CelebA.txt``."""
-    out = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise MissingResourceError(f"{path}:{lineno}: expected '<file name> <identity id>', got {line!r}")
-        out.append((parts[0], int(parts[1])))
-    return out
+    return read_name_label_lines(path, "'<file name> <identity id>'")
 
 
 def most_frequent(pairs: list[tuple[str, int]], n: int) -> list[int]:

@@ -116,13 +116,26 @@ def read_part(split: PublishedSplit, part: str, path: Path | None = None) -> lis
     problem = file_problem(split, part, path)
     if problem:
         raise MissingResourceError(f"dataset.params.split: {problem}")
+    return read_name_label_lines(path, "'<image> <label>'")
+
+
+def read_name_label_lines(path: Path, columns: str) -> list[tuple[str, int]]:
+    """(name, integer label) of every non-blank line ``<name> <label>`` of a text file, in file order.
+
+    Args:
+        path: the file (a split list, CelebA's ``identity_CelebA.txt``).
+        columns: how the error message names the two columns.
+
+    Raises:
+        MissingResourceError: a line is not a name and a non-negative integer, naming the file and line.
+    """
     out = []
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 2 or not parts[1].isdigit():
-            raise MissingResourceError(f"{path}:{lineno}: expected '<image> <label>', got {line!r}")
+            raise MissingResourceError(f"{path}:{lineno}: expected {columns}, got {line!r}")
         out.append((parts[0], int(parts[1])))
     return out
 
