@@ -3,10 +3,12 @@ with it on the path: shared by the defense and attack plugin example tests."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -28,3 +30,19 @@ def bench_with(args: list[str], site: Path, cwd: Path, **env: str) -> subprocess
     full = {**os.environ, "PYTHONPATH": str(site), **env}
     return subprocess.run([sys.executable, "-m", "inversion_bench.cli", *args], capture_output=True, text=True,
                           env=full, cwd=cwd, timeout=600)
+
+
+@contextlib.contextmanager
+def imported_example(registry, folder: str, package: str) -> Iterator[None]:
+    """Makes ``examples/<folder>`` importable (its package ``package``) for the block, then removes it from
+    ``sys.path`` and ``sys.modules`` and undoes the registrations importing it made in ``registry``."""
+    entries = dict(registry._entries)
+    sys.path.insert(0, str(EXAMPLES / folder))
+    try:
+        yield
+    finally:
+        sys.path.remove(str(EXAMPLES / folder))
+        registry._entries.clear()
+        registry._entries.update(entries)
+        for mod in [m for m in sys.modules if m.startswith(package)]:
+            del sys.modules[mod]

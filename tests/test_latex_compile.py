@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import copy
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from inversion_bench.leaderboard import build
 from inversion_bench.leaderboard.latex_text import tex_text
+from tests.latex_build import compile_table
 from tests.test_leaderboard import synthetic_records
 
 SETUP = {
@@ -50,12 +50,7 @@ def test_latex_is_ascii_with_setup_and_labels() -> None:
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (.ci/run installs it)")
 @pytest.mark.parametrize("deltas", [False, True])
 def test_latex_compiles_with_pdflatex(tmp_path: Path, deltas: bool) -> None:
-    (tmp_path / "leaderboard.tex").write_text(unicode_board().to_latex(deltas=deltas), encoding="utf-8")
-    (tmp_path / "doc.tex").write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n"
-        "\\input{leaderboard.tex}\n\\end{document}\n", encoding="utf-8")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = compile_table(tmp_path, unicode_board().to_latex(deltas=deltas))
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert (tmp_path / "doc.pdf").is_file()
     log = (tmp_path / "doc.log").read_text(errors="replace")

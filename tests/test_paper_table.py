@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from inversion_bench.cli import main
 from inversion_bench.leaderboard import build
 from inversion_bench.leaderboard.uncertainty import report_settings
 from tests.conftest import tiny_suite
+from tests.latex_build import compile_table
 from tests.test_leaderboard import md_tables, synthetic_records
 
 TABLE = {"metrics": ["attack_acc@1", "knn_distance"], "attacks": ["plg_mi"], "caption": "short"}
@@ -152,12 +152,7 @@ def test_full_caption_lists_attack_parameters_without_local_paths():
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (.ci/run installs it)")
 @pytest.mark.parametrize("caption", ["short", "full"])
 def test_selected_table_compiles_with_pdflatex(tmp_path: Path, caption: str) -> None:
-    (tmp_path / "leaderboard.tex").write_text(build(_records({**TABLE, "caption": caption})).to_latex(deltas=True))
-    (tmp_path / "doc.tex").write_text(
-        "\\documentclass{article}\n\\usepackage{booktabs,graphicx}\n\\begin{document}\n"
-        "\\input{leaderboard.tex}\n\\end{document}\n", encoding="utf-8")
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = compile_table(tmp_path, build(_records({**TABLE, "caption": caption})).to_latex(deltas=True))
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 

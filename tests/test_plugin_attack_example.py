@@ -4,14 +4,13 @@ CLI behind a score oracle (queries counted) and lands on the leaderboard grouped
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import tiny_suite
-from tests.example_plugins import bench_with, install_example
+from tests.example_plugins import bench_with, imported_example, install_example
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "plugin-attack"
 
@@ -30,17 +29,9 @@ def example_module():
     """The example's attack module imported in this process (its registration undone afterwards)."""
     from inversion_bench.registry import attacks
 
-    entries = dict(attacks._entries)
-    sys.path.insert(0, str(EXAMPLE))
-    try:
+    with imported_example(attacks, "plugin-attack", "bench_example_attack"):
         from bench_example_attack import attack
         yield attack
-    finally:
-        sys.path.remove(str(EXAMPLE))
-        attacks._entries.clear()
-        attacks._entries.update(entries)
-        for mod in [m for m in sys.modules if m.startswith("bench_example_attack")]:
-            del sys.modules[mod]
 
 
 def test_pure_functions(example_module):

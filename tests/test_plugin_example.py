@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import tiny_suite
-from tests.example_plugins import bench_with, install_example
-
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "plugin-defense"
+from tests.example_plugins import bench_with, imported_example, install_example
 
 
 @pytest.fixture(scope="module")
@@ -27,16 +23,8 @@ def _bench(args, site, cwd):
 def test_noisy_logits_function():
     from inversion_bench.registry import defenses
 
-    entries = dict(defenses._entries)  # importing the module registers the defense: undo it afterwards
-    sys.path.insert(0, str(EXAMPLE))
-    try:
+    with imported_example(defenses, "plugin-defense", "bench_example_defense"):  # registration undone after
         from bench_example_defense.defense import noisy_logits
-    finally:
-        sys.path.remove(str(EXAMPLE))
-        defenses._entries.clear()
-        defenses._entries.update(entries)
-        for mod in [m for m in sys.modules if m.startswith("bench_example_defense")]:
-            del sys.modules[mod]
     logits = torch.zeros(2000, 3)
     out = noisy_logits(logits, 2.0, generator=torch.Generator().manual_seed(0))
     assert float(out.std()) == pytest.approx(2.0, rel=0.05) and abs(float(out.mean())) < 0.1
