@@ -26,25 +26,25 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inversion_bench.leaderboard.formatting import (
+from inversion_bench.leaderboard.cells import (
+    cell_rows,
+    delta_text,
+    display_text,
+    interval_text,
+    is_significant,
+    test_text,
+    worst_case_title,
+)
+from inversion_bench.leaderboard.labels import (
     ACCESS_HELP,
     ARROWS,
     NEAR_CHANCE,
     WORST_CASE_HELP,
     attack_heading,
-    cell_rows,
-    decimals_by_column,
-    delta_text,
-    display_text,
-    format_value,
     guarantee_text,
     has_guarantees,
-    interval_text,
-    is_significant,
     queries_text,
     seed_summary,
-    test_text,
-    worst_case_title,
 )
 from inversion_bench.leaderboard.legend import (
     AUDIT_HELP,
@@ -55,6 +55,7 @@ from inversion_bench.leaderboard.legend import (
     testability_note,
 )
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.number_format import decimals_by_column, format_value
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
 

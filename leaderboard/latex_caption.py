@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from inversion_bench.leaderboard.formatting import ACCESS_HELP, seed_summary
+from inversion_bench.leaderboard.labels import ACCESS_HELP, seed_summary
 from inversion_bench.leaderboard.latex_text import tex_text
 from inversion_bench.leaderboard.legend import testability_note
 from inversion_bench.leaderboard.model import LeaderboardTable

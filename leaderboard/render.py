@@ -1,7 +1,8 @@
 """Renders a :class:`~inversion_bench.leaderboard.model.LeaderboardTable` as Markdown and a wide CSV table.
 
-The number and cell formatting is shared with :mod:`inversion_bench.leaderboard.latex` and
-:mod:`inversion_bench.leaderboard.html` (:mod:`inversion_bench.leaderboard.formatting`). Free text (labels,
+Numbers and cells are written by :mod:`~inversion_bench.leaderboard.number_format`,
+:mod:`~inversion_bench.leaderboard.cells` and :mod:`~inversion_bench.leaderboard.labels`, shared with
+:mod:`inversion_bench.leaderboard.latex` and :mod:`inversion_bench.leaderboard.html`. Free text (labels,
 names, notes, errors) goes through :func:`~inversion_bench.leaderboard.escape.md_text`: no raw HTML, and
 a ``|`` never splits a table cell.
 """
@@ -13,9 +14,10 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from inversion_bench.leaderboard.cells import cell_rows, delta_text, display_text, seed_attacks, seed_coverage
 from inversion_bench.leaderboard.equal_utility import to_markdown as eu_markdown
 from inversion_bench.leaderboard.escape import md_text
-from inversion_bench.leaderboard.formatting import (
+from inversion_bench.leaderboard.labels import (
     ACCESS_HELP,
     ARROWS,
     NA_MARK,
@@ -24,14 +26,8 @@ from inversion_bench.leaderboard.formatting import (
     SIGNIFICANT_MARK,
     WORST_CASE_HELP,
     attack_heading,
-    cell_rows,
-    decimals_by_column,
-    delta_text,
-    display_text,
     guarantee_text,
     has_guarantees,
-    seed_attacks,
-    seed_coverage,
     seed_summary,
 )
 from inversion_bench.leaderboard.legend import (
@@ -43,6 +39,7 @@ from inversion_bench.leaderboard.legend import (
     testability_note,
 )
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.number_format import decimals_by_column
 from inversion_bench.leaderboard.paper_table import hidden_note, paper_view
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked

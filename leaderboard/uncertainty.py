@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import Column, EvaluatorAudit, EvaluatorInfo, ReportSettings
+from inversion_bench.leaderboard.number_format import plural
 from inversion_bench.leaderboard.records import finite, is_ok
 from inversion_bench.leaderboard.settings import table_settings
 from inversion_bench.leaderboard.significance import (
