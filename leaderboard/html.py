@@ -39,12 +39,12 @@ from inversion_bench.leaderboard.labels import (
     ACCESS_HELP,
     ARROWS,
     NEAR_CHANCE,
-    WORST_CASE_HELP,
     attack_heading,
     guarantee_text,
     has_guarantees,
     queries_text,
     seed_summary,
+    worst_case_help,
 )
 from inversion_bench.leaderboard.legend import (
     AUDIT_HELP,
@@ -136,7 +136,7 @@ def _metric_head(col: Column, initial_sort: str | None) -> str:
     elif col.is_test_accuracy:
         name = "Test acc. (%)"
     else:
-        name = col.metric_name + (" (%)" if col.is_accuracy else "")
+        name = col.metric_name + (" (%)" if col.is_share else "")
     arrow = ARROWS.get(col.direction or "", "")
     title = {"higher": "higher is better for the defender", "lower": "lower is better for the defender"}.get(
         col.direction or "", "direction unknown")
@@ -183,7 +183,7 @@ def _head(lb: LeaderboardTable, eps_col: bool) -> str:
         head1.append('<th class="sortable" rowspan="2" data-key="epsilon" title="differential privacy guarantee, '
                      'lower is more private">ε (DP) ↓<span class="ind"></span></th>')
     for c, n in spans:
-        title = ACCESS_HELP.get(c.access or "", WORST_CASE_HELP if c.is_worst_case else "")
+        title = ACCESS_HELP.get(c.access or "", worst_case_help(lb) if c.is_worst_case else "")
         title_attr = f' title="{_e(title)}"' if title else ""
         access = f' data-access="{_e(c.access)}"' if c.is_attack and c.access else ""
         head1.append(f'<th colspan="{n}"{access}{title_attr}>{_e(attack_heading(c))}</th>')
@@ -278,7 +278,7 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
         interval_help(lb) + " Hover a cell for its interval, n and the defense test's p-value.",
     ]
     if WORST_CASE in {c.key for c in lb.columns}:
-        legend += [WORST_CASE_HELP + " (k/n attacks on every seed): only k attacks have a value on every seed; "
+        legend += [worst_case_help(lb) + " (k/n attacks on every seed): only k attacks have a value on every seed; "
                    "such rows sort after the complete ones.",
                    "Rows start sorted by the worst case, lowest (best for the defender) first."]
     levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))

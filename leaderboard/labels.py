@@ -34,13 +34,19 @@ ACCESS_HELP = {
     "label-only": "label-only: the top-1 label only",
 }
 """What each access level lets an attack see (header tooltips and legends)."""
-WORST_CASE_HELP = (
-    "Worst case: the strongest attack's mean, i.e. the highest mean attack accuracy (attack_acc@1, over "
-    "seeds) of the attacks with an ok record on every seed of the row, ± its std over seeds; the attack named "
-    "is that attack. A defense is only as strong as the strongest attack against it. The mean of per-seed "
-    "maxima (CSV worst_case_mean_of_maxima, tooltip) is larger by construction: for two equally strong "
-    "attacks by about 0.56 seed standard deviations whatever the number of seeds."
-)
+def worst_case_help(lb: LeaderboardTable) -> str:
+    """What the worst-case column is, in words (legends and tooltips), for the table's worst-case metric."""
+    col = lb.worst_case_column
+    metric = col.metric if col is not None else "?"
+    info = lb.metric_info.get(metric)
+    what = f"{info.label} ({metric}, over seeds)" if info is not None and info.label else f"{metric} (over seeds)"
+    return (
+        f"Worst case: the strongest attack's mean, i.e. the highest mean {what} of the attacks with an ok record "
+        "on every seed of the row, ± its std over seeds; the attack named is that attack. A defense is only as "
+        "strong as the strongest attack against it. The mean of per-seed maxima (CSV worst_case_mean_of_maxima, "
+        "tooltip) is larger by construction: for two equally strong attacks by about 0.56 seed standard "
+        "deviations whatever the number of seeds."
+    )
 
 
 def attack_heading(col: Column) -> str:

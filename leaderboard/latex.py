@@ -68,7 +68,7 @@ def _metric_head(c: Column) -> str:
     elif c.is_test_accuracy:
         name = r"Test acc.\ (\%)"
     else:
-        name = latex_escape(c.metric_name) + (r" (\%)" if c.is_accuracy else "")
+        name = latex_escape(c.metric_name) + (r" (\%)" if c.is_share else "")
     arrow = LATEX_ARROWS.get(c.direction or "", "")
     return f"{name} {arrow}".strip()
 

@@ -30,7 +30,7 @@ def column_decimals(lb: LeaderboardTable, col: Column) -> int:
     Returns:
         Number of decimals.
     """
-    if col.is_accuracy:
+    if col.is_share:
         return 1
     means = lb.data.loc[lb.data["column"] == col.key, "mean"].dropna().abs()
     biggest = float(means.max()) if not means.empty else 0.0
@@ -47,7 +47,7 @@ def decimals_by_column(lb: LeaderboardTable) -> dict[str, int]:
 
 
 def _scaled(col: Column, x: float) -> float:
-    return x * 100.0 if col.is_accuracy else x
+    return x * 100.0 if col.is_share else x
 
 
 def format_value(col: Column, x: float, decimals: int, signed: bool = False) -> str:

@@ -24,11 +24,11 @@ from inversion_bench.leaderboard.labels import (
     NEAR_CHANCE,
     NOT_RUN,
     SIGNIFICANT_MARK,
-    WORST_CASE_HELP,
     attack_heading,
     guarantee_text,
     has_guarantees,
     seed_summary,
+    worst_case_help,
 )
 from inversion_bench.leaderboard.legend import (
     AUDIT_HELP,
@@ -60,7 +60,7 @@ def _header(col: Column, arrows: dict[str, str], pct: str = "%") -> str:
         name = f"Target: {col.metric_name}"
     else:
         name = f"{attack_heading(col)}: {col.metric_name}"
-    if col.is_accuracy and not col.placeholder:
+    if col.is_share and not col.placeholder:
         name += f" ({pct})"
     arrow = arrows.get(col.direction or "", "")
     return md_text(f"{name} {arrow}" if arrow else name)
@@ -156,7 +156,7 @@ def _legend(lb: LeaderboardTable) -> list[str]:
     ]
     if any(c.is_worst_case for c in lb.columns):
         out += [
-            f"- {WORST_CASE_HELP} `(k/n attacks on every seed)`: only k of the table's attacks have a value on "
+            f"- {worst_case_help(lb)} `(k/n attacks on every seed)`: only k of the table's attacks have a value on "
             "every seed of the row, and the worst case is taken over those; `(k/n failed)`: every attack failed on "
             "k seeds.",
             "- Rows are sorted by the worst case, lowest (best for the defender) first; rows whose worst case covers "

@@ -33,6 +33,7 @@ from inversion_bench.leaderboard.records import first_difference
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 from inversion_bench.leaderboard.stats import bootstrap_interval
 from inversion_bench.leaderboard.uncertainty import identity_values, report_settings
+from inversion_bench.record_model import upgrade
 
 if TYPE_CHECKING:
     from inversion_bench.run_context import RunContext
@@ -211,7 +212,7 @@ RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "
 
 def _record_interval(rec: dict[str, Any], metric: str) -> dict[str, Any]:
     """``ci_low, ci_high, n_identities`` of one record's metric from its per-identity values (empty without)."""
-    per = identity_values(rec, metric) if rec.get("status") == "ok" else None
+    per = identity_values(upgrade(rec), metric) if rec.get("status") == "ok" else None
     if per is None:
         return {}
     known, unknown = per
@@ -229,8 +230,8 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     ``queries_per_identity`` are the record's query counts (images the black-box or label-only oracle
     was asked about; forward passes of the target for white-box attacks), empty when not counted.
     ``ci_low``/``ci_high`` are the record's own percentile bootstrap interval (over its identities, at the
-    record's ``report_settings.confidence``) of a metric with per-identity values (``attack_acc@1``,
-    ``attack_acc@5``), ``n_identities`` the identities it resamples; empty for other metrics. A text cell
+    record's ``report_settings.confidence``) of a metric with per-identity values (its plugin declares
+    ``per_identity``), ``n_identities`` the identities it resamples; empty for other metrics. A text cell
     that a spreadsheet would read as a formula gets a leading ``'`` (``escape.csv_text``).
     """
     import pandas as pd

@@ -24,7 +24,12 @@ from inversion_bench.leaderboard.runs import RunView
 
 log = logging.getLogger(__name__)
 
-ACC1 = "attack_acc@1"
+
+
+def _leak(board: Any) -> str | None:
+    """The metric the figures plot as leakage: the table's worst-case metric (None without a worst case)."""
+    col = board.worst_case_column
+    return col.metric if col is not None else None
 
 
 class _Views:
@@ -102,7 +107,7 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
     target = data[data["metric"] == TEST_ACCURACY].set_index("defense")
     points = []
     labels = {i.defense: i.label for i in board.defenses}
-    for _, row in data[(data["metric"] == ACC1) & (data["column"] != WORST_CASE)].iterrows():
+    for _, row in data[(data["metric"] == _leak(board)) & (data["column"] != WORST_CASE)].iterrows():
         if row["n"] == 0 or row["defense"] not in target.index:
             continue
         t = target.loc[row["defense"]]
@@ -114,7 +119,7 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
                                         *swept.get(row["defense"], (None, 0))))
     if not points:
         return None
-    paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=ACC1)
+    paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=str(_leak(board)))
     write_csv(pd.DataFrame([p.__dict__ for p in points]), out / "privacy_utility.csv")
     return _entry(paths, "Privacy vs utility",
                   "Test accuracy of the target (x, higher is more useful) against the attack's top-1 accuracy "
@@ -124,14 +129,14 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
 
 
 def _choose_attack(board: Any, grid_attack: str | None) -> str:
-    attacks = [c.attack for c in board.columns if c.metric == ACC1 and c.is_attack]
+    attacks = [c.attack for c in board.columns if c.metric == _leak(board) and c.is_attack]
     if grid_attack is not None:
         if grid_attack not in attacks:
             raise ValueError(f"--grid-attack {grid_attack!r}: no attack accuracy recorded; attacks: {attacks}")
         return grid_attack
     if not attacks:
         raise ValueError("no attack has an attack accuracy")
-    data = board.data[(board.data["metric"] == ACC1) & (board.data["column"] != WORST_CASE)]
+    data = board.data[(board.data["metric"] == _leak(board)) & (board.data["column"] != WORST_CASE)]
     ref = data[data["defense"] == board.baseline] if board.baseline else data
     means = ref.groupby("attack")["mean"].mean().dropna()
     return str(means.idxmax()) if not means.empty else attacks[-1]
@@ -211,7 +216,7 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
 def gradient_stability(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Path
                        ) -> dict[str, Any] | None:
     panels = []
-    for col in (c for c in board.columns if c.metric == ACC1 and c.is_attack):
+    for col in (c for c in board.columns if c.metric == _leak(board) and c.is_attack):
         lines = []
         for info in board.defenses:
             series = []
