@@ -34,12 +34,20 @@ ACCESS_HELP = {
     "label-only": "label-only: the top-1 label only",
 }
 """What each access level lets an attack see (header tooltips and legends)."""
+def worst_case_words(lb: LeaderboardTable) -> str:
+    """The worst-case metric in words: its declared label (``"attack accuracy"``), else its name."""
+    col = lb.worst_case_column
+    metric = col.metric if col is not None else ""
+    info = lb.metric_info.get(metric)
+    return info.label if info is not None and info.label else metric
+
+
 def worst_case_help(lb: LeaderboardTable) -> str:
     """What the worst-case column is, in words (legends and tooltips), for the table's worst-case metric."""
     col = lb.worst_case_column
-    metric = col.metric if col is not None else "?"
-    info = lb.metric_info.get(metric)
-    what = f"{info.label} ({metric}, over seeds)" if info is not None and info.label else f"{metric} (over seeds)"
+    metric = col.metric if col is not None else ""
+    words = worst_case_words(lb)
+    what = f"{words} ({metric}, over seeds)" if words != metric else f"{metric} (over seeds)"
     return (
         f"Worst case: the strongest attack's mean, i.e. the highest mean {what} of the attacks with an ok record "
         "on every seed of the row, ± its std over seeds; the attack named is that attack. A defense is only as "
