@@ -139,3 +139,26 @@ def test_the_leaderboard_has_no_metric_name_rules() -> None:
                     or "acc(uracy)" in text or text in ("knowledge_extraction", "evaluator_agreement")):
                 offenders.append(f"{path.name}:{line}: {text!r}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.parametrize("worst, expected", [
+    ("attack_acc@5", None),
+    ("fid", "report.worst_case: 'fid' is declared better: higher (a higher value is less leakage), but the worst "
+            "case takes the highest mean; choose one declared better: lower"),
+    ("leakage", "report.worst_case: 'leakage' is no output of the suite's metrics; choose one of ['attack_acc@1', "
+                "'attack_acc@5'] or add its metric"),
+])
+def test_the_suite_names_the_worst_case_metric(write_suite, capsys, worst: str, expected: str | None) -> None:
+    from inversion_bench.cli import main
+    from tests.conftest import tiny_suite
+
+    data = tiny_suite()
+    data["metrics"] = ["attack_accuracy", "fid"]
+    data["report"] = {"worst_case": worst}
+    path = write_suite(data)
+    code = main(["validate", str(path)])
+    err = capsys.readouterr().err
+    if expected is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and f"{path}: {expected}" in err, err
