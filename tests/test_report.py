@@ -295,8 +295,8 @@ def _seeded_copy(run_dir: Path, dest: Path, seeds: int, settings: dict | None = 
         rec = json.loads(p.read_text())
         if rec["defense"] == "ls":
             rec["metrics"]["attack_acc@1"] = 0.0
-            block = rec["metric_details"]["attack_accuracy"]
-            block["per_identity_acc@1"] = {k: 0.0 for k in block["per_identity_acc@1"]}
+            per = rec["per_identity"]["attack_acc@1"]["values"]
+            rec["per_identity"]["attack_acc@1"]["values"] = dict.fromkeys(per, 0.0)
         if settings is not None:
             rec["report_settings"] = settings
         p.write_text(json.dumps(rec))
