@@ -33,7 +33,6 @@ from inversion_bench.run_context import RunContext
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class Scores:
     """Every metric of a suite on one pair: values, directions (better for the defender), details by metric
