@@ -206,6 +206,7 @@ def test_attack_rows_fill_the_matching_attack_columns_and_the_rest_is_listed() -
     for r in records:
         r["metrics"].pop("fid", None)  # a run without FID: the row's FID is left out, with a sentence
         r["directions"].pop("fid", None)
+        r["evaluator"] = {"test_accuracy": 0.97}
     board = build(records)
     section = published_section(_with_attack_rows(), board, records)
     assert section.shown == ["gmi-row"]
@@ -217,6 +218,7 @@ def test_attack_rows_fill_the_matching_attack_columns_and_the_rest_is_listed() -
     assert "PLG-MI attack_acc@1" not in row  # no published number for PLG-MI: no column
     assert "published: 5 seeds; this run: 3" in row["Setup differences"]
     assert "evaluation model differs: published facenet112; this run small-resnet" in row["Setup differences"]
+    assert "evaluation model test accuracy: published 95.88 %; this run 97.00 %" in row["Setup differences"]
     mine = next(r for r in table if r["Defense"] == "No defense" and r["Row"].startswith("this run"))
     gmi = [r["metrics"]["attack_acc@1"] for r in records if r["defense"] == "none" and r["attack"] == "gmi"
            and r["status"] == "ok"]
