@@ -72,6 +72,21 @@ def test_every_shipped_number_carries_a_citation_that_contains_it() -> None:
             assert uncited_numbers(row) == [], (protocol, row.id, cite.quote)
 
 
+def test_shipped_rows_name_this_packages_plugins_and_architectures() -> None:
+    from inversion_bench.registry import REGISTRIES, load_plugins
+
+    load_plugins()
+    for protocol in known_protocols():
+        pub = load_published(protocol)
+        assert pub.setup.evaluation is None or pub.setup.evaluation in REGISTRIES["architectures"].names()
+        for row in pub.rows:
+            assert row.defense in REGISTRIES["defenses"].names(), (protocol, row.id)
+            fields = REGISTRIES["defenses"].get(row.defense).Params.model_fields
+            assert set(row.defense_params) <= set(fields), (protocol, row.id, sorted(fields))
+            assert row.attack is None or row.attack in REGISTRIES["attacks"].names(), (protocol, row.id)
+            assert row.target in REGISTRIES["architectures"].names(), (protocol, row.id)
+
+
 def test_a_row_without_a_citation_is_a_load_error_naming_the_row() -> None:
     data = yaml.safe_load((DATA / "celeba64.yaml").read_text())
     del data["rows"][2]["citation"]
