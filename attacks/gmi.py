@@ -47,7 +47,7 @@ from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimi
 from inversion_bench.attacks.common.selection import select_per_identity
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import attacks
 
 log = logging.getLogger(__name__)
@@ -112,6 +112,11 @@ class GenerativeModelInversion(Attack):
     Params = GMIParams
     access = "white-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.num_steps} steps x {p.num_restarts} restarts per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

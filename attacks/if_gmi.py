@@ -58,7 +58,7 @@ from inversion_bench.attacks.common.selection import select_per_identity, transf
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)
@@ -236,6 +236,12 @@ class IFGMIAttack(Attack):
     Params = IFGMIParams
     access = "white-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.search_space_size:,} latents searched, then {p.num_candidates} candidates x "
+                            f"{sum(p.steps)} steps (per layer {'+'.join(map(str, p.steps))}) per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

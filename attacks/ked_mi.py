@@ -63,7 +63,7 @@ from inversion_bench.attacks.common.losses import target_confidence
 from inversion_bench.attacks.common.optimize import frozen
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import BenchError, ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,12 @@ class KEDMI(Attack):
                 "final_g_loss": round(float(g_loss.detach()), 5), "final_d_accuracy": round(float(acc), 4)}
 
     # -------------------------------------------------------------------------------- stage 2
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        gan = f"{p.gan_steps} discriminator steps" if p.gan_steps else f"{p.gan_epochs} epochs"
+        return AttackBudget(f"GAN fit: {gan}; then {p.num_steps} recovery iterations")
+
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:
         p: KEDMIParams = self.params

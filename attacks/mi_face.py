@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from inversion_bench.data import is_grayscale
 from inversion_bench.errors import DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 
@@ -95,6 +95,11 @@ class MIFace(Attack):
         noise = torch.randn(n, channels, res, res, generator=g) * p.start_noise
         first = (torch.arange(n) % p.restarts) == 0
         return torch.where(first.view(-1, 1, 1, 1), starts, (starts + noise).clamp(0, 1))
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.steps} steps x {p.restarts} restarts per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

@@ -55,7 +55,7 @@ from inversion_bench.attacks.common.plg_gan import (
 from inversion_bench.attacks.common.plg_train import pseudo_label, train_cgan
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import BenchError, ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,12 @@ class PLGMI(Attack):
         gen, _ = build_networks(state["config"])
         gen.load_state_dict(state["generator"])
         return gen.to(ctx.device).eval()
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"cGAN fit: {p.gan_iterations:,} generator updates; then {p.samples_per_target} latents x "
+                            f"{p.num_steps} steps per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

@@ -75,7 +75,7 @@ from inversion_bench.attacks.common.selection import score_latents, select_per_i
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import attacks
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,12 @@ class PlugAndPlayAttack(Attack):
     Params = PPAParams
     access = "white-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.search_space_size:,} latents searched, then {p.num_candidates} candidates x "
+                            f"{p.num_steps} steps per identity; {p.iterations} transforms each in the selection")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

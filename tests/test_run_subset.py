@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
+from inversion_bench import training
 from inversion_bench.cli import main
 from inversion_bench.dry_run import KindState, dry_run_lines, product_states
 from inversion_bench.jobs import job_graph
@@ -58,7 +60,8 @@ def _records(run_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_subset_runs_add_seeds_keep_other_records_and_the_report_reads_all(write_suite, tmp_path, capsys):
+def test_subset_runs_add_seeds_keep_other_records_and_the_report_reads_all(write_suite, tmp_path, capsys, caplog,
+                                                                         monkeypatch):
     suite = write_suite(tiny_suite(run={"device": "cpu", "progress": False, "threads": 1}))
     run_dir = tmp_path / "runs" / "tiny"
     assert main(["run", str(suite), "--no-tracking", "--no-figures"]) == 0
@@ -77,13 +80,20 @@ def test_subset_runs_add_seeds_keep_other_records_and_the_report_reads_all(write
     assert "  targets:          0 reused; 1 to compute (hard seed 1)" in out
     assert "  scores:           1 reused (hard x mif seed 0); 1 to compute (hard x mif seed 1)" in out
 
-    assert main(["run", str(suite), "--no-tracking", "--no-figures", "--defenses", "hard", "--seeds", "0,1"]) == 0
+    monkeypatch.setattr(training, "HEARTBEAT_S", 0.0)  # the attack's heartbeat at every chance (run.progress: false)
+    with caplog.at_level(logging.INFO, logger="inversion_bench.heartbeat"):
+        assert main(["run", str(suite), "--no-tracking", "--no-figures", "--defenses", "hard", "--seeds", "0,1"]) == 0
+    beats = [r.getMessage() for r in caplog.records if r.name == "inversion_bench.heartbeat"]
+    assert beats and beats[0].startswith("attack mif on hard seed 1: ")
+    assert "queries (budget: 3 steps x 2 restarts per identity), " in beats[-1]
     out = capsys.readouterr().out
     assert "pairs: 1 ran, 1 reused (recorded before), 0 failed" in out
     after = _records(run_dir)
     assert sorted(after) == sorted([*before, "hard__mif__seed1.json"])
     assert all(after[name] == text for name, text in before.items())  # the other entries' records untouched
     seeds = {(json.loads(t)["defense"], json.loads(t)["seed"]) for t in after.values()}
+    new = json.loads(after["hard__mif__seed1.json"])
+    assert new["attack_info"]["budget"] == "3 steps x 2 restarts per identity"  # the cost table reads it
     assert seeds == {("hard", 0), ("hard", 1), ("negls", 0)}
     table = (run_dir / "leaderboard" / "leaderboard.md").read_text()
     assert "negls" in table and "hard" in table  # the report reads every record of the folder

@@ -21,7 +21,7 @@ from inversion_bench.plan import PairJob
 from inversion_bench.products.audit import evaluator_summary
 from inversion_bench.products.data import splits
 from inversion_bench.products.evaluator import evaluator, second_evaluator
-from inversion_bench.products.reconstruction import attacked_identities, load_reconstruction
+from inversion_bench.products.reconstruction import attacked_identities, budget_info, load_reconstruction
 from inversion_bench.products.target import known_test_accuracy, target
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import CORRUPT_DIR, load_records, move_aside, read_record, write_json_atomic, write_record
@@ -159,7 +159,8 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
     out.update(status="ok", error=None, metrics={"test_accuracy": float(report["test_accuracy"]), **values},
                directions={"test_accuracy": "higher", **directions}, metric_details=details, metric_errors=errors,
                metric_scopes={"test_accuracy": "target", **scopes},
-               attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+               attack_info={**{k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+                            **budget_info(ctx, job)},
                num_reconstructions=int(rec.images.shape[0]), queries=query_counts(rec.info))
 
 
