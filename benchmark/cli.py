@@ -15,6 +15,7 @@ from pathlib import Path
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.cli_data import add_data_parser
 from inversion_bench.errors import ConfigError
+from inversion_bench.figure_options import add_skip_figure
 from inversion_bench.table_options import add_table_options, table_options
 
 log = logging.getLogger("inversion_bench")
@@ -149,7 +150,7 @@ def _full_run(args: argparse.Namespace) -> int:
 
             tracker = open_tracker(runner.tracking_uri, runner.run_dir, loaded.suite.name)
         summary = runner.run(tracker, executor=executor)
-        report = _report_if_changed(runner, figures=not args.no_figures)
+        report = _report_if_changed(runner, figures=not args.no_figures, skip=args.skip_figure or [])
     for line in run_summary(summary, runner.run_dir, report):
         print(line)
     if tracker is not None and tracker.broken is None:
@@ -187,16 +188,16 @@ def run_summary(summary, run_dir: Path, report) -> list[str]:
     return lines
 
 
-def _report_if_changed(runner, figures: bool):
+def _report_if_changed(runner, figures: bool, skip: list[str]):
     """The run folder's report, rebuilt only when its inputs changed (``leaderboard/report.key``); ``None``
     (with a message) when it is up to date."""
     from inversion_bench.leaderboard.report_key import report_key, up_to_date
 
     out = runner.run_dir / "leaderboard"
-    if up_to_date(out, report_key([runner.run_dir], out, figures=figures)):
+    if up_to_date(out, report_key([runner.run_dir], out, figures=figures, skip_figures=sorted(skip))):
         print(f"nothing changed; the report is up to date ({out / 'index.html'})")
         return None
-    return _write_report([runner.run_dir], out, figures=figures, contexts=[runner.ctx])
+    return _write_report([runner.run_dir], out, figures=figures, contexts=[runner.ctx], skip_figures=skip)
 
 
 def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = True, **kwargs):
@@ -228,7 +229,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Tables, figures and index.html of one or more run folders (combined when comparable)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                            figures=not args.no_figures, grid_attack=args.grid_attack,
-                           grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args))
+                           grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args),
+                           skip_figures=args.skip_figure or [])
     print(report.board.to_markdown())
     print(f"\nwritten to {report.out_dir}:")
     for name, path in sorted(report.files.items()):
@@ -338,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
+    add_skip_figure(p)
     p.add_argument("--recheck", action="store_true", help="check every pair, the report and the MLflow mirror even "
                    "when nothing changed since the last clean run of this command (no fast path)")
     p.set_defaults(func=cmd_run)
@@ -370,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folders; several are combined if they share dataset, split and evaluation model")
     p.add_argument("--output", help="where to write (default: the first RUN_DIR/leaderboard)")
     p.add_argument("--no-figures", action="store_true", help="tables and page only")
+    add_skip_figure(p)
     p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
     p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
     p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)

@@ -125,7 +125,8 @@ class Report:
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
                  tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
-                 baseline: str | None = None, table: dict[str, Any] | None = None) -> Report:
+                 baseline: str | None = None, table: dict[str, Any] | None = None,
+                 skip_figures: Sequence[str] = ()) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -143,6 +144,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             ``suite.json`` names (:mod:`inversion_bench.leaderboard.baseline`).
         table: the paper table's settings in place of the records' ``report.table`` (``--table-metrics``,
             ``--table-attacks``, ``--caption``; :func:`~inversion_bench.leaderboard.paper_table.with_table`).
+        skip_figures: figures not to draw (``--skip-figure``: names of
+            :data:`~inversion_bench.leaderboard.report_figures.FIGURES`, ``tsne`` for the embedding).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
 
@@ -166,7 +169,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
     key = rk.report_key(dirs, out_dir, figures=figures, grid_attack=grid_attack, grid_identities=grid_identities,
                         tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
-                        baseline=baseline, table=table)  # before reading: a record written meanwhile makes it stale
+                        baseline=baseline, table=table,
+                        skip_figures=sorted(skip_figures))  # before reading: a record written meanwhile makes it stale
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -192,7 +196,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         from inversion_bench.leaderboard.report_figures import draw_all
 
         draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
-                 tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
+                 tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
+                 skip=skip_figures)
         save_figure_list(out, report.figures)
     all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
