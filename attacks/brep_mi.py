@@ -55,9 +55,10 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.optimize import attack_setup, frozen
 from inversion_bench.errors import ConfigError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.oracle import plain
 from inversion_bench.registry import PluginParams, attacks
 

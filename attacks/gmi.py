@@ -41,13 +41,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss, target_confidence
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
 from inversion_bench.attacks.common.selection import select_per_identity
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import attacks
 
 log = logging.getLogger(__name__)

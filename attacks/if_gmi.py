@@ -50,6 +50,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from inversion_bench import augment
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.layered import LayeredSynthesis, as_layered, l1_deviation_projection
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
@@ -58,7 +59,7 @@ from inversion_bench.attacks.common.selection import select_per_identity, transf
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)

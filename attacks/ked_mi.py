@@ -48,6 +48,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.ked_gan import (
     BatchStream,
     KEDDiscriminator,
@@ -63,7 +64,7 @@ from inversion_bench.attacks.common.losses import target_confidence
 from inversion_bench.attacks.common.optimize import frozen
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import BenchError, ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)

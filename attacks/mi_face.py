@@ -29,9 +29,10 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.data import is_grayscale
 from inversion_bench.errors import DivergedError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 

@@ -44,6 +44,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.losses import cross_entropy_loss, poincare_loss, target_confidence
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
 from inversion_bench.attacks.common.plg_gan import (
@@ -55,7 +56,7 @@ from inversion_bench.attacks.common.plg_gan import (
 from inversion_bench.attacks.common.plg_train import pseudo_label, train_cgan
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import BenchError, ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import PluginParams, attacks
 
 log = logging.getLogger(__name__)

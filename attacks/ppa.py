@@ -67,6 +67,7 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 from torch import Tensor, nn
 
 from inversion_bench import augment
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
@@ -75,7 +76,7 @@ from inversion_bench.attacks.common.selection import score_latents, select_per_i
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.common.views import FixedView
 from inversion_bench.errors import ConfigError, DivergedError
-from inversion_bench.interfaces import Attack, AttackBudget, AttackContext, Generator, Reconstruction
+from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
 from inversion_bench.registry import attacks
 
 log = logging.getLogger(__name__)

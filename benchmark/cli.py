@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.cli_data import add_data_parser
+from inversion_bench.cli_run import add_run_options, dry_run, run_summary, selection_of
 from inversion_bench.errors import ConfigError
 from inversion_bench.figure_options import add_skip_figure
 from inversion_bench.table_options import add_table_options, table_options
@@ -91,21 +92,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _dry_run(runner) -> int:
-    from inversion_bench.dry_run import dry_run_lines, product_states
-    from inversion_bench.jobs import attack_needs_prior, job_graph
-
-    todo, skip = runner.pending()
-    jobs = job_graph(runner.plan, todo, attack_needs_prior(runner.ctx.loaded))
-    states = product_states(runner.plan, jobs, todo, skip, lambda kind, key: runner.ctx.store.path(kind, key).is_dir())
-    for line in dry_run_lines(states, len(todo), len(skip), str(runner.run_dir)):
-        print(line)
-    print("pairs to run:" if todo else "nothing to run")
-    for job in todo:
-        print(f"  {job.defense} x {job.attack} seed {job.seed}")
-    return 0
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench import fastpath
 
@@ -134,7 +120,7 @@ def _full_run(args: argparse.Namespace) -> int:
     problems = missing_resources(loaded)
     if problems:
         raise ConfigError("\n".join(problems))
-    subset = _selection(args, loaded)  # --defenses/--attacks: unknown ids refused (exit 2) before any work
+    subset = selection_of(args, loaded)  # --defenses/--attacks: unknown ids refused (exit 2) before any work
     check_run(args, loaded, run_dir_of(loaded, args.run_dir))  # folders, store, MLflow, device: before any work
     executor = None if args.dry_run else make_executor(loaded.suite.run)  # exits 2 here when Ray is missing
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
@@ -142,7 +128,7 @@ def _full_run(args: argparse.Namespace) -> int:
     for line in describe(loaded, runner.plan):
         log.info(line)
     if args.dry_run:
-        return _dry_run(runner)
+        return dry_run(runner)
     with runner.lock():  # exits 2 when another run holds the folder; held until the report is written
         tracker = None
         if loaded.suite.run.tracking and not args.no_tracking:
@@ -164,28 +150,6 @@ def _full_run(args: argparse.Namespace) -> int:
 
         stamp_run(args, loaded, runner.run_dir, tracker, len(summary.ok) + len(summary.skipped))
     return summary.exit_code
-
-
-def _selection(args: argparse.Namespace, loaded):
-    from inversion_bench.selection import selection
-    from inversion_bench.suite_schema import entry_id
-
-    return selection(args.defenses, args.attacks, [entry_id(d) for d in loaded.suite.defenses],
-                     [entry_id(a) for a in loaded.suite.attacks], f"suite {loaded.suite.name} ({loaded.source})")
-
-
-def run_summary(summary, run_dir: Path, report) -> list[str]:
-    """The end of ``bench run``: pairs done, failed and reused, where the report and the tables are (the
-    table itself is in ``leaderboard.md``; ``bench leaderboard RUN_DIR`` prints it)."""
-    out = run_dir / "leaderboard"
-    lines = [f"pairs: {len(summary.ok)} ran, {len(summary.skipped)} reused (recorded before), "
-             f"{len(summary.failed)} failed"]
-    html = report.files["html"] if report is not None else out / "index.html"
-    if report is not None or html.is_file():
-        lines += [f"report: {html}", f"tables: {out / 'leaderboard.md'} (also .csv and .tex; costs.csv, records.csv)"]
-    lines.append(f"run folder: {run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
-                 f"{len(summary.failed)} failed)")
-    return lines
 
 
 def _report_if_changed(runner, figures: bool, skip: list[str]):
@@ -330,17 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite file in the run folder)")
     p.add_argument("--no-tracking", action="store_true", help="do not mirror records to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--dry-run", action="store_true", help="show the pairs that would run and the products they "
-                   "would reuse from the store or compute, run nothing")
-    p.add_argument("--defenses", metavar="ID,ID", help="run only these defense entries (ids; the other entries' "
-                   "records are kept and the report reads them all); with --seeds, adds seeds for some entries")
-    p.add_argument("--attacks", metavar="ID,ID", help="run only these attack entries (ids), like --defenses")
+    add_run_options(p)
     p.add_argument("--executor", choices=["local", "ray"],
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
-    add_skip_figure(p)
     p.add_argument("--recheck", action="store_true", help="check every pair, the report and the MLflow mirror even "
                    "when nothing changed since the last clean run of this command (no fast path)")
     p.set_defaults(func=cmd_run)

@@ -298,24 +298,6 @@ class AttackContext:
         return torch.Generator().manual_seed(self.seed)
 
 
-@dataclass(frozen=True)
-class AttackBudget:
-    """What one run of an attack spends at most, stated from its parameters (the report's cost table).
-
-    Attributes:
-        text: the budget, e.g. ``"300 steps x 4 restarts per identity"``.
-        early_stop: the attack's early-stop rule and when it cannot trigger (then the whole budget is
-            spent), e.g. a confidence threshold that a smoothed target never reaches; None without one.
-    """
-
-    text: str
-    early_stop: str | None = None
-
-    def as_info(self) -> dict[str, str]:
-        """The record's ``attack_info`` entries: ``budget`` and, with one, ``early_stop``."""
-        return {"budget": self.text, **({"early_stop": self.early_stop} if self.early_stop else {})}
-
-
 class Attack(Plugin, ABC):
     """A model inversion attack.
 
@@ -340,11 +322,6 @@ class Attack(Plugin, ABC):
     def run(self, target: Any, identities: Tensor, prior: Generator | None, ctx: AttackContext) -> Reconstruction:
         """Reconstructs images of the classes ``identities`` ([K] int64) from ``target``: the model for
         white-box attacks, else the oracle of the declared access level."""
-
-    def budget(self) -> AttackBudget | None:
-        """The budget of one run from the parameters, and the early-stop rule with the condition under which
-        it cannot trigger (:class:`AttackBudget`); None (the default) when the attack does not state one."""
-        return None
 
     def generator_spec(self) -> dict[str, Any]:
         """The parameters that decide what ``train_generator`` fits (part of its store key): an attack

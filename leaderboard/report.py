@@ -125,8 +125,8 @@ class Report:
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
                  tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
-                 baseline: str | None = None, table: dict[str, Any] | None = None,
-                 skip_figures: Sequence[str] = ()) -> Report:
+                 baseline: str | None = None, table: dict[str, Any] | None = None, skip_figures: Sequence[str] = ()
+                 ) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -144,8 +144,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             ``suite.json`` names (:mod:`inversion_bench.leaderboard.baseline`).
         table: the paper table's settings in place of the records' ``report.table`` (``--table-metrics``,
             ``--table-attacks``, ``--caption``; :func:`~inversion_bench.leaderboard.paper_table.with_table`).
-        skip_figures: figures not to draw (``--skip-figure``: names of
-            :data:`~inversion_bench.leaderboard.report_figures.FIGURES`, ``tsne`` for the embedding).
+        skip_figures: figures not to draw (``--skip-figure``; :mod:`inversion_bench.figure_options`).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
 
@@ -167,10 +166,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
-    key = rk.report_key(dirs, out_dir, figures=figures, grid_attack=grid_attack, grid_identities=grid_identities,
-                        tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
-                        baseline=baseline, table=table,
-                        skip_figures=sorted(skip_figures))  # before reading: a record written meanwhile makes it stale
+    fig_options = {"grid_attack": grid_attack, "grid_identities": grid_identities, "tsne_identities": tsne_identities,
+                   "tsne_images_per_identity": tsne_images_per_identity}
+    key = rk.report_key(dirs, out_dir, figures=figures, baseline=baseline, table=table, skip_figures=sorted(
+        skip_figures), **fig_options)  # before reading: a record written meanwhile makes it stale
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -186,27 +185,31 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     rk.forget(out)
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
-    report.files["records_csv"] = write_records_csv(records, out / "records.csv")
-    from inversion_bench.leaderboard.costs import costs_html, write_costs
-
-    report.files["costs_csv"] = write_costs(records, out / "costs.csv")
+    costs = _record_tables(report, records)  # records.csv, costs.csv; the page's cost section
     check_grid_attack(records, grid_attack)
     notes_before = len(report.notes)
     if figures:
         from inversion_bench.leaderboard.report_figures import draw_all
 
-        draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
-                 tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
-                 skip=skip_figures)
+        draw_all(report, dirs, records, contexts=contexts, skip=skip_figures, **fig_options)
         save_figure_list(out, report.figures)
     all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
-    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[costs_html(records)]),
+    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[costs]),
                     encoding="utf-8")
     report.files["html"] = page
     if all_drawn:
         rk.save(out, key, [*report.files.values(), *(f[k] for f in report.figures for k in ("png", "svg"))])
     return report
+
+
+def _record_tables(report: Report, records: Sequence[dict[str, Any]]) -> str:
+    """Writes ``records.csv`` and ``costs.csv`` into the report's folder; returns the page's cost section."""
+    from inversion_bench.leaderboard.costs import costs_html, write_costs
+
+    report.files["records_csv"] = write_records_csv(records, report.out_dir / "records.csv")
+    report.files["costs_csv"] = write_costs(records, report.out_dir / "costs.csv")
+    return costs_html(records)
 
 
 RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "access",

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from inversion_bench.attack_budget import stated_budget
 from inversion_bench.errors import AccessError, BenchError
 from inversion_bench.heartbeat import Heartbeat, wanted
 from inversion_bench.interfaces import Reconstruction
@@ -70,7 +71,7 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
         actx.trained = generator["state"]
     query_target, counter = target_for(attack.access, attacked, ctx.device)
     torch.manual_seed(job.seed)
-    budget = attack.budget()
+    budget = stated_budget(attack)
     beat = Heartbeat(f"attack {job.attack} on {actx.label}", lambda: counter.queries, budget.text if budget else None,
                      on=wanted(actx.progress))  # a line every HEARTBEAT_S without progress bars
     t0 = time.perf_counter()
@@ -100,7 +101,7 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
 def budget_info(ctx: RunContext, job: PairJob) -> dict[str, str]:
     """``{"budget": ..., "early_stop": ...}`` of ``job``'s attack from its parameters (the record's
     ``attack_info``, read by the cost table); empty when the attack states none."""
-    budget = make_attack(ctx, job).budget()
+    budget = stated_budget(make_attack(ctx, job))
     return budget.as_info() if budget is not None else {}
 
 
