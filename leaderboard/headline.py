@@ -19,6 +19,7 @@ from typing import Any
 
 from inversion_bench.leaderboard.formatting import (
     ARROWS,
+    NEAR_CHANCE,
     cell_rows,
     decimals_by_column,
     delta_text,
@@ -239,7 +240,10 @@ def headline_table(lb: LeaderboardTable, metric: str | None = None) -> str:
     labels = {c.attack: c.attack_label for c in lb.columns if c.is_attack}
     rows = []
     for info in ranked(lb):
-        tds = [f'<td class="name">{_e(info.label)}{" <small>(baseline)</small>" if info.is_baseline else ""}</td>']
+        name = _e(info.label) + (" <small>(baseline)</small>" if info.is_baseline else "")
+        if info.near_chance:
+            name += f' <span class="warn" title="test accuracy at most 2x chance level">{_e(NEAR_CHANCE)}</span>'
+        tds = [f'<td class="name">{name}</td>']
         for c in cols:
             cell = cells[(info.defense, c.key)]
             text = format_value(c, float(cell["mean"]), decimals[c.key]) if cell["n"] else "—"

@@ -109,6 +109,12 @@ def test_headline_table_shows_test_accuracy_worst_case_and_one_metric_per_attack
             assert float(value.group(1)) == pytest.approx(cells[(d, c.key)]["mean"])
             assert value.group(2) == f"{100 * cells[(d, c.key)]['mean']:.1f}"
     assert "Δ" in rows["ls"] and "Δ" not in rows["hard"]  # differences to the baseline, not on its own row
+    assert "near chance" not in table
+    weak = quickstart_records()
+    for r in weak:
+        if r["defense"] == "ls":
+            r["metrics"]["test_accuracy"] = 0.08  # 20 classes: at most twice the chance level of 5 %
+    assert headline_table(build(weak)).count("near chance") == 1
 
 
 def test_the_page_leads_with_the_answer_and_folds_provenance():
