@@ -181,8 +181,10 @@ BASELINE_HELP = ("defense id the differences are taken against (default: the bas
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables and index.html from the records only (fast: no figures, no stored models read)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-                           figures=False, baseline=args.baseline, table=table_options(args))
+                           figures=False, baseline=args.baseline, table=table_options(args), published=args.published)
     print(report.board.to_markdown())
+    for section in report.sections_markdown:
+        print(section)
     print(f"\nwritten to {report.out_dir} (page: {report.files['html']})")
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -194,8 +196,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                            figures=not args.no_figures, grid_attack=args.grid_attack,
                            grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args),
-                           skip_figures=args.skip_figure or [])
+                           skip_figures=args.skip_figure or [], published=args.published)
     print(report.board.to_markdown())
+    for section in report.sections_markdown:
+        print(section)
     print(f"\nwritten to {report.out_dir}:")
     for name, path in sorted(report.files.items()):
         print(f"  {name:<9} {path}")

@@ -25,10 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inversion_bench.leaderboard.baseline import choose_baseline
 from inversion_bench.leaderboard.build import Leaderboard, build, unreadable_notes
+from inversion_bench.leaderboard.costs import costs_html, write_costs
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.page_files import page_path, save_figure_list
 from inversion_bench.leaderboard.paper_table import with_table
+from inversion_bench.leaderboard.published import load_published
+from inversion_bench.leaderboard.published_render import append_published
 from inversion_bench.leaderboard.records import first_difference
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 from inversion_bench.leaderboard.stats import bootstrap_interval
@@ -120,13 +124,14 @@ class Report:
     files: dict[str, Path] = field(default_factory=dict)
     figures: list[dict[str, Any]] = field(default_factory=list)  # {name, title, caption, png, svg}
     notes: list[str] = field(default_factory=list)
+    sections_markdown: list[str] = field(default_factory=list)  # appended to leaderboard.md (``--published``)
 
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
                  tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
-                 baseline: str | None = None, table: dict[str, Any] | None = None, skip_figures: Sequence[str] = ()
-                 ) -> Report:
+                 baseline: str | None = None, table: dict[str, Any] | None = None,
+                 published: str | None = None, skip_figures: Sequence[str] = ()) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -144,6 +149,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             ``suite.json`` names (:mod:`inversion_bench.leaderboard.baseline`).
         table: the paper table's settings in place of the records' ``report.table`` (``--table-metrics``,
             ``--table-attacks``, ``--caption``; :func:`~inversion_bench.leaderboard.paper_table.with_table`).
+        published: protocol whose published numbers go beside the run's rows (``--published``; refused if unknown).
         skip_figures: figures not to draw (``--skip-figure``; :mod:`inversion_bench.figure_options`).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
@@ -162,14 +168,15 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     from inversion_bench.leaderboard.html import render_html
     from inversion_bench.results import load_records
 
+    reference = load_published(published) if published else None  # PublishedError before any work
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
     fig_options = {"grid_attack": grid_attack, "grid_identities": grid_identities, "tsne_identities": tsne_identities,
                    "tsne_images_per_identity": tsne_images_per_identity}
-    key = rk.report_key(dirs, out_dir, figures=figures, baseline=baseline, table=table, skip_figures=sorted(
-        skip_figures), **fig_options)  # before reading: a record written meanwhile makes it stale
+    key = rk.report_key(dirs, out_dir, figures=figures, baseline=baseline, table=table, published=published,
+                        skip_figures=sorted(skip_figures), **fig_options)  # before reading the records
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -177,14 +184,13 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     notes = unreadable_notes(unreadable)  # each a warning too; the table skips those files
     if not records:
         raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}" + "".join(f"; {n}" for n in notes))
-    from inversion_bench.leaderboard.baseline import choose_baseline
-
     board = with_table(build(records, *choose_baseline(dirs, baseline)), table)
     board.notes.extend(notes)
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
     rk.forget(out)
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
+    sections = append_published(report.files["markdown"], reference, board, records, report.sections_markdown)
     costs = _record_tables(report, records)  # records.csv, costs.csv; the page's cost section
     check_grid_attack(records, grid_attack)
     notes_before = len(report.notes)
@@ -195,7 +201,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         save_figure_list(out, report.figures)
     all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
-    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[costs]),
+    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[*sections, costs]),
                     encoding="utf-8")
     report.files["html"] = page
     if all_drawn:
@@ -205,8 +211,6 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
 
 def _record_tables(report: Report, records: Sequence[dict[str, Any]]) -> str:
     """Writes ``records.csv`` and ``costs.csv`` into the report's folder; returns the page's cost section."""
-    from inversion_bench.leaderboard.costs import costs_html, write_costs
-
     report.files["records_csv"] = write_records_csv(records, report.out_dir / "records.csv")
     report.files["costs_csv"] = write_costs(records, report.out_dir / "costs.csv")
     return costs_html(records)
