@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
 from inversion_bench import training
+from inversion_bench.attacks.mi_face import MIFace
 from inversion_bench.cli import main
 from inversion_bench.dry_run import KindState, dry_run_lines, product_states
 from inversion_bench.jobs import job_graph
@@ -80,7 +82,14 @@ def test_subset_runs_add_seeds_keep_other_records_and_the_report_reads_all(write
     assert "  targets:          0 reused; 1 to compute (hard seed 1)" in out
     assert "  scores:           1 reused (hard x mif seed 0); 1 to compute (hard x mif seed 1)" in out
 
-    monkeypatch.setattr(training, "HEARTBEAT_S", 0.0)  # the attack's heartbeat at every chance (run.progress: false)
+    monkeypatch.setattr(training, "HEARTBEAT_S", 0.02)  # the attack's heartbeat (run.progress: false) ...
+    run = MIFace.run
+
+    def slow_run(self, *args, **kwargs):  # ... in an attack that lasts several intervals
+        time.sleep(0.2)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(MIFace, "run", slow_run)
     with caplog.at_level(logging.INFO, logger="inversion_bench.heartbeat"):
         assert main(["run", str(suite), "--no-tracking", "--no-figures", "--defenses", "hard", "--seeds", "0,1"]) == 0
     beats = [r.getMessage() for r in caplog.records if r.name == "inversion_bench.heartbeat"]
