@@ -132,7 +132,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
                  tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
                  baseline: str | None = None, table: dict[str, Any] | None = None,
-                 published: str | None = None) -> Report:
+                 published: str | None = None, skip_figures: Sequence[str] = ()) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -151,6 +151,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
         table: the paper table's settings in place of the records' ``report.table`` (``--table-metrics``,
             ``--table-attacks``, ``--caption``; :func:`~inversion_bench.leaderboard.paper_table.with_table`).
         published: protocol whose published numbers go beside the run's rows (``--published``; refused if unknown).
+        skip_figures: figures not to draw (``--skip-figure``; :mod:`inversion_bench.figure_options`).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
 
@@ -173,9 +174,10 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
-    key = rk.report_key(dirs, out_dir, figures=figures, grid_attack=grid_attack, grid_identities=grid_identities,
-                        tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
-                        baseline=baseline, table=table, published=published)  # before reading the records
+    fig_options = {"grid_attack": grid_attack, "grid_identities": grid_identities, "tsne_identities": tsne_identities,
+                   "tsne_images_per_identity": tsne_images_per_identity}
+    key = rk.report_key(dirs, out_dir, figures=figures, baseline=baseline, table=table, published=published,
+                        skip_figures=sorted(skip_figures), **fig_options)  # before reading the records
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -190,24 +192,29 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
     sections = append_published(report.files["markdown"], reference, board, records, report.sections_markdown)
-    report.files["records_csv"] = write_records_csv(records, out / "records.csv")
-    report.files["costs_csv"] = write_costs(records, out / "costs.csv")
+    costs = _record_tables(report, records)  # records.csv, costs.csv; the page's cost section
     check_grid_attack(records, grid_attack)
     notes_before = len(report.notes)
     if figures:
         from inversion_bench.leaderboard.report_figures import draw_all
 
-        draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
-                 tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
+        draw_all(report, dirs, records, contexts=contexts, skip=skip_figures, **fig_options)
         save_figure_list(out, report.figures)
     all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
-    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[*sections, costs_html(records)]),
+    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[*sections, costs]),
                     encoding="utf-8")
     report.files["html"] = page
     if all_drawn:
         rk.save(out, key, [*report.files.values(), *(f[k] for f in report.figures for k in ("png", "svg"))])
     return report
+
+
+def _record_tables(report: Report, records: Sequence[dict[str, Any]]) -> str:
+    """Writes ``records.csv`` and ``costs.csv`` into the report's folder; returns the page's cost section."""
+    report.files["records_csv"] = write_records_csv(records, report.out_dir / "records.csv")
+    report.files["costs_csv"] = write_costs(records, report.out_dir / "costs.csv")
+    return costs_html(records)
 
 
 RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "access",

@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 
 import inversion_bench.leaderboard.figures as fig
+from inversion_bench.figure_options import figure_names
 from inversion_bench.leaderboard.equal_utility import sweep_groups
 from inversion_bench.leaderboard.escape import write_csv
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 from inversion_bench.leaderboard.runs import RunView
+from inversion_bench.leaderboard.tsne_cache import CACHE_DIR as TSNE_CACHE
+from inversion_bench.leaderboard.tsne_cache import cached_tsne
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,7 @@ def _leak(board: Any) -> str | None:
     """The metric the figures plot as leakage: the table's worst-case metric (None without a worst case)."""
     col = board.worst_case_column
     return col.metric if col is not None else None
+
 
 
 class _Views:
@@ -70,8 +74,10 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device
 
 def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]], *, contexts: Sequence[Any],
              grid_attack: str | None, grid_identities: int, tsne_identities: int,
-             tsne_images_per_identity: int) -> None:
-    """Draws every figure into ``report.out_dir / "figures"`` and lists them in ``report.figures``."""
+             tsne_images_per_identity: int, skip: Sequence[str] = ()) -> None:
+    """Draws every figure but those named in ``skip`` (:data:`FIGURES`) into ``report.out_dir / "figures"``
+    and lists them in ``report.figures``."""
+    skipped = figure_names(skip)
     views = _Views(dirs, contexts)
     out = report.out_dir / "figures"
     jobs: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
@@ -83,6 +89,9 @@ def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]
         ("toy2d", lambda: toy2d(report.board, views, records, out)),
     ]
     for name, job in jobs:
+        if name in skipped:
+            log.info("figure %s skipped (--skip-figure)", name)
+            continue
         try:
             entry = job()
         except Exception as exc:  # one figure must not cost the others (reason is shown, not hidden)
@@ -199,7 +208,8 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
         model = view.target(r)
         device = next(model.parameters()).device
         feats = _batched(lambda x, m=model: m.features(x).flatten(1), train.images(pos), device)
-        panels.append((f"{info.label} (seed {r['seed']})", fig.tsne_2d(feats.numpy(), seed=0)))
+        emb, _ = cached_tsne(feats.numpy(), view.run_dir / TSNE_CACHE, fig.tsne_2d, seed=0)  # by its inputs
+        panels.append((f"{info.label} (seed {r['seed']})", emb))
         labels_out = train.labels[pos].numpy()
     if not panels or labels_out is None:
         return None

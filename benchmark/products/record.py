@@ -23,7 +23,7 @@ from inversion_bench.plan import PairJob
 from inversion_bench.products.audit import evaluator_summary
 from inversion_bench.products.data import splits
 from inversion_bench.products.evaluator import evaluator, second_evaluator
-from inversion_bench.products.reconstruction import attacked_identities, load_reconstruction
+from inversion_bench.products.reconstruction import attacked_identities, budget_info, load_reconstruction
 from inversion_bench.products.target import known_test_accuracy, target
 from inversion_bench.record_model import SCHEMA_VERSION, MetricInfo, upgrade
 from inversion_bench.registry import REGISTRIES
@@ -208,7 +208,8 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
                directions={"test_accuracy": "higher", **scores.directions}, metric_details=scores.details,
                metric_errors=scores.errors, metric_scopes={"test_accuracy": "target", **scores.scopes},
                per_identity={m: {"values": v} for m, v in scores.per_identity.items()},
-               attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+               attack_info={**{k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+                            **budget_info(ctx, job)},
                num_reconstructions=int(rec.images.shape[0]), queries=query_counts(rec.info))
 
 
