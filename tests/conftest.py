@@ -57,6 +57,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: _first_rank(item.nodeid))  # stable: the rest keep their order
 
 
+class NaNOnGradTarget(torch.nn.Module):
+    """A 6-class target whose logits turn NaN whenever gradients are on: an attack's optimisation
+    diverges while its scoring without gradients stays finite."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(3, 6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.lin(x.mean((2, 3)))
+        return out * float("nan") if torch.is_grad_enabled() else out
+
+
 def tiny_suite(**overrides) -> dict:
     """A suite small enough for end-to-end tests (a few seconds)."""
     suite = {
