@@ -85,6 +85,16 @@ def horizontal_flip(images: Tensor, g: torch.Generator, p: float = 0.5) -> Tenso
 
 
 _RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def _yiq(dev: torch.device, dt: torch.dtype) -> tuple[Tensor, Tensor]:
+    """RGB->YIQ and its inverse on ``dev`` in ``dt``, inverted there once (not per training step)."""
+    key = (torch.device(dev), dt)
+    if key not in _YIQ:
+        m = _RGB2YIQ.to(dev, dt)
+        _YIQ[key] = m, torch.linalg.inv(m)
+    return _YIQ[key]
 
 
 def color_jitter(images: Tensor, g: torch.Generator, brightness: float = 0.0, contrast: float = 0.0,
@@ -111,8 +121,7 @@ def color_jitter(images: Tensor, g: torch.Generator, brightness: float = 0.0, co
         x = (gray + f * (x - gray)).clamp(0, 1)
     if hue > 0:
         angle = _uniform(n, -hue, hue, g) * 2 * math.pi
-        m = _RGB2YIQ.to(dev, dt)
-        minv = torch.linalg.inv(m)
+        m, minv = _yiq(dev, dt)
         cos, sin = torch.cos(angle).to(dev, dt), torch.sin(angle).to(dev, dt)
         rot = torch.zeros(n, 3, 3, device=dev, dtype=dt)
         rot[:, 0, 0] = 1

@@ -24,7 +24,7 @@ from inversion_bench.features import FeatureCache
 from inversion_bench.interfaces import Classifier
 from inversion_bench.plan import Plan, make_plan
 from inversion_bench.store import Store
-from inversion_bench.training import RunSettings
+from inversion_bench.training import RunSettings, bars_wanted
 
 # Targets a process keeps at most when nothing releases them explicitly (Ray workers, the report);
 # the local executor releases each target after its last attack and scoring.
@@ -127,9 +127,9 @@ class RunContext:
         self.store = Store(store_root(loaded, self.run_dir))
         self.records_dir = self.run_dir / "records"
         self.device = resolve_device(s.run.device)
+        bars = bars_wanted(s.run.progress if progress is None else progress)
         self.settings = RunSettings(device=self.device, amp=s.run.amp, channels_last=s.run.channels_last,
-                                    compile=s.run.compile, progress=s.run.progress if progress is None else progress,
-                                    eval_batch_size=s.run.eval_batch_size)
+                                    compile=s.run.compile, progress=bars, eval_batch_size=s.run.eval_batch_size)
         self.tracking_uri = tracking_uri or s.run.tracking_uri
         if s.run.threads is not None:
             torch.set_num_threads(s.run.threads)

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 import torch
 import torch.nn.functional as F
@@ -203,8 +204,14 @@ def accuracy(logits: Tensor, labels: Tensor, k: int = 1) -> float:
     return float((topk == labels.view(-1, 1)).any(dim=1).float().mean())
 
 
+def bars_wanted(requested: bool, stream: TextIO | None = None) -> bool:
+    """Progress bars only when ``requested`` (``run.progress``, ``--no-progress``) and ``stream`` (default stderr)
+    is a terminal: in CI and cluster logs the run logs one line per pair and training a heartbeat instead."""
+    return bool(requested and getattr(sys.stderr if stream is None else stream, "isatty", lambda: False)())
+
+
 HEARTBEAT_S = 30.0
-"""Without progress bars (``--no-progress``), training logs a line at least this often (seconds)."""
+"""Without progress bars (``--no-progress``, stderr no terminal) training logs a line at least this often (s)."""
 
 
 class _Progress:
@@ -261,14 +268,12 @@ class Trainer:
             model: the model being trained (its ``training_outputs`` gives auxiliary logits, when it has one).
             fwd: the model's forward pass (compiled when ``settings.compile``).
             criterion: ``criterion(logits, targets, progress)``.
-            images: the batch, on the CPU.
-            labels: its labels, on the CPU.
+            images, labels: the batch and its labels, on the CPU.
             progress: fraction of the training done, passed to ``criterion``.
             g: the generator of the augmentation.
 
         Returns:
-            The loss (auxiliary losses included, weighted by ``recipe.aux_loss_weight``), the main
-            logits and the labels on the device.
+            The loss (auxiliary losses weighted by ``recipe.aux_loss_weight``), main logits, labels on the device.
         """
         r, s = self.recipe, self.settings
         x = augment_batch(images, r.augmentation, g).to(s.device, non_blocking=True)
@@ -332,8 +337,7 @@ class Trainer:
         seen = state["seen"]
         bar.close()
         seconds = time.perf_counter() - t0
-        model.eval()
-        logits = predict_logits(model, self.test, s)
+        logits = predict_logits(model, self.test, s)  # in eval mode
         if not torch.isfinite(logits).all():
             raise DivergedError(f"{self.desc}: the trained model outputs NaN or inf logits")
         self.result = TrainResult(
@@ -357,7 +361,8 @@ class Trainer:
         loss and train accuracy, None when it had no non-empty batch."""
         r = self.recipe
         model.train()
-        tot_loss, correct, count = 0.0, 0, 0
+        # float64 sums on the device (adding as Python floats would), read once per epoch: no sync per step
+        (tot_loss, correct), count = torch.zeros(2, dtype=torch.float64, device=self.settings.device), 0
         for b, (images, labels) in enumerate(epoch_batches):
             if len(labels) == 0:
                 continue
@@ -379,15 +384,15 @@ class Trainer:
             if step_hook is not None:
                 step_hook(model, opt)
             opt.step()
-            tot_loss += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            tot_loss += loss.detach().double() * len(y)
+            correct += (logits.argmax(1) == y).sum()
             count += len(y)
             state["seen"] += len(y)
             state["step"] += 1
             bar.update(1)
         if count == 0:
             return None
-        return {"loss": tot_loss / count, "train_accuracy": correct / count}
+        return {"loss": float(tot_loss) / count, "train_accuracy": int(correct) / count}
 
 
 def cross_entropy(logits: Tensor, targets: Tensor, progress: float) -> Tensor:

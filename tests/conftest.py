@@ -12,6 +12,50 @@ import yaml
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 ROOT = Path(__file__).resolve().parent.parent
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest-xdist (``-n 2`` in pyproject's addopts): one torch thread per worker, and for the bench
+    # processes the tests start, so that two workers use two cores instead of fighting over them
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+
+
+# The longest tests (seconds, measured with -n 2 on a busy machine, 2026-12-07), started first so that
+# no worker is left running one of them alone at the end (longest processing time first). Order only:
+# a renamed test just loses its place.
+RUN_FIRST = (
+    "tests/test_paper_scaled.py::test_scaled_facescrub_runs_end_to_end",  # 680
+    "tests/test_runner.py::test_resume_after_sigkill_equals_uninterrupted",  # 274
+    "tests/test_ray_executor.py",  # 220 in all, one worker (the module's Ray cluster)
+    "tests/test_hardening_surfaces.py::test_sigterm_releases_the_lock_and_the_rerun_resumes",  # 230
+    "tests/test_entry_point_plugin.py::test_entry_point_defense_is_listed_and_runs",  # 226
+    "tests/test_hardening_inputs.py::test_plugin_that_exits_at_import_is_named_and_the_others_work",  # 202
+    "tests/test_hardening_run.py",  # 172 for its two concurrent runs, one worker (module fixtures)
+    "tests/test_plugin_attack_example.py::test_example_attack_is_listed_runs_and_lands_on_the_leaderboard",  # 163
+    "tests/test_plugin_example.py::test_example_plugin_is_listed_and_runs",  # 141
+    "tests/test_packaging.py",  # 110
+    "tests/test_checkpoint_suites.py::test_suite_runs_on_published_checkpoints",  # 102
+    "tests/test_noop_rerun.py::test_light_commands_do_not_import_heavy_libraries",  # 90
+    "tests/test_checkpoints.py",  # 400 in all over many short tests
+)
+
+
+def _first_rank(nodeid: str) -> int:
+    return next((i for i, prefix in enumerate(RUN_FIRST) if nodeid.startswith(prefix)), len(RUN_FIRST))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (``--dist loadgroup``), the tests of a module that share a module- or class-scoped
+    fixture (a trained model, a finished run, a Ray cluster) run on one worker, so the fixture is built once
+    and its tests never race each other; a test that names its own ``xdist_group`` keeps it. The tests of
+    :data:`RUN_FIRST` are moved to the front (``--no-loadscope-reorder`` keeps this order)."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
+        if any(d and d[-1].scope in ("module", "class", "package") for d in defs.values()):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    items.sort(key=lambda item: _first_rank(item.nodeid))  # stable: the rest keep their order
+
 
 class NaNOnGradTarget(torch.nn.Module):
     """A 6-class target whose logits turn NaN whenever gradients are on: an attack's optimisation

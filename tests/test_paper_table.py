@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from inversion_bench.cli import main
@@ -157,18 +158,33 @@ def test_selected_table_compiles_with_pdflatex(tmp_path: Path, caption: str) -> 
 
 
 # ------------------------------------------------------------------------------- end to end
-def test_run_keeps_table_settings_in_records_and_store_path_out_of_the_caption(tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory) -> Path:
+    """One run of the tiny suite whose records choose ``attack_acc@1`` for the table, into a store outside its
+    run folder (``--store``); the tests below only read it. Returns the folder holding ``runs/tiny``."""
+    tmp = tmp_path_factory.mktemp("table-run")
     data = tiny_suite(report={"table": {"metrics": ["attack_acc@1"]}})
-    data["run"] = {**data["run"], "output": str(tmp_path / "runs"), "threads": 1}
-    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(data))
-    store = tmp_path / "shared-store"
-    assert main(["run", str(tmp_path / "suite.yaml"), "--store", str(store), "--no-tracking", "--no-figures"]) == 0
-    run = tmp_path / "runs" / "tiny"
+    data["run"] = {**data["run"], "output": str(tmp / "runs"), "threads": 1}
+    (tmp / "suite.yaml").write_text(yaml.safe_dump(data))
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:  # built before the per-test cache folder: a cache of its own
+        mp.setenv("INVERSION_BENCH_CACHE", str(tmp / "bench-cache"))
+        try:
+            assert main(["run", str(tmp / "suite.yaml"), "--store", str(tmp / "shared-store"), "--no-tracking",
+                         "--no-figures"]) == 0
+        finally:
+            torch.set_num_threads(threads)
+    return tmp
+
+
+def test_run_keeps_table_settings_in_records_and_store_path_out_of_the_caption(table_run):
+    store = table_run / "shared-store"
+    run = table_run / "runs" / "tiny"
     rec = json.loads(next((run / "records").glob("*.json")).read_text())
     assert rec["report_settings"]["table"] == {"metrics": ["attack_acc@1"], "attacks": None, "caption": "short"}
     assert f"run.store={json.dumps(str(store))}" in rec["setup"]["overrides"]
     tex = (run / "leaderboard" / "leaderboard.tex").read_text()
-    assert str(tmp_path) not in tex and r"knn\_distance" not in tex and r"attack\_acc@1" in tex
+    assert str(table_run) not in tex and r"knn\_distance" not in tex and r"attack\_acc@1" in tex
     assert "knn_distance" in (run / "leaderboard" / "leaderboard.csv").read_text().splitlines()[0]
 
 
@@ -191,12 +207,8 @@ def test_rerun_with_another_table_setting_applies_it_without_recomputing(tmp_pat
     assert rec["report_settings"]["table"]["metrics"] == ["attack_acc@1"]
 
 
-def test_report_options_override_the_records_table(tmp_path, one_thread, capsys):
-    data = tiny_suite(report={"table": {"metrics": ["attack_acc@1"]}})
-    data["run"] = {**data["run"], "output": str(tmp_path / "runs"), "threads": 1}
-    (tmp_path / "suite.yaml").write_text(yaml.safe_dump(data))
-    run = tmp_path / "runs" / "tiny"
-    assert main(["run", str(tmp_path / "suite.yaml"), "--no-tracking", "--no-figures"]) == 0
+def test_report_options_override_the_records_table(table_run, tmp_path, capsys):
+    run = table_run / "runs" / "tiny"
     out = tmp_path / "paper"
     assert main(["leaderboard", str(run), "--output", str(out), "--table-metrics", "knn_distance",
                  "--caption", "full"]) == 0

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import tiny_suite
 
 from inversion_bench import training
 from inversion_bench.attacks.common import optimize
+from inversion_bench.config import validate_suite
 from inversion_bench.executors import local
 from inversion_bench.interfaces import AttackContext
 from inversion_bench.jobs import job_graph
 from inversion_bench.plan import PairJob, Plan
 from inversion_bench.products import mirror
-from inversion_bench.run_context import Held
+from inversion_bench.registry import load_plugins
+from inversion_bench.run_context import Held, RunContext
 
 
 def _record(k: int, status: str = "ok") -> dict:
@@ -67,6 +71,31 @@ def test_without_progress_bars_training_logs_a_heartbeat(monkeypatch, caplog):
     bar.update(1)
     bar.close()
     assert not caplog.records  # at most one line per HEARTBEAT_S
+
+
+class _Stream:
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_bars_are_drawn_on_a_terminal_only():
+    assert training.bars_wanted(True, _Stream(True))
+    assert not training.bars_wanted(True, _Stream(False))  # CI, a cluster's log file
+    assert not training.bars_wanted(False, _Stream(True))  # run.progress: false or --no-progress
+    assert not training.bars_wanted(True, object())  # a stream that cannot say
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_a_run_draws_bars_only_when_stderr_is_a_terminal(tty, tmp_path, monkeypatch):
+    load_plugins()
+    monkeypatch.setattr(sys, "stderr", _Stream(tty))
+    loaded = validate_suite(tiny_suite(run={"device": "cpu", "progress": True}), "t.yaml")
+    assert RunContext(loaded, run_dir=tmp_path / "r").settings.progress is tty
+    # without bars: the trainer's heartbeat logs instead of a bar (see the heartbeat test above)
+    assert RunContext(loaded, run_dir=tmp_path / "r", progress=False).settings.progress is False
 
 
 def test_attack_progress_bars_name_the_attacked_target(monkeypatch):
