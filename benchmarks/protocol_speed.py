@@ -69,12 +69,15 @@ def timed(device: torch.device, fn: Callable[[], object]) -> float:
     return time.perf_counter() - t0
 
 
-def per_step(device: torch.device, run: Callable[[int], object], lo: int, hi: int) -> float:
-    """Seconds per step: (time of ``run(hi)`` - time of ``run(lo)``) / (hi - lo), after a warm-up ``run(lo)``."""
-    run(lo)
-    t_lo = timed(device, lambda: run(lo))
+def per_step(device: torch.device, run: Callable[[int], object], lo: int, hi: int) -> tuple[float, object]:
+    """Seconds per step, (time of ``run(hi)`` - time of ``run(lo)``) / (hi - lo), and what ``run(lo)`` returned;
+    on CUDA after a warm-up ``run(lo)`` (autotuning, allocator)."""
+    if device.type == "cuda":
+        run(lo)
+    out: list[object] = []
+    t_lo = timed(device, lambda: out.append(run(lo)))
     t_hi = timed(device, lambda: run(hi))
-    return max(t_hi - t_lo, 0.0) / (hi - lo)
+    return max(t_hi - t_lo, 0.0) / (hi - lo), out[0]
 
 
 def fake_images(n: int, classes: int, res: int) -> LabeledImages:
@@ -115,8 +118,8 @@ def prior_and_step(args: argparse.Namespace, public: LabeledImages) -> tuple[obj
     def fit(steps: int) -> object:
         return plugin_cls(plugin_cls.Params(z_dim=100, batch_size=64, lr=2e-4, steps=steps)).fit(ctx)
 
-    step = per_step(args.device, fit, 1, 1 + args.steps)
-    return fit(1), step
+    step, prior = per_step(args.device, fit, 1, 1 + args.steps)
+    return prior, step
 
 
 def attack_ctx(args: argparse.Namespace, public: LabeledImages, trained: dict | None = None) -> AttackContext:
@@ -135,7 +138,7 @@ def gmi_figures(args: argparse.Namespace, target: torch.nn.Module, prior: object
         p = gmi.Params(num_steps=steps, batch_size=k * d.num_restarts)
         return gmi(p).run(target, ids, prior, attack_ctx(args, None))
 
-    step = per_step(args.device, run, 1, 1 + args.steps)
+    step, _ = per_step(args.device, run, 1, 1 + args.steps)
     return {"search_step_s": step, "ids_per_step": k, "gan_step_s": 0.0}
 
 
@@ -143,9 +146,8 @@ def ked_mi_figures(args: argparse.Namespace, target: torch.nn.Module, public: La
     """KED-MI: its GAN's discriminator step (x the reference's 120 epochs of batches of 64) and the recovery
     step of a batch of identities (one latent each; x 2,400 steps)."""
     ked = attacks.get("ked-mi")
-    gan_step = per_step(args.device, lambda s: ked(ked.Params(gan_steps=s)).train_generator(
+    gan_step, trained = per_step(args.device, lambda s: ked(ked.Params(gan_steps=s)).train_generator(
         target, attack_ctx(args, public)), 1, 1 + args.steps)
-    trained = ked(ked.Params(gan_steps=1)).train_generator(target, attack_ctx(args, public))
     k = args.attack_batch
     ids = torch.arange(k)
 
@@ -153,7 +155,7 @@ def ked_mi_figures(args: argparse.Namespace, target: torch.nn.Module, public: La
         return ked(ked.Params(num_steps=steps, batch_size=k)).run(target, ids, None,
                                                                  attack_ctx(args, public, trained))
 
-    step = per_step(args.device, run, 1, 1 + args.steps)
+    step, _ = per_step(args.device, run, 1, 1 + args.steps)
     return {"gan_step_s": gan_step, "search_step_s": step, "ids_per_step": k}
 
 
@@ -162,9 +164,8 @@ def plg_mi_figures(args: argparse.Namespace, target: torch.nn.Module, public: La
     search step of ``samples_per_target`` latents per identity (x 600 steps)."""
     plg = attacks.get("plg-mi")
     d = plg.Params()
-    gan_step = per_step(args.device, lambda s: plg(plg.Params(gan_iterations=s, top_n=1)).train_generator(
+    gan_step, trained = per_step(args.device, lambda s: plg(plg.Params(gan_iterations=s, top_n=1)).train_generator(
         target, attack_ctx(args, public)), 1, 1 + args.steps)
-    trained = plg(plg.Params(gan_iterations=1, top_n=1)).train_generator(target, attack_ctx(args, public))
     k = max(1, args.attack_batch // d.samples_per_target)
     ids = torch.arange(k)
 
@@ -172,7 +173,7 @@ def plg_mi_figures(args: argparse.Namespace, target: torch.nn.Module, public: La
         p = plg.Params(num_steps=steps, batch_size=k * d.samples_per_target)
         return plg(p).run(target, ids, None, attack_ctx(args, public, trained))
 
-    step = per_step(args.device, run, 1, 1 + args.steps)
+    step, _ = per_step(args.device, run, 1, 1 + args.steps)
     return {"gan_step_s": gan_step, "search_step_s": step, "ids_per_step": k}
 
 
