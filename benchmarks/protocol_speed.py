@@ -52,6 +52,10 @@ SUITES = ("celeba64.yaml", "celeba64-ir152.yaml", "celeba64-facenet64.yaml", "ce
 NOT_MEASURED = ("brep-mi", "mirror-b")
 
 
+class NoiseError(RuntimeError):
+    """Two runs that differ only in their step count did not differ in time (a busy machine)."""
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -77,7 +81,10 @@ def per_step(device: torch.device, run: Callable[[int], object], lo: int, hi: in
     out: list[object] = []
     t_lo = timed(device, lambda: out.append(run(lo)))
     t_hi = timed(device, lambda: run(hi))
-    return max(t_hi - t_lo, 0.0) / (hi - lo), out[0]
+    if t_hi <= t_lo:
+        raise NoiseError(f"the run of {hi} step(s) took {t_hi:.2f} s, the run of {lo} took {t_lo:.2f} s: the steps' "
+                         "time is below the timing noise; raise --steps")
+    return (t_hi - t_lo) / (hi - lo), out[0]
 
 
 def fake_images(n: int, classes: int, res: int) -> LabeledImages:
@@ -192,7 +199,8 @@ def kedmi_counts() -> dict[str, int]:
     return {"train": len(read_part(split, "private_train")), "public": len(read_part(split, "public"))}
 
 
-def suite_hours(path: Path, train_ips: dict[str, float], prior_step: float, attack: dict[str, dict[str, float]],
+def suite_hours(path: Path, train_ips: dict[str, float], prior_step: float | None,
+                attack: dict[str, dict[str, float]],
                 counts: dict[str, int]) -> Iterator[str]:
     """Lines of the hours ``path``'s workload takes at the measured figures (lower bound: see the docstring)."""
     loaded = load_suite(path)
@@ -204,7 +212,7 @@ def suite_hours(path: Path, train_ips: dict[str, float], prior_step: float, atta
     dp = loaded.dataset_params
     public = dp.ffhq_count if getattr(dp, "public", "celeba") == "ffhq" else counts["public"]
     prior_steps = loaded.prior_params.epochs * (public // loaded.prior_params.batch_size)
-    prior_h = prior_steps * prior_step / 3600
+    prior_h = prior_steps * prior_step / 3600 if prior_step is not None else 0.0
     targets = len(s.defenses) * len(s.seeds)  # a checkpoint target is attacked on every seed too
     attack_h, left_out = 0.0, []
     for a in s.attacks:
@@ -222,7 +230,8 @@ def suite_hours(path: Path, train_ips: dict[str, float], prior_step: float, atta
     yield (f"{path.name}: {total:9.1f} h = targets {train_h:.1f} h ({len(trained)} trained x {len(s.seeds)} seeds "
            f"x {epochs} epochs, {arch}) + prior {prior_h:.1f} h ({prior_steps} steps) + attacks {attack_h:.1f} h "
            f"({targets} targets x 1000 identities)")
-    yield f"    not measured, left out: {', '.join(left_out) or 'none'}; defenses' own overhead, scoring"
+    prior_note = "the prior, " if prior_step is None else ""
+    yield f"    not measured, left out: {prior_note}{', '.join(left_out) or 'none'}; defenses' own overhead, scoring"
 
 
 MEASURES = {"gmi": lambda a, t, pr, pub: gmi_figures(a, t, pr),
@@ -254,12 +263,23 @@ def main() -> None:
             print(f"train {arch:10s} @{res:3d} px: {ips[arch]:9.2f} images/s "
                   f"(forward+backward+SGD step, batch {args.batch})", flush=True)
     public = fake_images(args.public, 16, 64)
-    prior, prior_step = prior_and_step(args, public)
-    print(f"prior dcgan @64 px: {prior_step:8.3f} s/step (batch 64)", flush=True)
+    try:
+        prior, prior_step = prior_and_step(args, public)
+        print(f"prior dcgan @64 px: {prior_step:8.3f} s/step (batch 64)", flush=True)
+    except NoiseError as exc:
+        prior, prior_step = None, None
+        print(f"prior dcgan @64 px: not measured: {exc}", flush=True)
     target = build_classifier("vgg16-64", {}, CLASSES, 64, {}).to(args.device).eval()
     figures = {}
     for attack in args.attacks.split(","):
-        figures[attack] = fig = MEASURES[attack](args, target, prior, public)
+        if attack == "gmi" and prior is None:
+            prior = generators.get("dcgan")(generators.get("dcgan").Params(steps=1)).fit(
+                PriorContext(public=public, resolution=64, seed=0, device=args.device, weights={}, progress=False))
+        try:
+            figures[attack] = fig = MEASURES[attack](args, target, prior, public)
+        except NoiseError as exc:
+            print(f"attack {attack:7s}: not measured: {exc}", flush=True)
+            continue
         gan = f"GAN step {fig['gan_step_s']:.3f} s; " if fig["gan_step_s"] else ""
         per_id = attacks.get(attack).Params().num_steps * fig["search_step_s"] / fig["ids_per_step"]
         print(f"attack {attack:7s} (vgg16-64 target): {gan}search step {fig['search_step_s']:.3f} s for "

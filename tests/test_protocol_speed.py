@@ -49,3 +49,15 @@ def test_gan_steps_of_each_attack(speed):
     assert speed.gan_steps_of(attacks.get("ked-mi").Params(), 30_000) == 120 * 468
     assert speed.gan_steps_of(attacks.get("ked-mi").Params(gan_steps=7), 30_000) == 7
     assert speed.gan_steps_of(attacks.get("plg-mi").Params(), 30_000) == 30_000
+
+
+def test_per_step_is_the_difference_of_two_runs_and_refuses_noise(speed):
+    import time
+
+    import torch
+
+    cpu = torch.device("cpu")
+    step, first = speed.per_step(cpu, lambda n: time.sleep(0.05 * n) or n, 1, 3)
+    assert step == pytest.approx(0.05, abs=0.02) and first == 1
+    with pytest.raises(speed.NoiseError, match="below the timing noise; raise --steps"):
+        speed.per_step(cpu, lambda n: time.sleep(0.1 if n == 1 else 0.0), 1, 2)
