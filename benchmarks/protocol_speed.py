@@ -230,6 +230,9 @@ def suite_hours(path: Path, train_ips: dict[str, float], prior_step: float | Non
     yield (f"{path.name}: {total:9.1f} h = targets {train_h:.1f} h ({len(trained)} trained x {len(s.seeds)} seeds "
            f"x {epochs} epochs, {arch}) + prior {prior_h:.1f} h ({prior_steps} steps) + attacks {attack_h:.1f} h "
            f"({targets} targets x 1000 identities)")
+    priced = sorted({f["target"] for f in attack.values() if f.get("target", arch) != arch})
+    if priced:
+        yield f"    attacks timed against {', '.join(priced)}, not this suite's {arch} (its forward/backward differs)"
     prior_note = "the prior, " if prior_step is None else ""
     yield f"    not measured, left out: {prior_note}{', '.join(left_out) or 'none'}; defenses' own overhead, scoring"
 
@@ -248,6 +251,7 @@ def main() -> None:
     p.add_argument("--public", type=int, default=256, help="random public images the GANs train on")
     p.add_argument("--archs", default=",".join(a for a, _ in ARCHS))
     p.add_argument("--attacks", default="gmi,ked-mi,plg-mi")
+    p.add_argument("--attack-target", default="vgg16-64", help="target architecture the attacks are timed against")
     p.add_argument("--estimate", action="store_true", help="print each celeba64 suite's hours at these figures")
     args = p.parse_args()
     args.device = torch.device(args.device)
@@ -269,20 +273,20 @@ def main() -> None:
     except NoiseError as exc:
         prior, prior_step = None, None
         print(f"prior dcgan @64 px: not measured: {exc}", flush=True)
-    target = build_classifier("vgg16-64", {}, CLASSES, 64, {}).to(args.device).eval()
+    target = build_classifier(args.attack_target, {}, CLASSES, 64, {}).to(args.device).eval()
     figures = {}
     for attack in args.attacks.split(","):
         if attack == "gmi" and prior is None:
             prior = generators.get("dcgan")(generators.get("dcgan").Params(steps=1)).fit(
                 PriorContext(public=public, resolution=64, seed=0, device=args.device, weights={}, progress=False))
         try:
-            figures[attack] = fig = MEASURES[attack](args, target, prior, public)
+            figures[attack] = fig = {**MEASURES[attack](args, target, prior, public), "target": args.attack_target}
         except NoiseError as exc:
             print(f"attack {attack:7s}: not measured: {exc}", flush=True)
             continue
         gan = f"GAN step {fig['gan_step_s']:.3f} s; " if fig["gan_step_s"] else ""
         per_id = attacks.get(attack).Params().num_steps * fig["search_step_s"] / fig["ids_per_step"]
-        print(f"attack {attack:7s} (vgg16-64 target): {gan}search step {fig['search_step_s']:.3f} s for "
+        print(f"attack {attack:7s} ({args.attack_target} target): {gan}search step {fig['search_step_s']:.3f} s for "
               f"{fig['ids_per_step']} identities -> {per_id:.2f} s per identity at its default steps", flush=True)
     if args.estimate:
         counts = kedmi_counts()
