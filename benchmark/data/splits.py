@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inversion_bench.data import FaceCollection, LabeledImages
+from inversion_bench.data import DatasetPlugin, FaceCollection, LabeledImages
 from inversion_bench.errors import ConfigError
 
 
@@ -73,6 +73,21 @@ class Splits:
     @property
     def num_classes(self) -> int:
         return len(self.private_names)
+
+
+@runtime_checkable
+class SplitAware(Protocol):
+    """A dataset that renders public and private identities differently (synthetic-faces' ``public_shift``),
+    so its collection depends on the split."""
+
+    def load_for_split(self, resolution: int, split: SplitSpec) -> FaceCollection: ...
+
+
+def load_collection(plugin: DatasetPlugin, resolution: int, spec: SplitSpec) -> FaceCollection:
+    """``plugin``'s collection at ``resolution`` for the split ``spec`` (told the split if :class:`SplitAware`)."""
+    if isinstance(plugin, SplitAware):
+        return plugin.load_for_split(resolution, spec)
+    return plugin.load(resolution)
 
 
 def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:

@@ -28,22 +28,32 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor
 
 from inversion_bench.data import DatasetPlugin, FaceCollection, TensorFaces
+from inversion_bench.data.resolved import listed_collection
+from inversion_bench.data.splits import SplitSpec, make_splits
 from inversion_bench.data.synthetic_render import render_images
-from inversion_bench.data.synthetic_traits import HAIR_STYLES, FaceTraits, identity_traits, image_params
+from inversion_bench.data.synthetic_traits import (
+    HAIR_STYLES,
+    FaceTraits,
+    PublicShift,
+    identity_traits,
+    image_params,
+)
 from inversion_bench.errors import ConfigError
 from inversion_bench.registry import PluginParams, datasets
 
 __all__ = [
     "HAIR_STYLES",
     "FaceTraits",
+    "PublicShift",
     "SyntheticFaces",
     "identity_traits",
     "image_params",
@@ -66,6 +76,7 @@ def render_identity(
     noise: float = 0.03,
     variation: float = 1.0,
     chunk: int = 20,
+    shift: PublicShift | None = None,
 ) -> Tensor:
     """Renders images of one identity as uint8 [n, 3, R, R].
 
@@ -77,11 +88,12 @@ def render_identity(
         noise: standard deviation of the Gaussian pixel noise (images in [0, 1]).
         variation: multiplies the per-image nuisance (pose, lighting, expression, background).
         chunk: images rendered together (memory vs. speed; does not change the output).
+        shift: the public identities' population and rendering style (None: none).
     """
     if isinstance(images, int):
         images = range(images)
     with _single_threaded():
-        return _render_identity(seed, identity, list(images), resolution, noise, variation, chunk)
+        return _render_identity(seed, identity, list(images), resolution, noise, variation, chunk, shift)
 
 
 @contextlib.contextmanager
@@ -110,12 +122,13 @@ def _render_identity(
     noise: float,
     variation: float,
     chunk: int,
+    shift: PublicShift | None,
 ) -> Tensor:
-    tr = identity_traits(seed, identity)
+    tr = identity_traits(seed, identity, shift)
     ss = max(1, math.ceil(_SS_TARGET / resolution))  # supersampling factor
     out = []
     for start in range(0, len(image_list), chunk):
-        params = [image_params(seed, identity, j, tr, variation) for j in image_list[start : start + chunk]]
+        params = [image_params(seed, identity, j, tr, variation, shift) for j in image_list[start : start + chunk]]
         with torch.no_grad():
             hi = render_images(tr, params, resolution * ss)
             lo = F.avg_pool2d(hi, ss) if ss > 1 else hi
@@ -138,7 +151,9 @@ class SyntheticFaces(DatasetPlugin):
     Each identity has stable traits (face shape, skin tone, eyes, brows, nose, mouth, hair style
     and colour, glasses, beard, earrings, hat); each image varies pose, scale, lighting,
     expression, background, clothing and pixel noise. 60 identities x 40 images at 64 px take a
-    few seconds on a laptop CPU.
+    few seconds on a laptop CPU. ``public_shift`` renders the identities the suite's split makes
+    public (the attacker's data) as another population under another light, as FFHQ differs from
+    CelebA; private identities stay as they are (default: no shift).
     """
 
     version = "1"
@@ -154,6 +169,19 @@ class SyntheticFaces(DatasetPlugin):
         variation: float = Field(
             1.0, ge=0.0, le=2.0, description="scales per-image pose/lighting/expression/background variation"
         )
+        public_shift: PublicShift | None = Field(
+            None, description="public/private distribution shift: the split's public identities get other traits "
+            "and another rendering style ({colour_cast, light, pose, skin}); none: one population (the default)"
+        )
+
+        @model_serializer(mode="wrap")
+        def _drop_no_shift(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+            """Leaves ``public_shift`` out of the dump when there is none: the parameters' dump (hence
+            every cache key) of a suite without a shift is the one from before the option existed."""
+            data = handler(self)
+            if data.get("public_shift") is None:
+                data.pop("public_shift", None)
+            return data
 
     def listing(self) -> tuple[list[str], list[int]]:
         prm = self.params
@@ -161,7 +189,31 @@ class SyntheticFaces(DatasetPlugin):
         return _names(prm.num_identities), [prm.images_per_identity] * prm.num_identities
 
     def load(self, resolution: int) -> FaceCollection:
-        """Renders the collection at ``resolution`` x ``resolution`` pixels."""
+        """Renders the collection at ``resolution`` x ``resolution`` pixels (one population).
+
+        Raises ConfigError with ``public_shift`` set: which identities are public follows from the split
+        (:meth:`load_for_split`).
+        """
+        prm = self.params
+        assert isinstance(prm, SyntheticFaces.Params)
+        if prm.public_shift is not None:
+            raise ConfigError("dataset.params.public_shift: the shifted identities are the split's public ones; "
+                              "load the dataset with its split (load_for_split)")
+        return self._render(resolution, frozenset())
+
+    def load_for_split(self, resolution: int, split: SplitSpec) -> FaceCollection:
+        """Renders the collection that ``split`` divides: its public identities under ``public_shift``."""
+        prm = self.params
+        assert isinstance(prm, SyntheticFaces.Params)
+        if prm.public_shift is None:
+            return self._render(resolution, frozenset())
+        names, counts = self.listing()
+        public = make_splits(listed_collection(names, counts), split).public_names
+        index = {n: i for i, n in enumerate(names)}
+        return self._render(resolution, frozenset(index[n] for n in public))
+
+    def _render(self, resolution: int, shifted: frozenset[int]) -> FaceCollection:
+        """Renders every identity, those in ``shifted`` under ``public_shift``."""
         prm = self.params
         assert isinstance(prm, SyntheticFaces.Params)
         if resolution < 8:
@@ -172,7 +224,8 @@ class SyntheticFaces(DatasetPlugin):
 
         def render(i: int) -> None:
             images[i * n_img : (i + 1) * n_img] = render_identity(
-                prm.seed, i, n_img, resolution, noise=prm.noise, variation=prm.variation
+                prm.seed, i, n_img, resolution, noise=prm.noise, variation=prm.variation,
+                shift=prm.public_shift if i in shifted else None,
             )
 
         # Identities are rendered on parallel threads, each running its tensor ops single-threaded.
@@ -185,14 +238,9 @@ class SyntheticFaces(DatasetPlugin):
                 with ThreadPoolExecutor(workers) as pool:
                     list(pool.map(render, range(n_id)))
         targets = torch.arange(n_id).repeat_interleave(n_img)
-        names = _names(n_id)
-        log.info(
-            "rendered %d synthetic faces at %d px in %.1f s",
-            len(targets),
-            resolution,
-            time.perf_counter() - start,
-        )
-        return TensorFaces(images, targets, names)
+        log.info("rendered %d synthetic faces at %d px in %.1f s%s", len(targets), resolution,
+                 time.perf_counter() - start, f" ({len(shifted)} public identities shifted)" if shifted else "")
+        return TensorFaces(images, targets, _names(n_id))
 
 
 def _names(n: int) -> list[str]:

@@ -14,6 +14,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from pydantic import Field, model_validator
+
+from inversion_bench.registry import PluginParams
 
 # Colour anchors. Skin and hair colours are interpolated and jittered, so neighbouring identities
 # overlap in colour and colour alone does not tell them apart.
@@ -59,6 +62,48 @@ _HAIR_STYLE_P = np.array([0.20, 0.18, 0.07, 0.09, 0.14, 0.14, 0.10, 0.08])
 # Per-image nuisance at variation=1 (calibrated: a 4-stage CNN trained for 30 epochs on 20
 # identities x 32 images at 32 px reaches roughly 85-95% test accuracy).
 _VARIATION_SCALE = 1.25
+
+
+class PublicShift(PluginParams):
+    """How the public identities (the attacker's data) differ from the private ones.
+
+    Real protocols draw the two from different collections (FFHQ's Flickr photos for the prior,
+    CelebA's or FaceScrub's press photos for the target): other people and other cameras. A shift
+    renders the identities the split makes public as another population photographed another way;
+    private identities are rendered exactly as without it. Each field at its default changes nothing.
+    """
+
+    colour_cast: float = Field(0.0, ge=-0.5, le=0.5, description="colour balance of the light: red gain x(1 + c), "
+                               "blue gain x(1 - c), green unchanged (> 0 warm, < 0 cold)")
+    light: float = Field(0.0, ge=0.0, le=1.0, description="added to the amplitude of the directional light "
+                         "(per image U(0, 0.69) at variation 1): a stronger side light")
+    pose: float = Field(1.0, ge=0.5, le=2.0, description="multiplies head yaw and in-plane rotation "
+                        "(clipped to the renderer's range, yaw +-1.5, rotation +-0.4)")
+    skin: float = Field(0.0, ge=-3.0, le=3.0, description="skin-tone position t in [0, 1] (light to dark) drawn as "
+                        "U^exp(-skin) instead of U: > 0 darker on average, < 0 lighter, every tone still possible")
+
+    @model_validator(mode="after")
+    def _shifts_something(self) -> PublicShift:
+        if (self.colour_cast, self.light, self.pose, self.skin) == (0.0, 0.0, 1.0, 0.0):
+            raise ValueError("every field is at its no-shift value (colour_cast 0, light 0, pose 1, skin 0); "
+                             "leave public_shift out for no shift")
+        return self
+
+
+def shifted_tone(t: float, shift: PublicShift | None) -> float:
+    """The skin-tone position ``t`` in [0, 1] under ``shift`` (``t ** exp(-skin)``; unchanged without one)."""
+    if shift is None or shift.skin == 0.0:
+        return t
+    return t ** math.exp(-shift.skin)
+
+
+def shift_image(p: dict[str, object], shift: PublicShift) -> None:
+    """Applies ``shift``'s rendering style to one image's nuisance ``p`` (in place; no random draw)."""
+    p["tint_r"] = float(p["tint_r"]) * (1.0 + shift.colour_cast)  # type: ignore[arg-type]
+    p["tint_b"] = float(p["tint_b"]) * (1.0 - shift.colour_cast)  # type: ignore[arg-type]
+    p["light_amp"] = float(p["light_amp"]) + shift.light  # type: ignore[arg-type]
+    p["yaw"] = min(1.5, max(-1.5, float(p["yaw"]) * shift.pose))  # type: ignore[arg-type]
+    p["rot"] = min(0.4, max(-0.4, float(p["rot"]) * shift.pose))  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -115,13 +160,13 @@ def _pick(rng: np.random.Generator, table: np.ndarray, p: np.ndarray) -> np.ndar
     return table[int(rng.choice(len(table), p=p / p.sum()))]
 
 
-def identity_traits(seed: int, identity: int) -> FaceTraits:
-    """Draws the traits of ``identity`` from ``default_rng([seed, identity])``."""
+def identity_traits(seed: int, identity: int, shift: PublicShift | None = None) -> FaceTraits:
+    """Draws the traits of ``identity`` from ``default_rng([seed, identity])`` (skin tone under ``shift``)."""
     rng = np.random.default_rng([seed, identity])
     u = rng.uniform
     face_w = u(0.44, 0.56)
     face_h = face_w * u(1.12, 1.38)
-    t = u(0.0, 1.0) * (len(_SKIN) - 1)
+    t = shifted_tone(u(0.0, 1.0), shift) * (len(_SKIN) - 1)
     k = min(int(t), len(_SKIN) - 2)
     skin = _SKIN[k] + (_SKIN[k + 1] - _SKIN[k]) * (t - k)
     skin = np.clip(skin * (1.0 + rng.normal(0.0, 0.035, 3)), 0.0, 1.0)
@@ -206,14 +251,16 @@ IMAGE_KEYS = (
 
 
 def image_params(
-    seed: int, identity: int, image: int, traits: FaceTraits, variation: float = 1.0
+    seed: int, identity: int, image: int, traits: FaceTraits, variation: float = 1.0,
+    shift: PublicShift | None = None,
 ) -> dict[str, object]:
     """Draws the nuisance of one image from ``default_rng([seed, identity, image])``.
 
     Pose, lighting, expression, background and clothing vary freely; accessories are worn in most
     (not all) images of an identity that owns them, and now and then a random hat or sunglasses
     appear on anyone. The generator is returned under ``"rng"`` (positioned after the
-    parameters) for the pixel noise, so the parameters are the same at every resolution.
+    parameters) for the pixel noise, so the parameters are the same at every resolution. A ``shift``
+    changes the drawn values afterwards (:func:`shift_image`), never the draws.
     """
     rng = np.random.default_rng([seed, identity, image])
     v = variation * _VARIATION_SCALE
@@ -270,5 +317,7 @@ def image_params(
     else:
         p.update(hat_on=float(u() < 0.05), hat_cap=float(u() < 0.5), hat_colour=rng.uniform(0.05, 0.95, 3))
     p["earrings_on"] = float(traits.earrings and u() < 0.75)
+    if shift is not None:
+        shift_image(p, shift)
     p["rng"] = rng
     return p

@@ -6,7 +6,7 @@ import logging
 import time
 
 from inversion_bench.config import check_identities
-from inversion_bench.data.splits import Splits, make_splits
+from inversion_bench.data.splits import Splits, load_collection, make_splits
 from inversion_bench.errors import ConfigError
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.run_context import RunContext
@@ -24,7 +24,7 @@ def splits(ctx: RunContext) -> Splits:
         s = ctx.suite
         t0 = time.perf_counter()
         plugin = REGISTRIES["datasets"].get(s.dataset.name)(ctx.loaded.dataset_params)
-        collection = plugin.load(s.dataset.resolution)
+        collection = load_collection(plugin, s.dataset.resolution, s.dataset.split)
         try:
             sp = make_splits(collection, s.dataset.split)
         except ConfigError as exc:
