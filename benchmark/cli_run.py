@@ -45,10 +45,10 @@ def run_summary(summary, run_dir: Path, report) -> list[str]:
 def dry_run(runner) -> int:
     """``bench run --dry-run``: the pairs to run and the products they would reuse or compute."""
     from inversion_bench.dry_run import dry_run_lines, product_states
-    from inversion_bench.jobs import attack_needs_prior, job_graph
+    from inversion_bench.jobs import job_graph
 
     todo, skip = runner.pending()
-    jobs = job_graph(runner.plan, todo, attack_needs_prior(runner.ctx.loaded))
+    jobs = job_graph(runner.plan, todo)
     states = product_states(runner.plan, jobs, todo, skip, lambda kind, key: runner.ctx.store.path(kind, key).is_dir())
     for line in dry_run_lines(states, len(todo), len(skip), str(runner.run_dir)):
         print(line)

@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from inversion_bench.builtin_suites import resolve_include
 from inversion_bench.config_messages import format_error, raise_validation, shorten
 from inversion_bench.config_overrides import apply_override, blame_override, read_suite_json, shown_path
+from inversion_bench.entries import AttackEntry, DefenseEntry, MetricEntry, attack_entry, defense_entry, metric_entry
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES, Registry
 from inversion_bench.report_check import check_report_table
@@ -266,9 +267,10 @@ class LoadedSuite:
         self.suite = suite
         self.source = source
         self.raw = raw
-        self.defense_params: list[Any] = []
-        self.attack_params: list[Any] = []
-        self.metric_params: list[Any] = []
+        # the suite's entries resolved once (inversion_bench.entries), in suite order, by id
+        self.defenses: dict[str, DefenseEntry] = {}
+        self.attacks: dict[str, AttackEntry] = {}
+        self.metrics: tuple[MetricEntry, ...] = ()
         self.prior_params: Any = None
         self.dataset_params: Any = None
         self.target_arch_params: Any = None
@@ -326,20 +328,20 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
         raise ConfigError(f"{source}: evaluation.architecture: must differ from target.architecture "
                           f"(both {suite.target.architecture.name}); attack accuracy needs a separate model")
     for i, d in enumerate(suite.defenses):
-        loaded.defense_params.append(_check_plugin(source, f"defenses[{i}]", R["defenses"], d.name, d.params, swept))
-    needs_prior = []
+        entry = defense_entry(i, d, _check_plugin(source, f"defenses[{i}]", R["defenses"], d.name, d.params, swept))
+        loaded.defenses[entry.id] = entry
     for i, a in enumerate(suite.attacks):
-        loaded.attack_params.append(_check_plugin(source, f"attacks[{i}]", R["attacks"], a.name, a.params))
-        if getattr(R["attacks"].get(a.name), "needs_prior", False):
-            needs_prior.append(i)
-    for i, m in enumerate(suite.metrics):
-        loaded.metric_params.append(_check_plugin(source, f"metrics[{i}]", R["metrics"], m.name, m.params))
+        attack = attack_entry(i, a, _check_plugin(source, f"attacks[{i}]", R["attacks"], a.name, a.params))
+        loaded.attacks[attack.id] = attack
+    loaded.metrics = tuple(metric_entry(i, m, _check_plugin(source, f"metrics[{i}]", R["metrics"], m.name, m.params))
+                           for i, m in enumerate(suite.metrics))
     if suite.prior is not None:
         loaded.prior_params = _check_plugin(source, "prior", R["generators"], suite.prior.name, suite.prior.params)
-    elif needs_prior:
-        i = needs_prior[0]
-        raise ConfigError(f"{source}: attacks[{i}]: {suite.attacks[i].name} needs an image prior; add a "
-                          "prior: section (e.g. prior: {name: dcgan})")
+    else:
+        for attack in loaded.attacks.values():
+            if attack.needs_prior:
+                raise ConfigError(f"{source}: {attack.where}: {attack.name} needs an image prior; add a "
+                                  "prior: section (e.g. prior: {name: dcgan})")
     private = suite.dataset.split.private_identities
     if private != "all":
         check_identities(suite, len(private) if isinstance(private, list) else private, source)

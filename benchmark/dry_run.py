@@ -45,7 +45,7 @@ def product_key(plan: Plan, job: Job) -> str | None:
     if job.kind == "prior":
         return plan.prior_key
     if job.kind == "target":
-        return plan.target_keys[(job.defense_index, job.seed)]  # type: ignore[index]
+        return plan.target_keys[(job.defense, job.seed)]  # type: ignore[index]
     if job.kind == "attack_generator":
         return job.pair.gan_key if job.pair is not None else None
     if job.kind == "attack":
@@ -53,10 +53,10 @@ def product_key(plan: Plan, job: Job) -> str | None:
     return None
 
 
-def job_name(job: Job, defenses: dict[int, str]) -> str:
+def job_name(job: Job) -> str:
     """How the listing names ``job``'s product, e.g. ``hard seed 0`` or ``hard x mif seed 0``."""
     if job.kind == "target":
-        return f"{defenses.get(job.defense_index, job.defense_index)} seed {job.seed}"  # type: ignore[arg-type]
+        return f"{job.defense} seed {job.seed}"
     if job.pair is not None:
         return f"{job.pair.defense} x {job.pair.attack} seed {job.pair.seed}"
     return dict((k, t) for k, _, t in KINDS)[job.kind]
@@ -67,14 +67,13 @@ def product_states(plan: Plan, jobs: Sequence[Job], todo: Sequence[PairJob], rec
     """Per product kind (in :data:`KINDS` order, kinds without jobs left out), what is found in the store
     (``stored(store kind, key)``) and what would be computed; the scores of the pairs ``recorded`` (an ok
     record with the same configuration) count as reused."""
-    defenses = {p.defense_index: p.defense for p in todo}
     states = {kind: KindState(title) for kind, _, title in KINDS}
     store_kinds = {kind: store_kind for kind, store_kind, _ in KINDS}
     for job in jobs:
         state = states[job.kind]
         key, store_kind = product_key(plan, job), store_kinds[job.kind]
         found = store_kind is not None and key is not None and stored(store_kind, key)
-        (state.reuse if found else state.compute).append(job_name(job, defenses))
+        (state.reuse if found else state.compute).append(job_name(job))
     states["pair"].reuse.extend(f"{p.defense} x {p.attack} seed {p.seed}" for p in recorded)
     return [s for s in states.values() if s.reuse or s.compute]
 

@@ -261,8 +261,9 @@ def stamp_run(args: argparse.Namespace, loaded: Any, run_dir: Path, tracker: Any
     if uri is not None and not uri.startswith(("sqlite:///", "file:")):
         return None
     tracking = [uri.split("sqlite:///", 1)[-1].removeprefix("file:")] if uri else []
-    params = [p.model_dump(mode="json") for p in (loaded.dataset_params, loaded.prior_params, *loaded.defense_params,
-                                                  *loaded.attack_params, *loaded.metric_params)
+    entries = (*loaded.defenses.values(), *loaded.attacks.values(), *loaded.metrics)
+    params = [p.model_dump(mode="json")
+              for p in (loaded.dataset_params, loaded.prior_params, *(e.params for e in entries))
               if hasattr(p, "model_dump")]
     inputs = [loaded.raw, params, {k: str(v) for k, v in loaded.weights().items()}, tracking, args.plugin or []]
     summary = (f"pairs: 0 ran, {pairs} reused (recorded before), 0 failed\n"

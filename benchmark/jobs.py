@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from inversion_bench.config import LoadedSuite
 from inversion_bench.plan import PairJob, Plan
 from inversion_bench.products.attack_generator import trained_generator
 from inversion_bench.products.audit import audit
@@ -26,7 +25,6 @@ from inversion_bench.products.prior import prior
 from inversion_bench.products.reconstruction import reconstruct
 from inversion_bench.products.record import failed_record, score_pair
 from inversion_bench.products.target import target
-from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import write_record
 from inversion_bench.run_context import RunContext
 
@@ -35,29 +33,30 @@ JobKind = Literal["evaluator", "second_evaluator", "prior", "target", "attack_ge
 
 @dataclass(frozen=True)
 class Job:
-    """One unit of work; ``deps`` are the ids of the jobs whose products it reads from the store."""
+    """One unit of work; ``deps`` are the ids of the jobs whose products it reads from the store;
+    ``defense`` is the id of the defense entry whose target it trains or uses."""
 
     kind: JobKind
     id: str
     deps: tuple[str, ...] = ()
-    defense_index: int | None = None
+    defense: str | None = None
     seed: int | None = None
     pair: PairJob | None = None
 
 
-def target_job_id(defense_index: int, seed: int) -> str:
-    return f"target:{defense_index}:{seed}"
+def target_job_id(defense: str, seed: int) -> str:
+    return f"target:{defense}:{seed}"
 
 
 def generator_job_id(gan_key: str) -> str:
     return f"generator:{gan_key}"
 
 
-def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[bool]) -> list[Job]:
+def job_graph(plan: Plan, todo: Sequence[PairJob]) -> list[Job]:
     """The jobs needed to run the pairs ``todo``, each listed after the jobs it depends on.
 
-    ``attack_needs_prior[i]`` says whether attack ``i`` needs the image prior. Only the targets of
-    pairs in ``todo`` are listed, and the prior only when one of their attacks needs it.
+    Only the targets of pairs in ``todo`` are listed, and the prior only when one of their attacks
+    reads it (``PairJob.prior_key``).
     """
     if not todo:
         return []
@@ -66,43 +65,38 @@ def job_graph(plan: Plan, todo: Sequence[PairJob], attack_needs_prior: Sequence[
     if plan.second_evaluator_key is not None:
         jobs.append(Job("second_evaluator", "second_evaluator"))
         scorers = ("evaluator", "second_evaluator")
-    if plan.prior_key is not None and any(attack_needs_prior[p.attack_index] for p in todo):
+    if any(p.prior_key is not None for p in todo):
         jobs.append(Job("prior", "prior"))
     targets: dict[str, Job] = {}
     for p in todo:
-        tid = target_job_id(p.defense_index, p.seed)
-        targets.setdefault(tid, Job("target", tid, defense_index=p.defense_index, seed=p.seed))
+        tid = target_job_id(p.defense, p.seed)
+        targets.setdefault(tid, Job("target", tid, defense=p.defense, seed=p.seed))
     jobs.extend(targets.values())
     generators: dict[str, Job] = {}  # one per stored generator: attack entries may share one
     for p in todo:
         if p.gan_key is not None:
             gid = generator_job_id(p.gan_key)
-            generators.setdefault(gid, Job("attack_generator", gid, (target_job_id(p.defense_index, p.seed),),
-                                           p.defense_index, p.seed, p))
+            generators.setdefault(gid, Job("attack_generator", gid, (target_job_id(p.defense, p.seed),),
+                                           p.defense, p.seed, p))
     jobs.extend(generators.values())
     for p in todo:
-        deps = [target_job_id(p.defense_index, p.seed)]
+        deps = [target_job_id(p.defense, p.seed)]
         if p.gan_key is not None:
             deps.append(generator_job_id(p.gan_key))
-        if attack_needs_prior[p.attack_index] and plan.prior_key is not None:
+        if p.prior_key is not None:
             deps.append("prior")
-        jobs.append(Job("attack", f"attack:{p.record_name}", tuple(deps), p.defense_index, p.seed, p))
+        jobs.append(Job("attack", f"attack:{p.record_name}", tuple(deps), p.defense, p.seed, p))
     for p in todo:
         jobs.append(Job("pair", f"pair:{p.record_name}", (f"attack:{p.record_name}", *scorers),
-                        p.defense_index, p.seed, p))
+                        p.defense, p.seed, p))
     return jobs
 
 
-def attack_needs_prior(loaded: LoadedSuite) -> list[bool]:
-    """For each attack of the suite, whether it needs the image prior."""
-    return [bool(getattr(REGISTRIES["attacks"].get(a.name), "needs_prior", False)) for a in loaded.suite.attacks]
-
-
-def target_uses(job: Job) -> tuple[int, int] | None:
-    """The (defense index, seed) of the target ``job`` holds in memory while it runs (attack and
+def target_uses(job: Job) -> tuple[str, int] | None:
+    """The (defense id, seed) of the target ``job`` holds in memory while it runs (attack and
     pair jobs), else None; an executor may release a target once no pending job uses it."""
-    if job.kind in ("attack_generator", "attack", "pair") and job.defense_index is not None and job.seed is not None:
-        return (job.defense_index, job.seed)
+    if job.kind in ("attack_generator", "attack", "pair") and job.defense is not None and job.seed is not None:
+        return (job.defense, job.seed)
     return None
 
 
@@ -123,9 +117,9 @@ def run_job(ctx: RunContext, job: Job) -> Any:
         prior(ctx)
         return ctx.plan.prior_key
     if job.kind == "target":
-        assert job.defense_index is not None and job.seed is not None
-        target(ctx, job.defense_index, job.seed)
-        return ctx.plan.target_keys[(job.defense_index, job.seed)]
+        assert job.defense is not None and job.seed is not None
+        target(ctx, job.defense, job.seed)
+        return ctx.plan.target_keys[(job.defense, job.seed)]
     if job.kind == "attack_generator":
         assert job.pair is not None and job.pair.gan_key is not None
         trained_generator(ctx, job.pair)

@@ -18,6 +18,7 @@ from inversion_bench.checkpoints import CheckpointRef, as_ref
 from inversion_bench.config import LoadedSuite, entry_id, entry_label
 from inversion_bench.config_messages import raise_validation
 from inversion_bench.data.resolved import resolved_identities
+from inversion_bench.entries import AttackEntry
 from inversion_bench.errors import ConfigError, UnknownPluginError
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import record_filename
@@ -86,15 +87,12 @@ def second_evaluator_key(loaded: LoadedSuite, data_key: str) -> str | None:
     })
 
 
-def generator_spec(loaded: LoadedSuite, attack_index: int) -> dict[str, Any] | None:
-    """What keys the generator attack ``attack_index`` fits with its target's knowledge: the plugin's
-    name and version and its ``generator_spec()`` (None for attacks without ``trains_generator``)."""
-    a = loaded.suite.attacks[attack_index]
-    cls = REGISTRIES["attacks"].get(a.name)
-    if not getattr(cls, "trains_generator", False):
+def generator_spec(attack: AttackEntry) -> dict[str, Any] | None:
+    """What keys the generator ``attack`` fits with its target's knowledge: the plugin's name and
+    version and its ``generator_spec()`` (None for attacks without ``trains_generator``)."""
+    if not attack.trains_generator:
         return None
-    return {"plugin": REGISTRIES["attacks"].key_name(a.name), "version": REGISTRIES["attacks"].info(a.name).version,
-            "spec": cls(loaded.attack_params[attack_index]).generator_spec()}
+    return {"plugin": attack.plugin, "version": attack.version, "spec": attack.build().generator_spec()}
 
 
 def generator_key(spec: dict[str, Any] | None, target_key: str, seed: int) -> str | None:
@@ -107,18 +105,21 @@ def generator_key(spec: dict[str, Any] | None, target_key: str, seed: int) -> st
 
 @dataclass(frozen=True)
 class PairJob:
-    """One (defense, attack, seed) pair with the keys of everything it needs."""
+    """One (defense, attack, seed) pair with the keys of everything it needs.
 
-    defense_index: int
-    attack_index: int
-    seed: int
+    ``defense`` and ``attack`` are entry ids: ``LoadedSuite.defenses[defense]`` and
+    ``LoadedSuite.attacks[attack]`` are the resolved entries (:mod:`inversion_bench.entries`).
+    """
+
     defense: str
     attack: str
+    seed: int
     target_key: str
     attack_key: str
     config_hash: str
     record_name: str
     gan_key: str | None = None  # the attack's own generator (attacks with trains_generator), else None
+    prior_key: str | None = None  # the image prior the attack reads (attacks with needs_prior), else None
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Plan:
     data_key: str
     evaluator_key: str
     prior_key: str | None
-    target_keys: dict[tuple[int, int], str]  # (defense index, seed) -> key
+    target_keys: dict[tuple[str, int], str]  # (defense id, seed) -> key
     pairs: list[PairJob]
     suite_hash: str
     second_evaluator_key: str | None = None  # only with evaluation.second
@@ -162,37 +163,33 @@ def make_plan(loaded: LoadedSuite) -> Plan:
                                  "prior": _plugin_spec("generators", s.prior.name, loaded.prior_params)})
     target_arch = _plugin_spec("architectures", s.target.architecture.name, loaded.target_arch_params)
     recipe = s.target.training.model_dump(mode="json")
-    metric_specs = [_plugin_spec("metrics", m.name, p) for m, p in zip(s.metrics, loaded.metric_params, strict=True)]
-    target_keys: dict[tuple[int, int], str] = {}
+    metric_specs = [m.spec() for m in loaded.metrics]
+    target_keys: dict[tuple[str, int], str] = {}
     pairs: list[PairJob] = []
-    for di, d in enumerate(s.defenses):
+    for d in loaded.defenses.values():
         for seed in s.seeds:
-            target_keys[(di, seed)] = content_key({
+            target_keys[(d.id, seed)] = content_key({
                 "job": "target", "data": data_key, "architecture": target_arch, "training": recipe,
-                "defense": _plugin_spec("defenses", d.name, loaded.defense_params[di]), "seed": seed,
-                "checkpoint": _checkpoint_spec(d.checkpoint, folder),
+                "defense": d.spec(), "seed": seed, "checkpoint": _checkpoint_spec(d.checkpoint, folder),
             })
-    gan_specs = [generator_spec(loaded, ai) for ai in range(len(s.attacks))]
-    for di, d in enumerate(s.defenses):
-        for ai, a in enumerate(s.attacks):
-            attack_cls = REGISTRIES["attacks"].get(a.name)
-            needs_prior = getattr(attack_cls, "needs_prior", False)
-            attack_spec = _plugin_spec("attacks", a.name, loaded.attack_params[ai])
-            gan_spec = gan_specs[ai]
+    gan_specs = {a.id: generator_spec(a) for a in loaded.attacks.values()}
+    for d in loaded.defenses.values():
+        for a in loaded.attacks.values():
+            attack_spec = a.spec()
+            attack_prior = prior_key if a.needs_prior else None
             for seed in s.seeds:
-                gan_key = generator_key(gan_spec, target_keys[(di, seed)], seed)
+                target_key = target_keys[(d.id, seed)]
+                gan_key = generator_key(gan_specs[a.id], target_key, seed)
                 # the generator enters the attack's hash only for attacks that train one: other keys stay valid
                 with_gan = {"generator": gan_key} if gan_key is not None else {}
                 attack_key = content_key({
-                    "job": "attack", "target": target_keys[(di, seed)],
-                    "prior": prior_key if needs_prior else None,
+                    "job": "attack", "target": target_key, "prior": attack_prior,
                     "attack": attack_spec, "identities": a.identities, "seed": seed, **with_gan,
                 })
                 config_hash = content_key({"attack": attack_key, "evaluator": evaluator_key,
                                            "metrics": metric_specs, **with_second})
-                pairs.append(PairJob(di, ai, seed, entry_id(d), entry_id(a), target_keys[(di, seed)],
-                                     attack_key, config_hash, record_filename(entry_id(d), entry_id(a), seed),
-                                     gan_key))
+                pairs.append(PairJob(d.id, a.id, seed, target_key, attack_key, config_hash,
+                                     record_filename(d.id, a.id, seed), gan_key, attack_prior))
     suite_hash = content_key({"data": data_key, "evaluator": evaluator_key, "prior": prior_key,
                               "pairs": [p.config_hash for p in pairs], **with_second})
     return Plan(data_key, evaluator_key, prior_key, target_keys, pairs, suite_hash, second_key)
@@ -202,7 +199,7 @@ def describe(loaded: LoadedSuite, plan: Plan) -> list[str]:
     s = loaded.suite
     lines = [f"suite {s.name}: {len(s.defenses)} defense(s) x {len(s.attacks)} attack(s) x "
              f"{len(s.seeds)} seed(s) = {len(plan.pairs)} pair(s)"]
-    for d in s.defenses:
+    for d in s.defenses:  # the parameters as the suite writes them
         lines.append(f"  defense {entry_id(d)}: {d.name} {d.params} ({entry_label(d)})")
     for a in s.attacks:
         lines.append(f"  attack  {entry_id(a)}: {a.name} {a.params}")
@@ -215,12 +212,12 @@ def seed_lines(loaded: LoadedSuite) -> list[str]:
     from inversion_bench.leaderboard.significance import seed_requirements
 
     s = loaded.suite
-    metrics = [REGISTRIES["metrics"].get(m.name) for m in s.metrics]
+    metrics = [m.cls for m in loaded.metrics]
     columns = 1 if any("attack_acc@1" in cls.better for cls in metrics) else 0  # the worst case
     columns += sum(len(cls.better) * (1 if cls.scope == "target" else len(s.attacks)) for cls in metrics)
     tests = (len(s.defenses) - 1) * columns
     lines = seed_requirements(len(s.seeds), tests, s.report.significance, s.report.seed_test, s.report.correction)
-    fixed = [entry_id(d) for d in s.defenses if d.checkpoint]
+    fixed = [d.id for d in loaded.defenses.values() if d.checkpoint]
     if fixed:
         base = " (the baseline: every Δ)" if s.baseline_id in fixed else ""
         lines.append(f"  not testable whatever the seeds: {', '.join(fixed)}{base} load a published checkpoint, one "

@@ -16,6 +16,7 @@ from inversion_bench.checkpoints import as_ref, load_into, not_found_message
 from inversion_bench.config import LoadedSuite, check_identities
 from inversion_bench.data.resolved import listed_collection
 from inversion_bench.data.splits import make_splits
+from inversion_bench.entries import DefenseEntry
 from inversion_bench.errors import ConfigError
 from inversion_bench.plan import second_arch_params
 from inversion_bench.registry import REGISTRIES
@@ -43,8 +44,8 @@ def _plugins(loaded: LoadedSuite):
                second_arch_params(loaded))
     if s.prior is not None:
         yield "prior", REGISTRIES["generators"].get(s.prior.name), loaded.prior_params
-    for i, m in enumerate(s.metrics):
-        yield f"metrics[{i}]", REGISTRIES["metrics"].get(m.name), loaded.metric_params[i]
+    for m in loaded.metrics:
+        yield m.where, m.cls, m.params
 
 
 def check_resources(loaded: LoadedSuite) -> list[Resource]:
@@ -92,16 +93,16 @@ def check_resources(loaded: LoadedSuite) -> list[Resource]:
     return out
 
 
-def _checkpoint_fields(loaded: LoadedSuite) -> Iterator[tuple[str, Any, str, Any, int | None]]:
-    """(field, checkpoint value, architecture name, its params, defense index or None) per classifier."""
+def _checkpoint_fields(loaded: LoadedSuite) -> Iterator[tuple[str, Any, str, Any, DefenseEntry | None]]:
+    """(field, checkpoint value, architecture name, its params, the defense entry or None) per classifier."""
     s = loaded.suite
     yield ("evaluation.checkpoint", s.evaluation.checkpoint, s.evaluation.architecture.name,
            loaded.eval_arch_params, None)
     if s.evaluation.second is not None:
         yield ("evaluation.second.checkpoint", s.evaluation.second.checkpoint, s.evaluation.second.architecture.name,
                second_arch_params(loaded), None)
-    for i, d in enumerate(s.defenses):
-        yield f"defenses[{i}].checkpoint", d.checkpoint, s.target.architecture.name, loaded.target_arch_params, i
+    for d in loaded.defenses.values():
+        yield f"{d.where}.checkpoint", d.checkpoint, s.target.architecture.name, loaded.target_arch_params, d
 
 
 def private_classes(loaded: LoadedSuite) -> int | None:
@@ -123,7 +124,7 @@ def check_checkpoints(loaded: LoadedSuite) -> list[Resource]:
     classifier the suite builds (:func:`inversion_bench.checkpoints.load_into`)."""
     out: list[Resource] = []
     classes: int | None = -1  # computed on the first file found
-    for field, ref, arch_name, arch_params, di in _checkpoint_fields(loaded):
+    for field, ref, arch_name, arch_params, defense in _checkpoint_fields(loaded):
         if ref is None:
             continue
         cref = as_ref(ref)
@@ -140,22 +141,21 @@ def check_checkpoints(loaded: LoadedSuite) -> list[Resource]:
             out.append(Resource(field, what, path, False, not_found_message(field, path, cref.format)))
             continue
         classes = private_classes(loaded) if classes == -1 else classes
-        problem = "" if classes is None else _fit_problem(loaded, field, path, cref.format, arch, arch_params, di,
-                                                          classes)
+        problem = "" if classes is None else _fit_problem(loaded, field, path, cref.format, arch, arch_params,
+                                                          defense, classes)
         out.append(Resource(field, what, path, not problem, problem))
     return out
 
 
 def _fit_problem(loaded: LoadedSuite, field: str, path: Path, fmt: str, arch: Any, arch_params: Any,
-                 defense_index: int | None, classes: int) -> str:
+                 defense: DefenseEntry | None, classes: int) -> str:
     """Why the file does not load into the classifier the suite builds ('' when it does)."""
     try:
         model = arch(arch_params).build(classes, loaded.suite.dataset.resolution, loaded.weights())
     except ConfigError:
         return ""  # a missing backbone weights file: reported with the weights
-    if defense_index is not None:
-        d = loaded.suite.defenses[defense_index]
-        model = REGISTRIES["defenses"].get(d.name)(loaded.defense_params[defense_index]).configure_model(model)
+    if defense is not None:
+        model = defense.build().configure_model(model)
     try:
         load_into(model, path, fmt, arch.name, arch.checkpoint_prefixes, arch.mibench_name)
     except ConfigError as exc:

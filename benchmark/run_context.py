@@ -88,7 +88,7 @@ def code_version() -> str:
 class Held:
     """Products this process holds in memory (each also in the store; dropping one only costs a reload).
 
-    ``targets`` maps (defense index, seed) to (model, training report); at most
+    ``targets`` maps (defense id, seed) to (model, training report); at most
     :data:`MAX_HELD_TARGETS` are kept, the least recently used dropped first.
     """
 
@@ -97,21 +97,21 @@ class Held:
     second_evaluator: tuple[Classifier, dict[str, Any]] | None = None  # only with evaluation.second
     audit: dict[str, Any] | None = None  # the evaluation model's audit (products.audit)
     prior: Any = None
-    targets: OrderedDict[tuple[int, int], tuple[Classifier, dict[str, Any]]] = field(default_factory=OrderedDict)
+    targets: OrderedDict[tuple[str, int], tuple[Classifier, dict[str, Any]]] = field(default_factory=OrderedDict)
 
-    def target(self, key: tuple[int, int]) -> tuple[Classifier, dict[str, Any]] | None:
+    def target(self, key: tuple[str, int]) -> tuple[Classifier, dict[str, Any]] | None:
         held = self.targets.get(key)
         if held is not None:
             self.targets.move_to_end(key)
         return held
 
-    def hold_target(self, key: tuple[int, int], value: tuple[Classifier, dict[str, Any]]) -> None:
+    def hold_target(self, key: tuple[str, int], value: tuple[Classifier, dict[str, Any]]) -> None:
         self.targets[key] = value
         self.targets.move_to_end(key)
         while len(self.targets) > MAX_HELD_TARGETS:
             self.targets.popitem(last=False)
 
-    def release_target(self, key: tuple[int, int]) -> None:
+    def release_target(self, key: tuple[str, int]) -> None:
         self.targets.pop(key, None)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from inversion_bench.config import LoadedSuite
 from inversion_bench.executors.base import Executor
-from inversion_bench.jobs import attack_needs_prior, job_graph
+from inversion_bench.jobs import job_graph
 from inversion_bench.lock import RunLock
 from inversion_bench.plan import PairJob, Plan
 from inversion_bench.products import mirror, record
@@ -119,7 +119,7 @@ class Runner:
 
     def _run(self, tracker: Any, executor: Executor) -> RunSummary:
         summary, todo = self.begin()
-        jobs = job_graph(self.plan, todo, attack_needs_prior(self.ctx.loaded))
+        jobs = job_graph(self.plan, todo)
 
         def on_record(rec: dict[str, Any], trace: dict | None) -> None:
             name = record_filename(rec["defense"], rec["attack"], rec["seed"])

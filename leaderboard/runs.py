@@ -61,14 +61,14 @@ class RunView:
         from inversion_bench.products.target import target
 
         key = (record.get("keys") or {}).get("target")
-        di, seed = int(record["defense_index"]), int(record["seed"])
+        defense, seed = str(record["defense"]), int(record["seed"])
         store = self.ctx.store
         if not key or not store.has("targets", key):
             raise ReportError(f"target of {record['defense']} seed {seed} is not in {store.root}")
-        if self.ctx.plan.target_keys.get((di, seed)) != key:
+        if self.ctx.plan.target_keys.get((defense, seed)) != key:
             raise ReportError(f"target of {record['defense']} seed {seed}: the suite now gives another key "
                               "(code or plugin versions changed since the run); re-run the suite")
-        return target(self.ctx, di, seed)[0]
+        return target(self.ctx, defense, seed)[0]
 
     def evaluator(self) -> torch.nn.Module:
         from inversion_bench.products.evaluator import evaluator

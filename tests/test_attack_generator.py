@@ -116,12 +116,12 @@ def test_plan_keys_the_generator_by_target_and_generator_settings(tmp_path: Path
     keys = {p.attack: p.gan_key for p in plan.pairs}
     assert keys["m1"] == keys["m2"] != keys["w2"] and keys["mif"] is None
     assert len({p.attack_key for p in plan.pairs}) == 4
-    jobs = job_graph(plan, plan.pairs, [False, False, False, False])
+    jobs = job_graph(plan, plan.pairs)
     gens = [j for j in jobs if j.kind == "attack_generator"]
-    assert len(gens) == 2 and all(j.deps == ("target:0:0",) for j in gens)
+    assert len(gens) == 2 and all(j.deps == ("target:hard:0",) for j in gens)
     attack = {j.pair.attack: j for j in jobs if j.kind == "attack"}
-    assert attack["m2"].deps == ("target:0:0", f"generator:{keys['m1']}")
-    assert attack["mif"].deps == ("target:0:0",)
+    assert attack["m2"].deps == ("target:hard:0", f"generator:{keys['m1']}")
+    assert attack["mif"].deps == ("target:hard:0",)
     order = [j.id for j in jobs]
     assert all(order.index(d) < order.index(j.id) for j in jobs for d in j.deps)
 

@@ -206,17 +206,16 @@ def test_second_evaluator_enters_keys_only_when_set():
     assert [p.config_hash for p in off.pairs] == [p.config_hash for p in base.pairs]
     loaded = _loaded()
     metric_specs = [{"plugin": m.name, "version": REGISTRIES["metrics"].info(m.name).version,
-                     "params": p.model_dump(mode="json")}
-                    for m, p in zip(loaded.suite.metrics, loaded.metric_params, strict=True)]
+                     "params": REGISTRIES["metrics"].get(m.name).Params(**m.params).model_dump(mode="json")}
+                    for m in loaded.suite.metrics]
     for p in base.pairs:  # the formula of suites without a second evaluator is unchanged
         assert p.config_hash == content_key({"attack": p.attack_key, "evaluator": base.evaluator_key,
                                              "metrics": metric_specs})
     for p, q in zip(base.pairs, with_second.pairs, strict=True):
         assert (p.target_key, p.attack_key) == (q.target_key, q.attack_key) and p.config_hash != q.config_hash
     assert with_second.evaluator_key == base.evaluator_key != with_second.second_evaluator_key
-    needs = [False]
-    assert [j.id for j in job_graph(base, base.pairs, needs)][0:2] == ["evaluator", "target:0:0"]
-    graph = {j.id: j for j in job_graph(with_second, with_second.pairs, needs)}
+    assert [j.id for j in job_graph(base, base.pairs)][0:2] == ["evaluator", "target:hard:0"]
+    graph = {j.id: j for j in job_graph(with_second, with_second.pairs)}
     assert "second_evaluator" in graph["pair:hard__mif__seed0.json"].deps
 
 

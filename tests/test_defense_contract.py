@@ -119,6 +119,5 @@ def test_defenses_suite_validates():
     names = {defenses.canonical(d.name) for d in s.defenses}
     assert set(NAMES) <= names  # every built-in defense (issue 18's included)
     assert all(d.label for d in s.defenses)
-    alphas = sorted(p.alpha for d, p in zip(s.defenses, loaded.defense_params, strict=True)
-                    if defenses.canonical(d.name) == "label-smoothing")
+    alphas = sorted(d.params.alpha for d in loaded.defenses.values() if defenses.canonical(d.name) == "label-smoothing")
     assert alphas == [-0.05, 0.0, 0.1]

@@ -14,12 +14,14 @@ from inversion_bench.run_context import Held
 
 
 def _pair(di: int, ai: int, seed: int) -> PairJob:
+    """Pair of defense ``d<di>`` and attack ``a<ai>``; attack ``a1`` reads the image prior."""
     name = f"d{di}__a{ai}__seed{seed}.json"
-    return PairJob(di, ai, seed, f"d{di}", f"a{ai}", f"t{di}{seed}", f"k{di}{ai}{seed}", f"h{di}{ai}{seed}", name)
+    return PairJob(f"d{di}", f"a{ai}", seed, f"t{di}{seed}", f"k{di}{ai}{seed}", f"h{di}{ai}{seed}", name,
+                   prior_key="p" if ai == 1 else None)
 
 
 def _plan(pairs: list[PairJob], prior: str | None = "p") -> Plan:
-    keys = {(p.defense_index, p.seed): p.target_key for p in pairs}
+    keys = {(p.defense, p.seed): p.target_key for p in pairs}
     return Plan("data", "ev", prior, keys, pairs, "suite")
 
 
@@ -28,7 +30,7 @@ class _Ctx:
 
     def __init__(self) -> None:
         self.held = Held()
-        self.released: list[tuple[int, int]] = []
+        self.released: list[tuple[str, int]] = []
         orig = self.held.release_target
 
         def release(key):
@@ -42,7 +44,7 @@ class _Ctx:
 def walk(monkeypatch):
     """Runs the local executor on a graph with fake jobs; returns (order of jobs run, records, ctx)."""
 
-    def run(pairs, needs_prior=(False, True), fail=()):
+    def run(pairs, fail=()):
         ran: list[str] = []
         records: list[tuple[str, str]] = []
 
@@ -61,7 +63,7 @@ def walk(monkeypatch):
         monkeypatch.setattr(local, "run_job", fake_run_job)
         monkeypatch.setattr(local, "record_failed_pair", fake_failed)
         ctx = _Ctx()
-        jobs = job_graph(_plan(pairs), pairs, list(needs_prior))
+        jobs = job_graph(_plan(pairs), pairs)
         local.LocalExecutor().execute(ctx, jobs, lambda rec, trace: records.append((rec["pair"], rec["status"],
                                                                                      rec.get("error"))))
         return ran, records, ctx
@@ -73,9 +75,9 @@ def test_pairs_run_one_after_the_other_with_their_dependencies_first(walk):
     pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0)]
     ran, records, _ = walk(pairs)
     assert ran == [
-        "target:0:0", "attack:d0__a0__seed0.json", "evaluator", "pair:d0__a0__seed0.json",
+        "target:d0:0", "attack:d0__a0__seed0.json", "evaluator", "pair:d0__a0__seed0.json",
         "prior", "attack:d0__a1__seed0.json", "pair:d0__a1__seed0.json",
-        "target:1:0", "attack:d1__a0__seed0.json", "pair:d1__a0__seed0.json",
+        "target:d1:0", "attack:d1__a0__seed0.json", "pair:d1__a0__seed0.json",
     ]
     assert [r[0] for r in records] == [p.record_name for p in pairs]  # a record as soon as its pair is scored
     assert all(r[1] == "ok" for r in records)
@@ -91,26 +93,26 @@ def test_every_job_runs_once(walk):
 def test_a_target_is_released_after_its_last_attack_and_scoring(walk):
     pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0), _pair(1, 1, 0)]
     ran, _, ctx = walk(pairs)
-    assert ctx.released == [(0, 0), (1, 0)]
+    assert ctx.released == [("d0", 0), ("d1", 0)]
     # target 0 is released after its last pair and before target 1 is trained
-    assert ran.index("pair:d0__a1__seed0.json") < ran.index("target:1:0")
+    assert ran.index("pair:d0__a1__seed0.json") < ran.index("target:d1:0")
 
 
 def test_a_failed_job_fails_its_dependants_and_the_other_pairs_still_run(walk):
     pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0)]
-    ran, records, _ = walk(pairs, fail={"target:0:0"})
+    ran, records, _ = walk(pairs, fail={"target:d0:0"})
     assert records == [
-        ("d0__a0__seed0.json", "failed", "RuntimeError: boom in target:0:0"),
-        ("d0__a1__seed0.json", "failed", "RuntimeError: boom in target:0:0"),
+        ("d0__a0__seed0.json", "failed", "RuntimeError: boom in target:d0:0"),
+        ("d0__a1__seed0.json", "failed", "RuntimeError: boom in target:d0:0"),
         ("d1__a0__seed0.json", "ok", None),
     ]
-    assert ran.count("target:0:0") == 1  # a failed target is not trained again for its next pair
+    assert ran.count("target:d0:0") == 1  # a failed target is not trained again for its next pair
     assert "attack:d0__a0__seed0.json" not in ran and "pair:d0__a1__seed0.json" not in ran
 
 
 def test_a_failed_prior_fails_only_the_attacks_that_need_it(walk):
     pairs = [_pair(0, 0, 0), _pair(0, 1, 0)]
-    _, records, _ = walk(pairs, needs_prior=(False, True), fail={"prior"})
+    _, records, _ = walk(pairs, fail={"prior"})
     assert records == [("d0__a0__seed0.json", "ok", None),
                        ("d0__a1__seed0.json", "failed", "RuntimeError: boom in prior")]
 

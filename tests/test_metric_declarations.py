@@ -78,8 +78,8 @@ def _record(defense: str, seed: int) -> dict[str, Any]:
     levels = BRIGHTNESS[defense][seed]
     images = torch.cat([torch.full((2, 3, 4, 4), v) for v in levels])
     labels = torch.arange(len(levels)).repeat_interleave(2)
-    ctx = SimpleNamespace(suite=SimpleNamespace(metrics=[SimpleNamespace(name="leak_share")]),
-                          loaded=SimpleNamespace(metric_params=[LeakShare.Params()]))
+    entry = SimpleNamespace(name="leak_share", build=lambda: LeakShare(LeakShare.Params()))  # a resolved MetricEntry
+    ctx = SimpleNamespace(loaded=SimpleNamespace(metrics=(entry,)))
     scores = score(ctx, Reconstruction(images, labels), SimpleNamespace())
     rec = make_record(DEFENSES[defense], ("probe", "Probe", 0), seed,
                       {"test_accuracy": 0.9 - 0.05 * DEFENSES[defense][2], **scores.values})

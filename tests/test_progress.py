@@ -39,16 +39,16 @@ def test_progress_line_states_pair_accuracy_elapsed_and_eta():
 
 
 def test_the_local_executor_logs_one_line_per_pair(monkeypatch, caplog):
-    pairs = [PairJob(d, 0, 0, f"d{d}", "a", f"t{d}", f"k{d}", f"h{d}", f"d{d}__a__seed0.json") for d in range(3)]
-    plan = Plan("data", "ev", None, {(p.defense_index, 0): p.target_key for p in pairs}, pairs, "suite")
+    pairs = [PairJob(f"d{d}", "a", 0, f"t{d}", f"k{d}", f"h{d}", f"d{d}__a__seed0.json") for d in range(3)]
+    plan = Plan("data", "ev", None, {(p.defense, 0): p.target_key for p in pairs}, pairs, "suite")
 
     def fake_run_job(ctx, job):
-        return {"record": _record(job.pair.defense_index), "trace": None} if job.kind == "pair" else "key"
+        return {"record": _record(int(job.pair.defense[1:])), "trace": None} if job.kind == "pair" else "key"
 
     monkeypatch.setattr(local, "run_job", fake_run_job)
     ctx = SimpleNamespace(held=Held())
     with caplog.at_level(logging.INFO, logger="inversion_bench.executors.local"):
-        local.LocalExecutor().execute(ctx, job_graph(plan, pairs, [False]), lambda rec, trace: None)
+        local.LocalExecutor().execute(ctx, job_graph(plan, pairs), lambda rec, trace: None)
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("[")]
     assert [line.split(" Defense")[0] for line in lines] == ["[1/3]", "[2/3]", "[3/3]"]
     assert all("Acc@1 45.7 %" in line and "ETA" in line for line in lines)
@@ -134,7 +134,7 @@ def test_the_mirror_logs_curve_report_duration_provenance_and_the_record(tmp_pat
     held = Held()
     history = [{"epoch": 1, "loss": 2.0, "train_accuracy": 0.3, "lr": 0.1},
                {"epoch": 2, "loss": 1.0, "train_accuracy": 0.6, "lr": 0.1}]
-    held.hold_target((0, 0), (None, {"history": history}))
+    held.hold_target(("d0", 0), (None, {"history": history}))
     ctx = SimpleNamespace(held=held, store=None)
     record = {**_record(0), "defense_index": 0, "keys": {"target": "t"},
               "target": {"test_accuracy": 0.7, "epsilon": 3.5, "seconds": 12.0, "note": "x"},

@@ -155,28 +155,30 @@ def test_ray_settings_are_validated(write_suite, capsys):
 
 # ------------------------------------------------------------------------------------------ job graph
 def _pair(di: int, ai: int, seed: int) -> PairJob:
-    return PairJob(di, ai, seed, f"d{di}", f"a{ai}", f"t{di}{seed}", f"k{di}{ai}{seed}", "h", f"d{di}__a{ai}__s{seed}")
+    """Pair of defense ``d<di>`` and attack ``a<ai>``; attack ``a1`` reads the image prior."""
+    return PairJob(f"d{di}", f"a{ai}", seed, f"t{di}{seed}", f"k{di}{ai}{seed}", "h", f"d{di}__a{ai}__s{seed}",
+                   prior_key="prior" if ai == 1 else None)
 
 
 def test_job_graph_dependencies():
     pairs = [_pair(d, a, s) for d in range(2) for a in range(2) for s in (0, 1)]
-    plan = Plan("data", "ev", "prior", {(d, s): f"t{d}{s}" for d in range(2) for s in (0, 1)}, pairs, "hash")
-    jobs = job_graph(plan, pairs, attack_needs_prior=[False, True])
+    plan = Plan("data", "ev", "prior", {(f"d{d}", s): f"t{d}{s}" for d in range(2) for s in (0, 1)}, pairs, "hash")
+    jobs = job_graph(plan, pairs)
     by_id = {j.id: j for j in jobs}
     kinds = [j.kind for j in jobs]
     assert kinds.count("target") == 4 and kinds.count("attack") == 8 and kinds.count("pair") == 8
     for i, job in enumerate(jobs):  # every job after what it depends on
         assert all(d in {j.id for j in jobs[:i]} for d in job.deps)
     # attacks need their target (and the prior), not the evaluation model; scoring needs both
-    assert by_id["attack:d1__a0__s1"].deps == ("target:1:1",)
-    assert by_id["attack:d1__a1__s1"].deps == ("target:1:1", "prior")
+    assert by_id["attack:d1__a0__s1"].deps == ("target:d1:1",)
+    assert by_id["attack:d1__a1__s1"].deps == ("target:d1:1", "prior")
     assert by_id["pair:d1__a1__s1"].deps == ("attack:d1__a1__s1", "evaluator")
-    assert by_id["evaluator"].deps == () and by_id["target:0:1"].deps == ()
+    assert by_id["evaluator"].deps == () and by_id["target:d0:1"].deps == ()
     # no prior job when no pending pair needs it; only the targets of pending pairs
-    jobs = job_graph(plan, [p for p in pairs if p.attack_index == 0 and p.defense_index == 1], [False, True])
-    assert {j.id for j in jobs} == {"evaluator", "target:1:0", "target:1:1", "attack:d1__a0__s0", "attack:d1__a0__s1",
+    jobs = job_graph(plan, [p for p in pairs if p.attack == "a0" and p.defense == "d1"])
+    assert {j.id for j in jobs} == {"evaluator", "target:d1:0", "target:d1:1", "attack:d1__a0__s0", "attack:d1__a0__s1",
                                     "pair:d1__a0__s0", "pair:d1__a0__s1"}
-    assert job_graph(plan, [], [False, True]) == []
+    assert job_graph(plan, []) == []
     assert Job("evaluator", "evaluator") == Job("evaluator", "evaluator")
 
 

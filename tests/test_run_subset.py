@@ -22,16 +22,16 @@ from tests.conftest import tiny_suite
 
 def _pair(d: int, seed: int, attack: str = "a") -> PairJob:
     name = ["hard", "soft"][d]
-    return PairJob(d, 0, seed, name, attack, f"t{d}{seed}", f"k{d}{seed}", f"h{d}{seed}",
-                   f"{name}__{attack}__seed{seed}.json")
+    return PairJob(name, attack, seed, f"t{d}{seed}", f"k{d}{seed}", f"h{d}{seed}",
+                   f"{name}__{attack}__seed{seed}.json", prior_key="pr")
 
 
 def test_product_states_split_found_and_missing_products_by_kind():
     pairs = [_pair(0, 0), _pair(0, 1), _pair(1, 0)]
-    plan = Plan("data", "ev", "pr", {(p.defense_index, p.seed): p.target_key for p in pairs}, pairs, "suite")
+    plan = Plan("data", "ev", "pr", {(p.defense, p.seed): p.target_key for p in pairs}, pairs, "suite")
     todo = pairs[1:]
     stored = {("evaluators", "ev"), ("targets", "t10"), ("attacks", "k10")}
-    states = product_states(plan, job_graph(plan, todo, [True]), todo, pairs[:1], lambda k, key: (k, key) in stored)
+    states = product_states(plan, job_graph(plan, todo), todo, pairs[:1], lambda k, key: (k, key) in stored)
     by = {s.title: (s.reuse, s.compute) for s in states}
     assert list(by) == ["targets", "evaluation model", "prior", "attack runs", "scores"]
     assert by["targets"] == (["soft seed 0"], ["hard seed 1"])

@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from inversion_bench.config import entry_label
 from inversion_bench.errors import AccessError, BenchError
 from inversion_bench.heartbeat import Heartbeat, wanted
 from inversion_bench.interfaces import Attack, AttackContext
@@ -25,7 +24,6 @@ from inversion_bench.oracle import QueryCounter, target_for
 from inversion_bench.plan import PairJob
 from inversion_bench.products.data import splits
 from inversion_bench.products.target import attacked_target
-from inversion_bench.registry import REGISTRIES
 from inversion_bench.run_context import RunContext
 
 KIND = "generators"
@@ -33,8 +31,7 @@ KIND = "generators"
 
 def make_attack(ctx: RunContext, job: PairJob) -> Attack:
     """The attack plugin of ``job`` with its validated parameters."""
-    cls = REGISTRIES["attacks"].get(ctx.suite.attacks[job.attack_index].name)
-    return cls(ctx.loaded.attack_params[job.attack_index])
+    return ctx.loaded.attacks[job.attack].build()
 
 
 def attack_context(ctx: RunContext, job: PairJob) -> AttackContext:
@@ -42,7 +39,7 @@ def attack_context(ctx: RunContext, job: PairJob) -> AttackContext:
     return AttackContext(device=ctx.device, seed=job.seed, batch_size=ctx.suite.run.attack_batch_size,
                          amp=ctx.suite.run.amp, progress=ctx.settings.progress,
                          resolution=ctx.suite.dataset.resolution, public=splits(ctx).public,
-                         label=f"{entry_label(ctx.suite.defenses[job.defense_index])} seed {job.seed}")
+                         label=f"{ctx.loaded.defenses[job.defense].label} seed {job.seed}")
 
 
 def trained_generator(ctx: RunContext, job: PairJob) -> dict[str, Any]:
@@ -62,7 +59,7 @@ def trained_generator(ctx: RunContext, job: PairJob) -> dict[str, Any]:
     stored = ctx.store.load(KIND, key, _read)
     if stored is not None:
         return stored
-    _, _, attacked = attacked_target(ctx, job.defense_index, job.seed)
+    _, _, attacked = attacked_target(ctx, job.defense, job.seed)
     attack = make_attack(ctx, job)
     actx = attack_context(ctx, job)
     query_target, counter = target_for(attack.access, attacked, ctx.device)
@@ -79,7 +76,7 @@ def trained_generator(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         if isinstance(counter, QueryCounter):
             counter.close()
     out = {"state": state, "seconds": time.perf_counter() - t0, "queries": counter.queries,
-           "attack": ctx.suite.attacks[job.attack_index].name}
+           "attack": ctx.loaded.attacks[job.attack].name}
     with ctx.store.writing(KIND, key) as tmp:
         torch.save(out, tmp / "data.pt")
     return out

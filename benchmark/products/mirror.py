@@ -115,8 +115,8 @@ def _plugin_tags(record: dict[str, Any]) -> dict[str, str]:
 
 def _target_history(ctx: RunContext, record: dict[str, Any]) -> list[dict[str, Any]]:
     """The per-epoch training history of the record's target: from memory, else from the store (best effort)."""
-    di, seed = record.get("defense_index"), record.get("seed")
-    held = ctx.held.targets.get((di, seed)) if di is not None else None
+    defense, seed = record.get("defense"), record.get("seed")
+    held = ctx.held.targets.get((defense, seed)) if defense is not None else None
     if held is not None:
         return list(held[1].get("history") or [])
     key = (record.get("keys") or {}).get("target")

@@ -60,12 +60,12 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
     """
     if ctx.store.has("attacks", job.attack_key):
         return job.attack_key
-    a = ctx.suite.attacks[job.attack_index]
+    a = ctx.loaded.attacks[job.attack]
     attack = make_attack(ctx, job)
-    generator = trained_generator(ctx, job) if attack.trains_generator else None  # before the attack's clock
-    _, _, attacked = attacked_target(ctx, job.defense_index, job.seed)
-    gen = prior(ctx) if attack.needs_prior else None
-    identities = attacked_identities(a.identities, splits(ctx).num_classes, f"attacks[{job.attack_index}].identities")
+    generator = trained_generator(ctx, job) if a.trains_generator else None  # before the attack's clock
+    _, _, attacked = attacked_target(ctx, job.defense, job.seed)
+    gen = prior(ctx) if a.needs_prior else None
+    identities = attacked_identities(a.identities, splits(ctx).num_classes, f"{a.where}.identities")
     actx = attack_context(ctx, job)
     if generator is not None:
         actx.trained = generator["state"]

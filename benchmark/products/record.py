@@ -15,7 +15,6 @@ from typing import Any
 import torch
 
 from inversion_bench.checkpoints import checkpoint_json
-from inversion_bench.config import entry_label
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
 from inversion_bench.paths import inside
@@ -70,8 +69,8 @@ def metric_context(ctx: RunContext, job: PairJob, target_model: torch.nn.Module,
     """What the suite's metrics may use to score ``job``'s reconstructions."""
     ev, _ = evaluator(ctx)
     data = splits(ctx)
-    a = ctx.suite.attacks[job.attack_index]
-    attacked = attacked_identities(a.identities, data.num_classes, f"attacks[{job.attack_index}].identities")
+    a = ctx.loaded.attacks[job.attack]
+    attacked = attacked_identities(a.identities, data.num_classes, f"{a.where}.identities")
     second = second_evaluator(ctx)
     return MetricContext(evaluation_model=ev, target=target_model, target_report=report,
                          private_train=data.private_train, private_test=data.private_test,
@@ -94,8 +93,8 @@ def score(ctx: RunContext, rec: Reconstruction, mctx: MetricContext) -> Scores:
             :class:`~inversion_bench.interfaces.MetricResult`.
     """
     out = Scores()
-    for m, params in zip(ctx.suite.metrics, ctx.loaded.metric_params, strict=True):
-        metric = REGISTRIES["metrics"].get(m.name)(params)
+    for m in ctx.loaded.metrics:
+        metric = m.build()
         out.directions.update(metric.better)
         out.scopes.update(dict.fromkeys(metric.better, metric.scope))
         try:
@@ -132,8 +131,7 @@ def query_counts(info: dict[str, Any]) -> dict[str, float] | None:
 def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
     """What every record of ``job`` holds, ok or failed: the pair, its settings, keys and provenance."""
     s, plan = ctx.suite, ctx.plan
-    d, a = s.defenses[job.defense_index], s.attacks[job.attack_index]
-    dp, ap = ctx.loaded.defense_params[job.defense_index], ctx.loaded.attack_params[job.attack_index]
+    d, a = ctx.loaded.defenses[job.defense], ctx.loaded.attacks[job.attack]
     # the setup behind the numbers, for every output (page, Markdown, LaTeX, MLflow params); the --set
     # overrides are recorded when LoadedSuite keeps them (``overrides``), else only their resolved values
     overrides = getattr(ctx.loaded, "overrides", None)
@@ -146,9 +144,8 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         "evaluation": {"architecture": s.evaluation.architecture.name, "params": ctx.loaded.eval_arch_params.model_dump(
             mode="json"), "epochs": s.evaluation.training.epochs, "steps": s.evaluation.training.steps,
                        "checkpoint": checkpoint_json(s.evaluation.checkpoint)},
-        "metrics": [{"name": m.name, "params": p.model_dump(mode="json"),
-                     "keys": sorted(getattr(REGISTRIES["metrics"].get(m.name), "better", None) or {})}
-                    for m, p in zip(s.metrics, ctx.loaded.metric_params, strict=True)],
+        "metrics": [{"name": m.name, "params": m.params_json(), "keys": sorted(getattr(m.cls, "better", None) or {})}
+                    for m in ctx.loaded.metrics],
         "overrides": [str(o) for o in overrides] if overrides is not None else None,
     }
     try:
@@ -160,27 +157,24 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         log.debug("setup without split sizes: %s", exc)
     return {
         "suite": s.name, "suite_hash": plan.suite_hash, "run_dir": str(ctx.run_dir),
-        "defense": job.defense, "defense_label": entry_label(d), "defense_plugin": d.name,
-        "defense_params": dp.model_dump(mode="json"), "defense_index": job.defense_index,
+        "defense": d.id, "defense_label": d.label, "defense_plugin": d.name,
+        "defense_params": d.params_json(), "defense_index": d.index,
         "defense_swept": d.swept.model_dump(mode="json") if d.swept else None,
-        "attack": job.attack, "attack_label": entry_label(a), "attack_plugin": a.name,
-        "attack_params": ap.model_dump(mode="json"), "attack_index": job.attack_index,
-        "access": REGISTRIES["attacks"].get(a.name).access,
+        "attack": a.id, "attack_label": a.label, "attack_plugin": a.name,
+        "attack_params": a.params_json(), "attack_index": a.index,
+        "access": a.access,
         "seed": job.seed, "baseline": s.baseline_id, "config_hash": job.config_hash,
         "schema_version": SCHEMA_VERSION,
         "report_settings": report_settings(ctx),
         "metric_info": {**metric_info(REGISTRIES["metrics"].get("test_accuracy"), "test_accuracy"),
-                        **{k: v for m in s.metrics for k, v in metric_info(REGISTRIES["metrics"].get(m.name),
-                                                                            m.name).items()}},
+                        **{k: v for m in ctx.loaded.metrics for k, v in metric_info(m.cls, m.name).items()}},
         "worst_case_metric": worst_case_metric(ctx, a.name),
         "keys": {"target": job.target_key, "attack": job.attack_key, "evaluator": plan.evaluator_key,
                  "prior": plan.prior_key, "data": plan.data_key,
                  **({"second_evaluator": plan.second_evaluator_key} if plan.second_evaluator_key else {})},
         "code_version": ctx.code_version,
-        "plugin_versions": {f"defense:{d.name}": REGISTRIES["defenses"].version_label(d.name),
-                            f"attack:{a.name}": REGISTRIES["attacks"].version_label(a.name),
-                            **{f"metric:{m.name}": REGISTRIES["metrics"].version_label(m.name)
-                               for m in s.metrics}},
+        "plugin_versions": {f"defense:{d.name}": d.version_label, f"attack:{a.name}": a.version_label,
+                            **{f"metric:{m.name}": m.version_label for m in ctx.loaded.metrics}},
         "device": f"{ctx.device} ({platform.processor() or platform.machine()}, torch {torch.__version__})",
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "setup": setup,
@@ -191,7 +185,7 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
                 keep: dict[str, Any]) -> None:
     """Fills ``out`` with the scores of ``job``'s stored reconstructions (their trace into ``keep``)."""
     t0 = time.perf_counter()
-    model, report = target(ctx, job.defense_index, job.seed)
+    model, report = target(ctx, job.defense, job.seed)
     timings["target_s"] = float(report.get("seconds", time.perf_counter() - t0))
     out["num_classes"] = splits(ctx).num_classes
     out["target"] = {k: v for k, v in report.items() if k != "history"}
@@ -239,7 +233,7 @@ def failed_record(ctx: RunContext, job: PairJob, error: str, trace_text: str,
     rec = dict(base) if base is not None else base_record(ctx, job)
     rec.update(status="failed", error=error, traceback=trace_text, metrics={}, directions={})
     rec.setdefault("timings", {})
-    accuracy = known_test_accuracy(ctx, job.defense_index, job.seed)
+    accuracy = known_test_accuracy(ctx, job.defense, job.seed)
     if accuracy is not None:
         rec["metrics"] = {"test_accuracy": accuracy}
         rec["directions"] = {"test_accuracy": "higher"}
