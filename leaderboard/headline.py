@@ -19,8 +19,8 @@ from typing import Any
 
 from inversion_bench.leaderboard.cells import cell_rows, delta_text, is_significant
 from inversion_bench.leaderboard.labels import ARROWS, NEAR_CHANCE
-from inversion_bench.leaderboard.number_format import decimals_by_column, format_value
 from inversion_bench.leaderboard.model import Column, LeaderboardTable
+from inversion_bench.leaderboard.number_format import decimals_by_column, format_value
 from inversion_bench.leaderboard.worst_case import ranked
 
 """The metric shown per attack in the headline table when the caller names none."""

@@ -35,6 +35,7 @@ from inversion_bench.leaderboard.cells import (
     test_text,
     worst_case_title,
 )
+from inversion_bench.leaderboard.headline import headline_table, tradeoff_svg
 from inversion_bench.leaderboard.labels import (
     ACCESS_HELP,
     ARROWS,
@@ -46,7 +47,6 @@ from inversion_bench.leaderboard.labels import (
     seed_summary,
     worst_case_help,
 )
-from inversion_bench.leaderboard.headline import headline_table, tradeoff_svg
 from inversion_bench.leaderboard.legend import (
     AUDIT_HELP,
     cells_help,
