@@ -37,6 +37,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"run.store={json.dumps(str(Path(args.store).expanduser().absolute()))}")
     if getattr(args, "executor", None):
         out.append(f"run.executor={args.executor}")
+    if getattr(args, "workers", None) is not None:
+        out.append(f"run.workers={args.workers}")
     if getattr(args, "address", None):
         out.append(f"run.ray.address={json.dumps(args.address)}")  # JSON string: YAML would read 1:30 as a number
     return out
@@ -304,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the pairs that would run, run nothing")
     p.add_argument("--executor", choices=["local", "ray"],
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
+    p.add_argument("--workers", type=int, metavar="N", help="local executor: run up to N independent jobs at "
+                   "the same time in worker processes (run.workers; default: cores // run.threads when threads is "
+                   "set, else 1)")
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
