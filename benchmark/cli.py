@@ -306,9 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="show the pairs that would run, run nothing")
     p.add_argument("--executor", choices=["local", "ray"],
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
-    p.add_argument("--workers", type=int, metavar="N", help="local executor: run up to N independent jobs at "
-                   "the same time in worker processes (run.workers; default: cores // run.threads when threads is "
-                   "set, else 1)")
+    p.add_argument("--workers", type=int, metavar="N", help="jobs at once, in worker processes (run.workers)")
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")
