@@ -185,10 +185,12 @@ VARYING_NESTED = {"target": {"seconds", "images_per_second"}, "attack_info": {"s
 
 
 def _comparable(record: dict) -> dict:
+    """``record`` without the fields that differ between runs (the attack's timings: ``*_s``)."""
     out = {k: v for k, v in record.items() if k not in VARYING}
     for key, drop in VARYING_NESTED.items():
         if isinstance(out.get(key), dict):
-            out[key] = {k: v for k, v in out[key].items() if k not in drop}
+            out[key] = {k: v for k, v in out[key].items()
+                        if k not in drop and not (key == "attack_info" and k.endswith("_s"))}
     return out
 
 

@@ -67,7 +67,7 @@ class ParallelExecutor(Executor):
 
     def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
         if jobs:
-            _ParallelWalk(ctx, jobs, on_record).run(min(self.workers, len(jobs)), self.threads)
+            _ParallelWalk(ctx, jobs, on_record).run_in(min(self.workers, len(jobs)), self.threads)
 
 
 class _ParallelWalk(_Walk):
@@ -83,7 +83,8 @@ class _ParallelWalk(_Walk):
         heapq.heapify(self.ready)
         self.released: set[tuple[int, int]] = set()  # targets no pending job uses: workers drop them
 
-    def run(self, workers: int, threads: int) -> None:  # type: ignore[override]
+    def run_in(self, workers: int, threads: int) -> None:
+        """Runs the graph with a pool of ``workers`` processes (the in-process :meth:`run` is not used)."""
         log.info("running the jobs in %d worker process(es), %d torch thread(s) each", workers, threads)
         pool = WorkerPool(workers, ContextSpec.of(self.ctx), threads)
         try:
