@@ -55,6 +55,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.optimize import attack_setup, frozen
 from inversion_bench.errors import ConfigError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
@@ -276,6 +277,16 @@ class BoundaryRepulsionMI(Attack):
     Params = BrepMIParams
     access = "label-only"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        rounds = f"up to {p.max_rounds:,} rounds" if p.max_rounds else "rounds without limit"
+        initial = (f"up to {p.max_initial_batches:,} x {p.initial_batch_size}" if p.max_initial_batches
+                   else "unlimited")
+        return AttackBudget(f"initial search {initial} samples; then {rounds} x {p.sphere_points} queries per identity",
+                            f"an identity stops {p.max_iters_at_radius} counted iterations after its sphere last grew; "
+                            "it cannot trigger while the sphere keeps growing (then max_rounds ends it)")
 
     def run(self, target: Any, identities: Tensor, prior: Generator | None, ctx: AttackContext) -> Reconstruction:
         p: BrepMIParams = self.params

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss, target_confidence
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
@@ -112,6 +113,11 @@ class GenerativeModelInversion(Attack):
     Params = GMIParams
     access = "white-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.num_steps} steps x {p.num_restarts} restarts per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

@@ -50,6 +50,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from inversion_bench import augment
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.layered import LayeredSynthesis, as_layered, l1_deviation_projection
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
@@ -236,6 +237,12 @@ class IFGMIAttack(Attack):
     Params = IFGMIParams
     access = "white-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.search_space_size:,} latents searched, then {p.num_candidates} candidates x "
+                            f"{sum(p.steps)} steps (per layer {'+'.join(map(str, p.steps))}) per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

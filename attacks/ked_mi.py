@@ -48,6 +48,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.ked_gan import (
     BatchStream,
     KEDDiscriminator,
@@ -183,6 +184,12 @@ class KEDMI(Attack):
                 "final_g_loss": round(float(g_loss.detach()), 5), "final_d_accuracy": round(float(acc), 4)}
 
     # -------------------------------------------------------------------------------- stage 2
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        gan = f"{p.gan_steps} discriminator steps" if p.gan_steps else f"{p.gan_epochs} epochs"
+        return AttackBudget(f"GAN fit: {gan}; then {p.num_steps} recovery iterations")
+
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:
         p: KEDMIParams = self.params

@@ -29,6 +29,7 @@ from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.data import is_grayscale
 from inversion_bench.errors import DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
@@ -95,6 +96,11 @@ class MIFace(Attack):
         noise = torch.randn(n, channels, res, res, generator=g) * p.start_noise
         first = (torch.arange(n) % p.restarts) == 0
         return torch.where(first.view(-1, 1, 1, 1), starts, (starts + noise).clamp(0, 1))
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.steps} steps x {p.restarts} restarts per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

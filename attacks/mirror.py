@@ -44,6 +44,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.optimize import attack_setup, frozen
 from inversion_bench.errors import ConfigError, DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
@@ -248,6 +249,18 @@ class MirrorBlackBox(Attack):
     Params = MirrorParams
     access = "black-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        text = (f"{p.search_space_size:,} initial samples, then up to {p.generations} generations x "
+                f"{p.population_size:,} queries per identity")
+        if p.min_score is None or p.generations == 0:
+            return AttackBudget(text)
+        return AttackBudget(text, f"an identity stops once its elite's confidence in the attacked class reaches "
+                            f"min_score {p.min_score:g}; it cannot trigger on a target whose top confidence stays "
+                            f"below {p.min_score:g} (label smoothing, or an output defense that flattens or rounds "
+                            f"the scores): then every identity runs all {p.generations} generations")
 
     def run(self, target: Any, identities: Tensor, prior: Generator | None, ctx: AttackContext) -> Reconstruction:
         p: MirrorParams = self.params

@@ -44,6 +44,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.losses import cross_entropy_loss, poincare_loss, target_confidence
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
 from inversion_bench.attacks.common.plg_gan import (
@@ -169,6 +170,12 @@ class PLGMI(Attack):
         gen, _ = build_networks(state["config"])
         gen.load_state_dict(state["generator"])
         return gen.to(ctx.device).eval()
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"cGAN fit: {p.gan_iterations:,} generator updates; then {p.samples_per_target} latents x "
+                            f"{p.num_steps} steps per identity")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

@@ -67,6 +67,7 @@ from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, mo
 from torch import Tensor, nn
 
 from inversion_bench import augment
+from inversion_bench.attack_budget import AttackBudget
 from inversion_bench.attacks.common.lomma import IdentityTerm, LommaParams, lomma_identity
 from inversion_bench.attacks.common.losses import IdentityLossName, identity_loss
 from inversion_bench.attacks.common.optimize import attack_setup, frozen, optimize_latents
@@ -162,6 +163,12 @@ class PlugAndPlayAttack(Attack):
     Params = PPAParams
     access = "white-box"
     needs_prior = True
+
+    def budget(self) -> AttackBudget:
+        """The budget of one run from the parameters (the report's cost table)."""
+        p = self.params
+        return AttackBudget(f"{p.search_space_size:,} latents searched, then {p.num_candidates} candidates x "
+                            f"{p.num_steps} steps per identity; {p.iterations} transforms each in the selection")
 
     def run(self, target: nn.Module, identities: Tensor, prior: Generator | None,
             ctx: AttackContext) -> Reconstruction:

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.cli_data import add_data_parser
+from inversion_bench.cli_run import add_run_options, dry_run, run_summary, selection_of
 from inversion_bench.errors import ConfigError
+from inversion_bench.figure_options import add_skip_figure
 from inversion_bench.table_options import add_table_options, table_options
 
 log = logging.getLogger("inversion_bench")
@@ -92,14 +94,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 2 if bad else 0
 
 
-def _dry_run(runner) -> int:
-    todo, skip = runner.pending()
-    print(f"{len(todo)} pair(s) to run, {len(skip)} already recorded in {runner.run_dir}")
-    for job in todo:
-        print(f"  {job.defense} x {job.attack} seed {job.seed}")
-    return 0
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from inversion_bench import fastpath
 
@@ -128,14 +122,15 @@ def _full_run(args: argparse.Namespace) -> int:
     problems = missing_resources(loaded)
     if problems:
         raise ConfigError("\n".join(problems))
+    subset = selection_of(args, loaded)  # --defenses/--attacks: unknown ids refused (exit 2) before any work
     check_run(args, loaded, run_dir_of(loaded, args.run_dir))  # folders, store, MLflow, device: before any work
     executor = None if args.dry_run else make_executor(loaded.suite.run)  # exits 2 here when Ray is missing
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
-                    tracking_uri=args.tracking_uri, progress=False if args.no_progress else None)
+                    tracking_uri=args.tracking_uri, progress=False if args.no_progress else None, selection=subset)
     for line in describe(loaded, runner.plan):
         log.info(line)
     if args.dry_run:
-        return _dry_run(runner)
+        return dry_run(runner)
     with runner.lock():  # exits 2 when another run holds the folder; held until the report is written
         tracker = None
         if loaded.suite.run.tracking and not args.no_tracking:
@@ -143,12 +138,9 @@ def _full_run(args: argparse.Namespace) -> int:
 
             tracker = open_tracker(runner.tracking_uri, runner.run_dir, loaded.suite.name)
         summary = runner.run(tracker, executor=executor)
-        report = _report_if_changed(runner, figures=not args.no_figures)
-    if report is not None:
-        print(report.board.to_markdown())
-        print(f"report: {report.files['html']}")
-    print(f"\nrun folder: {runner.run_dir}  ({len(summary.ok)} ran, {len(summary.skipped)} from cache, "
-          f"{len(summary.failed)} failed)")
+        report = _report_if_changed(runner, figures=not args.no_figures, skip=args.skip_figure or [])
+    for line in run_summary(summary, runner.run_dir, report):
+        print(line)
     if tracker is not None and tracker.broken is None:
         print(f"MLflow: mlflow ui --backend-store-uri {tracker.uri}")
     elif tracker is not None:
@@ -162,16 +154,16 @@ def _full_run(args: argparse.Namespace) -> int:
     return summary.exit_code
 
 
-def _report_if_changed(runner, figures: bool):
+def _report_if_changed(runner, figures: bool, skip: list[str]):
     """The run folder's report, rebuilt only when its inputs changed (``leaderboard/report.key``); ``None``
     (with a message) when it is up to date."""
     from inversion_bench.leaderboard.report_key import report_key, up_to_date
 
     out = runner.run_dir / "leaderboard"
-    if up_to_date(out, report_key([runner.run_dir], out, figures=figures)):
+    if up_to_date(out, report_key([runner.run_dir], out, figures=figures, skip_figures=sorted(skip))):
         print(f"nothing changed; the report is up to date ({out / 'index.html'})")
         return None
-    return _write_report([runner.run_dir], out, figures=figures, contexts=[runner.ctx])
+    return _write_report([runner.run_dir], out, figures=figures, contexts=[runner.ctx], skip_figures=skip)
 
 
 def _write_report(run_dirs: list[Path], out_dir: Path | None, figures: bool = True, **kwargs):
@@ -191,8 +183,10 @@ BASELINE_HELP = ("defense id the differences are taken against (default: the bas
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables and index.html from the records only (fast: no figures, no stored models read)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
-                           figures=False, baseline=args.baseline, table=table_options(args))
+                           figures=False, baseline=args.baseline, table=table_options(args), published=args.published)
     print(report.board.to_markdown())
+    for section in report.sections_markdown:
+        print(section)
     print(f"\nwritten to {report.out_dir} (page: {report.files['html']})")
     for note in report.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -203,8 +197,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Tables, figures and index.html of one or more run folders (combined when comparable)."""
     report = _write_report([Path(d) for d in args.run_dirs], Path(args.output) if args.output else None,
                            figures=not args.no_figures, grid_attack=args.grid_attack,
-                           grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args))
+                           grid_identities=args.grid_identities, baseline=args.baseline, table=table_options(args),
+                           skip_figures=args.skip_figure or [], published=args.published)
     print(report.board.to_markdown())
+    for section in report.sections_markdown:
+        print(section)
     print(f"\nwritten to {report.out_dir}:")
     for name, path in sorted(report.files.items()):
         print(f"  {name:<9} {path}")
@@ -303,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: SQLite file in the run folder)")
     p.add_argument("--no-tracking", action="store_true", help="do not mirror records to MLflow")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--dry-run", action="store_true", help="show the pairs that would run, run nothing")
+    add_run_options(p)
     p.add_argument("--executor", choices=["local", "ray"],
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
     p.add_argument("--workers", type=int, metavar="N", help="jobs at once, in worker processes (run.workers)")
@@ -342,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run folders; several are combined if they share dataset, split and evaluation model")
     p.add_argument("--output", help="where to write (default: the first RUN_DIR/leaderboard)")
     p.add_argument("--no-figures", action="store_true", help="tables and page only")
+    add_skip_figure(p)
     p.add_argument("--grid-attack", help="attack id of the qualitative grid (default: the most revealing attack)")
     p.add_argument("--grid-identities", type=int, default=8, help="identities in the qualitative grid")
     p.add_argument("--baseline", metavar="ID", help=BASELINE_HELP)

@@ -347,7 +347,23 @@ def validate_suite(suite_dict: dict[str, Any], source: str) -> LoadedSuite:
         raise ConfigError(f"{source}: baseline: {suite.baseline!r} is not a defense id; "
                           f"choose one of {suite.defense_ids()}")
     check_report_table(suite, source)
+    check_worst_case(suite, source)
     return loaded
+
+
+def check_worst_case(suite: Suite, source: str) -> None:
+    """``report.worst_case``, when the suite names one, is an output some suite metric declares with
+    ``better: lower`` (the worst case is a maximum of leakage)."""
+    if "worst_case" not in suite.report.model_fields_set:
+        return
+    name = suite.report.worst_case
+    outputs = {o: out for m in suite.metrics for o, out in REGISTRIES["metrics"].get(m.name).outputs.items()}
+    if name not in outputs:
+        raise ConfigError(f"{source}: report.worst_case: {name!r} is no output of the suite's metrics; choose one of "
+                          f"{sorted(o for o, out in outputs.items() if out.better == 'lower')} or add its metric")
+    if outputs[name].better != "lower":
+        raise ConfigError(f"{source}: report.worst_case: {name!r} is declared better: higher (a higher value is less "
+                          "leakage), but the worst case takes the highest mean; choose one declared better: lower")
 
 
 def check_identities(suite: Suite, num_classes: int, source: str) -> None:

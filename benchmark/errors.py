@@ -14,6 +14,7 @@ import errno
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 
 class BenchError(Exception):
@@ -40,7 +41,12 @@ class DivergedError(BenchError):
 
 
 class MetricUnavailableError(BenchError):
-    """A metric cannot be computed for this pair; the message says why."""
+    """A metric cannot be computed for this pair; the message says why. ``details`` (what the metric found
+    before it stopped: counts, skipped identities) are kept in the record like a result's."""
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.details = dict(details or {})
 
 
 class AccessError(BenchError):

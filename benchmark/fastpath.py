@@ -265,7 +265,9 @@ def stamp_run(args: argparse.Namespace, loaded: Any, run_dir: Path, tracker: Any
                                                   *loaded.attack_params, *loaded.metric_params)
               if hasattr(p, "model_dump")]
     inputs = [loaded.raw, params, {k: str(v) for k, v in loaded.weights().items()}, tracking, args.plugin or []]
-    summary = (f"run folder: {run_dir}  (0 ran, {pairs} from cache, 0 failed)\n"
-               f"report: {run_dir / 'leaderboard' / 'index.html'}")
+    summary = (f"pairs: 0 ran, {pairs} reused (recorded before), 0 failed\n"
+               f"report: {run_dir / 'leaderboard' / 'index.html'}\n"
+               f"tables: {run_dir / 'leaderboard' / 'leaderboard.md'} (also .csv and .tex; costs.csv, records.csv)\n"
+               f"run folder: {run_dir}  (0 ran, {pairs} from cache, 0 failed)")
     return write_stamp(args, suite=Path(loaded.source), suite_files=suite_files(loaded.source, args.plugin),
                        run_dir=run_dir, inputs=inputs, summary=summary)

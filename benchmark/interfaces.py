@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from inversion_bench.errors import DivergedError
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import Plugin
 
 if TYPE_CHECKING:
@@ -311,6 +312,9 @@ class Attack(Plugin, ABC):
     access: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
     needs_prior: ClassVar[bool] = False
     trains_generator: ClassVar[bool] = False  # fits its own GAN with the target's knowledge (KED-MI, PLG-MI)
+    worst_case_metric: ClassVar[str | None] = None
+    """The metric output the worst case takes for this attack's records (its value is leakage: declared
+    ``better="lower"``); ``None``: the suite's ``report: {worst_case: ...}`` (``attack_acc@1`` by default)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -360,7 +364,6 @@ class MetricContext:
             architecture (``evaluation.second``), None without one.
         features: the store-backed feature cache (private features are computed once per suite).
         weights: the suite's ``weights:`` section (name -> local path).
-        details: metrics may put per-identity values and provenance here (kept in the record).
     """
 
     evaluation_model: nn.Module
@@ -375,11 +378,35 @@ class MetricContext:
     seed: int = 0
     second_evaluation_model: nn.Module | None = None
     weights: Mapping[str, Path] = field(default_factory=dict)
-    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """What :meth:`Metric.compute` returns: the values, per-identity values and details
+    (``result["fid"]`` is ``result.values["fid"]``).
+
+    Attributes:
+        values: output name -> value, for every output the metric declares.
+        per_identity: output name -> attacked identity -> value, for the outputs declared
+            ``per_identity`` (every attacked identity; one without images scores as a miss).
+        details: provenance and counts kept in the record (``metric_details[<plugin name>]``).
+    """
+
+    values: Mapping[str, float]
+    per_identity: Mapping[str, Mapping[int, float]] = field(default_factory=dict)
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> float:
+        return self.values[name]
 
 
 class Metric(Plugin, ABC):
-    """A score of a reconstruction. ``better`` says, per output name, what the defender wants.
+    """A score of a reconstruction. ``outputs`` declares, per output name, what it returns
+    (:class:`~inversion_bench.record_model.MetricOutput`: what the defender wants, the unit, whether there are
+    per-identity values); the record keeps the declarations, so tables need no metric plugin.
+
+    A plugin may declare only ``better`` (name -> ``"higher"``/``"lower"``): its outputs are then scores
+    without per-identity values. ``better`` is always the outputs' directions.
 
     ``scope`` says what a value describes: ``"attack"`` (the default) a pair's reconstructions, one
     leaderboard column per attack; ``"target"`` the attacked classifier alone (test accuracy,
@@ -387,13 +414,22 @@ class Metric(Plugin, ABC):
     per defense next to the test accuracy.
     """
 
+    outputs: ClassVar[Mapping[str, MetricOutput]] = {}
     better: ClassVar[Mapping[str, Direction]] = {}
     scope: ClassVar[Literal["attack", "target"]] = "attack"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "outputs" in cls.__dict__:
+            cls.better = {name: out.better for name, out in cls.outputs.items()}
+        elif "better" in cls.__dict__:
+            cls.outputs = {name: MetricOutput(better=d) for name, d in cls.better.items()}
 
     def required_weights(self) -> dict[str, str]:
         """Weights names this metric needs from the suite's ``weights:`` section -> what it is."""
         return {}
 
     @abstractmethod
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
-        """Returns name -> value for every name in ``better``; raises MetricUnavailableError."""
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
+        """The values of every declared output (with per-identity values and details); raises
+        MetricUnavailableError."""

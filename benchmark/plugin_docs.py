@@ -50,9 +50,11 @@ def _facts(info: PluginInfo) -> list[str]:
         if getattr(obj, "trains_generator", False):
             facts.append("trains its own GAN with the target's knowledge")
     if info.kind == "metric":
-        better = getattr(obj, "better", None) or {}
-        if better:
-            facts.append("reports " + ", ".join(f"`{k}` ({d} is better)" for k, d in better.items()))
+        outputs = getattr(obj, "outputs", None) or {}
+        if outputs:
+            facts.append("reports " + ", ".join(
+                f"`{k}` ({o.unit}, {o.better} is better{', per identity' if o.per_identity else ''})"
+                for k, o in outputs.items()))
         facts.append(f"scope: {getattr(obj, 'scope', 'attack')}")
     return ["- " + "; ".join(facts)]
 

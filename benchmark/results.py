@@ -9,9 +9,10 @@ float holds such as a metric of 10^400) is named
 in a warning and skipped by :func:`load_records`; ``bench run`` moves it to ``records/corrupt/``
 (:func:`move_aside`, never deleted) and runs its pair again.
 
-A record (``schema`` 1) holds::
+A record (``schema_version`` 2; the model is :class:`~inversion_bench.record_model.Record`, and
+:func:`~inversion_bench.record_model.upgrade` reads every older record) holds::
 
-    schema, suite, suite_hash, run_dir
+    schema_version, suite, suite_hash, run_dir
     defense, defense_label, defense_plugin, defense_params, defense_index
     attack, attack_label, attack_plugin, attack_params, attack_index
     seed, baseline                      # baseline = the suite's baseline defense id
@@ -19,7 +20,11 @@ A record (``schema`` 1) holds::
     error, traceback                    # for failed pairs: the reason and the traceback
     metrics                             # name -> float ("test_accuracy" always present when trained)
     directions                          # name -> "higher" | "lower" (better for the defender)
-    metric_details                      # name -> per-identity values, sample counts, provenance
+    metric_info                         # output name -> its plugin's declaration: unit, better, scope, ...
+    per_identity                        # output name -> {"values": identity -> value} (declared per_identity)
+    worst_case_metric                   # the output the worst case takes (attack's or the suite's report:)
+    metric_details                      # metric plugin name -> sample counts, provenance
+    metric_errors, metric_scopes        # output name -> why it has no value / "attack" | "target"
     keys                                # store keys of target, evaluator, prior, reconstruction
     config_hash, code_version, plugin_versions, timings (seconds), device, created (ISO time)
 """
@@ -36,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 from inversion_bench.errors import disk_full
-from inversion_bench.store import check_name, inside, umask_mode
+from inversion_bench.paths import check_name, inside, umask_mode
+from inversion_bench.record_model import load_record, upgrade
 
 log = logging.getLogger(__name__)
 
-RECORD_SCHEMA = 1
 CORRUPT_DIR = "corrupt"
 """Unreadable records are moved to ``records/corrupt/`` by ``bench run`` (never deleted)."""
 
@@ -89,9 +94,16 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 
 def write_record(records_dir: Path, record: dict[str, Any]) -> Path:
-    """Writes ``record`` atomically as ``records_dir/<record_filename>`` (checked to stay in ``records_dir``)."""
+    """Writes ``record`` atomically as ``records_dir/<record_filename>`` (checked to stay in ``records_dir``), at
+    the current schema version (a record of an older one is upgraded; see :mod:`~inversion_bench.record_model`).
+
+    Raises:
+        ValueError: the record does not validate as a :class:`~inversion_bench.record_model.Record`.
+    """
     path = inside(records_dir, record_filename(record["defense"], record["attack"], record["seed"]), "record file")
-    write_json_atomic(path, {"schema": RECORD_SCHEMA, **record})
+    current = upgrade(record)
+    load_record(current)
+    write_json_atomic(path, current)
     return path
 
 

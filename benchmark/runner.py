@@ -29,6 +29,7 @@ from inversion_bench.products import mirror, record
 from inversion_bench.products.data import splits
 from inversion_bench.results import record_filename, write_json_atomic
 from inversion_bench.run_context import RunContext
+from inversion_bench.selection import Selection
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,9 @@ class Runner:
     """
 
     def __init__(self, loaded: LoadedSuite, run_dir: Path | None = None, tracking_uri: str | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, selection: Selection | None = None) -> None:
         self.ctx = RunContext(loaded, run_dir=run_dir, tracking_uri=tracking_uri, progress=progress)
+        self.selection = selection  # ``--defenses``/``--attacks``: only these entries' pairs run
         self._lock = RunLock(self.ctx.run_dir)
 
     def lock(self) -> RunLock:
@@ -75,8 +77,12 @@ class Runner:
         return self.ctx.tracking_uri
 
     def pending(self) -> tuple[list[PairJob], list[PairJob]]:
-        """(pairs to run, pairs whose ok record with the same config hash exists)."""
-        return record.pending(self.ctx)
+        """(pairs to run, pairs whose ok record with the same config hash exists); with a :attr:`selection`,
+        only the selected entries' pairs (the others' records are left as they are)."""
+        todo, skip = record.pending(self.ctx)
+        if self.selection is not None:
+            return self.selection.filter(todo), self.selection.filter(skip)
+        return todo, skip
 
     def begin(self) -> tuple[RunSummary, list[PairJob]]:
         """Prepares the run folder; returns the summary (skipped pairs filled in) and the pairs to run.

@@ -21,8 +21,8 @@ its temporary folder and raises :class:`~inversion_bench.errors.DiskFullError` n
 and the free space; the run stops and the next one resumes.
 
 File modes: temporary folders and files are created private (0700/0600); what is renamed into place
-gets the modes the user's umask gives a plain file or folder (:func:`umask_mode`), so a team sharing
-a run folder can read it.
+gets the modes the user's umask gives a plain file or folder (:func:`~inversion_bench.paths.umask_mode`), so a
+team sharing a run folder can read it.
 
 Paths: kinds and keys are single folder names; :func:`inside` refuses any name that would leave its
 folder (``..``, ``/``, a NUL byte, an empty or overlong name), with a ValueError naming it.
@@ -47,6 +47,7 @@ from typing import Any, TypeVar
 import torch
 
 from inversion_bench.errors import BenchError, ConfigError, disk_full
+from inversion_bench.paths import inside, umask_mode
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -59,62 +60,8 @@ NOT_CORRUPTION = (MemoryError, ImportError, torch.OutOfMemoryError, ConfigError)
 """Errors of a load that say nothing about the stored files (the machine or the user's setup): re-raised."""
 
 
-def current_umask() -> int:
-    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``), else
-    by setting and restoring it (a moment in which another thread's new file would get mode 0666)."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
-def umask_mode(path: Path | str, folder: bool = False) -> None:
-    """Gives ``path`` the mode a plain new file (0666) or folder (0777) gets under the umask; for what
-    ``tempfile`` created private."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
-
-
 class CorruptProductError(BenchError):
     """A stored product could not be read; it was quarantined and is recomputed by the next run."""
-
-
-def check_name(name: str, what: str = "name") -> str:
-    """``name`` when it is one plain file or folder name, else a ValueError naming ``what`` and the rule.
-
-    Refused: empty, ``.``, ``..``, a ``/``, a NUL byte, more than 255 bytes (the file system's limit).
-    """
-    text = str(name)
-    if not text or text in (".", "..") or any(c in text for c in "/\x00"):
-        problem = "must be one plain file or folder name (no '/', '..', NUL byte, not empty)"
-    elif len(text.encode("utf-8", "surrogatepass")) > 255:
-        problem = f"is {len(text.encode('utf-8', 'surrogatepass'))} bytes long; file names hold at most 255"
-    else:
-        return text
-    shown = text if len(text) <= 80 else text[:80] + "..."
-    raise ValueError(f"{what} {shown!r} {problem}")
-
-
-def inside(folder: Path, name: str, what: str = "name") -> Path:
-    """``folder / name``, refused unless ``name`` is one plain entry of ``folder``.
-
-    ``name`` is checked (:func:`check_name`), then joined to the resolved folder and compared
-    (symbolic links of the folder itself are fine).
-
-    Raises:
-        ValueError: naming ``what``, ``name`` and ``folder``.
-    """
-    folder = Path(folder)
-    check_name(name, what)
-    base = folder.resolve()
-    if Path(os.path.normpath(base / name)).parent != base:
-        raise ValueError(f"{what} {name!r} would leave the folder {folder}")
-    return folder / name
 
 
 def canonical_json(obj: Any) -> str:

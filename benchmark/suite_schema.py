@@ -18,6 +18,7 @@ from pydantic import BaseModel, ByteSize, ConfigDict, Field, field_validator, mo
 
 from inversion_bench.checkpoints import Checkpoint
 from inversion_bench.data.splits import SplitSpec
+from inversion_bench.record_model import DEFAULT_WORST_CASE_METRIC
 from inversion_bench.training import TrainingRecipe
 
 
@@ -265,6 +266,9 @@ class ReportConfig(_Strict):
         "(4 seeds per row at 0.05) or paired sign-flip of the per-seed differences (same seeds in both rows; 6 "
         "seeds at 0.05)")
     table: TableConfig = Field(default_factory=TableConfig, description="the paper table's columns and caption")
+    worst_case: str = Field(DEFAULT_WORST_CASE_METRIC, description="the metric output the worst case takes the "
+                            "strongest attack's mean of: one a suite metric declares with better: lower (a higher "
+                            "value is more leakage); an attack that declares its own worst_case_metric uses that")
 
 
 class Suite(_Strict):

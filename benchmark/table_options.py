@@ -21,6 +21,9 @@ def add_table_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table-attacks", metavar="ID1,ID2", help="attack ids the LaTeX and Markdown tables show")
     parser.add_argument("--caption", choices=["short", "full"], help="LaTeX caption: short (the setup in one line) "
                         "or full (every attack's parameters)")
+    parser.add_argument("--published", metavar="PROTOCOL", help="add the numbers papers and reference repositories "
+                        "publish for PROTOCOL (e.g. celeba64) as marked reference rows beside the run's rows, with "
+                        "their citations and setup differences (docs/protocols.md)")
 
 
 def _names(option: str, text: str) -> list[str]:

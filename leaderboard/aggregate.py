@@ -9,13 +9,16 @@ The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Ag
   taken from an ``ok`` record when there is one, otherwise from a failed record that still carries a
   finite value (the target trained, the attack failed afterwards).
 * Columns are, for every attack (grouped by access level: white-box, black-box, label-only; then in
-  ``attack_index`` order), every metric found in that attack's records except the target metrics:
-  ``attack_acc@1`` and ``attack_acc@5`` first, then the others sorted.
+  ``attack_index`` order), every metric found in that attack's records except the target metrics: the
+  worst-case metric first, then the other values its plugin declares (in declaration order), then the
+  others sorted. A column's unit (a share is shown in percent) is the one its metric plugin declared, as
+  the records keep it (``metric_info``, :class:`~inversion_bench.record_model.MetricInfo`).
 * A cell is the mean and sample standard deviation (``ddof=1``) over the seeds whose record is ``ok``
   and whose value is finite. Failed seeds and missing values (``None``/NaN/inf in ``ok`` records) are
   counted separately and never enter the numbers.
-* The worst-case column (right after the test accuracy, when some attack has an ``attack_acc@1``) is
-  the strongest attack's mean: the highest mean ``attack_acc@1`` of the attacks with an ``ok`` record
+* The worst-case column (right after the test accuracy, when some attack has the worst-case metric the
+  records name, ``worst_case_metric``: ``attack_acc@1`` unless the suite's ``report:`` or an attack names
+  another) is the strongest attack's mean: the highest mean of that metric over the attacks with an ``ok`` record
   and a finite value on every seed of the row, with that attack's std over seeds; the mean of per-seed
   maxima sits beside it (:mod:`inversion_bench.leaderboard.worst_case`).
 * Every attack column carries the attack's access level (``record["access"]``; records without one
@@ -29,7 +32,7 @@ The table is rebuilt from records alone (see :mod:`inversion_bench.results`). Ag
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -47,7 +50,6 @@ from inversion_bench.leaderboard.model import (
     TARGET_SCOPE,
     TEST_ACCURACY,
     WORST_CASE_ATTACK,
-    WORST_CASE_METRIC,
     Column,
     DefenseInfo,
     Failure,
@@ -55,12 +57,21 @@ from inversion_bench.leaderboard.model import (
     WorstCase,
     access_rank,
 )
-from inversion_bench.leaderboard.records import dedupe, distinct, finite, first_line, is_ok, privacy_guarantee, where
+from inversion_bench.leaderboard.records import (
+    current,
+    dedupe,
+    distinct,
+    finite,
+    first_line,
+    is_ok,
+    metric_infos,
+    privacy_guarantee,
+    where,
+)
 from inversion_bench.leaderboard.setup_info import metric_label, table_setup
 from inversion_bench.leaderboard.uncertainty import add_uncertainty, evaluator_info, report_settings
 from inversion_bench.leaderboard.worst_case import worst_case
-
-_FIRST_METRICS = ("attack_acc@1", "attack_acc@5")
+from inversion_bench.record_model import MetricInfo
 
 
 @dataclass
@@ -74,10 +85,20 @@ class _Cells:
     worst: dict[str, WorstCase] = field(default_factory=dict)
 
 
-def _metric_order(name: str) -> tuple[int, int, str]:
-    if name in _FIRST_METRICS:
-        return (0, _FIRST_METRICS.index(name), name)
-    return (1, 0, name)
+def _metric_order(infos: Mapping[str, MetricInfo], worst: str | None) -> Callable[[str], tuple[int, int, str]]:
+    """Sort key of an attack's metrics: the worst-case metric, then the other values its plugin declares
+    (declaration order), then the rest by name."""
+    plugin = infos[worst].plugin if worst in infos else None
+    siblings = [m for m, i in infos.items() if i.plugin == plugin and m != worst] if plugin else []
+
+    def key(name: str) -> tuple[int, int, str]:
+        if name == worst:
+            return (0, 0, name)
+        if name in siblings:
+            return (0, 1 + siblings.index(name), name)
+        return (1, 0, name)
+
+    return key
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
@@ -148,8 +169,13 @@ def _target_metrics(recs: Sequence[dict[str, Any]], notes: list[str]) -> list[st
     return [TEST_ACCURACY, *sorted(m for m, sc in found.items() if sc[0] == TARGET_SCOPE and m != TEST_ACCURACY)]
 
 
+def _unit(infos: Mapping[str, MetricInfo], metric: str) -> str:
+    return infos[metric].unit if metric in infos else "score"
+
+
 def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str],
-                    target_metrics: Collection[str]) -> list[Column]:
+                    target_metrics: Collection[str], infos: Mapping[str, MetricInfo],
+                    worst: str | None) -> list[Column]:
     """The columns of one attack: its metrics in display order, or one placeholder without any."""
     label = _label(recs, "attack_label", attack)
     index = int(recs[0].get("attack_index") or 0)
@@ -161,22 +187,34 @@ def _attack_columns(attack: str, recs: Sequence[dict[str, Any]], notes: list[str
     names.difference_update(target_metrics)
     if not names:
         return [Column(attack, label, index, "status", None, placeholder=True, access=access)]
-    return [Column(attack, label, index, m, _direction(m, recs, None, notes), access=access)
-            for m in sorted(names, key=_metric_order)]
+    return [Column(attack, label, index, m, _direction(m, recs, None, notes), access=access, unit=_unit(infos, m))
+            for m in sorted(names, key=_metric_order(infos, worst))]
+
+
+def _worst_case_metric(recs: Sequence[dict[str, Any]], notes: list[str]) -> str | None:
+    """The worst-case metric the records name (the first if they disagree, noted)."""
+    found = distinct(recs, "worst_case_metric")
+    if len(found) > 1:
+        notes.append(f"records name different worst-case metrics ({found}); the worst case uses {found[0]!r}.")
+    return str(found[0]) if found else None
 
 
 def _columns(recs: Sequence[dict[str, Any]], notes: list[str]) -> list[Column]:
-    """The target columns (test accuracy first), the worst case (when an attack has an ``attack_acc@1``),
+    """The target columns (test accuracy first), the worst case (when an attack has the worst-case metric),
     then every attack's columns in ``attack_index`` order."""
+    infos = metric_infos(recs, notes)
+    worst = _worst_case_metric(recs, notes)
     targets = _target_metrics(recs, notes)
     columns = [Column(TARGET_COLUMN, "Target", -1, m,
-                      _direction(m, recs, "higher" if m == TEST_ACCURACY else None, notes)) for m in targets]
+                      _direction(m, recs, "higher" if m == TEST_ACCURACY else None, notes), unit=_unit(infos, m))
+               for m in targets]
     attack_cols: list[Column] = []
     for attack, rs in _by_attack(recs).items():
-        attack_cols += _attack_columns(attack, rs, notes, targets)
-    acc1 = [c for c in attack_cols if c.metric == WORST_CASE_METRIC and not c.placeholder]
-    if acc1:
-        columns.append(Column(WORST_CASE_ATTACK, "Worst case", -1, WORST_CASE_METRIC, acc1[0].direction or "lower"))
+        attack_cols += _attack_columns(attack, rs, notes, targets, infos, worst)
+    found = [c for c in attack_cols if c.metric == worst and not c.placeholder]
+    if found:
+        columns.append(Column(WORST_CASE_ATTACK, "Worst case", -1, found[0].metric, found[0].direction or "lower",
+                              unit=found[0].unit))
     return columns + attack_cols
 
 
@@ -356,7 +394,7 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: str | None = None,
     if not records:
         raise ValueError("no records to build a leaderboard from")
     notes: list[str] = []
-    recs = dedupe(split_configurations(records, notes), notes)
+    recs = dedupe(split_configurations([current(r) for r in records], notes), notes)
     notes += _status_notes(recs)
     notes += compute_settings_note(recs)
     by_defense = _by_defense(recs)
@@ -387,4 +425,5 @@ def aggregate(records: Sequence[dict[str, Any]], baseline: str | None = None,
         settings=settings,
         evaluator=evaluator_info(recs, notes),
         setup=setup,
+        metric_info=metric_infos(recs, []),
     )

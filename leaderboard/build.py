@@ -20,6 +20,7 @@ from inversion_bench.leaderboard.aggregate import aggregate
 from inversion_bench.leaderboard.equal_utility import equal_utility
 from inversion_bench.leaderboard.latex import render_latex
 from inversion_bench.leaderboard.model import LeaderboardTable
+from inversion_bench.leaderboard.records import current
 from inversion_bench.leaderboard.render import render_markdown, wide_frame
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ def build(records: Sequence[dict[str, Any]], baseline: str | None = None,
         ValueError: if there are no records, a record lacks its defense/attack/seed, or two records
             for the same (defense, attack, seed) are different results.
     """
+    records = [current(r) for r in records]
     table = aggregate(records, baseline, baseline_source)
     table.equal_utility = equal_utility(table, records)
     return Leaderboard(**{f.name: getattr(table, f.name) for f in fields(table)})

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from inversion_bench.leaderboard.formatting import plural
+from inversion_bench.leaderboard.number_format import plural
 
 
 def _setting(block: Any) -> str | None:

@@ -35,8 +35,6 @@ import pandas as pd
 from inversion_bench.leaderboard.escape import md_text
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 
-ACC1 = "attack_acc@1"
-
 
 @dataclass(frozen=True)
 class Reading:
@@ -81,8 +79,9 @@ def sweep_groups(records: Sequence[dict[str, Any]]) -> dict[str, list[tuple[str,
     return {g: [(d, v) for d, (_, v) in sorted(m.items(), key=lambda kv: kv[1][0])] for g, m in groups.items()}
 
 
-def equal_utility(board: Any, records: Sequence[dict[str, Any]], metric: str = ACC1) -> pd.DataFrame:
-    """One row per (sweep group, attack): the group's ``metric`` read at the baseline's test accuracy.
+def equal_utility(board: Any, records: Sequence[dict[str, Any]], metric: str | None = None) -> pd.DataFrame:
+    """One row per (sweep group, attack): the group's ``metric`` (default: the table's worst-case metric) read at
+    the baseline's test accuracy.
 
     Columns: group, param, attack, attack_label, baseline, baseline_test_accuracy, value, crossings,
     reason, and ``baseline_value`` (the baseline's own ``metric`` on that attack, for the Δ).
@@ -91,6 +90,11 @@ def equal_utility(board: Any, records: Sequence[dict[str, Any]], metric: str = A
     cols = ["group", "param", "attack", "attack_label", "baseline", "baseline_test_accuracy", "value",
             "baseline_value", "crossings", "reason"]
     groups = sweep_groups(records)
+    if metric is None:
+        worst = board.worst_case_column
+        if worst is None:
+            return pd.DataFrame(columns=cols)
+        metric = worst.metric
     data = board.data
     target = data[data["metric"] == TEST_ACCURACY].set_index("defense")["mean"]
     if not groups or board.baseline is None or board.baseline not in target.index or math.isnan(target[board.baseline]):

@@ -140,7 +140,7 @@ class TradeoffPoint:
 
 
 @plain_text_figure
-def draw_privacy_utility(points: Sequence[TradeoffPoint], stem: Path, metric: str = "attack_acc@1") -> list[Path]:
+def draw_privacy_utility(points: Sequence[TradeoffPoint], stem: Path, metric: str) -> list[Path]:
     """Test accuracy (x, utility) against attack accuracy (y, leakage), one panel per attack.
 
     Lower right is better for the defender: high utility, low attack accuracy.

@@ -26,26 +26,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from inversion_bench.leaderboard.formatting import (
-    ACCESS_HELP,
-    ARROWS,
-    NEAR_CHANCE,
-    WORST_CASE_HELP,
-    attack_heading,
+from inversion_bench.leaderboard.cells import (
     cell_rows,
-    decimals_by_column,
     delta_text,
     display_text,
-    format_value,
-    guarantee_text,
-    has_guarantees,
     interval_text,
     is_significant,
-    queries_text,
-    seed_summary,
     test_text,
     worst_case_title,
 )
+from inversion_bench.leaderboard.labels import (
+    ACCESS_HELP,
+    ARROWS,
+    NEAR_CHANCE,
+    attack_heading,
+    guarantee_text,
+    has_guarantees,
+    queries_text,
+    seed_summary,
+    worst_case_help,
+)
+from inversion_bench.leaderboard.headline import headline_table, tradeoff_svg
 from inversion_bench.leaderboard.legend import (
     AUDIT_HELP,
     cells_help,
@@ -55,6 +56,7 @@ from inversion_bench.leaderboard.legend import (
     testability_note,
 )
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.number_format import decimals_by_column, format_value
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
 
@@ -63,6 +65,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2re
 padding:0 1rem;color:#222}
 h1{font-size:1.6rem;margin-bottom:.2rem} h2{font-size:1.2rem;margin-top:2rem}
 .scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse} table td,table th{padding:.2rem .6rem;text-align:left}
 table.lb{border-collapse:collapse;font-size:.9rem;margin-top:1rem}
 table.lb th,table.lb td{padding:.35rem .6rem;border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}
 table.lb th{background:#f4f4f4;position:sticky;top:0}
@@ -77,7 +80,14 @@ dl.prov{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-
 dl.prov dt{font-weight:600} dl.prov dd{margin:0;font-family:ui-monospace,monospace}
 figure{margin:1.5rem 0} figure img{max-width:100%;border:1px solid #eee}
 figcaption{font-size:.85rem;color:#444;max-width:900px}
-ul.small{font-size:.85rem}
+ul.small,p.small{font-size:.85rem}
+p.lead{color:#444;margin-top:0}
+#answer figure{margin:.5rem 0} #answer svg{max-width:100%;height:auto}
+table.headline{font-size:.95rem}
+table.headline th{white-space:normal;vertical-align:bottom;max-width:9rem}
+table.headline th .acc{display:block;font-weight:normal;font-size:.75rem;color:#666}
+table.headline td .delta .good{color:#17663a} table.headline td .delta .bad{color:#9b1c1c}
+details#provenance{margin-top:2rem} details#provenance summary{cursor:pointer;font-weight:600}
 """
 
 _JS = """
@@ -135,7 +145,7 @@ def _metric_head(col: Column, initial_sort: str | None) -> str:
     elif col.is_test_accuracy:
         name = "Test acc. (%)"
     else:
-        name = col.metric_name + (" (%)" if col.is_accuracy else "")
+        name = col.metric_name + (" (%)" if col.is_share else "")
     arrow = ARROWS.get(col.direction or "", "")
     title = {"higher": "higher is better for the defender", "lower": "lower is better for the defender"}.get(
         col.direction or "", "direction unknown")
@@ -182,7 +192,7 @@ def _head(lb: LeaderboardTable, eps_col: bool) -> str:
         head1.append('<th class="sortable" rowspan="2" data-key="epsilon" title="differential privacy guarantee, '
                      'lower is more private">ε (DP) ↓<span class="ind"></span></th>')
     for c, n in spans:
-        title = ACCESS_HELP.get(c.access or "", WORST_CASE_HELP if c.is_worst_case else "")
+        title = ACCESS_HELP.get(c.access or "", worst_case_help(lb) if c.is_worst_case else "")
         title_attr = f' title="{_e(title)}"' if title else ""
         access = f' data-access="{_e(c.access)}"' if c.is_attack and c.access else ""
         head1.append(f'<th colspan="{n}"{access}{title_attr}>{_e(attack_heading(c))}</th>')
@@ -244,10 +254,31 @@ def _provenance(lb: LeaderboardTable) -> str:
         ("records", str(meta.get("num_records", 0))),
         ("baseline", (lb.baseline_label or "none")
          + (f" (from {meta['baseline_source']})" if meta.get("baseline_source") else "")),
-        *evaluator_items(lb),
         *(("setup", line) for line in setup_lines(lb.setup)),
     ]
-    return '<dl class="prov">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>"
+    return ('<details id="provenance"><summary>Provenance and setup (suite hash, code version, device, seeds, '
+            'every setting)</summary><dl class="prov">'
+            + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl></details>")
+
+
+def _evaluation(lb: LeaderboardTable) -> str:
+    """The evaluation model and its audit (how far its verdicts can be trusted)."""
+    items = evaluator_items(lb)
+    if not items:
+        return ""
+    return ('<h2 id="audit">Evaluation model and audit</h2><dl class="prov">'
+            + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in items) + "</dl>")
+
+
+def _answer(lb: LeaderboardTable, headline_metric: str | None) -> str:
+    """The top of the page: the privacy–utility figure and the headline table."""
+    svg = tradeoff_svg(lb)
+    figure = (f'<figure id="fig-tradeoff">{svg}<figcaption>Each defense\'s worst case over attacks (y, lower is '
+              "more private) against its target's test accuracy (x, higher is more useful): means over seeds with "
+              f"their {lb.settings.confidence:.0%} intervals where the table has them; the baseline is the diamond. "
+              "The best defenses sit bottom right.</figcaption></figure>") if svg else ""
+    return ('<section id="answer"><h2>Who is private, at what cost</h2>' + figure
+            + headline_table(lb, headline_metric) + "</section>")
 
 
 def _figure(entry: dict[str, Any], base: Path | None) -> str:
@@ -261,15 +292,18 @@ def _figure(entry: dict[str, Any], base: Path | None) -> str:
 
 
 def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), notes: Sequence[str] = (),
-                base: Path | None = None, extra: Sequence[str] = ()) -> str:
-    """The whole page as one string.
+                base: Path | None = None, extra: Sequence[str] = (), headline_metric: str | None = None) -> str:
+    """The whole page as one string, the answer first: the privacy–utility figure and the headline table
+    (:mod:`inversion_bench.leaderboard.headline`), then the full table, the ``extra`` sections (costs), the
+    evaluation model's audit, the figures, notes and failures; provenance and setup in a closed ``<details>``.
 
     Args:
         lb: the leaderboard.
         figures: ``{name, title, caption, png, svg}`` entries (PNG inlined as base64).
         notes: extra remarks (e.g. figures that could not be drawn).
         base: folder the page is written to (for relative SVG links).
-        extra: HTML sections placed after the figures (e.g. the cost table).
+        extra: HTML sections placed after the full table (e.g. the cost table).
+        headline_metric: the metric the headline table shows per attack (default: the worst case's metric).
     """
     legend = [
         "↑ higher is better for the defender; ↓ lower is better. Click a header to sort.",
@@ -277,7 +311,7 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
         interval_help(lb) + " Hover a cell for its interval, n and the defense test's p-value.",
     ]
     if WORST_CASE in {c.key for c in lb.columns}:
-        legend += [WORST_CASE_HELP + " (k/n attacks on every seed): only k attacks have a value on every seed; "
+        legend += [worst_case_help(lb) + " (k/n attacks on every seed): only k attacks have a value on every seed; "
                    "such rows sort after the complete ones.",
                    "Rows start sorted by the worst case, lowest (best for the defender) first."]
     levels = list(dict.fromkeys(c.access for c in lb.columns if c.is_attack and c.access))
@@ -304,23 +338,39 @@ def render_html(lb: LeaderboardTable, figures: Sequence[dict[str, Any]] = (), no
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Leaderboard: {_e(lb.suite)}</h1>",
-        _provenance(lb),
+        f'<p class="lead">{_e(_lead(lb))}</p>',
+        _answer(lb, headline_metric),
+        '<h2 id="full">Full table</h2>',
         _table(lb),
         '<ul class="small">' + "".join(f"<li>{_e(x)}</li>" for x in legend) + "</ul>",
     ]
     if lb.equal_utility is not None and not lb.equal_utility.empty:
         parts.append(_equal_utility(lb))
-    if figures:
-        parts.append("<h2>Figures</h2>")
-        parts += [_figure(f, base) for f in figures]
     parts += [x for x in extra if x]
+    parts.append(_evaluation(lb))
+    if figures:
+        parts.append('<h2 id="figures">Figures</h2>')
+        parts += [_figure(f, base) for f in figures]
     if all_notes:
         parts += ["<h2>Notes</h2>", '<ul class="small">' + "".join(f"<li>{_e(n)}</li>" for n in all_notes) + "</ul>"]
     parts += ["<h2>Failures</h2>",
               ('<ul class="small" id="failures">' + "".join(f"<li>{_e(x)}</li>" for x in fails) + "</ul>")
               if fails else "<p>None.</p>"]
+    parts.append(_provenance(lb))
     parts += [f"<script>{_JS}</script>", "</body></html>"]
     return "\n".join(parts) + "\n"
+
+
+def _lead(lb: LeaderboardTable) -> str:
+    """One line under the title: what was compared, over how many seeds, against which baseline."""
+    attacks = [c for c in lb.columns if c.is_attack]
+    n_attacks = len(dict.fromkeys(c.attack for c in attacks))
+    worst = next((c for c in lb.columns if c.is_worst_case), None)
+    text = (f"{len(lb.defenses)} defense(s) against {n_attacks} attack(s); {seed_summary(lb)}"
+            + (f"; baseline {lb.baseline_label}" if lb.baseline is not None else ""))
+    if worst is not None:
+        text += f". Worst case: the highest {worst.metric} over the attacks, per seed."
+    return text
 
 
 def _equal_utility(lb: LeaderboardTable) -> str:

@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-from inversion_bench.leaderboard.formatting import (
-    NOT_RUN,
-    attack_heading,
-    cell_rows,
-    decimals_by_column,
-    delta_text,
-    display_text,
-    guarantee_text,
-    has_guarantees,
-)
+from inversion_bench.leaderboard.cells import cell_rows, delta_text, display_text
+from inversion_bench.leaderboard.labels import NOT_RUN, attack_heading, guarantee_text, has_guarantees
 from inversion_bench.leaderboard.latex_caption import NA_MARK_TEX, latex_caption
 from inversion_bench.leaderboard.latex_text import tex_text
 from inversion_bench.leaderboard.model import Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.number_format import decimals_by_column
 from inversion_bench.leaderboard.paper_table import paper_view
 
 LATEX_ARROWS = {"higher": r"$\uparrow$", "lower": r"$\downarrow$"}
@@ -75,7 +68,7 @@ def _metric_head(c: Column) -> str:
     elif c.is_test_accuracy:
         name = r"Test acc.\ (\%)"
     else:
-        name = latex_escape(c.metric_name) + (r" (\%)" if c.is_accuracy else "")
+        name = latex_escape(c.metric_name) + (r" (\%)" if c.is_share else "")
     arrow = LATEX_ARROWS.get(c.direction or "", "")
     return f"{name} {arrow}".strip()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from inversion_bench.leaderboard.formatting import ACCESS_HELP, seed_summary
+from inversion_bench.leaderboard.labels import ACCESS_HELP, seed_summary, worst_case_words
 from inversion_bench.leaderboard.latex_text import tex_text
 from inversion_bench.leaderboard.legend import testability_note
 from inversion_bench.leaderboard.model import LeaderboardTable
@@ -78,8 +78,8 @@ def _legend(lb: LeaderboardTable, deltas: bool) -> str:
                  " [access]: what the attack sees of the defended target (" + tex_text(helps) + ").")
     if any(c.is_worst_case for c in lb.columns):
         text += (" Worst case: the strongest attack's mean $\\pm$ its std." if short else
-                 " Worst case: the strongest attack's mean (the highest mean attack accuracy over seeds of any "
-                 "attack with a value on every seed), $\\pm$ its std over seeds.")
+                 f" Worst case: the strongest attack's mean (the highest mean {tex_text(worst_case_words(lb))} over "
+                 "seeds of any attack with a value on every seed), $\\pm$ its std over seeds.")
     if lb.missing:
         text += f" {NA_MARK_TEX}~not computed in an otherwise successful run."
     if any(i.near_chance for i in lb.defenses):

@@ -7,8 +7,8 @@ add their own.
 
 from __future__ import annotations
 
-from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import EvaluatorAudit, EvaluatorInfo, LeaderboardTable
+from inversion_bench.leaderboard.number_format import plural
 from inversion_bench.leaderboard.significance import CORRECTION_NAMES, SIGN_FLIP_TEST, TWO_SAMPLE_TEST
 from inversion_bench.leaderboard.stats import RNG_SEED
 

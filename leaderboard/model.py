@@ -7,13 +7,13 @@ records; the renderers (:mod:`~inversion_bench.leaderboard.render`, :mod:`~inver
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from inversion_bench.leaderboard.settings import ReportSettings
+from inversion_bench.record_model import MetricInfo
 
 TEST_ACCURACY = "test_accuracy"
 """Metric name of the target's utility."""
@@ -25,11 +25,6 @@ metric whose ``metric_scopes`` entry is ``"target"``)."""
 TARGET_SCOPE = "target"
 """``record["metric_scopes"]`` value of a metric that describes the target (one value per defense and seed)."""
 
-_ACCURACY = re.compile(r"(^|_)acc(uracy)?(@\d+)?$")
-SHARES = frozenset({"knowledge_extraction", "evaluator_agreement", "false_acceptance"})
-"""Metrics that are shares of images like an accuracy (shown as percentages too)."""
-"""Metric names shown in percent: the token ``acc`` or ``accuracy`` at the end, optionally ``@k``."""
-
 NEAR_CHANCE_FACTOR = 2.0
 """A test accuracy at most this many times chance level (``1 / num_classes``) is flagged."""
 
@@ -38,9 +33,6 @@ WORST_CASE = "worst_case"
 
 WORST_CASE_ATTACK = "*"
 """Value of ``attack`` in :attr:`LeaderboardTable.data` for the worst-case column."""
-
-WORST_CASE_METRIC = "attack_acc@1"
-"""The metric the worst-case column takes the maximum of (lower is better for the defender)."""
 
 DEFAULT_ACCESS = "white-box"
 """Access level of records that do not say (written before attacks declared one)."""
@@ -104,6 +96,8 @@ class Column:
         access: the attack's access level (``"white-box"``, ``"black-box"`` or ``"label-only"``);
             ``None`` for the test-accuracy and worst-case columns.
         label: the metric's display name (e.g. ``fid (Inception)``; default: ``metric``). Keys never change.
+        unit: the unit the metric plugin declared (``"share"``, ``"score"``, ``"distance"``; see
+            :class:`~inversion_bench.record_model.MetricOutput`); a share is shown in percent.
     """
 
     attack: str
@@ -114,6 +108,7 @@ class Column:
     placeholder: bool = False
     access: str | None = None
     label: str | None = None
+    unit: str = "score"
 
     @property
     def metric_name(self) -> str:
@@ -148,15 +143,10 @@ class Column:
         return not (self.is_target or self.is_worst_case)
 
     @property
-    def is_accuracy(self) -> bool:
-        """Whether the metric is an accuracy (a fraction, shown as a percentage).
-
-        The name ends in the token ``acc`` or ``accuracy``, optionally followed by ``@k``
-        (``attack_acc@1``, ``second_acc@1``, ``test_accuracy``), or is one of :data:`SHARES`
-        (``knowledge_extraction``: the accuracy of a classifier trained on reconstructions;
-        ``evaluator_agreement``: the share of reconstructions both evaluation models accept).
-        """
-        return bool(_ACCURACY.search(self.metric)) or self.metric in SHARES
+    def is_share(self) -> bool:
+        """Whether the metric is a share (a fraction, shown as a percentage): its plugin declared unit
+        ``"share"``."""
+        return self.unit == "share"
 
 
 @dataclass(frozen=True)
@@ -339,6 +329,8 @@ class LeaderboardTable:
         settings: the :class:`ReportSettings` of the records (the first record's when they disagree).
         evaluator: the evaluation model of the records (the first record's), ``None`` when no record
             names one.
+        metric_info: every metric's declaration as the records keep it (unit, direction, scope,
+            per-identity values, words for legends).
     """
 
     suite: str
@@ -355,6 +347,12 @@ class LeaderboardTable:
     evaluator: EvaluatorInfo | None = None
     equal_utility: pd.DataFrame | None = None
     setup: dict[str, Any] | None = None
+    metric_info: dict[str, MetricInfo] = field(default_factory=dict)
+
+    @property
+    def worst_case_column(self) -> Column | None:
+        """The worst-case column, ``None`` when the table has none."""
+        return next((c for c in self.columns if c.is_worst_case), None)
 
     @property
     def baseline_label(self) -> str | None:

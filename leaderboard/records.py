@@ -1,7 +1,9 @@
 """Reading result records for the leaderboard: field look-ups, validation and deduplication.
 
-Records are plain dicts as written by :func:`inversion_bench.results.write_record`; nothing here
-aggregates over them (see :mod:`inversion_bench.leaderboard.aggregate`).
+Records are dicts as written by :func:`inversion_bench.results.write_record`, of any schema version;
+:func:`current` brings one to the current version through the upgrader and validates it against
+:class:`~inversion_bench.record_model.Record`. Nothing here aggregates over them (see
+:mod:`inversion_bench.leaderboard.aggregate`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from inversion_bench.record_model import IdentityValues, MetricInfo, load_record
 
 
 def finite(value: Any) -> float | None:
@@ -177,3 +181,45 @@ def privacy_guarantee(records: Iterable[dict[str, Any]]) -> tuple[float | None, 
     if not eps:
         return None, None
     return max(eps), (max(deltas) if deltas else None)
+
+
+def current(rec: dict[str, Any]) -> dict[str, Any]:
+    """``rec`` at the current schema version (:func:`~inversion_bench.record_model.upgrade`), its metric
+    declarations and per-identity values validated (:class:`~inversion_bench.record_model.Record`).
+
+    Raises:
+        ValueError: it lacks defense/attack/seed, names an unknown schema version, or a typed field is
+            malformed (the record and the first problem).
+    """
+    validate(rec)
+    try:
+        model = load_record(rec)
+    except ValueError as exc:
+        raise ValueError(f"record {where(rec)}: {first_line(exc)}") from None
+    out = {k: v for k, v in rec.items() if k != "schema"}
+    out.update(schema_version=model.schema_version, worst_case_metric=model.worst_case_metric,
+               metric_info={m: i.model_dump() for m, i in model.metric_info.items()},
+               per_identity={m: v.model_dump() for m, v in model.per_identity.items()})
+    return out
+
+
+def metric_infos(records: Iterable[dict[str, Any]], notes: list[str]) -> dict[str, MetricInfo]:
+    """Every metric's declaration over ``records`` (current version), in order of first appearance; when
+    records disagree on a metric's unit or direction the first is used and the disagreement noted."""
+    out: dict[str, MetricInfo] = {}
+    noted: set[str] = set()
+    for r in records:
+        for name, block in (r.get("metric_info") or {}).items():
+            info = MetricInfo.model_validate(block)
+            seen = out.setdefault(name, info)
+            if (seen.unit, seen.better) != (info.unit, info.better) and name not in noted:
+                noted.add(name)
+                notes.append(f"records disagree on the declaration of {name!r} (unit {seen.unit!r}, "
+                             f"{seen.better!r} vs unit {info.unit!r}, {info.better!r}); using the first.")
+    return out
+
+
+def identity_values(rec: dict[str, Any], metric: str) -> IdentityValues | None:
+    """The per-identity values of ``metric`` in one record (current version), or ``None``."""
+    block = (rec.get("per_identity") or {}).get(metric)
+    return IdentityValues.model_validate(block) if block is not None else None

@@ -1,7 +1,8 @@
 """Renders a :class:`~inversion_bench.leaderboard.model.LeaderboardTable` as Markdown and a wide CSV table.
 
-The number and cell formatting is shared with :mod:`inversion_bench.leaderboard.latex` and
-:mod:`inversion_bench.leaderboard.html` (:mod:`inversion_bench.leaderboard.formatting`). Free text (labels,
+Numbers and cells are written by :mod:`~inversion_bench.leaderboard.number_format`,
+:mod:`~inversion_bench.leaderboard.cells` and :mod:`~inversion_bench.leaderboard.labels`, shared with
+:mod:`inversion_bench.leaderboard.latex` and :mod:`inversion_bench.leaderboard.html`. Free text (labels,
 names, notes, errors) goes through :func:`~inversion_bench.leaderboard.escape.md_text`: no raw HTML, and
 a ``|`` never splits a table cell.
 """
@@ -13,26 +14,21 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from inversion_bench.leaderboard.cells import cell_rows, delta_text, display_text, seed_attacks, seed_coverage
 from inversion_bench.leaderboard.equal_utility import to_markdown as eu_markdown
 from inversion_bench.leaderboard.escape import md_text
-from inversion_bench.leaderboard.formatting import (
+from inversion_bench.leaderboard.labels import (
     ACCESS_HELP,
     ARROWS,
     NA_MARK,
     NEAR_CHANCE,
     NOT_RUN,
     SIGNIFICANT_MARK,
-    WORST_CASE_HELP,
     attack_heading,
-    cell_rows,
-    decimals_by_column,
-    delta_text,
-    display_text,
     guarantee_text,
     has_guarantees,
-    seed_attacks,
-    seed_coverage,
     seed_summary,
+    worst_case_help,
 )
 from inversion_bench.leaderboard.legend import (
     AUDIT_HELP,
@@ -43,6 +39,7 @@ from inversion_bench.leaderboard.legend import (
     testability_note,
 )
 from inversion_bench.leaderboard.model import WORST_CASE, Column, DefenseInfo, LeaderboardTable
+from inversion_bench.leaderboard.number_format import decimals_by_column
 from inversion_bench.leaderboard.paper_table import hidden_note, paper_view
 from inversion_bench.leaderboard.setup_info import setup_lines
 from inversion_bench.leaderboard.worst_case import ranked
@@ -63,7 +60,7 @@ def _header(col: Column, arrows: dict[str, str], pct: str = "%") -> str:
         name = f"Target: {col.metric_name}"
     else:
         name = f"{attack_heading(col)}: {col.metric_name}"
-    if col.is_accuracy and not col.placeholder:
+    if col.is_share and not col.placeholder:
         name += f" ({pct})"
     arrow = arrows.get(col.direction or "", "")
     return md_text(f"{name} {arrow}" if arrow else name)
@@ -159,7 +156,7 @@ def _legend(lb: LeaderboardTable) -> list[str]:
     ]
     if any(c.is_worst_case for c in lb.columns):
         out += [
-            f"- {WORST_CASE_HELP} `(k/n attacks on every seed)`: only k of the table's attacks have a value on "
+            f"- {worst_case_help(lb)} `(k/n attacks on every seed)`: only k of the table's attacks have a value on "
             "every seed of the row, and the worst case is taken over those; `(k/n failed)`: every attack failed on "
             "k seeds.",
             "- Rows are sorted by the worst case, lowest (best for the defender) first; rows whose worst case covers "

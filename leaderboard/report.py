@@ -25,14 +25,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inversion_bench.leaderboard.baseline import choose_baseline
 from inversion_bench.leaderboard.build import Leaderboard, build, unreadable_notes
+from inversion_bench.leaderboard.costs import costs_html, write_costs
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.page_files import page_path, save_figure_list
 from inversion_bench.leaderboard.paper_table import with_table
+from inversion_bench.leaderboard.published import load_published
+from inversion_bench.leaderboard.published_render import append_published
 from inversion_bench.leaderboard.records import first_difference
 from inversion_bench.leaderboard.runs import ReportError, read_suite_json
 from inversion_bench.leaderboard.stats import bootstrap_interval
 from inversion_bench.leaderboard.uncertainty import identity_values, report_settings
+from inversion_bench.record_model import upgrade
 
 if TYPE_CHECKING:
     from inversion_bench.run_context import RunContext
@@ -120,12 +125,14 @@ class Report:
     files: dict[str, Path] = field(default_factory=dict)
     figures: list[dict[str, Any]] = field(default_factory=list)  # {name, title, caption, png, svg}
     notes: list[str] = field(default_factory=list)
+    sections_markdown: list[str] = field(default_factory=list)  # appended to leaderboard.md (``--published``)
 
 
 def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None, figures: bool = True,
                  grid_attack: str | None = None, grid_identities: int = 8, tsne_identities: int = 20,
                  tsne_images_per_identity: int = 30, contexts: Sequence[RunContext] = (),
-                 baseline: str | None = None, table: dict[str, Any] | None = None) -> Report:
+                 baseline: str | None = None, table: dict[str, Any] | None = None,
+                 published: str | None = None, skip_figures: Sequence[str] = ()) -> Report:
     """Writes the tables, figures and ``index.html`` of one or more run folders.
 
     Args:
@@ -143,6 +150,8 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
             ``suite.json`` names (:mod:`inversion_bench.leaderboard.baseline`).
         table: the paper table's settings in place of the records' ``report.table`` (``--table-metrics``,
             ``--table-attacks``, ``--caption``; :func:`~inversion_bench.leaderboard.paper_table.with_table`).
+        published: protocol whose published numbers go beside the run's rows (``--published``; refused if unknown).
+        skip_figures: figures not to draw (``--skip-figure``; :mod:`inversion_bench.figure_options`).
 
     A record file that cannot be read is skipped with a note naming it (page, ``leaderboard.md``, log).
 
@@ -160,13 +169,15 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     from inversion_bench.leaderboard.html import render_html
     from inversion_bench.results import load_records
 
+    reference = load_published(published) if published else None  # PublishedError before any work
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
         if not (d / "records").is_dir():
             raise ReportError(f"{d}: not a run folder (no records/ inside); give the folder `bench run` wrote")
-    key = rk.report_key(dirs, out_dir, figures=figures, grid_attack=grid_attack, grid_identities=grid_identities,
-                        tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity,
-                        baseline=baseline, table=table)  # before reading: a record written meanwhile makes it stale
+    fig_options = {"grid_attack": grid_attack, "grid_identities": grid_identities, "tsne_identities": tsne_identities,
+                   "tsne_images_per_identity": tsne_images_per_identity}
+    key = rk.report_key(dirs, out_dir, figures=figures, baseline=baseline, table=table, published=published,
+                        skip_figures=sorted(skip_figures), **fig_options)  # before reading the records
     unreadable: list[tuple[Path, str]] = []
     per_dir = {d: load_records(d / "records", unreadable) for d in dirs}
     check_combinable(dirs, per_dir)
@@ -174,34 +185,36 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     notes = unreadable_notes(unreadable)  # each a warning too; the table skips those files
     if not records:
         raise ReportError(f"no records in {', '.join(str(d) for d in dirs)}" + "".join(f"; {n}" for n in notes))
-    from inversion_bench.leaderboard.baseline import choose_baseline
-
     board = with_table(build(records, *choose_baseline(dirs, baseline)), table)
     board.notes.extend(notes)
     out = Path(out_dir) if out_dir else dirs[0] / "leaderboard"
     rk.forget(out)
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
-    report.files["records_csv"] = write_records_csv(records, out / "records.csv")
-    from inversion_bench.leaderboard.costs import costs_html, write_costs
-
-    report.files["costs_csv"] = write_costs(records, out / "costs.csv")
+    sections = append_published(report.files["markdown"], reference, board, records, report.sections_markdown)
+    costs = _record_tables(report, records)  # records.csv, costs.csv; the page's cost section
     check_grid_attack(records, grid_attack)
     notes_before = len(report.notes)
     if figures:
         from inversion_bench.leaderboard.report_figures import draw_all
 
-        draw_all(report, dirs, records, contexts=contexts, grid_attack=grid_attack, grid_identities=grid_identities,
-                 tsne_identities=tsne_identities, tsne_images_per_identity=tsne_images_per_identity)
+        draw_all(report, dirs, records, contexts=contexts, skip=skip_figures, **fig_options)
         save_figure_list(out, report.figures)
     all_drawn = len(report.notes) == notes_before  # a figure left out is tried again by the next `bench run`
     page = page_path(out, figures, report.figures, report.notes)
-    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[costs_html(records)]),
+    page.write_text(render_html(board, report.figures, report.notes, base=out, extra=[*sections, costs]),
                     encoding="utf-8")
     report.files["html"] = page
     if all_drawn:
         rk.save(out, key, [*report.files.values(), *(f[k] for f in report.figures for k in ("png", "svg"))])
     return report
+
+
+def _record_tables(report: Report, records: Sequence[dict[str, Any]]) -> str:
+    """Writes ``records.csv`` and ``costs.csv`` into the report's folder; returns the page's cost section."""
+    report.files["records_csv"] = write_records_csv(records, report.out_dir / "records.csv")
+    report.files["costs_csv"] = write_costs(records, report.out_dir / "costs.csv")
+    return costs_html(records)
 
 
 RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "attack_label", "access",
@@ -211,7 +224,7 @@ RECORD_COLUMNS = ("suite", "suite_hash", "defense", "defense_label", "attack", "
 
 def _record_interval(rec: dict[str, Any], metric: str) -> dict[str, Any]:
     """``ci_low, ci_high, n_identities`` of one record's metric from its per-identity values (empty without)."""
-    per = identity_values(rec, metric) if rec.get("status") == "ok" else None
+    per = identity_values(upgrade(rec), metric) if rec.get("status") == "ok" else None
     if per is None:
         return {}
     known, unknown = per
@@ -229,8 +242,8 @@ def write_records_csv(records: Sequence[dict[str, Any]], path: Path) -> Path:
     ``queries_per_identity`` are the record's query counts (images the black-box or label-only oracle
     was asked about; forward passes of the target for white-box attacks), empty when not counted.
     ``ci_low``/``ci_high`` are the record's own percentile bootstrap interval (over its identities, at the
-    record's ``report_settings.confidence``) of a metric with per-identity values (``attack_acc@1``,
-    ``attack_acc@5``), ``n_identities`` the identities it resamples; empty for other metrics. A text cell
+    record's ``report_settings.confidence``) of a metric with per-identity values (its plugin declares
+    ``per_identity``), ``n_identities`` the identities it resamples; empty for other metrics. A text cell
     that a spreadsheet would read as a formula gets a leading ``'`` (``escape.csv_text``).
     """
     import pandas as pd

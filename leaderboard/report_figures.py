@@ -17,14 +17,23 @@ import torch
 import torch.nn.functional as F
 
 import inversion_bench.leaderboard.figures as fig
+from inversion_bench.figure_options import figure_names
 from inversion_bench.leaderboard.equal_utility import sweep_groups
 from inversion_bench.leaderboard.escape import write_csv
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
 from inversion_bench.leaderboard.runs import RunView
+from inversion_bench.leaderboard.tsne_cache import CACHE_DIR as TSNE_CACHE
+from inversion_bench.leaderboard.tsne_cache import cached_tsne
 
 log = logging.getLogger(__name__)
 
-ACC1 = "attack_acc@1"
+
+
+def _leak(board: Any) -> str | None:
+    """The metric the figures plot as leakage: the table's worst-case metric (None without a worst case)."""
+    col = board.worst_case_column
+    return col.metric if col is not None else None
+
 
 
 class _Views:
@@ -65,8 +74,10 @@ def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device
 
 def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]], *, contexts: Sequence[Any],
              grid_attack: str | None, grid_identities: int, tsne_identities: int,
-             tsne_images_per_identity: int) -> None:
-    """Draws every figure into ``report.out_dir / "figures"`` and lists them in ``report.figures``."""
+             tsne_images_per_identity: int, skip: Sequence[str] = ()) -> None:
+    """Draws every figure but those named in ``skip`` (:data:`FIGURES`) into ``report.out_dir / "figures"``
+    and lists them in ``report.figures``."""
+    skipped = figure_names(skip)
     views = _Views(dirs, contexts)
     out = report.out_dir / "figures"
     jobs: list[tuple[str, Callable[[], dict[str, Any] | None]]] = [
@@ -78,6 +89,9 @@ def draw_all(report: Any, dirs: Sequence[Path], records: Sequence[dict[str, Any]
         ("toy2d", lambda: toy2d(report.board, views, records, out)),
     ]
     for name, job in jobs:
+        if name in skipped:
+            log.info("figure %s skipped (--skip-figure)", name)
+            continue
         try:
             entry = job()
         except Exception as exc:  # one figure must not cost the others (reason is shown, not hidden)
@@ -102,7 +116,7 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
     target = data[data["metric"] == TEST_ACCURACY].set_index("defense")
     points = []
     labels = {i.defense: i.label for i in board.defenses}
-    for _, row in data[(data["metric"] == ACC1) & (data["column"] != WORST_CASE)].iterrows():
+    for _, row in data[(data["metric"] == _leak(board)) & (data["column"] != WORST_CASE)].iterrows():
         if row["n"] == 0 or row["defense"] not in target.index:
             continue
         t = target.loc[row["defense"]]
@@ -114,7 +128,7 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
                                         *swept.get(row["defense"], (None, 0))))
     if not points:
         return None
-    paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=ACC1)
+    paths = fig.draw_privacy_utility(points, out / "privacy_utility", metric=str(_leak(board)))
     write_csv(pd.DataFrame([p.__dict__ for p in points]), out / "privacy_utility.csv")
     return _entry(paths, "Privacy vs utility",
                   "Test accuracy of the target (x, higher is more useful) against the attack's top-1 accuracy "
@@ -124,14 +138,14 @@ def privacy_utility(board: Any, out: Path, records: Sequence[dict[str, Any]] = (
 
 
 def _choose_attack(board: Any, grid_attack: str | None) -> str:
-    attacks = [c.attack for c in board.columns if c.metric == ACC1 and c.is_attack]
+    attacks = [c.attack for c in board.columns if c.metric == _leak(board) and c.is_attack]
     if grid_attack is not None:
         if grid_attack not in attacks:
             raise ValueError(f"--grid-attack {grid_attack!r}: no attack accuracy recorded; attacks: {attacks}")
         return grid_attack
     if not attacks:
         raise ValueError("no attack has an attack accuracy")
-    data = board.data[(board.data["metric"] == ACC1) & (board.data["column"] != WORST_CASE)]
+    data = board.data[(board.data["metric"] == _leak(board)) & (board.data["column"] != WORST_CASE)]
     ref = data[data["defense"] == board.baseline] if board.baseline else data
     means = ref.groupby("attack")["mean"].mean().dropna()
     return str(means.idxmax()) if not means.empty else attacks[-1]
@@ -194,7 +208,8 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
         model = view.target(r)
         device = next(model.parameters()).device
         feats = _batched(lambda x, m=model: m.features(x).flatten(1), train.images(pos), device)
-        panels.append((f"{info.label} (seed {r['seed']})", fig.tsne_2d(feats.numpy(), seed=0)))
+        emb, _ = cached_tsne(feats.numpy(), view.run_dir / TSNE_CACHE, fig.tsne_2d, seed=0)  # by its inputs
+        panels.append((f"{info.label} (seed {r['seed']})", emb))
         labels_out = train.labels[pos].numpy()
     if not panels or labels_out is None:
         return None
@@ -211,7 +226,7 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
 def gradient_stability(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Path
                        ) -> dict[str, Any] | None:
     panels = []
-    for col in (c for c in board.columns if c.metric == ACC1 and c.is_attack):
+    for col in (c for c in board.columns if c.metric == _leak(board) and c.is_attack):
         lines = []
         for info in board.defenses:
             series = []

@@ -33,7 +33,7 @@ REPORT_VERSION = 1
 
 DEFAULT_OPTIONS: dict[str, Any] = {"figures": True, "grid_attack": None, "grid_identities": 8,
                                    "tsne_identities": 20, "tsne_images_per_identity": 30, "baseline": None,
-                                   "table": None}
+                                   "table": None, "published": None, "skip_figures": []}
 """The options of :func:`~inversion_bench.leaderboard.report.build_report` that change what it writes."""
 
 

@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # the tables-only path (``bench leaderboard``) reads suite.json here and imports no torch
+    import torch
 
-if TYPE_CHECKING:
     from inversion_bench.run_context import RunContext
 
 

@@ -5,13 +5,11 @@
 ``ci_low, ci_high, ci_method, n_identities, p_value, p_adjusted, testable, seeds_needed, significant, test,
 p_identity, test_identity`` columns of :attr:`~inversion_bench.leaderboard.model.LeaderboardTable.data`:
 
-* Per-identity values of a metric ``m`` are the dict ``per_identity_<m>`` (or, for ``attack_<x>``,
-  ``per_identity_<x>``: ``attack_acc@1`` -> ``per_identity_acc@1``) in any of the record's
-  ``metric_details`` blocks, or the dict ``per_identity`` of the block named ``m`` (``knn_distance``,
-  ``facenet_distance``), when it holds one number per identity. A block whose dict has fewer identities
-  than ``identities_attacked`` while ``identities_without_images`` is positive (records written before
-  every attacked identity was listed) adds those identities as 0-valued identities of unknown id: they
-  count in the interval (as identities ``?0, ?1, ...``) and are left out of the identity-level test.
+* Per-identity values of a metric ``m`` are the record's ``per_identity[m]`` (written for the metrics whose
+  plugin declares ``per_identity``; :func:`~inversion_bench.record_model.upgrade` finds them in records
+  written before). Identities of unknown id (version-1 records that counted attacked identities without
+  images only in a total) count as 0-valued identities in the interval (as ``?0, ?1, ...``) and are left
+  out of the identity-level test.
 * **Interval.** An attack cell whose every seed has per-identity values gets the crossed interval over
   seeds and identities (:func:`~inversion_bench.leaderboard.stats.crossed_interval`; with one seed it is
   over the identities of one trained model, and says so). Any other cell gets Student's t interval over
@@ -37,9 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from inversion_bench.leaderboard.formatting import plural
 from inversion_bench.leaderboard.model import Column, EvaluatorAudit, EvaluatorInfo, ReportSettings
+from inversion_bench.leaderboard.number_format import plural
 from inversion_bench.leaderboard.records import finite, is_ok
+from inversion_bench.leaderboard.records import identity_values as record_identity_values
 from inversion_bench.leaderboard.settings import table_settings
 from inversion_bench.leaderboard.significance import (
     CORRECTIONS,
@@ -141,30 +140,10 @@ def evaluator_info(recs: Sequence[dict[str, Any]], notes: list[str]) -> Evaluato
 
 
 def identity_values(rec: Mapping[str, Any], metric: str) -> IdentityValues | None:
-    """The per-identity values of ``metric`` in one record (see the module docstring), or ``None``."""
-    keys = [f"per_identity_{metric}"]
-    if metric.startswith("attack_"):
-        keys.append(f"per_identity_{metric[len('attack_'):]}")
-    details = rec.get("metric_details") or {}
-    if not isinstance(details, Mapping):
-        return None
-    for name, block in details.items():
-        if not isinstance(block, Mapping):
-            continue
-        for key in [*keys, *(["per_identity"] if name == metric else [])]:
-            per = block.get(key)
-            if not isinstance(per, Mapping) or not per:
-                continue
-            values = {str(k): v for k, v in ((k, finite(v)) for k, v in per.items()) if v is not None}
-            if len(values) < len(per):  # not one number per identity (e.g. counts per identity)
-                continue
-            attacked = finite(block.get("identities_attacked"))
-            without = finite(block.get("identities_without_images"))
-            unknown = 0
-            if attacked is not None and without and len(values) < int(attacked):
-                unknown = min(int(without), int(attacked) - len(values))
-            return values, unknown
-    return None
+    """The per-identity values of ``metric`` in one record (current version: ``per_identity``) and how many
+    identities of unknown id add 0s, or ``None``."""
+    found = record_identity_values(dict(rec), metric)
+    return (dict(found.values), found.unknown) if found is not None and found.values else None
 
 
 def _matrix(per_identity: Mapping[int, IdentityValues]) -> tuple[np.ndarray, int]:
@@ -202,7 +181,7 @@ def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[in
         low, high, nu = crossed_interval(matrix, settings.confidence, settings.bootstrap)
         if math.isnan(low):
             return {**nan, "ci_method": "no interval: one identity on one seed"}
-        if col.is_accuracy:  # a share: the symmetric t interval is clipped to [0, 1]
+        if col.is_share:  # a share: the symmetric t interval is clipped to [0, 1]
             low, high = max(low, 0.0), min(high, 1.0)
         ids = plural(n_ids, "identity", "identities")
         if len(per_identity) == 1:
@@ -215,7 +194,7 @@ def cell_interval(col: Column, values: Sequence[float], per_identity: Mapping[in
     if len(values) < MIN_SEEDS_INTERVAL:
         return {**nan, "ci_method": f"no interval: too few seeds ({len(values)}; {MIN_SEEDS_INTERVAL} needed)"}
     low, high = t_interval(values, settings.confidence)
-    if col.is_accuracy:
+    if col.is_share:
         low, high = max(low, 0.0), min(high, 1.0)
     return {"ci_low": low, "ci_high": high, "ci_method": f"t interval over seeds, n = {plural(len(values), 'seed')}",
             "n_identities": 0}

@@ -2,7 +2,8 @@
 
 A defense is only as strong as the strongest attack against it. The worst case is the **strongest
 attack's mean**: over the attacks that have an ``ok`` record with a finite
-:data:`~inversion_bench.leaderboard.model.WORST_CASE_METRIC` (``attack_acc@1``, lower is better for the
+worst-case metric (the one the records name, :attr:`~inversion_bench.record_model.Record.worst_case_metric`:
+the suite's ``report: {worst_case: ...}`` or the attack's, ``attack_acc@1`` by default; lower is better for the
 defender) on every seed of the row (the seeds where some attack has a value; a seed where none has is
 counted as failed), the highest mean over seeds. Its cell is that attack's mean ± std
 over seeds, and its seed values are what the defense test compares with the baseline's.
@@ -28,7 +29,6 @@ from typing import Any
 
 from inversion_bench.leaderboard.model import (
     WORST_CASE,
-    WORST_CASE_METRIC,
     DefenseInfo,
     LeaderboardTable,
     WorstCase,
@@ -67,8 +67,7 @@ def _seed_values(recs: Sequence[dict[str, Any]], metric: str) -> dict[int, dict[
     return out
 
 
-def worst_case(recs: Sequence[dict[str, Any]], attacks: Sequence[str],
-               metric: str = WORST_CASE_METRIC) -> WorstCase:
+def worst_case(recs: Sequence[dict[str, Any]], attacks: Sequence[str], metric: str) -> WorstCase:
     """The worst case of one defense from its (deduplicated) records.
 
     Args:

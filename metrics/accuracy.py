@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import metrics
 
 
@@ -59,9 +60,11 @@ def evaluation_logits(ctx: MetricContext, images: Tensor) -> Tensor:
 class AttackAccuracy(Metric):
     """Top-1 and top-5 accuracy of the evaluation model on the reconstructions."""
 
-    better = {"attack_acc@1": "lower", "attack_acc@5": "lower"}
+    outputs = {"attack_acc@1": MetricOutput(better="lower", unit="share", per_identity=True, label="attack accuracy"),
+               "attack_acc@5": MetricOutput(better="lower", unit="share", per_identity=True,
+                                            label="top-5 attack accuracy")}
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         if rec.images.shape[0] == 0:
             raise MetricUnavailableError("attack accuracy: the attack returned no images")
         logits = evaluation_logits(ctx, rec.images)
@@ -72,15 +75,11 @@ class AttackAccuracy(Metric):
         for c in ctx.attacked:  # an attacked identity without images is a miss (0) in the per-identity values
             per1.setdefault(int(c), 0.0)
             per5.setdefault(int(c), 0.0)
-        ctx.details["attack_accuracy"] = {
-            "n": int(rec.images.shape[0]),
-            "per_identity_acc@1": per1,
-            "per_identity_acc@5": per5,
-            "identities_attacked": attacked,
-            "identities_without_images": attacked - present,
-        }
-        return {"attack_acc@1": accuracy_over_attacked(hits1, rec.labels, attacked),
-                "attack_acc@5": accuracy_over_attacked(hits5, rec.labels, attacked)}
+        details = {"n": int(rec.images.shape[0]), "identities_attacked": attacked,
+                   "identities_without_images": attacked - present}
+        return MetricResult(values={"attack_acc@1": accuracy_over_attacked(hits1, rec.labels, attacked),
+                                    "attack_acc@5": accuracy_over_attacked(hits5, rec.labels, attacked)},
+                            per_identity={"attack_acc@1": per1, "attack_acc@5": per5}, details=details)
 
 
 @metrics.register("test_accuracy")
@@ -88,10 +87,10 @@ class TestAccuracy(Metric):
     """The target's accuracy on the private test images (its utility; higher is better)."""
 
     __test__ = False  # not a pytest test class
-    better = {"test_accuracy": "higher"}
+    outputs = {"test_accuracy": MetricOutput(better="higher", unit="share", label="test accuracy")}
     scope = "target"
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         if "test_accuracy" not in ctx.target_report:
             raise MetricUnavailableError("test accuracy: the target has no recorded test accuracy")
-        return {"test_accuracy": float(ctx.target_report["test_accuracy"])}
+        return MetricResult(values={"test_accuracy": float(ctx.target_report["test_accuracy"])})

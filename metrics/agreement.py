@@ -16,8 +16,9 @@ so ``evaluator_agreement <= min(attack_acc@1, second_acc@1)``.
 from __future__ import annotations
 
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
 from inversion_bench.metrics.accuracy import accuracy_over_attacked, evaluation_logits, model_logits, topk_hits
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import metrics
 
 
@@ -25,9 +26,10 @@ from inversion_bench.registry import metrics
 class EvaluatorAgreement(Metric):
     """Share of reconstructions both evaluation models accept at top-1, and the second one's Acc@1."""
 
-    better = {"evaluator_agreement": "lower", "second_acc@1": "lower"}
+    outputs = {"evaluator_agreement": MetricOutput(better="lower", unit="share"),
+               "second_acc@1": MetricOutput(better="lower", unit="share")}
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         if ctx.second_evaluation_model is None:
             raise MetricUnavailableError("evaluator_agreement: the suite has no second evaluation model; add "
                                          "evaluation.second: {architecture: {name: ...}, training: {...}} to the "
@@ -40,12 +42,13 @@ class EvaluatorAgreement(Metric):
         present = int(rec.labels.unique().numel())
         attacked = max(int(rec.info.get("identities", present)), present)
         both = first & second
-        ctx.details["evaluator_agreement"] = {
+        details = {
             "n": int(rec.images.shape[0]),
             "first_only": int((first & ~second).sum()),
             "second_only": int((second & ~first).sum()),
             "both": int(both.sum()),
             "confirmed_share": float(both.sum()) / max(int(first.sum()), 1),  # of the first one's acceptances
         }
-        return {"evaluator_agreement": accuracy_over_attacked(both, rec.labels, attacked),
-                "second_acc@1": accuracy_over_attacked(second, rec.labels, attacked)}
+        return MetricResult(values={"evaluator_agreement": accuracy_over_attacked(both, rec.labels, attacked),
+                                    "second_acc@1": accuracy_over_attacked(second, rec.labels, attacked)},
+                            details=details)

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import Tensor
 
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
 from inversion_bench.registry import PluginParams, metrics
 
 
@@ -71,15 +71,15 @@ class Calibration(Metric):
     better = {"ece": "lower"}
     scope = "target"
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         if ctx.private_test is None or len(ctx.private_test) == 0:
             raise MetricUnavailableError("calibration: no private test images")
         probs, labels = probabilities_on_test(ctx)
         ece = expected_calibration_error(probs, labels, self.params.bins)
         conf = probs.max(dim=1).values
-        ctx.details["calibration"] = {
+        details = {
             "n": int(labels.numel()), "bins": self.params.bins,
             "mean_confidence": float(conf.mean()),
             "accuracy": float((probs.argmax(dim=1) == labels).float().mean()),
         }
-        return {"ece": ece}
+        return MetricResult(values={"ece": ece}, details=details)

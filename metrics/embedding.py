@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from inversion_bench.data import LabeledImages
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
 from inversion_bench.registry import PluginParams, metrics
 
 
@@ -111,7 +111,7 @@ class EmbeddingSeparation(Metric):
     better = {"silhouette": "lower", "intra_inter_ratio": "higher"}
     scope = "target"
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         model = unwrap(ctx.target)
         if not hasattr(model, "features"):
             raise MetricUnavailableError(f"embedding separation: the target ({type(model).__name__}) has no "
@@ -129,8 +129,8 @@ class EmbeddingSeparation(Metric):
             out = separation(feats, labels)
         except ValueError as exc:
             raise MetricUnavailableError(f"embedding separation: {exc}") from exc
-        ctx.details["embedding_separation"] = {
+        details = {
             "n_images": int(pos.numel()), "identities": int(labels.unique().numel()),
             "feature_dim": int(feats.shape[1]), "space": "target penultimate features, private training images",
         }
-        return out
+        return MetricResult(values=out, details=details)

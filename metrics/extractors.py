@@ -64,7 +64,7 @@ class KeyedExtractor(FeatureExtractor):
         self.extra = dict(extra or {})
 
     def provenance(self) -> dict[str, Any]:
-        """What ``ctx.details`` records about the feature space of a metric value."""
+        """What a metric result's details record about the feature space of a metric value."""
         return {
             "extractor": self.plugin,
             "extractor_key": self.key,

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.interfaces import MetricContext, MetricResult, Reconstruction
 from inversion_bench.metrics.extractors import ExtractorPlugin, extractor_plugin
 from inversion_bench.metrics.feature_metric import FeatureMetric
 from inversion_bench.metrics.file_extractors import FACENET_FILE
 from inversion_bench.metrics.knn import feature_distance
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import PluginParams, metrics
 
 
@@ -32,12 +33,13 @@ class FaceNetDistance(FeatureMetric):
     """Mean min squared L2 distance to the attacked identity's private images in FaceNet space."""
 
     Params = _Params
-    better = {"facenet_distance": "higher"}
+    outputs = {"facenet_distance": MetricOutput(better="higher", unit="distance", per_identity=True)}
 
     def _make_plugin(self) -> ExtractorPlugin:
         return extractor_plugin("facenet", self.params.weights)
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         value, details = feature_distance(rec, ctx, self.extractor(ctx), "facenet_distance")
-        ctx.details["facenet_distance"] = details
-        return {"facenet_distance": value}
+        per = details.pop("per_identity")
+        return MetricResult(values={"facenet_distance": value}, per_identity={"facenet_distance": per},
+                            details=details)

@@ -27,10 +27,11 @@ import torch
 from torch import Tensor
 
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.interfaces import MetricContext, MetricResult, Reconstruction
 from inversion_bench.metrics.accuracy import evaluation_logits, topk_hits
 from inversion_bench.metrics.extractors import provenance
 from inversion_bench.metrics.feature_metric import FeatureMetric, private_features, reconstruction_features
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import metrics
 
 log = logging.getLogger(__name__)
@@ -120,15 +121,15 @@ def _per_identity_counts(labels: Tensor) -> dict[int, int]:
 class FID(FeatureMetric):
     """FID between the reconstructions and the private training images of the attacked identities."""
 
-    better = {"fid": "higher"}
+    outputs = {"fid": MetricOutput(better="higher", unit="distance")}
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         ext = self.extractor(ctx)
         identities = rec.labels.unique()
         real, real_labels = private_features(ctx, ext, identities)
         fake = reconstruction_features(ctx, ext, rec, "fid")
         value = _fid_or_unavailable("fid", real, fake)
-        ctx.details["fid"] = {
+        details = {
             **provenance(ext),
             "n_real": int(real.shape[0]),
             "n_fake": int(fake.shape[0]),
@@ -136,7 +137,7 @@ class FID(FeatureMetric):
             "per_identity_n_real": _per_identity_counts(real_labels),
             "per_identity_n_fake": _per_identity_counts(rec.labels),
         }
-        return {"fid": value}
+        return MetricResult(values={"fid": value}, details=details)
 
 
 @metrics.register("fid_correct")
@@ -147,9 +148,9 @@ class FIDCorrect(FeatureMetric):
     the two values differ only by the filter on the reconstructions.
     """
 
-    better = {"fid_correct": "higher"}
+    outputs = {"fid_correct": MetricOutput(better="higher", unit="distance")}
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         if rec.images.shape[0] == 0:
             raise MetricUnavailableError("fid_correct: the attack returned no images")
         ext = self.extractor(ctx)
@@ -169,11 +170,10 @@ class FIDCorrect(FeatureMetric):
             "per_identity": per_identity,
             "per_identity_n_real": _per_identity_counts(real_labels),
         }
-        ctx.details["fid_correct"] = details
         if int(correct.sum()) < 2:
             raise MetricUnavailableError(
                 f"fid_correct: only {int(correct.sum())} of {rec.images.shape[0]} reconstructions are "
-                "classified as their attacked identity by the evaluation model; FID needs at least 2"
+                "classified as their attacked identity by the evaluation model; FID needs at least 2", details
             )
         fake = ctx.features.extract(ext, rec.images[correct])
-        return {"fid_correct": _fid_or_unavailable("fid_correct", real, fake)}
+        return MetricResult(values={"fid_correct": _fid_or_unavailable("fid_correct", real, fake)}, details=details)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
 from inversion_bench.registry import metrics
 
 
@@ -38,7 +38,7 @@ class GradientStability(Metric):
 
     better = {"grad_cosine": "lower"}
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         values = traced_cosines(rec.trace.get("grad_cosine"))
-        ctx.details["gradient_stability"] = {"steps": len(values), "first": values[0], "last": values[-1]}
-        return {"grad_cosine": sum(values) / len(values)}
+        return MetricResult(values={"grad_cosine": sum(values) / len(values)},
+                            details={"steps": len(values), "first": values[0], "last": values[-1]})

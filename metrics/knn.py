@@ -18,9 +18,10 @@ from torch import Tensor
 
 from inversion_bench.errors import MetricUnavailableError
 from inversion_bench.features import FeatureExtractor
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
 from inversion_bench.metrics.extractors import extractor_plugin, provenance
 from inversion_bench.metrics.feature_metric import private_features, reconstruction_features
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import PluginParams, metrics
 
 
@@ -68,7 +69,7 @@ def evaluation_extractor(ctx: MetricContext) -> FeatureExtractor:
 class KNNDistance(Metric):
     """Mean min squared L2 distance to the attacked identity's private images (evaluation-model features)."""
 
-    better = {"knn_distance": "higher"}
+    outputs = {"knn_distance": MetricOutput(better="higher", unit="distance", per_identity=True)}
 
     def __init__(self, params: PluginParams) -> None:
         super().__init__(params)
@@ -78,7 +79,8 @@ class KNNDistance(Metric):
         """The evaluation-model extractor (one object per metric instance and model)."""
         return self.plugin.build(ctx)
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         value, details = feature_distance(rec, ctx, self.extractor(ctx), "knn_distance")
-        ctx.details["knn_distance"] = {"space": "evaluation-model penultimate features", **details}
-        return {"knn_distance": value}
+        per = details.pop("per_identity")
+        return MetricResult(values={"knn_distance": value}, per_identity={"knn_distance": per},
+                            details={"space": "evaluation-model penultimate features", **details})

@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from inversion_bench.data import FaceCollection, LabeledImages
 from inversion_bench.errors import MetricUnavailableError, UnknownPluginError
-from inversion_bench.interfaces import Metric, MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
+from inversion_bench.record_model import MetricOutput
 from inversion_bench.registry import PluginParams, architectures, metrics
 from inversion_bench.training import (
     Augmentation,
@@ -147,7 +148,7 @@ class KnowledgeExtraction(Metric):
     reconstructions (Struppek et al., ICLR 2024); lower is better for the defender."""
 
     Params = KnowledgeExtractionParams
-    better = {"knowledge_extraction": "lower"}
+    outputs = {"knowledge_extraction": MetricOutput(better="lower", unit="share")}
 
     def required_weights(self) -> dict[str, str]:
         p = self.params
@@ -159,7 +160,7 @@ class KnowledgeExtraction(Metric):
         arch = architectures.get(p.architecture)
         return arch(arch.Params(**p.architecture_params)).build(num_classes, resolution, ctx.weights)
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         p = self.params
         classes = sorted({int(c) for c in ctx.attacked} or {int(c) for c in rec.labels.unique()})
         if rec.images.shape[0] == 0 or not classes:
@@ -198,5 +199,4 @@ class KnowledgeExtraction(Metric):
             real_train = student_split(ctx.private_train, classes, "private train (attacked identities)")
             if len(real_train):
                 details["score_on_train"] = accuracy(predict_logits(model, real_train, settings), real_train.labels)
-        ctx.details["knowledge_extraction"] = details
-        return {"knowledge_extraction": float(result.test_accuracy)}
+        return MetricResult(values={"knowledge_extraction": float(result.test_accuracy)}, details=details)

@@ -25,7 +25,7 @@ from pydantic import Field
 from torch import Tensor
 
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.interfaces import MetricContext, MetricResult, Reconstruction
 from inversion_bench.metrics.extractors import provenance
 from inversion_bench.metrics.feature_metric import (
     ExtractorParams,
@@ -89,7 +89,7 @@ class PRDC(FeatureMetric):
     Params = _Params
     better = {"precision": "lower", "recall": "lower", "density": "lower", "coverage": "lower"}
 
-    def compute(self, rec: Reconstruction, ctx: MetricContext) -> dict[str, float]:
+    def compute(self, rec: Reconstruction, ctx: MetricContext) -> MetricResult:
         k = self.params.k
         ext = self.extractor(ctx)
         fake = reconstruction_features(ctx, ext, rec, "prdc")
@@ -103,13 +103,14 @@ class PRDC(FeatureMetric):
                                    f"needs more than k={k} of each")
                 continue
             per_identity[int(c)] = prdc(rc, fc, k)
-        ctx.details["prdc"] = {**provenance(ext), "k": k, "per_identity": per_identity, "skipped": skipped}
+        details = {**provenance(ext), "k": k, "per_identity": per_identity, "skipped": skipped}
         if not per_identity:
             raise MetricUnavailableError(
                 f"prdc: no attacked identity has more than k={k} private images and reconstructions "
-                f"(e.g. identity {next(iter(skipped))}: {next(iter(skipped.values()))})"
+                f"(e.g. identity {next(iter(skipped))}: {next(iter(skipped.values()))})", details
             )
         if skipped:
             log.warning("prdc: %d of %d identities skipped (too few samples for k=%d)",
                         len(skipped), len(skipped) + len(per_identity), k)
-        return {name: float(np.mean([v[name] for v in per_identity.values()])) for name in PRDC_NAMES}
+        return MetricResult(values={name: float(np.mean([v[name] for v in per_identity.values()]))
+                                    for name in PRDC_NAMES}, details=details)

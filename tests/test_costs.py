@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import torch
+
 from inversion_bench.leaderboard.costs import cost_rows, costs_html, write_costs
 
 
@@ -35,6 +37,54 @@ def test_cost_rows_are_means_per_attack_and_per_defense(tmp_path):
     assert [r["id"] for r in table] == ["ked", "mirror", "hard", "ls"]
     assert float(table[0]["generator_mean_s"]) == 60.0 and table[1]["generator_mean_s"] == ""
     html = costs_html(RECORDS)
-    assert "<h2>Cost</h2>" in html
+    assert '<h2 id="cost">Cost</h2>' in html
     assert "<td>KED</td><td>white-box</td><td>2</td><td>15.0</td><td>20.0</td><td>60.0</td>" in html
     assert costs_html([]) == ""
+
+
+def test_the_cost_table_states_each_attack_budget_and_when_its_early_stop_cannot_trigger(tmp_path):
+    from inversion_bench.attacks.mirror import MirrorBlackBox, MirrorParams
+
+    budget = MirrorBlackBox(MirrorParams(search_space_size=500, population_size=20, generations=7,
+                                         min_score=0.9)).budget()
+    assert budget.text == "500 initial samples, then up to 7 generations x 20 queries per identity"
+    assert budget.early_stop.startswith("an identity stops once its elite's confidence in the attacked class "
+                                        "reaches min_score 0.9; it cannot trigger on a target whose top confidence "
+                                        "stays below 0.9")
+    assert MirrorBlackBox(MirrorParams(min_score=None)).budget().early_stop is None
+    old, new = _rec("hard", "mirror", 5.0, 30.0, queries=1000), _rec("ls", "mirror", 7.0, 40.0, queries=3000)
+    new.update(created="2026-12-07T06:00:00", attack_info=budget.as_info())
+    old.update(created="2026-12-06T06:00:00", attack_info={"budget": "stale"})
+    mirror = {r["id"]: r for r in cost_rows([old, new, *RECORDS[:2]])}
+    assert mirror["mirror"]["budget"] == budget.text and mirror["mirror"]["early_stop"] == budget.early_stop
+    assert mirror["ked"]["budget"] is None  # records written before budgets were stated
+    html = costs_html([old, new])
+    assert f"<td>{budget.text}</td>" in html and "runs all 7 generations" in html
+    table = list(csv.DictReader(write_costs([old, new], tmp_path / "costs.csv").open()))
+    assert table[0]["budget"] == budget.text and table[0]["early_stop"] == budget.early_stop
+
+
+class _Smoothed(torch.nn.Module):
+    """A target whose released probabilities are mixed with the uniform: (1 - eps) p + eps / C, so its top
+    confidence is at most 1 - eps + eps / C (a label-smoothed target's ceiling)."""
+
+    def __init__(self, model: torch.nn.Module, eps: float) -> None:
+        super().__init__()
+        self.model, self.eps = model, eps
+        self.num_classes, self.input_size = model.num_classes, model.input_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.model(x).softmax(1)
+        return ((1 - self.eps) * p + self.eps / p.shape[1]).log()
+
+
+def test_mirror_early_stop_never_triggers_below_min_score_as_the_cost_table_states(one_thread):
+    from tests.test_mirror import _LinearPrior, _LinearTarget, _run
+
+    kw = {"seed": 1, "ids": torch.tensor([0, 2, 5]), "search_space_size": 64, "population_size": 16,
+          "generations": 10, "min_score": 0.85}
+    confident, _ = _run(_LinearTarget(), _LinearPrior(), **kw)
+    assert confident.info["stopped_at_min_score"] > 0  # the plain target triggers the early stop
+    smoothed, oracle = _run(_Smoothed(_LinearTarget(), eps=0.2), _LinearPrior(), **kw)  # ceiling 0.8 + 0.2/6 < 0.85
+    assert smoothed.info["stopped_at_min_score"] == 0
+    assert oracle.queries == 64 + 16 * 3 * 10  # the whole budget: every identity, every generation

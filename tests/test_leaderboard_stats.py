@@ -225,20 +225,6 @@ def test_target_scope_metrics_are_target_columns() -> None:
     assert r"\multicolumn{2}{c}{Target}" in tex and r"\cmidrule(lr){2-3}" in tex and r"ece $\downarrow$" in tex
 
 
-def test_which_metrics_are_accuracies() -> None:
-    from inversion_bench.leaderboard.model import Column
-
-    def acc(name: str) -> bool:
-        return Column("a", "A", 0, name, None).is_accuracy
-
-    for name in ("attack_acc@1", "attack_acc@5", "second_acc@1", "test_accuracy", "acc", "impostor_acc@1",
-                 "evaluator_agreement", "false_acceptance", "knowledge_extraction"):
-        assert acc(name), name
-    for name in ("ece", "silhouette",
-                 "intra_inter_ratio", "grad_cosine", "knn_distance", "fid", "accumulated_loss"):
-        assert not acc(name), name
-
-
 def test_evaluator_audit_display() -> None:
     from inversion_bench.leaderboard.html import render_html
 
@@ -265,19 +251,6 @@ def test_evaluator_audit_display() -> None:
     assert "<dt>evaluation-model audit</dt><dd>other private identities (500 images): false acceptance 2.0%" in page
     recs[2]["evaluator"] = {**recs[2]["evaluator"], "test_accuracy": 0.5}
     assert any("disagree on the evaluation model's test accuracy" in n for n in build(recs).notes)
-
-
-def test_per_identity_values_found_in_details() -> None:
-    from inversion_bench.leaderboard.uncertainty import identity_values
-
-    rec = identity_record("none", 0, [0.9, 0.8, 0.7, 1.0])
-    assert identity_values(rec, "attack_acc@1") == ({"0": 0.9, "1": 0.8, "2": 0.7, "3": 1.0}, 0)
-    rec["metric_details"]["knn_distance"] = {"per_identity": {0: 12.0, 1: 30.0}, "n_real": 10}
-    rec["metric_details"]["fid_correct"] = {"per_identity": {0: {"n": 3, "n_correct": 1}}}
-    assert identity_values(rec, "knn_distance") == ({"0": 12.0, "1": 30.0}, 0)
-    assert identity_values(rec, "fid_correct") is None  # counts per identity, not values
-    assert identity_values(rec, "fid") is None
-    assert identity_values({"metric_details": None}, "attack_acc@1") is None
 
 
 def test_seed_without_per_identity_values() -> None:

@@ -60,7 +60,7 @@ def test_inception_and_facenet_end_to_end(tmp_path: Path, weights_files: dict[st
     ext = fid.extractor(ctx)
     sha = file_sha256(weights_files["fid_inception"])
     assert ext.key == f"inception-v1-{sha}"
-    assert ctx.details["fid"]["weights_sha256"] == sha and ctx.details["fid"]["n_real"] == 6
+    assert out.details["weights_sha256"] == sha and out.details["n_real"] == 6
     real = ctx.features.of_split(ext, private).double().numpy()  # cached by the metric
     with torch.no_grad():  # pytorch-fid's module on [0, 1] images: pool3 features
         fake = ext.module(rec.images)[0].flatten(1).double().numpy()
@@ -72,7 +72,7 @@ def test_inception_and_facenet_end_to_end(tmp_path: Path, weights_files: dict[st
     fn = metric("facenet_distance")
     out = fn.compute(rec, ctx)
     fext = fn.extractor(ctx)
-    assert ctx.details["facenet_distance"]["weights_sha256"] == file_sha256(weights_files["facenet"])
+    assert out.details["weights_sha256"] == file_sha256(weights_files["facenet"])
     with torch.no_grad():
         x_real = nn.functional.interpolate(private.images(), size=(160, 160), mode="bilinear")
         x_fake = nn.functional.interpolate(rec.images, size=(160, 160), mode="bilinear")
@@ -88,7 +88,7 @@ def test_inception_and_facenet_end_to_end(tmp_path: Path, weights_files: dict[st
     # PRDC in FaceNet space reuses the cached private embeddings (one store entry per extractor)
     pr = metric("prdc", extractor="facenet", k=1)
     res = pr.compute(rec, ctx)
-    assert set(res) == {"precision", "recall", "density", "coverage"}
+    assert set(res.values) == {"precision", "recall", "density", "coverage"}
     assert pr.extractor(ctx).calls == 1
     assert len([p for p in (tmp_path / "store" / "features").iterdir() if not p.name.startswith(".")]) == 2
 

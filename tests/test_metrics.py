@@ -244,17 +244,20 @@ def test_metrics_match_independent_computation(tmp_path: Path) -> None:
 
     out = metric("fid").compute(rec, ctx)
     assert out["fid"] == pytest.approx(direct_fid(real, fake), abs=1e-6 * max(1.0, out["fid"]))
-    assert ctx.details["fid"]["n_real"] == 36 and ctx.details["fid"]["n_fake"] == 18
+    assert out.details["n_real"] == 36 and out.details["n_fake"] == 18
 
     out = metric("knn_distance").compute(rec, ctx)
     want = brute_knn(fake, fake_labels, real, real_labels).mean()
     assert out["knn_distance"] == pytest.approx(want, abs=1e-6)
+    per_identity = {c: brute_knn(fake[fake_labels == c], fake_labels[fake_labels == c], real, real_labels).mean()
+                    for c in range(3)}
+    assert out.per_identity["knn_distance"] == pytest.approx(per_identity, abs=1e-6)
 
     out = metric("prdc", k=3).compute(rec, ctx)
     per_id = [brute_prdc(real[real_labels == c], fake[fake_labels == c], 3) for c in range(3)]
     for name in ("precision", "recall", "density", "coverage"):
         assert out[name] == pytest.approx(np.mean([p[name] for p in per_id]), abs=1e-6), name
-    assert sorted(ctx.details["prdc"]["per_identity"]) == [0, 1, 2]
+    assert sorted(out.details["per_identity"]) == [0, 1, 2] and not out.per_identity
 
 
 def test_identical_reconstructions_and_shuffled_identities(tmp_path: Path) -> None:
@@ -295,7 +298,7 @@ def test_fid_correct_uses_correctly_classified_reconstructions(tmp_path: Path) -
     fake = eval_features(ctx, rec.images[correct])
     want = direct_fid(real, fake)
     assert out["fid_correct"] == pytest.approx(want, abs=1e-6 * max(1.0, want))
-    det = ctx.details["fid_correct"]
+    det = out.details
     assert det["correct_indices"] == torch.nonzero(correct).flatten().tolist()
     assert det["per_identity"][0] == {"n": 10, "n_correct": int(correct[rec_labels == 0].sum())}
     assert det["extractor_key"] == "evaluation-model-colour-model"
@@ -340,11 +343,11 @@ def test_directions_params_and_provenance(tmp_path: Path) -> None:
     rec = private_rec(private, [0, 1])
     for name in ("fid", "knn_distance", "prdc"):
         out = metric(name).compute(rec, ctx)
-        assert set(out) == set(metrics.get(name).better)
-        assert all(math.isfinite(v) for v in out.values())
-        assert ctx.details[name]["extractor"] == "evaluation-model"
-        assert ctx.details[name]["extractor_key"] == "evaluation-model-evaluation-model"
-        assert "weights_sha256" in ctx.details[name]
+        assert set(out.values) == set(metrics.get(name).better)
+        assert all(math.isfinite(v) for v in out.values.values())
+        assert out.details["extractor"] == "evaluation-model"
+        assert out.details["extractor_key"] == "evaluation-model-evaluation-model"
+        assert "weights_sha256" in out.details
 
 
 # --------------------------------------------------------------------------------------------

@@ -91,8 +91,8 @@ def test_knowledge_extraction_on_real_training_images_and_on_noise(splits, one_t
     tr = splits.private_train
     ke = metric("knowledge_extraction", **SMALL_KE)
     ctx = context(splits)
-    real = ke.compute(Reconstruction(tr.images(), tr.labels), ctx)["knowledge_extraction"]
-    d = ctx.details["knowledge_extraction"]
+    result = ke.compute(Reconstruction(tr.images(), tr.labels), ctx)
+    real, d = result["knowledge_extraction"], result.details
     assert real >= 0.8, d
     assert d["n_train"] == len(tr) and d["n_test"] == len(splits.private_test) and d["chance"] == 1 / 8
     assert d["seconds"] > 0 and 0 <= d["score_on_train"] <= 1
@@ -100,8 +100,8 @@ def test_knowledge_extraction_on_real_training_images_and_on_noise(splits, one_t
     g = torch.Generator().manual_seed(0)
     noise = Reconstruction(torch.rand(tr.images().shape, generator=g), tr.labels)
     ctx = context(splits)
-    chance_acc = ke.compute(noise, ctx)["knowledge_extraction"]
-    n = ctx.details["knowledge_extraction"]["n_test"]
+    result = ke.compute(noise, ctx)
+    chance_acc, n = result["knowledge_extraction"], result.details["n_test"]
     se = math.sqrt((1 / 8) * (7 / 8) / n)
     assert abs(chance_acc - 1 / 8) <= 3 * se, (chance_acc, se)
 
@@ -116,10 +116,11 @@ def test_knowledge_extraction_only_attacked_identities_count_and_is_deterministi
     values = []
     for _ in range(2):
         ctx = context(splits, attacked=attacked, seed=5)
-        values.append(ke.compute(rec, ctx)["knowledge_extraction"])
+        result = ke.compute(rec, ctx)
+        values.append(result["knowledge_extraction"])
     assert values[0] == values[1]
     assert torch.equal(state, torch.random.get_rng_state())  # the caller's random state is untouched
-    d = ctx.details["knowledge_extraction"]
+    d = result.details
     assert d["identities"] == 3 and d["chance"] == pytest.approx(1 / 3)
     assert d["n_test"] == int(torch.isin(splits.private_test.labels, torch.tensor(attacked)).sum())
 
@@ -198,14 +199,14 @@ def test_embedding_metric_on_the_target_wrapped_or_not(splits, target):
     ctx = context(splits, target)
     out = m.compute(empty_rec(), ctx)
     feats = target.features(splits.private_train.images()).detach()
-    assert out == pytest.approx(separation(feats, splits.private_train.labels), abs=1e-6)
+    assert out.values == pytest.approx(separation(feats, splits.private_train.labels), abs=1e-6)
     assert -1 <= out["silhouette"] <= 1 and out["intra_inter_ratio"] > 0
-    assert ctx.details["embedding_separation"]["n_images"] == len(splits.private_train)
+    assert out.details["n_images"] == len(splits.private_train)
     wrapped = PostprocessedClassifier(target, lambda z: torch.log_softmax(z, 1))
-    assert m.compute(empty_rec(), context(splits, wrapped)) == pytest.approx(out, abs=1e-9)
+    assert m.compute(empty_rec(), context(splits, wrapped)).values == pytest.approx(out.values, abs=1e-9)
     sub = metric("embedding_separation", max_images=40)
     a, b = (sub.compute(empty_rec(), context(splits, target, seed=2)) for _ in range(2))
-    assert a == b
+    assert a.values == b.values
     with pytest.raises(MetricUnavailableError, match="penultimate"):
         m.compute(empty_rec(), context(splits, nn.Linear(2, 2)))
 
@@ -260,7 +261,7 @@ def test_calibration_metric_on_the_target_wrapped_or_not(splits, target):
     with torch.no_grad():
         probs = torch.softmax(target(splits.private_test.images()), 1)
     assert out["ece"] == pytest.approx(expected_calibration_error(probs, splits.private_test.labels), abs=1e-6)
-    assert ctx.details["calibration"]["n"] == len(splits.private_test)
+    assert out.details["n"] == len(splits.private_test)
     wrapped = PostprocessedClassifier(target, lambda z: z * 0)  # postprocessing must not change the value
     assert m.compute(empty_rec(), context(splits, wrapped))["ece"] == pytest.approx(out["ece"], abs=1e-9)
     ctx.private_test = None
@@ -276,8 +277,9 @@ def test_gradient_stability_mean_and_unavailable(splits):
     rec = empty_rec()
     rec.trace = {"grad_cosine": [None, 0.5, 0.25, -0.15]}  # MI-Face's trace starts with None
     ctx = context(splits)
-    assert m.compute(rec, ctx) == {"grad_cosine": pytest.approx(0.2)}
-    assert ctx.details["gradient_stability"] == {"steps": 3, "first": 0.5, "last": -0.15}
+    out = m.compute(rec, ctx)
+    assert out.values == {"grad_cosine": pytest.approx(0.2)}
+    assert out.details == {"steps": 3, "first": 0.5, "last": -0.15}
     for trace in ({}, {"grad_cosine": []}, {"grad_cosine": [None]}):
         rec.trace = trace
         with pytest.raises(MetricUnavailableError, match="traced no gradients"):

@@ -295,8 +295,8 @@ def _seeded_copy(run_dir: Path, dest: Path, seeds: int, settings: dict | None = 
         rec = json.loads(p.read_text())
         if rec["defense"] == "ls":
             rec["metrics"]["attack_acc@1"] = 0.0
-            block = rec["metric_details"]["attack_accuracy"]
-            block["per_identity_acc@1"] = {k: 0.0 for k in block["per_identity_acc@1"]}
+            per = rec["per_identity"]["attack_acc@1"]["values"]
+            rec["per_identity"]["attack_acc@1"]["values"] = dict.fromkeys(per, 0.0)
         if settings is not None:
             rec["report_settings"] = settings
         p.write_text(json.dumps(rec))
@@ -342,3 +342,21 @@ def test_report_marks_only_with_enough_seeds_adjusted_as_configured(run_dir: Pat
         assert significant == (float(df.loc["ls", f"{key}_p_adjusted"]) < 0.05)
         row = next(line for line in md[md.index("## Δ vs"):].splitlines() if line.startswith("| LS 0.1"))
         assert row.count("*") >= int(significant)
+
+
+def test_the_embedding_comes_from_the_tsne_cache_and_figures_can_be_skipped(run_dir: Path, tmp_path: Path,
+                                                                            monkeypatch) -> None:
+    from inversion_bench.leaderboard import figures
+
+    assert len(list((run_dir / "cache" / "tsne").glob("*.npy"))) == 3  # one per defense, by `bench run`'s report
+
+    def no_tsne(*args, **kwargs):
+        raise AssertionError("t-SNE recomputed although its inputs are cached")
+
+    monkeypatch.setattr(figures, "tsne_2d", no_tsne)
+    report = build_report([run_dir], tmp_path / "again")
+    assert "embedding" in [f["name"] for f in report.figures] and not report.notes
+    assert (tmp_path / "again" / "figures" / "embedding.csv").read_bytes() == (
+        run_dir / "leaderboard" / "figures" / "embedding.csv").read_bytes()
+    skipped = build_report([run_dir], tmp_path / "skip", skip_figures=["tsne", "qualitative"])
+    assert [f["name"] for f in skipped.figures] == ["privacy_utility", "gradient_stability"]

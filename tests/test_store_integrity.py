@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from inversion_bench.errors import ConfigError
+from inversion_bench.paths import check_name, inside
 from inversion_bench.results import load_records, move_aside, record_filename, write_record
-from inversion_bench.store import CHECKSUM_FILE, CorruptProductError, Store, check_name, inside
+from inversion_bench.store import CHECKSUM_FILE, CorruptProductError, Store
 from tests.conftest import tiny_suite
 
 

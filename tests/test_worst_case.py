@@ -262,7 +262,7 @@ def test_seed_where_every_attack_failed_and_defense_without_any() -> None:
     assert page.cells[("round", "worst_case")]["title"].startswith(
         "strongest attack's mean: Mirror; mean of per-seed maxima 55.0 (seed 0: 55.0 by Mirror; seed 1: every "
         "attack failed); no interval: too few seeds (1; 3 needed)")
-    assert worst_case([], ["gmi"]).attack is None
+    assert worst_case([], ["gmi"], "attack_acc@1").attack is None
 
 
 def test_no_attack_accuracy_no_worst_case_column() -> None:

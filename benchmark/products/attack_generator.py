@@ -19,6 +19,7 @@ import torch
 
 from inversion_bench.config import entry_label
 from inversion_bench.errors import AccessError, BenchError
+from inversion_bench.heartbeat import Heartbeat, wanted
 from inversion_bench.interfaces import Attack, AttackContext
 from inversion_bench.oracle import QueryCounter, target_for
 from inversion_bench.plan import PairJob
@@ -67,8 +68,11 @@ def trained_generator(ctx: RunContext, job: PairJob) -> dict[str, Any]:
     query_target, counter = target_for(attack.access, attacked, ctx.device)
     torch.manual_seed(job.seed)
     t0 = time.perf_counter()
+    beat = Heartbeat(f"GAN of attack {job.attack} on {actx.label}", lambda: counter.queries,
+                     on=wanted(actx.progress))  # a line every HEARTBEAT_S without progress bars
     try:
-        state = attack.train_generator(query_target, actx)
+        with beat:
+            state = attack.train_generator(query_target, actx)
     except AccessError as exc:
         raise AccessError(f"attack {job.attack!r} declares {attack.access} access: {exc}") from None
     finally:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import torch
 
+from inversion_bench.attack_budget import stated_budget
 from inversion_bench.errors import AccessError, BenchError
+from inversion_bench.heartbeat import Heartbeat, wanted
 from inversion_bench.interfaces import Reconstruction
 from inversion_bench.oracle import QueryCounter, target_for
 from inversion_bench.plan import PairJob
@@ -69,9 +71,13 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
         actx.trained = generator["state"]
     query_target, counter = target_for(attack.access, attacked, ctx.device)
     torch.manual_seed(job.seed)
+    budget = stated_budget(attack)
+    beat = Heartbeat(f"attack {job.attack} on {actx.label}", lambda: counter.queries, budget.text if budget else None,
+                     on=wanted(actx.progress))  # a line every HEARTBEAT_S without progress bars
     t0 = time.perf_counter()
     try:
-        rec = attack.run(query_target, identities, gen, actx)
+        with beat:
+            rec = attack.run(query_target, identities, gen, actx)
     except AccessError as exc:
         raise AccessError(f"attack {a.name!r} declares {attack.access} access: {exc}") from None
     finally:
@@ -90,6 +96,13 @@ def reconstruct(ctx: RunContext, job: PairJob) -> str:
         torch.save(rec.to_state(), tmp / "data.pt")
         save_grid(rec.images, rec.labels, tmp / "grid.png")
     return job.attack_key
+
+
+def budget_info(ctx: RunContext, job: PairJob) -> dict[str, str]:
+    """``{"budget": ..., "early_stop": ...}`` of ``job``'s attack from its parameters (the record's
+    ``attack_info``, read by the cost table); empty when the attack states none."""
+    budget = stated_budget(make_attack(ctx, job))
+    return budget.as_info() if budget is not None else {}
 
 
 def load_reconstruction(ctx: RunContext, attack_key: str) -> Reconstruction:

@@ -8,6 +8,7 @@ import platform
 import re
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,52 @@ import torch
 from inversion_bench.checkpoints import checkpoint_json
 from inversion_bench.config import entry_label
 from inversion_bench.errors import MetricUnavailableError
-from inversion_bench.interfaces import MetricContext, Reconstruction
+from inversion_bench.interfaces import Metric, MetricContext, MetricResult, Reconstruction
+from inversion_bench.paths import inside
 from inversion_bench.plan import PairJob
 from inversion_bench.products.audit import evaluator_summary
 from inversion_bench.products.data import splits
 from inversion_bench.products.evaluator import evaluator, second_evaluator
-from inversion_bench.products.reconstruction import attacked_identities, load_reconstruction
+from inversion_bench.products.reconstruction import attacked_identities, budget_info, load_reconstruction
 from inversion_bench.products.target import known_test_accuracy, target
+from inversion_bench.record_model import SCHEMA_VERSION, MetricInfo, upgrade
 from inversion_bench.registry import REGISTRIES
 from inversion_bench.results import CORRUPT_DIR, load_records, move_aside, read_record, write_json_atomic, write_record
 from inversion_bench.run_context import RunContext
-from inversion_bench.store import inside
 
 log = logging.getLogger(__name__)
 
-Scores = tuple[dict[str, float], dict[str, str], dict[str, Any], dict[str, str], dict[str, str]]
+
+@dataclass
+class Scores:
+    """Every metric of a suite on one pair: values, directions (better for the defender), details by metric
+    plugin, errors and scopes by output name, per-identity values by output name."""
+
+    values: dict[str, float] = field(default_factory=dict)
+    directions: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    scopes: dict[str, str] = field(default_factory=dict)
+    per_identity: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def metric_info(cls: type[Metric], plugin: str) -> dict[str, dict[str, Any]]:
+    """The declarations of a metric plugin's outputs as the record keeps them (``metric_info``)."""
+    return {name: MetricInfo(**out.model_dump(), plugin=plugin, scope=cls.scope).model_dump()
+            for name, out in cls.outputs.items()}
+
+
+def worst_case_metric(ctx: RunContext, attack_plugin: str) -> str:
+    """The metric the worst case takes for records of ``attack_plugin``: the attack's own
+    ``worst_case_metric``, else the suite's ``report: {worst_case: ...}``."""
+    cls = REGISTRIES["attacks"].get(attack_plugin) if attack_plugin in REGISTRIES["attacks"] else None
+    return str(getattr(cls, "worst_case_metric", None) or ctx.suite.report.worst_case)
+
+
+def report_settings(ctx: RunContext) -> dict[str, Any]:
+    """How the tables present the numbers (the suite's ``report:``), as records keep it; the worst-case metric
+    travels as the record's own ``worst_case_metric``."""
+    return ctx.suite.report.model_dump(mode="json", exclude={"worst_case"})
 
 
 def metric_context(ctx: RunContext, job: PairJob, target_model: torch.nn.Module,
@@ -50,32 +82,43 @@ def metric_context(ctx: RunContext, job: PairJob, target_model: torch.nn.Module,
 
 
 def score(ctx: RunContext, rec: Reconstruction, mctx: MetricContext) -> Scores:
-    """Every metric of the suite on ``rec``: (values, directions, details, errors by metric name,
-    scope by metric name: ``"attack"`` or ``"target"``, see :class:`~inversion_bench.interfaces.Metric`).
+    """Every metric of the suite on ``rec`` (:class:`Scores`; scopes ``"attack"`` or ``"target"``, see
+    :class:`~inversion_bench.interfaces.Metric`).
 
     A metric that cannot be computed (``MetricUnavailableError``) or returns a non-finite value is
-    reported under ``errors`` with its reason, never as a number.
+    reported under ``errors`` with its reason, never as a number; the details it gathered before it
+    stopped are kept.
+
+    Raises:
+        TypeError: a metric plugin's ``compute`` returned something other than a
+            :class:`~inversion_bench.interfaces.MetricResult`.
     """
-    values: dict[str, float] = {}
-    directions: dict[str, str] = {}
-    errors: dict[str, str] = {}
-    scopes: dict[str, str] = {}
+    out = Scores()
     for m, params in zip(ctx.suite.metrics, ctx.loaded.metric_params, strict=True):
         metric = REGISTRIES["metrics"].get(m.name)(params)
-        directions.update(metric.better)
-        scopes.update(dict.fromkeys(metric.better, metric.scope))
+        out.directions.update(metric.better)
+        out.scopes.update(dict.fromkeys(metric.better, metric.scope))
         try:
-            out = metric.compute(rec, mctx)
+            result = metric.compute(rec, mctx)
         except MetricUnavailableError as exc:
-            for name in metric.better:
-                errors[name] = str(exc)
+            out.errors.update(dict.fromkeys(metric.better, str(exc)))
+            if exc.details:
+                out.details[m.name] = exc.details
             continue
-        for name, v in out.items():
+        if not isinstance(result, MetricResult):
+            raise TypeError(f"metric {m.name!r}: compute returned a {type(result).__name__}; it must return "
+                            "inversion_bench.interfaces.MetricResult(values=..., per_identity=..., details=...)")
+        if result.details:
+            out.details[m.name] = dict(result.details)
+        for name, v in result.values.items():
             if v is None or not torch.isfinite(torch.tensor(float(v))):
-                errors[name] = f"{m.name} returned {v}"
+                out.errors[name] = f"{m.name} returned {v}"
             else:
-                values[name] = float(v)
-    return values, directions, mctx.details, errors, scopes
+                out.values[name] = float(v)
+        for name, per in result.per_identity.items():
+            if name in out.values and metric.outputs.get(name) is not None and metric.outputs[name].per_identity:
+                out.per_identity[name] = {str(k): float(v) for k, v in per.items()}
+    return out
 
 
 def query_counts(info: dict[str, Any]) -> dict[str, float] | None:
@@ -124,7 +167,12 @@ def base_record(ctx: RunContext, job: PairJob) -> dict[str, Any]:
         "attack_params": ap.model_dump(mode="json"), "attack_index": job.attack_index,
         "access": REGISTRIES["attacks"].get(a.name).access,
         "seed": job.seed, "baseline": s.baseline_id, "config_hash": job.config_hash,
-        "report_settings": s.report.model_dump(mode="json"),
+        "schema_version": SCHEMA_VERSION,
+        "report_settings": report_settings(ctx),
+        "metric_info": {**metric_info(REGISTRIES["metrics"].get("test_accuracy"), "test_accuracy"),
+                        **{k: v for m in s.metrics for k, v in metric_info(REGISTRIES["metrics"].get(m.name),
+                                                                            m.name).items()}},
+        "worst_case_metric": worst_case_metric(ctx, a.name),
         "keys": {"target": job.target_key, "attack": job.attack_key, "evaluator": plan.evaluator_key,
                  "prior": plan.prior_key, "data": plan.data_key,
                  **({"second_evaluator": plan.second_evaluator_key} if plan.second_evaluator_key else {})},
@@ -154,12 +202,14 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
     if "generator_seconds" in rec.info:  # the attack's own GAN (KED-MI, PLG-MI), fitted once per target
         timings["generator_s"] = float(rec.info["generator_seconds"])
     t1 = time.perf_counter()
-    values, directions, details, errors, scopes = score(ctx, rec, metric_context(ctx, job, model, report))
+    scores = score(ctx, rec, metric_context(ctx, job, model, report))
     timings["metrics_s"] = time.perf_counter() - t1
-    out.update(status="ok", error=None, metrics={"test_accuracy": float(report["test_accuracy"]), **values},
-               directions={"test_accuracy": "higher", **directions}, metric_details=details, metric_errors=errors,
-               metric_scopes={"test_accuracy": "target", **scopes},
-               attack_info={k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+    out.update(status="ok", error=None, metrics={"test_accuracy": float(report["test_accuracy"]), **scores.values},
+               directions={"test_accuracy": "higher", **scores.directions}, metric_details=scores.details,
+               metric_errors=scores.errors, metric_scopes={"test_accuracy": "target", **scores.scopes},
+               per_identity={m: {"values": v} for m, v in scores.per_identity.items()},
+               attack_info={**{k: v for k, v in rec.info.items() if isinstance(v, int | float | str)},
+                            **budget_info(ctx, job)},
                num_reconstructions=int(rec.images.shape[0]), queries=query_counts(rec.info))
 
 
@@ -256,12 +306,13 @@ def refresh_report_settings(ctx: RunContext, skip: list[PairJob]) -> int:
     Returns:
         The number of records rewritten.
     """
-    wanted = ctx.suite.report.model_dump(mode="json")
+    wanted = report_settings(ctx)
     changed = 0
     for job in skip:
         rec = read_record(inside(ctx.records_dir, job.record_name, "record file"))
-        if rec.get("report_settings") != wanted:
-            write_record(ctx.records_dir, {**rec, "report_settings": wanted})
+        worst = worst_case_metric(ctx, str(rec.get("attack_plugin") or ""))
+        if rec.get("report_settings") != wanted or upgrade(rec)["worst_case_metric"] != worst:
+            write_record(ctx.records_dir, {**upgrade(rec), "report_settings": wanted, "worst_case_metric": worst})
             changed += 1
     if changed:
         log.info("report settings of %d recorded pair(s) updated to the suite's report: section", changed)

@@ -1,81 +1,18 @@
-"""Number and cell formatting shared by the renderers of a leaderboard.
+"""The text of every table cell: a mean with its spread or interval, its notes (failed, n/a, no CI), its
+difference to the baseline and its test, and the worst-case cell with the strongest attack.
 
 :mod:`~inversion_bench.leaderboard.render` (Markdown, CSV), :mod:`~inversion_bench.leaderboard.latex` and
 :mod:`~inversion_bench.leaderboard.html` format the cells of a
-:class:`~inversion_bench.leaderboard.model.LeaderboardTable` with these helpers, so that every format shows
-the same numbers.
+:class:`~inversion_bench.leaderboard.model.LeaderboardTable` with these helpers.
 """
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import pandas as pd
 
-from inversion_bench.leaderboard.model import (
-    DEFAULT_ACCESS,
-    TARGET_COLUMN,
-    WORST_CASE_ATTACK,
-    Column,
-    DefenseInfo,
-    LeaderboardTable,
-    WorstCase,
-)
-
-ARROWS = {"higher": "↑", "lower": "↓"}
-NEAR_CHANCE = "⚠ near chance"
-NA_MARK = "†"
-NOT_RUN = "—"
-SIGNIFICANT_MARK = "*"
-"""Appended to a Δ whose defense test against the baseline is significant after adjustment (Markdown)."""
-NO_INTERVAL = "no CI"
-"""Annotation of a cell without an interval when the table shows intervals (a single value)."""
-ACCESS_HELP = {
-    "white-box": "white-box: the model, its gradients and parameters",
-    "black-box": "black-box: output probabilities only, no gradients",
-    "label-only": "label-only: the top-1 label only",
-}
-"""What each access level lets an attack see (header tooltips and legends)."""
-WORST_CASE_HELP = (
-    "Worst case: the strongest attack's mean, i.e. the highest mean attack accuracy (attack_acc@1, over "
-    "seeds) of the attacks with an ok record on every seed of the row, ± its std over seeds; the attack named "
-    "is that attack. A defense is only as strong as the strongest attack against it. The mean of per-seed "
-    "maxima (CSV worst_case_mean_of_maxima, tooltip) is larger by construction: for two equally strong "
-    "attacks by about 0.56 seed standard deviations whatever the number of seeds."
-)
-
-
-# --------------------------------------------------------------------------------------------------
-# numbers
-
-
-def _isnan(x: Any) -> bool:
-    return x is None or (isinstance(x, float) and math.isnan(x))
-
-
-def column_decimals(lb: LeaderboardTable, col: Column) -> int:
-    """Decimals used for every number of a column (means, stds and differences alike).
-
-    Accuracies are shown in percent with one decimal. Other metrics get about three significant
-    digits from the largest absolute mean of the column: ``0.412``, ``1.234``, ``12.3``, ``123.4``.
-
-    Args:
-        lb: the leaderboard.
-        col: the column.
-
-    Returns:
-        Number of decimals.
-    """
-    if col.is_accuracy:
-        return 1
-    means = lb.data.loc[lb.data["column"] == col.key, "mean"].dropna().abs()
-    biggest = float(means.max()) if not means.empty else 0.0
-    if biggest >= 10:
-        return 1
-    if biggest >= 1 or biggest == 0.0:
-        return 3
-    return min(6, 2 - math.floor(math.log10(biggest)))
+from inversion_bench.leaderboard.labels import NA_MARK, NO_INTERVAL, NOT_RUN, attack_labels
+from inversion_bench.leaderboard.model import Column, LeaderboardTable, WorstCase
+from inversion_bench.leaderboard.number_format import format_value, is_missing, p_value_text
 
 
 def cell_rows(lb: LeaderboardTable) -> dict[tuple[str, str], pd.Series]:
@@ -83,38 +20,10 @@ def cell_rows(lb: LeaderboardTable) -> dict[tuple[str, str], pd.Series]:
     return {(r.defense, r.column): r for _, r in lb.data.iterrows()}
 
 
-def decimals_by_column(lb: LeaderboardTable) -> dict[str, int]:
-    """:func:`column_decimals` of every column, keyed by column key."""
-    return {c.key: column_decimals(lb, c) for c in lb.columns}
-
-
-def _scaled(col: Column, x: float) -> float:
-    return x * 100.0 if col.is_accuracy else x
-
-
-def format_value(col: Column, x: float, decimals: int, signed: bool = False) -> str:
-    """Formats one raw number of ``col`` (accuracies as percentages).
-
-    Args:
-        col: the column the number belongs to.
-        x: the raw number (accuracies as fractions).
-        decimals: decimals to show.
-        signed: prefix a ``+`` for positive numbers (differences).
-
-    Returns:
-        The text.
-    """
-    v = _scaled(col, x)
-    text = f"{v:+.{decimals}f}" if signed else f"{v:.{decimals}f}"
-    if float(text) == 0.0:  # no "-0.0" / "+0.0"
-        text = f"{0.0:.{decimals}f}"
-    return text
-
-
 def has_interval(cell: pd.Series) -> bool:
     """Whether the cell has a bootstrap interval (both ends finite)."""
     low, high = cell.get("ci_low"), cell.get("ci_high")
-    return not (_isnan(low) or _isnan(high))
+    return not (is_missing(low) or is_missing(high))
 
 
 def spread_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", intervals: bool = False) -> str:
@@ -124,7 +33,7 @@ def spread_text(col: Column, cell: pd.Series, decimals: int, pm: str = "±", int
         if not has_interval(cell):
             return ""
         return f" {pm} {format_value(col, (float(cell['ci_high']) - float(cell['ci_low'])) / 2, decimals)}"
-    if cell["n"] > 1 and not _isnan(cell["std"]):
+    if cell["n"] > 1 and not is_missing(cell["std"]):
         return f" {pm} {format_value(col, float(cell['std']), decimals)}"
     return ""
 
@@ -138,14 +47,6 @@ def interval_text(col: Column, cell: pd.Series, decimals: int, confidence: float
     low = format_value(col, float(cell["ci_low"]), decimals)
     high = format_value(col, float(cell["ci_high"]), decimals)
     return f"{100 * confidence:g}% CI [{low}, {high}]" + (f" ({method})" if method else "")
-
-
-def p_value_text(p: Any) -> str:
-    """``"p = 0.012"``, ``"p < 0.001"``; ``""`` for NaN."""
-    if _isnan(p):
-        return ""
-    p = float(p)
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def test_text(cell: pd.Series) -> str:
@@ -228,41 +129,10 @@ def delta_text(col: Column, cell: pd.Series, base: pd.Series, decimals: int, na_
     """
     if cell["n"] == 0:
         return cell_text(col, cell, decimals, na_mark=na_mark)
-    if base["n"] == 0 or _isnan(cell["delta"]):
+    if base["n"] == 0 or is_missing(cell["delta"]):
         return NOT_RUN
     star = mark if mark and is_significant(cell) else ""
     return format_value(col, float(cell["delta"]), decimals, signed=True) + star + _annotation(cell, na_mark)
-
-
-# --------------------------------------------------------------------------------------------------
-# attacks: access levels, queries and the worst case
-
-
-def attack_heading(col: Column) -> str:
-    """The attack's name with its access level: ``"GMI [white-box]"`` (the name alone without one)."""
-    return f"{col.attack_label} [{col.access}]" if col.access else col.attack_label
-
-
-def attack_labels(lb: LeaderboardTable) -> dict[str, str]:
-    """Display name of every attack of the table, by attack id (those of columns a paper table hides
-    too: the worst case names the strongest attack, shown or not)."""
-    rows = lb.data[~lb.data["attack"].isin([TARGET_COLUMN, WORST_CASE_ATTACK])]
-    labels = dict(zip(rows["attack"], rows["attack_label"], strict=True))
-    return {**labels, **{c.attack: c.attack_label for c in lb.columns if c.is_attack}}
-
-
-def queries_text(col: Column, cell: pd.Series) -> str:
-    """``"1,500 queries per identity"`` for a black-box or label-only attack's cell that counted them,
-    else ``""`` (white-box attacks, and records written before queries were counted)."""
-    q = cell.get("queries_per_identity")
-    if (col.access or DEFAULT_ACCESS) == DEFAULT_ACCESS or _isnan(q):
-        return ""
-    q = float(q)
-    return f"{q:,.0f} queries per identity" if q >= 100 else f"{q:.3g} queries per identity"
-
-
-def _seeds_text(seeds: list[int]) -> str:
-    return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)}"
 
 
 def worst_case_parts(lb: LeaderboardTable, wc: WorstCase) -> list[str]:
@@ -328,40 +198,3 @@ def seed_attacks(wc: WorstCase | None) -> str:
 def seed_coverage(wc: WorstCase | None) -> str:
     """``"0:3/3;1:2/3"``: the attacks every seed's maximum covers (CSV)."""
     return "" if wc is None else ";".join(f"{s}:{k}/{wc.n_attacks}" for s, k in wc.covered)
-
-
-# --------------------------------------------------------------------------------------------------
-# rows
-
-
-def has_guarantees(lb: LeaderboardTable) -> bool:
-    """Whether any row reports a formal (epsilon, delta) guarantee (then the ε column is shown)."""
-    return any(i.epsilon is not None for i in lb.defenses)
-
-
-def guarantee_text(info: DefenseInfo, latex: bool = False) -> str:
-    """The (epsilon, delta) cell of a row: ``"8.52 (δ=1e-05)"``, ``"∞"`` or ``"—"`` (none reported).
-
-    Args:
-        info: the row.
-        latex: LaTeX markup instead of Unicode.
-    """
-    if info.epsilon is None:
-        return "--" if latex else NOT_RUN
-    if math.isinf(info.epsilon):
-        eps = r"$\infty$" if latex else "∞"
-    else:
-        eps = f"{info.epsilon:.2f}"
-    if info.delta is None:
-        return eps
-    return f"{eps} ($\\delta$={info.delta:.0e})" if latex else f"{eps} (δ={info.delta:.0e})"
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:  # "1 seed", "3 seeds", "2 identities"
-    return f"{n} {word if n == 1 else (words or word + 's')}"
-
-
-def seed_summary(lb: LeaderboardTable) -> str:
-    """``"3 seeds: 0, 1, 2"``: the seeds of every record behind the leaderboard."""
-    seeds = lb.meta.get("seeds") or []
-    return f"{plural(len(seeds), 'seed')}: {', '.join(str(s) for s in seeds)}"
