@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from inversion_bench import executors
 from inversion_bench.config import RunConfig
 from inversion_bench.errors import DiskFullError
 from inversion_bench.executors import local, local_workers, parallel
@@ -46,6 +47,21 @@ def test_workers_and_threads_per_job(fields, on_cpu, expected):
 def test_workers_must_be_positive():
     with pytest.raises(ValueError, match="workers"):
         RunConfig(workers=0)
+
+
+def test_a_plugin_registered_in_this_process_keeps_the_run_here(monkeypatch):
+    from inversion_bench.errors import ConfigError
+    from inversion_bench.executors import make_executor
+    from inversion_bench.executors.local import LocalExecutor
+    from inversion_bench.registry import defenses
+
+    monkeypatch.setattr(defenses, "_entries", dict(defenses._entries))  # the registration is undone after
+    defenses.add("made-here", type("MadeHere", (), {}), origin="module __main__")
+    assert "defense made-here (module __main__)" in executors.unshareable_plugins()
+    assert isinstance(make_executor(RunConfig(device="cpu", threads=1)), LocalExecutor)  # the default: in-process
+    with pytest.raises(ConfigError, match=r"run.workers 2 \(--workers\): worker processes cannot load the plugin"
+                                          r"\(s\) defense made-here \(module __main__\)"):
+        make_executor(RunConfig(device="cpu", workers=2))
 
 
 def test_walk_order_is_the_in_process_order():
