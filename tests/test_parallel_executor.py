@@ -196,7 +196,7 @@ class NanLoss(Defense):
         return logits.sum() * float("nan")
 """
 # Fields that differ between any two runs (when, where, how long), left out of the comparison.
-VARYING = {"created", "run_dir", "timings", "traceback"}
+VARYING = {"created", "run_dir", "timings", "traceback", "code_version"}  # code_version: a commit between runs
 VARYING_NESTED = {"target": {"seconds", "images_per_second"}, "attack_info": {"seconds"}, "setup": {"overrides"}}
 
 
