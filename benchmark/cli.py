@@ -39,6 +39,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
         out.append(f"run.store={json.dumps(str(Path(args.store).expanduser().absolute()))}")
     if getattr(args, "executor", None):
         out.append(f"run.executor={args.executor}")
+    if getattr(args, "workers", None) is not None:
+        out.append(f"run.workers={args.workers}")
     if getattr(args, "address", None):
         out.append(f"run.ray.address={json.dumps(args.address)}")  # JSON string: YAML would read 1:30 as a number
     return out
@@ -301,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_options(p)
     p.add_argument("--executor", choices=["local", "ray"],
                    help="local: every job in this process (default); ray: every job a Ray task (run.executor)")
+    p.add_argument("--workers", type=int, metavar="N", help="jobs at once, in worker processes (run.workers)")
     p.add_argument("--address", help="Ray cluster: auto, host:port, ray://host:port or local (run.ray.address; "
                    "default: the running one, else a new local one)")
     p.add_argument("--no-figures", action="store_true", help="write the report without figures")

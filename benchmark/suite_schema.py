@@ -188,6 +188,9 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(256, ge=1)
     progress: bool = True
     threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: torch's choice)")
+    workers: int | None = Field(None, ge=1, description="local executor: jobs run at the same time, each in a "
+                                "worker process (1: all in this process); default: cores // run.threads when "
+                                "threads is set and the device is the CPU, else 1")
 
     @field_validator("store")
     @classmethod

@@ -31,7 +31,7 @@ def _tiniest(**overrides) -> dict:
     data["metrics"] = ["test_accuracy", "attack_accuracy"]
     for part in ("target", "evaluation"):
         data[part] = {**data[part], "training": {"epochs": 1, "batch_size": 16}}
-    data["run"] = {**data["run"], "threads": 1}
+    data["run"] = {**data["run"], "threads": 1, "workers": 1}  # in this process: tests patch what the jobs call
     return data
 
 

@@ -18,21 +18,16 @@ rerun up to ``max_retries`` times; when it still fails (or raised an exception a
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import traceback
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
-from inversion_bench.config import RayConfig, validate_suite
+from inversion_bench.config import RayConfig
 from inversion_bench.errors import BenchError, ConfigError
 from inversion_bench.executors.base import Executor, RecordSink
+from inversion_bench.executors.worker import ContextSpec, worker_context
 from inversion_bench.jobs import Job, record_failed_pair, run_job
-from inversion_bench.registry import load_plugin_file, load_plugins, loaded_plugin_files
 from inversion_bench.run_context import RunContext
-from inversion_bench.store import content_key
 
 log = logging.getLogger(__name__)
 
@@ -61,57 +56,6 @@ def task_options(cfg: RayConfig) -> dict[str, Any]:
 def torch_threads(run_threads: int | None, num_cpus: float) -> int:
     """Torch threads inside a task: ``run.threads`` when set, else the task's CPUs (at least 1)."""
     return run_threads if run_threads is not None else max(1, int(num_cpus))
-
-
-@dataclass(frozen=True)
-class ContextSpec:
-    """What a worker needs to rebuild the driver's ``RunContext``: the resolved suite mapping (includes
-    merged, overrides applied), the driver's working directory (relative paths in the suite are
-    taken from it), the ``--plugin`` files, the run folder and the plan's hash to check against."""
-
-    raw: dict[str, Any]
-    source: str
-    cwd: str
-    plugin_files: tuple[str, ...]
-    run_dir: str
-    suite_hash: str
-
-    @classmethod
-    def of(cls, ctx: RunContext) -> ContextSpec:
-        return cls(raw=ctx.loaded.raw, source=ctx.loaded.source, cwd=os.getcwd(),
-                   plugin_files=tuple(str(p) for p in loaded_plugin_files()),
-                   run_dir=str(ctx.run_dir.resolve()), suite_hash=ctx.plan.suite_hash)
-
-    @property
-    def key(self) -> str:
-        return content_key(asdict(self))
-
-
-_WORKER_CONTEXT: dict[str, RunContext] = {}
-
-
-def worker_context(spec: ContextSpec) -> RunContext:
-    """The ``RunContext`` of ``spec`` in this worker process (built once, then reused by its later tasks)."""
-    ctx = _WORKER_CONTEXT.get(spec.key)
-    if ctx is None:
-        host = socket.gethostname()
-        if not Path(spec.cwd).is_dir():
-            raise BenchError(f"{host}: the driver's working directory {spec.cwd} does not exist on this node; "
-                             "relative paths of the suite (data, weights, checkpoints, run.output) are taken from "
-                             "it: mount the shared filesystem at the same path on every node or use absolute paths")
-        os.chdir(spec.cwd)
-        load_plugins()
-        for f in spec.plugin_files:
-            load_plugin_file(f)
-        loaded = validate_suite(spec.raw, spec.source)
-        ctx = RunContext(loaded, run_dir=Path(spec.run_dir), progress=False)
-        if ctx.plan.suite_hash != spec.suite_hash:
-            raise BenchError(f"{host}: the suite resolves to other products on this node (suite hash "
-                             f"{ctx.plan.suite_hash}, driver {spec.suite_hash}); install the same code and "
-                             "plugins on every node and give data, weights and checkpoints on a shared filesystem")
-        _WORKER_CONTEXT.clear()  # one suite per worker process at a time
-        _WORKER_CONTEXT[spec.key] = ctx
-    return ctx
 
 
 def execute(spec: ContextSpec, job: Job, threads: int, *dependencies: Any) -> Any:

@@ -207,9 +207,10 @@ def _score_into(ctx: RunContext, job: PairJob, out: dict[str, Any], timings: dic
                num_reconstructions=int(rec.images.shape[0]), queries=query_counts(rec.info))
 
 
-def score_pair(ctx: RunContext, job: PairJob) -> dict[str, Any]:
+def score_pair(ctx: RunContext, job: PairJob, write: bool = True) -> dict[str, Any]:
     """Scores ``job``'s stored reconstructions and writes its record (failed, with the reason, when
-    scoring raises). Returns ``{"record": ..., "trace": ...}``; the trace feeds the MLflow mirror."""
+    scoring raises; ``write=False``: a local worker process, whose driver writes it). Returns
+    ``{"record": ..., "trace": ...}``; the trace feeds the MLflow mirror."""
     out = base_record(ctx, job)
     timings: dict[str, float] = {}
     keep: dict[str, Any] = {}
@@ -218,7 +219,8 @@ def score_pair(ctx: RunContext, job: PairJob) -> dict[str, Any]:
     except Exception as exc:  # a failing pair is recorded, the others still run
         out = failed_record(ctx, job, f"{type(exc).__name__}: {exc}", traceback.format_exc(), out)
     out["timings"] = timings
-    write_record(ctx.records_dir, out)
+    if write:
+        write_record(ctx.records_dir, out)
     return {"record": out, "trace": keep.get("trace")}
 
 

@@ -1,0 +1,160 @@
+"""The local executor with worker processes (``run.workers`` > 1, ``bench run --workers N``).
+
+Independent jobs of the graph run at the same time in spawned worker processes
+(:mod:`inversion_bench.executors.pool`), each with the same torch thread count; products move
+through the store as on Ray (a product job's result is its store key, a worker reads its inputs
+from the store). This process keeps the bookkeeping: it starts a job once the jobs it depends on
+are done, earliest first in the order of the in-process walk (so targets train in suite order and
+a pair's record comes as soon as it can), writes every record (one writer), mirrors it and logs one
+progress line per pair. A failed job fails only its dependents, with its error; a full disk stops
+the run (the jobs in flight are stopped); Ctrl-C or SIGTERM terminates the workers. Every product is
+stored atomically and every record written by this process, so an interrupted run leaves nothing
+partial and its rerun resumes. Records equal those of the in-process walk at the same thread count.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+import traceback
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from inversion_bench.errors import DiskFullError, disk_full
+from inversion_bench.executors.base import Executor, RecordSink
+from inversion_bench.executors.local import _Walk, progress_line
+from inversion_bench.executors.pool import WorkerPool
+from inversion_bench.executors.worker import ContextSpec, Outcome
+from inversion_bench.jobs import Job
+from inversion_bench.results import write_record
+from inversion_bench.run_context import RunContext
+
+log = logging.getLogger(__name__)
+
+
+def walk_order(jobs: Sequence[Job]) -> list[str]:
+    """The ids of ``jobs`` in the order the in-process walk runs them: pair by pair, each after the
+    jobs it needs that have not run yet, then anything no pair needs."""
+    by_id = {j.id: j for j in jobs}
+    order: list[str] = []
+    seen: set[str] = set()
+
+    def visit(job: Job) -> None:
+        if job.id in seen:
+            return
+        seen.add(job.id)
+        for dep in job.deps:
+            visit(by_id[dep])
+        order.append(job.id)
+
+    for job in [j for j in jobs if j.kind == "pair"] + list(jobs):
+        visit(job)
+    return order
+
+
+class ParallelExecutor(Executor):
+    """Runs the graph with ``workers`` worker processes of ``threads`` torch threads each."""
+
+    name = "local"
+
+    def __init__(self, workers: int, threads: int) -> None:
+        if workers < 1 or threads < 1:
+            raise ValueError(f"workers and threads must be at least 1, got {workers} and {threads}")
+        self.workers = workers
+        self.threads = threads
+
+    def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
+        if jobs:
+            _ParallelWalk(ctx, jobs, on_record).run_in(min(self.workers, len(jobs)), self.threads)
+
+
+class _ParallelWalk(_Walk):
+    def __init__(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
+        super().__init__(ctx, jobs, on_record)
+        self.rank = {job_id: i for i, job_id in enumerate(walk_order(self.jobs))}
+        self.waiting = {j.id: set(j.deps) for j in self.jobs}
+        self.dependents: dict[str, list[str]] = defaultdict(list)
+        for j in self.jobs:
+            for dep in j.deps:
+                self.dependents[dep].append(j.id)
+        self.ready: list[tuple[int, str]] = [(self.rank[j.id], j.id) for j in self.jobs if not j.deps]
+        heapq.heapify(self.ready)
+        self.released: set[tuple[int, int]] = set()  # targets no pending job uses: workers drop them
+
+    def run_in(self, workers: int, threads: int) -> None:
+        """Runs the graph with a pool of ``workers`` processes (the in-process :meth:`run` is not used)."""
+        log.info("running the jobs in %d worker process(es), %d torch thread(s) each", workers, threads)
+        pool = WorkerPool(workers, ContextSpec.of(self.ctx), threads)
+        try:
+            while self.disk_full is None:
+                while self.ready and pool.idle:
+                    job = self.by_id[heapq.heappop(self.ready)[1]]
+                    pool.submit(job, frozenset(self.released))
+                if not pool.busy:
+                    break
+                self._finish(*pool.next_outcome())
+        finally:
+            pool.close()  # on Ctrl-C / SIGTERM too: jobs in flight are stopped, their products never half-written
+        self._stop_if_full()
+
+    def _finish(self, job: Job, outcome: Outcome) -> None:
+        if outcome[0] == "ok":
+            self._complete(job, outcome[2], None)
+            return
+        error, trace_text, full = outcome[2:5]
+        log.error("job %s failed: %s", job.id, error)
+        if full is not None and self.disk_full is None:
+            self.disk_full = DiskFullError(full)
+        self._complete(job, None, (error, trace_text))
+
+    def _complete(self, job: Job, result: Any, failed: tuple[str, str] | None) -> None:
+        """Marks ``job`` done; its pair's record is written; dependents whose jobs are all done start
+        (or, when one of those failed, are failed with its error without running)."""
+        if failed is not None:
+            self.failures[job.id] = failed
+        self.done.add(job.id)
+        if job.kind == "pair":
+            self._record(job, result, failed)
+        self._release(job)
+        for dep_id in self.dependents[job.id]:
+            self.waiting[dep_id].discard(job.id)
+            if self.waiting[dep_id]:
+                continue
+            dependent = self.by_id[dep_id]
+            inherited = next((self.failures[d] for d in dependent.deps if d in self.failures), None)
+            if inherited is not None:
+                self._complete(dependent, None, inherited)
+            else:
+                heapq.heappush(self.ready, (self.rank[dep_id], dep_id))
+
+    def _record(self, job: Job, result: Any, failed: tuple[str, str] | None) -> None:
+        """Writes the pair's record (the worker scored it) and reports it, as the in-process walk does."""
+        assert job.pair is not None
+        trace = None
+        if failed is None:
+            record, trace = result["record"], result["trace"]
+            try:
+                write_record(self.ctx.records_dir, record)
+            except Exception as exc:  # as when the in-process pair job fails writing it
+                full = disk_full(exc, None)
+                if full is not None and self.disk_full is None:
+                    self.disk_full = full
+                shown = full if full is not None else exc
+                failed = (f"{type(shown).__name__}: {shown}", traceback.format_exc())
+                log.error("job %s failed: %s", job.id, failed[0])
+                self.failures[job.id] = failed
+        if failed is not None:
+            record, trace = self._failed_record(job, failed), None
+            if record is None:
+                return
+        self.on_record(record, trace)
+        self.finished += 1
+        log.info("%s", progress_line(self.finished, self.total, record, time.perf_counter() - self.t0))
+
+    def _release(self, job: Job) -> None:
+        super()._release(job)
+        for key, count in self.users.items():
+            if count == 0:
+                self.released.add(key)
