@@ -17,6 +17,12 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # processes the tests start, so that two workers use two cores instead of fighting over them
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    if hasattr(os, "sched_setaffinity"):
+        # each worker on a core of its own (gw0 on the first, gw1 on the next, ...): the runs a test starts
+        # inherit it, so a suite with run.threads 1 runs in-process (run.workers defaults to the cores this
+        # process may use) instead of spawning worker processes onto the other test worker's core
+        _cores = sorted(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {_cores[int(os.environ["PYTEST_XDIST_WORKER"].lstrip("gw") or 0) % len(_cores)]})
 
 
 # The longest tests (seconds, measured with -n 2 on a busy machine, 2026-12-07), started first so that

@@ -66,10 +66,10 @@ def test_a_plugin_registered_in_this_process_keeps_the_run_here(monkeypatch):
 
 def test_walk_order_is_the_in_process_order():
     pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0)]
-    assert parallel.walk_order(job_graph(_plan(pairs), pairs, [False, True])) == [
-        "target:0:0", "attack:d0__a0__seed0.json", "evaluator", "pair:d0__a0__seed0.json",
+    assert parallel.walk_order(job_graph(_plan(pairs), pairs)) == [
+        "target:d0:0", "attack:d0__a0__seed0.json", "evaluator", "pair:d0__a0__seed0.json",
         "prior", "attack:d0__a1__seed0.json", "pair:d0__a1__seed0.json",
-        "target:1:0", "attack:d1__a0__seed0.json", "pair:d1__a0__seed0.json",
+        "target:d1:0", "attack:d1__a0__seed0.json", "pair:d1__a0__seed0.json",
     ]
 
 
@@ -117,7 +117,7 @@ def fake_walk(monkeypatch):
             "pair": pair.record_name, "status": "failed", "error": error})
         ctx = _Ctx()
         ctx.records_dir = Path("records")
-        jobs = job_graph(_plan(pairs), pairs, [False, False])
+        jobs = job_graph(_plan(pairs), pairs)
         executor = parallel.ParallelExecutor(workers, 1)
         sink = lambda rec, trace: records.append((rec["pair"], rec["status"], rec.get("error")))  # noqa: E731
         if full:
@@ -135,20 +135,20 @@ def fake_walk(monkeypatch):
 def test_independent_jobs_run_at_once_and_targets_are_released(fake_walk):
     pairs = [_pair(0, 0, 0), _pair(1, 0, 0), _pair(2, 0, 0)]
     started, releases, records, ctx = fake_walk(pairs)
-    assert started[:2] == [["target:0:0"], ["target:0:0", "evaluator"]]
+    assert started[:2] == [["target:d0:0"], ["target:d0:0", "evaluator"]]
     assert max(len(s) for s in started) == 2  # never more than the workers
     assert sorted(r[0] for r in records) == [p.record_name for p in pairs]
-    assert sorted(ctx.released) == [(0, 0), (1, 0), (2, 0)]  # each once, after its pair
-    assert releases[-1] and releases[-1] <= {(0, 0), (1, 0), (2, 0)}  # later jobs tell the workers
+    assert sorted(ctx.released) == [("d0", 0), ("d1", 0), ("d2", 0)]  # each once, after its pair
+    assert releases[-1] and releases[-1] <= {("d0", 0), ("d1", 0), ("d2", 0)}  # later jobs tell the workers
 
 
 def test_a_failed_job_fails_only_its_dependents(fake_walk):
     pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0)]
-    started, _, records, _ = fake_walk(pairs, fail={"target:0:0"})
+    started, _, records, _ = fake_walk(pairs, fail={"target:d0:0"})
     ran = {job for s in started for job in s}
     assert not any(j.startswith(("attack:d0", "pair:d0")) for j in ran)  # never started
-    assert sorted(records) == [("d0__a0__seed0.json", "failed", "RuntimeError: boom in target:0:0"),
-                               ("d0__a1__seed0.json", "failed", "RuntimeError: boom in target:0:0"),
+    assert sorted(records) == [("d0__a0__seed0.json", "failed", "RuntimeError: boom in target:d0:0"),
+                               ("d0__a1__seed0.json", "failed", "RuntimeError: boom in target:d0:0"),
                                ("d1__a0__seed0.json", "ok", None)]
 
 
@@ -158,7 +158,7 @@ def test_a_full_disk_stops_the_run_after_recording_the_pairs_it_failed(fake_walk
     # the fake pool finishes the evaluation model, then target 1, then attack 1 hits the full disk
     _, _, records, ctx = fake_walk(pairs, fail={"attack:d1__a0__seed0.json"}, full=full)
     assert records == [("d1__a0__seed0.json", "failed", f"DiskFullError: {full}")]
-    assert ctx.in_flight_at_close == ["target:0:0"]  # stopped, not waited for; target 2 never started
+    assert ctx.in_flight_at_close == ["target:d0:0"]  # stopped, not waited for; target 2 never started
     assert "stopping the run: the disk is full (2 pair(s) not run)" in caplog.text
 
 
@@ -168,7 +168,7 @@ def test_a_job_outside_a_worker_reports_its_error_as_text(tmp_path):
     spec = ContextSpec(raw={}, source="x.yaml", cwd=str(tmp_path / "gone"), plugin_files=(), run_dir=str(tmp_path),
                        suite_hash="h")
     pairs = [_pair(0, 0, 0)]
-    job = job_graph(_plan(pairs), pairs, [False])[0]
+    job = job_graph(_plan(pairs), pairs)[0]
     status, job_id, error, trace_text, full = run_local_job(spec, job, 1, frozenset())
     assert (status, job_id, full) == ("failed", "evaluator", None)
     assert error.startswith("BenchError: ") and "working directory" in error and "Traceback" in trace_text

@@ -15,13 +15,22 @@ from inversion_bench.config import RunConfig
 from inversion_bench.errors import ConfigError
 from inversion_bench.executors.base import Executor, RecordSink
 
-__all__ = ["Executor", "RecordSink", "local_workers", "make_executor"]
+__all__ = ["Executor", "RecordSink", "available_cpus", "local_workers", "make_executor"]
 
 log = logging.getLogger(__name__)
 
 
+def available_cpus() -> int:
+    """The cores this process may run on: its CPU affinity where the platform has one (a batch
+    scheduler's cpuset, ``taskset``), else every core of the machine."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def local_workers(run: RunConfig, cpus: int | None = None, on_cpu: bool = True) -> tuple[int, int | None]:
-    """(worker processes, torch threads per job) of a local run on ``cpus`` cores (default: this machine's).
+    """(worker processes, torch threads per job) of a local run on ``cpus`` cores (default: the cores
+    this process may use, :func:`available_cpus`, so a 4-core job on a 64-core node starts 4 workers, not 64).
 
     ``run.workers`` when set; else as many jobs as fit the cores at the suite's thread count per job:
     ``cpus // run.threads`` (at least 1), and 1 (this process) when ``run.threads`` is unset (torch then
@@ -29,7 +38,7 @@ def local_workers(run: RunConfig, cpus: int | None = None, on_cpu: bool = True) 
     Threads per job with more than one worker: ``run.threads``, else the cores shared out,
     ``cpus // workers`` (at least 1); with one worker None (``run.threads`` or torch's choice, as before).
     """
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or available_cpus()
     if run.workers is not None:
         workers = run.workers
     elif run.threads is None or not on_cpu:

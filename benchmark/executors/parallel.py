@@ -81,7 +81,7 @@ class _ParallelWalk(_Walk):
                 self.dependents[dep].append(j.id)
         self.ready: list[tuple[int, str]] = [(self.rank[j.id], j.id) for j in self.jobs if not j.deps]
         heapq.heapify(self.ready)
-        self.released: set[tuple[int, int]] = set()  # targets no pending job uses: workers drop them
+        self.released: set[tuple[str, int]] = set()  # targets no pending job uses: workers drop them
 
     def run_in(self, workers: int, threads: int) -> None:
         """Runs the graph with a pool of ``workers`` processes (the in-process :meth:`run` is not used)."""

@@ -54,7 +54,7 @@ class WorkerPool:
     def busy(self) -> int:
         return len(self._slots) - self.idle
 
-    def submit(self, job: Job, release: frozenset[tuple[int, int]]) -> None:
+    def submit(self, job: Job, release: frozenset[tuple[str, int]]) -> None:
         """Sends ``job`` to an idle worker (there must be one)."""
         slot = next(s for s in self._slots if s.job is None)
         slot.job = job

@@ -88,7 +88,7 @@ def worker_context(spec: ContextSpec) -> RunContext:
 Outcome = tuple[Any, ...]
 
 
-def run_local_job(spec: ContextSpec, job: Job, threads: int, release: frozenset[tuple[int, int]]) -> Outcome:
+def run_local_job(spec: ContextSpec, job: Job, threads: int, release: frozenset[tuple[str, int]]) -> Outcome:
     """One job in a local worker process: ``release`` lists the targets no pending job uses any more
     (dropped from memory first, as the in-process walk does); a pair is scored but its record is
     returned, not written: the driver writes every record (one writer)."""
