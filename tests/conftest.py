@@ -32,10 +32,10 @@ RUN_FIRST = (
     "tests/test_paper_scaled.py::test_scaled_facescrub_runs_end_to_end",  # 680
     "tests/test_runner.py::test_resume_after_sigkill_equals_uninterrupted",  # 274
     "tests/test_ray_executor.py",  # 220 in all, one worker (the module's Ray cluster)
-    "tests/test_hardening_surfaces.py::test_sigterm_releases_the_lock_and_the_rerun_resumes",  # 230
+    "tests/test_preflight.py::test_sigterm_releases_the_lock_and_the_rerun_resumes",  # 230
     "tests/test_entry_point_plugin.py::test_entry_point_defense_is_listed_and_runs",  # 226
-    "tests/test_hardening_inputs.py::test_plugin_that_exits_at_import_is_named_and_the_others_work",  # 202
-    "tests/test_hardening_run.py",  # 172 for its two concurrent runs, one worker (module fixtures)
+    "tests/test_input_refusals.py::test_plugin_that_exits_at_import_is_named_and_the_others_work",  # 202
+    "tests/test_run_lock_and_environment.py",  # 172 for its two concurrent runs, one worker (module fixtures)
     "tests/test_plugin_attack_example.py::test_example_attack_is_listed_runs_and_lands_on_the_leaderboard",  # 163
     "tests/test_plugin_example.py::test_example_plugin_is_listed_and_runs",  # 141
     "tests/test_packaging.py",  # 110

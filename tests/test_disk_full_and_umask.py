@@ -1,5 +1,6 @@
-"""Issue 19 items 2-4: a full disk is reported as such and the rerun resumes, a broken MLflow store
-never changes a run's outcome (one warning per run), and written files follow the user's umask."""
+"""Atomic writes (``errors.disk_full``, ``store``, ``results``) and the MLflow mirror: a full disk is
+reported as such and the rerun resumes, a broken MLflow store never changes a run's outcome (one warning
+per run), and written files follow the user's umask."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from inversion_bench import results
 from inversion_bench.cli import main
 from inversion_bench.errors import ConfigError, DiskFullError, disk_full
 from inversion_bench.store import Store
-from tests.test_hardening_run import _one_line_error, _tiniest, mlflow_template  # noqa: F401 (a fixture)
+from tests.test_run_lock_and_environment import _one_line_error, _tiniest, mlflow_template  # noqa: F401 (a fixture)
 
 TORCH_FULL = "[enforce fail at inline_container.cc:672] . unexpected pos 2304 vs 2256"
 

@@ -1,6 +1,7 @@
-"""Issue 27, the run's surfaces: the tracking server, the store, the lock file and signals. Refused input
-is one line naming the option or file and the fix, exit 2, before any work, with the run folder, the
-store and the MLflow store unchanged; SIGTERM stops a run like Ctrl-C and the rerun resumes."""
+"""What a run checks before any work (``preflight``) and how it stops (``signals``): the tracking server,
+the store, the lock file. Refused input is one line naming the option or file and the fix, exit 2,
+before any work, with the run folder, the store and the MLflow store unchanged; SIGTERM stops a run like
+Ctrl-C and the rerun resumes."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from inversion_bench.cli import main
-from tests.test_hardening_run import _mlflow_runs, _one_line_error, _snapshot, _tiniest, mlflow_template  # noqa: F401
+from tests.test_run_lock_and_environment import _mlflow_runs, _one_line_error, _snapshot, _tiniest, mlflow_template  # noqa: F401
 
 
 def _read_only(monkeypatch, folder: Path) -> None:

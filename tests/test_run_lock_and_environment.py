@@ -1,6 +1,6 @@
-"""Issue 15 items 2 and 5 (+ the device check of item 4): the run-folder lock, CLI and environment
-errors (one line, exit 2, no traceback, the run folder unchanged), and a broken MLflow store that
-never costs a record."""
+"""The run-folder lock (``lock``), the CLI's environment checks (one line, exit 2, no traceback, the run
+folder unchanged; the device check) and the MLflow mirror (``tracking``), whose broken store never costs
+a record."""
 
 from __future__ import annotations
 

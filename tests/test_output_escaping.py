@@ -1,6 +1,7 @@
-"""Issue 15, items 6 and 7: hostile labels cannot inject into the outputs (CSV formulas, Markdown columns,
-raw HTML, LaTeX, matplotlib mathtext), and the StyleGAN2-ADA discriminator is called with batches its
-minibatch-std layer accepts."""
+"""Escaping of free text in every output (``leaderboard.escape``, the LaTeX and HTML writers, figure
+labels): hostile labels cannot inject CSV formulas, Markdown columns, raw HTML, LaTeX or matplotlib
+mathtext; and the StyleGAN2-ADA adapter (``attacks.generators.stylegan2_ada``) calls the discriminator
+with batches its minibatch-std layer accepts."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""Issue 16: `<key>+:` in includes, `--set` by bracket and by id, rerunning a run folder's suite.json,
-and the split checked by `bench validate`/`doctor` before anything runs."""
+"""Suite composition and overrides (``config``, ``config_overrides``): `<key>+:` in includes,
+`--set` by bracket and by id, rerunning a run folder's suite.json, and the split checked by
+`bench validate`/`doctor` before anything runs."""
 
 from __future__ import annotations
 

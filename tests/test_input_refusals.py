@@ -1,7 +1,7 @@
-"""Issue 27, careless or hostile input on the surfaces added since the first round: export targets,
-corrupt records, plugin parameters (seeds, booleans, identities), plugins that exit at import and
-fast-path stamps. Refused input is one line naming the file, the field and the fix, exit 2, with nothing
-written."""
+"""Strict values (``strict_values``) and the inputs read outside a suite: export targets (``export``),
+corrupt records (``leaderboard.records``), plugin parameters (seeds, booleans, identities), plugins that
+exit at import (``registry``) and fast-path stamps (``fastpath``). Refused input is one line naming the
+file, the field and the fix, exit 2, with nothing written."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from inversion_bench.cli import main
 from inversion_bench.leaderboard.records import finite
 from inversion_bench.results import read_record, write_record
 from tests.conftest import tiny_suite
-from tests.test_hardening_run import _one_line_error, _snapshot
-from tests.test_hardening_surfaces import _read_only
+from tests.test_preflight import _read_only
+from tests.test_run_lock_and_environment import _one_line_error, _snapshot
 
 
 def _validate(write_suite, capsys, data: dict, *needles: str) -> str:

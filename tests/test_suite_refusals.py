@@ -1,5 +1,6 @@
-"""Issue 15 items 1, 4 and 8: hostile or careless suites are refused by ``bench validate`` with exit
-code 2 and a short message naming the file, the field and the fix (never a traceback, never a hang)."""
+"""Suite validation (``config``, ``suite_schema``, ``config_overrides``) against hostile or careless
+suites: ``bench validate`` refuses them with exit code 2 and a short message naming the file, the field
+and the fix (never a traceback, never a hang)."""
 
 from __future__ import annotations
 
