@@ -207,7 +207,9 @@ def test_two_concurrent_runs_one_proceeds_and_nothing_is_duplicated(write_suite,
     loser = next(r for r in results if r[0] == 2)
     winner = next(r for r in results if r[0] == 0)
     _one_line_error(loser[2], "is in use by pid", str(run_dir))
-    assert "taking over the stale lock" in winner[2]
+    # the stale lock is moved aside by one of them (with the warning); the other may still create the new
+    # lock first (the taker's own create then finds it live), so the warning is not always the winner's
+    assert sum("taking over the stale lock" in r[2] for r in results) == 1, results
     records = sorted((run_dir / "records").glob("*.json"))
     assert [p.name for p in records] == ["sleepy__mif__seed0.json"]
     assert json.loads(records[0].read_text())["status"] == "ok"
