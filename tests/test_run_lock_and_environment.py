@@ -205,7 +205,6 @@ def test_two_concurrent_runs_one_proceeds_and_nothing_is_duplicated(write_suite,
     codes = sorted(r[0] for r in results)
     assert codes == [0, 2], results
     loser = next(r for r in results if r[0] == 2)
-    winner = next(r for r in results if r[0] == 0)
     _one_line_error(loser[2], "is in use by pid", str(run_dir))
     # the stale lock is moved aside by one of them (with the warning); the other may still create the new
     # lock first (the taker's own create then finds it live), so the warning is not always the winner's
