@@ -30,6 +30,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # a renamed test just loses its place.
 RUN_FIRST = (
     "tests/test_paper_scaled.py::test_scaled_facescrub_runs_end_to_end",  # 680
+    "tests/test_parallel_executor.py",  # 90 in all on one core (the module's runs, 2 worker processes each)
     "tests/test_runner.py::test_resume_after_sigkill_equals_uninterrupted",  # 274
     "tests/test_ray_executor.py",  # 220 in all, one worker (the module's Ray cluster)
     "tests/test_preflight.py::test_sigterm_releases_the_lock_and_the_rerun_resumes",  # 230
