@@ -55,6 +55,17 @@ class _Walk:
             self.visit(job)
             self._stop_if_full()
 
+    def _failure(self, job: Job, exc: BaseException) -> tuple[str, str]:
+        """(error, traceback) of ``job`` failing with ``exc`` (called in its ``except`` block); the first
+        full disk is kept to stop the walk, and reported as such rather than as the OSError."""
+        full = disk_full(exc, None)
+        if full is not None and self.disk_full is None:
+            self.disk_full = full
+        shown = full if full is not None else exc
+        failed = (f"{type(shown).__name__}: {shown}", traceback.format_exc())
+        log.error("job %s failed: %s", job.id, failed[0])
+        return failed
+
     def _stop_if_full(self) -> None:
         if self.disk_full is not None:
             left = self.total - self.finished
@@ -72,12 +83,7 @@ class _Walk:
             try:
                 out = run_job(self.ctx, job)
             except Exception as exc:  # recorded on every pair that depends on this job
-                full = disk_full(exc, None)
-                if full is not None and self.disk_full is None:
-                    self.disk_full = full
-                shown = full if full is not None else exc
-                failed = (f"{type(shown).__name__}: {shown}", traceback.format_exc())
-                log.error("job %s failed: %s", job.id, failed[0])
+                failed = self._failure(job, exc)
         if failed is not None:
             self.failures[job.id] = failed
         self.done.add(job.id)

@@ -17,12 +17,11 @@ from __future__ import annotations
 import heapq
 import logging
 import time
-import traceback
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from inversion_bench.errors import DiskFullError, disk_full
+from inversion_bench.errors import DiskFullError
 from inversion_bench.executors.base import Executor, RecordSink
 from inversion_bench.executors.local import _Walk, progress_line
 from inversion_bench.executors.pool import WorkerPool
@@ -138,12 +137,7 @@ class _ParallelWalk(_Walk):
             try:
                 write_record(self.ctx.records_dir, record)
             except Exception as exc:  # as when the in-process pair job fails writing it
-                full = disk_full(exc, None)
-                if full is not None and self.disk_full is None:
-                    self.disk_full = full
-                shown = full if full is not None else exc
-                failed = (f"{type(shown).__name__}: {shown}", traceback.format_exc())
-                log.error("job %s failed: %s", job.id, failed[0])
+                failed = self._failure(job, exc)
                 self.failures[job.id] = failed
         if failed is not None:
             record, trace = self._failed_record(job, failed), None
