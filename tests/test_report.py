@@ -18,6 +18,7 @@ from inversion_bench.cli import main
 from inversion_bench.leaderboard.figures import best_per_identity, mean_series
 from inversion_bench.leaderboard.report import ReportError, build_report, check_combinable, first_difference
 from inversion_bench.results import load_records
+from tests.browser import NEEDS_CHROMIUM, chromium, headless_chromium
 from tests.conftest import run_tiny, tiny_suite
 
 FIGURES = ("privacy_utility", "qualitative", "embedding", "gradient_stability")
@@ -205,26 +206,11 @@ def test_missing_store_leaves_figures_out_with_reason(run_dir: Path, tmp_path: P
     assert "figure embedding not drawn" in (bare / "leaderboard" / "index.html").read_text()
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver (see README: Tests)")
+@pytest.mark.skipif(chromium() is None, reason=NEEDS_CHROMIUM)
 def test_html_sorts_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
+    By = pytest.importorskip("selenium.webdriver.common.by").By  # noqa: N806 (selenium's class)
 
-    browser, driver_path = _chromium()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1400,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
+    with headless_chromium(1400, 1000) as driver:
         driver.get((run_dir / "leaderboard" / "index.html").resolve().as_uri())
         rows = driver.find_elements(By.CSS_SELECTOR, "#leaderboard tbody tr")
         records = load_records(run_dir / "records")
@@ -259,8 +245,6 @@ def test_html_sorts_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
         shot = tmp_path / "leaderboard.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
         shutil.copy(shot, run_dir / "leaderboard" / "screenshot.png")
-    finally:
-        driver.quit()
 
 
 def test_leaderboard_keeps_the_figures(run_dir: Path, tmp_path: Path, capsys) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from inversion_bench.leaderboard.headline import (
     tradeoff_svg,
 )
 from inversion_bench.leaderboard.html import render_html
+from tests.browser import NEEDS_CHROMIUM, chromium, headless_chromium
 
 DEFENSES = [("hard", "Hard labels", 0.97), ("ls", "LS α=0.1", 0.945), ("negls", "Negative LS α=-0.05", 0.965)]
 ATTACKS = [("mi-face", "MI-Face"), ("ppa-select", "PPA (selection only)"), ("ppa", "PPA"), ("gmi", "GMI")]
@@ -130,28 +130,12 @@ def test_the_page_leads_with_the_answer_and_folds_provenance():
     assert tradeoff_svg(lb).count('class="point') == 3 and tradeoff_svg(lb).count('class="point baseline"') == 1
 
 
-def _chromium() -> tuple[str, str] | None:
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    return (browser, driver) if browser and driver else None
-
-
-@pytest.mark.skipif(_chromium() is None, reason="needs Debian's chromium and chromium-driver (see README: Tests)")
+@pytest.mark.skipif(chromium() is None, reason=NEEDS_CHROMIUM)
 @pytest.mark.parametrize("seeds", [(0,), tuple(range(5))])
 def test_headline_fits_a_1280_px_screen_in_chromium(tmp_path: Path, seeds) -> None:
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
     page = tmp_path / "index.html"
     page.write_text(render_html(build(quickstart_records(seeds))), encoding="utf-8")
-    browser, driver_path = _chromium()
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = browser
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
+    with headless_chromium(1280, 900) as driver:
         driver.get(page.resolve().as_uri())
         scroll, client = driver.execute_script(
             "const e=document.querySelector('#headline-scroll'); return [e.scrollWidth, e.clientWidth];")
@@ -163,5 +147,3 @@ def test_headline_fits_a_1280_px_screen_in_chromium(tmp_path: Path, seeds) -> No
         assert not driver.execute_script("return document.querySelector('#provenance').open;")
         shot = tmp_path / "page.png"
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
-    finally:
-        driver.quit()
