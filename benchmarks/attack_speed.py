@@ -16,7 +16,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import alternating_medians  # noqa: E402 (benchmarks/, the script's folder)
 
 from inversion_bench import augment  # noqa: E402
 from inversion_bench.attacks.common.losses import poincare_loss  # noqa: E402
@@ -70,12 +71,7 @@ def time_bare(forward: Callable[[torch.Tensor], torch.Tensor], w0: torch.Tensor,
 
 def compare(name: str, attack_fn: Callable[[], float], bare_fn: Callable[[], float], repeats: int,
             batch: int) -> float:
-    attack_fn(), bare_fn()  # warm-up (kernel selection, lazy imports)
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(attack_fn())
-        b.append(bare_fn())
-    ta, tb = statistics.median(a), statistics.median(b)
+    ta, tb = alternating_medians(attack_fn, bare_fn, repeats)
     ratio = ta / tb
     print(f"{name:4s} batch {batch}: attack step {1 / ta:7.2f} steps/s ({1e3 * ta:7.2f} ms) | bare fwd+bwd "
           f"{1 / tb:7.2f} steps/s ({1e3 * tb:7.2f} ms) | overhead ratio {ratio:.3f}", flush=True)

@@ -24,7 +24,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -35,6 +34,8 @@ import torch
 from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from _timing import alternating_medians  # noqa: E402 (benchmarks/, the script's folder)
 
 from inversion_bench.data import LabeledImages  # noqa: E402
 from inversion_bench.data.splits import SplitSpec, make_splits  # noqa: E402
@@ -139,13 +140,8 @@ def compare(case: Case, steps: int, repeats: int, clock: Callable[[], float], se
             return defense.criterion(lo, y, progress)
     else:
         loss_fn = torch.nn.functional.cross_entropy
-    # warm-up (kernel selection, lazy imports), then alternate
-    trainer_step(case, model, recipe, train, test, seed, clock), bare_step(model, loss_fn, batches, recipe.lr, clock)
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(trainer_step(case, model, recipe, train, test, seed, clock))
-        b.append(bare_step(model, loss_fn, batches, recipe.lr, clock))
-    ta, tb = statistics.median(a), statistics.median(b)
+    ta, tb = alternating_medians(lambda: trainer_step(case, model, recipe, train, test, seed, clock),
+                                 lambda: bare_step(model, loss_fn, batches, recipe.lr, clock), repeats)
     ratio = ta / tb
     print(f"{case.name:45s} batch {case.batch_size}: trainer {1e3 * ta:8.2f} ms/step | bare {1e3 * tb:8.2f} ms/step"
           f" | ratio {ratio:.3f}", flush=True)
