@@ -10,7 +10,6 @@ elapsed seconds. A background thread writes it; the attack itself is not touched
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -30,9 +29,9 @@ def heartbeat_line(desc: str, queries: int | None, budget: str | None, seconds: 
 
 
 def wanted(progress: bool, stream=None) -> bool:
-    """Whether to beat: without progress bars, or when the bars would go to a stream that is not a terminal."""
-    stream = sys.stderr if stream is None else stream
-    return not progress or not getattr(stream, "isatty", lambda: False)()
+    """Whether to beat: whenever there are no progress bars (:func:`inversion_bench.training.bars_wanted`:
+    none requested, or the stream is not a terminal)."""
+    return not training.bars_wanted(progress, stream)
 
 
 class Heartbeat:
