@@ -53,12 +53,17 @@ def product_key(plan: Plan, job: Job) -> str | None:
     return None
 
 
+def pair_name(pair: PairJob) -> str:
+    """How the listing names a pair's products, e.g. ``hard x mif seed 0``."""
+    return f"{pair.defense} x {pair.attack} seed {pair.seed}"
+
+
 def job_name(job: Job) -> str:
     """How the listing names ``job``'s product, e.g. ``hard seed 0`` or ``hard x mif seed 0``."""
     if job.kind == "target":
         return f"{job.defense} seed {job.seed}"
     if job.pair is not None:
-        return f"{job.pair.defense} x {job.pair.attack} seed {job.pair.seed}"
+        return pair_name(job.pair)
     return dict((k, t) for k, _, t in KINDS)[job.kind]
 
 
@@ -74,7 +79,7 @@ def product_states(plan: Plan, jobs: Sequence[Job], todo: Sequence[PairJob], rec
         key, store_kind = product_key(plan, job), store_kinds[job.kind]
         found = store_kind is not None and key is not None and stored(store_kind, key)
         (state.reuse if found else state.compute).append(job_name(job))
-    states["pair"].reuse.extend(f"{p.defense} x {p.attack} seed {p.seed}" for p in recorded)
+    states["pair"].reuse.extend(map(pair_name, recorded))
     return [s for s in states.values() if s.reuse or s.compute]
 
 
