@@ -242,7 +242,9 @@ def cmd_rescore(args: argparse.Namespace) -> int:
               f"first): {', '.join(n[:-5] for n in s.not_recorded)}", file=sys.stderr)
     if s.written or s.failed or not (run_dir / "leaderboard" / "index.html").is_file():
         report = _write_report([run_dir], None, figures=False)
-        print(f"report with both judges: {report.files['html']}")
+        for section in report.sections_markdown:
+            print(section)
+        print(f"report with every judge: {report.files['html']} (judges.csv beside it)")
     return 1 if s.failed else 0
 
 

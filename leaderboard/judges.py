@@ -206,16 +206,21 @@ def _worst_cell(row: dict[str, Any], key: str) -> str:
     return "—" if v is None else f"{_pct(v[0])} ({v[1]})"
 
 
+def _md(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
 def to_markdown(s: JudgesSection) -> str:
-    lines = ["## Judges", "", INTRO, ""] + [f"- {line}" for line in _judge_lines(s)] + [""]
+    lines = ["## Judges", "", INTRO, ""] + [f"- {_md(line)}" for line in _judge_lines(s)] + [""]
     heads = ["Defense", "Attack", *_pair_heads(s)]
     lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    lines += ["| " + " | ".join([row["defense_label"], row["attack_label"], *_pair_cells(s, row)]) + " |"
+    lines += ["| " + " | ".join([_md(row["defense_label"]), _md(row["attack_label"]), *_pair_cells(s, row)]) + " |"
               for row in s.pairs]
     lines += ["", f"Worst case ({s.metric}, the strongest attack's mean over seeds) under each judge:", ""]
     lines += ["| Defense | " + " | ".join(j.key + (" (run)" if j.default else "") for j in s.judges) + " |",
               "|" + "---|" * (len(s.judges) + 1)]
-    lines += ["| " + " | ".join([row["label"], *(_worst_cell(row, j.key) for j in s.judges)]) + " |" for row in s.worst]
+    lines += ["| " + " | ".join([_md(row["label"]), *(_md(_worst_cell(row, j.key)) for j in s.judges)]) + " |"
+              for row in s.worst]
     return "\n".join(lines) + "\n"
 
 

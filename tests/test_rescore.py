@@ -173,6 +173,33 @@ def test_the_report_shows_both_judges_and_their_agreement(runs):
     assert "## Judges" not in md[:md.index("## Judges")] and key_b not in md[:md.index("## Judges")]
 
 
+def test_a_judge_loaded_from_a_checkpoint(runs, tmp_path, capsys):
+    """The evaluation file's checkpoint: (the existing machinery): run B's stored evaluation model as a native
+    checkpoint is another judge key (the file enters it) with exactly B's numbers; a missing file is refused."""
+    b = runs["b"]
+    a = tmp_path / "a"  # a copy of the rescored run: the other tests see one judge
+    shutil.copytree(runs["a"], a)
+    key_b = make_plan(load_suite(b / "suite.json")).evaluator_key
+    weights = b / "store" / "evaluators" / key_b / "data.pt"
+    judge = tmp_path / "from-checkpoint.yaml"
+    judge.write_text(yaml.safe_dump({"architecture": OTHER["architecture"], "checkpoint": str(weights)}))
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(yaml.safe_dump({"architecture": OTHER["architecture"], "checkpoint": str(tmp_path / "x.pt")}))
+    err = _refused(["rescore", str(a), "--evaluation", str(missing)], capsys)
+    assert err.startswith(f"error: {missing}: checkpoint: checkpoint {tmp_path / 'x.pt'} not found"), err
+    assert main(["rescore", str(a), "--evaluation", str(judge), "--no-progress"]) == 0
+    keys = sorted(p.name for p in (a / "records" / "judges").iterdir())
+    assert len(keys) == 2 and key_b in keys
+    key_c = next(k for k in keys if k != key_b)
+    original = _records(b / "records")
+    for name, rec in _records(a / "records" / "judges" / key_c).items():
+        assert judge_key(rec) == key_c and rec["setup"]["evaluation"]["checkpoint"] == str(weights)
+        assert rec["metrics"] == original[name]["metrics"]
+        assert rec["evaluator"]["test_accuracy"] == original[name]["evaluator"]["test_accuracy"]
+    section = (a / "leaderboard" / "leaderboard.md").read_text().split("## Judges")[1]
+    assert f"{key_c} (rescore)" in section and f"{key_b} (rescore)" in section  # three judges side by side
+
+
 def _refused(args: list[str], capsys) -> str:
     assert main(args) == 2
     return capsys.readouterr().err
