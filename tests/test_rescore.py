@@ -278,3 +278,40 @@ def test_judge_key_of_old_and_new_records():
     assert record_judge_key(v1) == "e1" and load_record(v1).schema_version == 2
     assert record_judge_key({"defense": "d", "attack": "a", "seed": 0}) is None
     assert record_judge_key({"keys": {"evaluator": "e1"}, "judge": {"key": "e2", "default": "e1"}}) == "e2"
+
+
+def test_judges_section_from_hand_made_records_of_both_schema_versions(tmp_path):
+    """Version-1 records of the run's judge (no schema_version) beside version-2 records of another judge: the
+    section's means, pooled agreement and worst cases, computed here by hand."""
+    from inversion_bench.judges import judge_records_dir
+    from inversion_bench.leaderboard.judges import judges_section, to_markdown
+    from inversion_bench.results import load_records, write_json_atomic
+
+    acc = {("e1", "a1"): (0.6, 0.4), ("e1", "a2"): (0.3, 0.3), ("e2", "a1"): (0.2, 0.2), ("e2", "a2"): (0.5, 0.3)}
+    agree = {("a1", 0): (10, 1, 5, 1, 3), ("a1", 1): (10, 1, 3, 1, 5), ("a2", 0): (10, 3, 0, 2, 5),
+             ("a2", 1): (10, 2, 1, 1, 6)}  # n, both, first_only, second_only, neither
+    records = tmp_path / "records"
+    for (judge, attack), values in acc.items():
+        for seed, v in enumerate(values):
+            rec = {"defense": "d", "attack": attack, "seed": seed, "status": "ok", "metrics": {"attack_acc@1": v},
+                   "directions": {"attack_acc@1": "lower"}, "keys": {"evaluator": judge},
+                   "config_hash": f"{judge}{seed}", "attack_index": int(attack[1]) - 1}
+            folder = records
+            if judge == "e2":
+                n, both, fo, so, ne = agree[(attack, seed)]
+                rec.update(schema_version=2, judge={"key": "e2", "default": "e1"},
+                           judge_agreement={"default": "e1", "n": n, "both": both, "first_only": fo,
+                                            "second_only": so, "neither": ne, "same_top1": 0.5})
+                folder = judge_records_dir(records, "e2")
+            write_json_atomic(folder / f"d__{attack}__seed{seed}.json", rec)
+    notes: list[str] = []
+    s = judges_section([tmp_path], load_records(records), notes)
+    assert [(j.key, j.default, len(j.records)) for j in s.judges] == [("e1", True, 4), ("e2", False, 4)]
+    rows = {r["attack"]: r for r in s.pairs}
+    assert rows["a1"]["acc"] == {"e1": pytest.approx(0.5), "e2": pytest.approx(0.2)}
+    assert rows["a1"]["agreement"]["e2"]["agreement"] == pytest.approx((1 + 3 + 1 + 5) / 20)
+    # pooled a2: both 5, first_only 1, second_only 3, neither 11 of 20: p_o 0.8, p_e 0.3*0.4 + 0.7*0.6 = 0.54
+    assert rows["a2"]["agreement"]["e2"]["kappa"] == pytest.approx((0.8 - 0.54) / (1 - 0.54))
+    assert s.worst[0]["judges"] == {"e1": (pytest.approx(0.5), "a1"), "e2": (pytest.approx(0.4), "a2")}
+    md = to_markdown(s)
+    assert "| d | 50.0 (a1) | 40.0 (a2) |" in md and notes == []
