@@ -3,7 +3,10 @@
 Plug & Play Attacks (Struppek et al., ICML 2022) and the label smoothing paper (ICLR 2024) train
 their CelebA targets on the 1,000 identities with the most images. The dataset is read from the
 official identity file (``identity_CelebA.txt``: ``<file name> <identity id>`` per line) and an
-image folder (the aligned ``img_align_celeba`` or a cropped copy with the same file names).
+image folder (the aligned ``img_align_celeba`` or a cropped copy with the same file names). As PPA's
+loader does (LukasStruppek/Plug-and-Play-Attacks @ 3087a4f, ``datasets/celeba.py``), an image listed as
+``<name>.jpg`` is read from ``<name>.png`` when only that exists: PPA's HD-CelebA crops
+(``bench data prepare celeba SRC --crop ppa-hd``, :mod:`inversion_bench.data.hd_celeba`) are PNG files.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import hashlib
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -26,6 +29,19 @@ from inversion_bench.registry import datasets
 CELEBA_IMAGES = 202_599  # images of CelebA (Liu et al., ICCV 2015), the lines of identity_CelebA.txt
 WHERE = ("CelebA is at https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html "
          "(Anno/identity_CelebA.txt, Img/img_align_celeba)")
+HD_SIZE = 224  # PPA's HD-CelebA crop (inversion_bench.data.hd_celeba.PPA_SIZE)
+HD_WHERE = ("PPA's HD-CelebA crop: `bench data prepare celeba SRC --crop ppa-hd --out ROOT` from CelebA's in-the-wild "
+            "img_celeba and HD-CelebA-Cropper's landmarks (docs/protocols.md)")
+
+
+def image_file(images: Path, name: str, present: set[str] | None = None) -> Path:
+    """Where the image listed as ``name`` is: ``images/name``, else ``images/<stem>.png`` when only that exists
+    (PPA's HD crops); ``present``: the folder's file names, when already listed."""
+    alt = f"{Path(name).stem}.png"
+    if present is not None:
+        return images / (alt if name not in present and alt in present else name)
+    p = images / name
+    return p if p.is_file() or not (images / alt).is_file() else images / alt
 
 
 def read_identity_file(path: Path) -> list[tuple[str, int]]:
@@ -49,20 +65,27 @@ class CelebA(DatasetPlugin):
         images: str = Field("img_align_celeba", description="image folder (aligned or cropped), relative to root")
         num_identities: int = Field(1000, ge=2, description="keep the identities with the most images")
         cache_images: int = Field(20_000, ge=0, description="decoded images kept in memory (LRU)")
+        expect_crop: Literal["any", "ppa-hd"] = Field(  # a check, not content: left out of dumps and keys
+            "any", exclude=True, description="'ppa-hd': `bench doctor` checks that the images are PPA's 224 x 224 "
+            "HD-CelebA crop (the PPA protocol) and reports other images as WRONG; reading is the same either way")
 
     def _paths(self) -> tuple[Path, Path, Path]:
         root = Path(self.params.root).expanduser()
         return root, root / self.params.identity_file, root / self.params.images
 
+    def _where(self) -> str:
+        """Where the files come from: CelebA's aligned images, or PPA's HD crop when the suite expects it."""
+        return f"{HD_WHERE}; {WHERE}" if self.params.expect_crop == "ppa-hd" else WHERE
+
     def missing(self) -> list[str]:
         root, ident, images = self._paths()
         if not root.is_dir():
-            return [f"dataset.params.root: folder {root} does not exist; {WHERE}"]
+            return [f"dataset.params.root: folder {root} does not exist; {self._where()}"]
         out = []
         if not ident.is_file():
-            out.append(f"dataset.params.identity_file: {ident} not found; {WHERE}")
+            out.append(f"dataset.params.identity_file: {ident} not found; {self._where()}")
         if not images.is_dir():
-            out.append(f"dataset.params.images: folder {images} not found; {WHERE}")
+            out.append(f"dataset.params.images: folder {images} not found; {self._where()}")
         return out
 
     def checks(self) -> list[DataCheck]:
@@ -70,22 +93,45 @@ class CelebA(DatasetPlugin):
         counts are reported, not blocking (a scaled-down copy lists fewer; a missing image stops the load)."""
         root, ident, images = self._paths()
         if not ident.is_file():
-            return [DataCheck("dataset.params.identity_file", f"CelebA identity file; {WHERE}", ident, False,
-                              f"dataset.params.identity_file: {ident} not found; {WHERE}")]
+            return [DataCheck("dataset.params.identity_file", f"CelebA identity file; {self._where()}", ident, False,
+                              f"dataset.params.identity_file: {ident} not found; {self._where()}")]
         pairs = read_identity_file(ident)
         ok = len(pairs) == CELEBA_IMAGES
         out = [DataCheck("dataset.params.identity_file", f"CelebA identity file: {len(pairs)} of {CELEBA_IMAGES} "
                          "images expected", ident, ok, "" if ok else f"dataset.params.identity_file: {ident} lists "
-                         f"{len(pairs)} images, CelebA has {CELEBA_IMAGES} (WRONG count); {WHERE}", blocking=False)]
+                         f"{len(pairs)} images, CelebA has {CELEBA_IMAGES} (WRONG count); {self._where()}",
+                         blocking=False)]
         if not images.is_dir():
-            return [*out, DataCheck("dataset.params.images", f"CelebA images; {WHERE}", images, False,
-                                    f"dataset.params.images: folder {images} not found; {WHERE}")]
+            return [*out, DataCheck("dataset.params.images", f"CelebA images; {self._where()}", images, False,
+                                    f"dataset.params.images: folder {images} not found; {self._where()}")]
         present = {e.name for e in os.scandir(images)}
-        found = sum(name in present for name, _ in pairs)
+        files = [image_file(images, name, present) for name, _ in pairs]
+        found = sum(f.name in present for f in files)
         ok = found == len(pairs)
-        return [*out, DataCheck("dataset.params.images", f"CelebA images: {found} of {len(pairs)} listed images",
-                                images, ok, "" if ok else f"dataset.params.images: {images} has {found} of the "
-                                f"{len(pairs)} images {ident.name} lists (WRONG count); {WHERE}", blocking=False)]
+        out.append(DataCheck("dataset.params.images", f"CelebA images: {found} of {len(pairs)} listed images",
+                             images, ok, "" if ok else f"dataset.params.images: {images} has {found} of the "
+                             f"{len(pairs)} images {ident.name} lists (WRONG count); {self._where()}", blocking=False))
+        if self.params.expect_crop == "ppa-hd":
+            out.append(self._hd_check(images, [f for f in files if f.name in present]))
+        return out
+
+    def _hd_check(self, images: Path, files: list[Path]) -> DataCheck:
+        """Whether the images are PPA's HD crop: the first image present is a 224 x 224 PNG."""
+        field = "dataset.params.expect_crop"
+        if not files:
+            return DataCheck(field, HD_WHERE, images, False, f"{field}: no image in {images}; {HD_WHERE}")
+        from PIL import Image
+
+        try:
+            with Image.open(files[0]) as im:
+                size, fmt = im.size, im.format
+        except OSError as exc:
+            return DataCheck(field, HD_WHERE, files[0], False, f"{field}: {files[0]} is unreadable ({exc}); {HD_WHERE}")
+        ok = size == (HD_SIZE, HD_SIZE) and fmt == "PNG"
+        what = f"PPA HD-CelebA crop ({size[0]} x {size[1]} {fmt}, e.g. {files[0].name}); {HD_WHERE}"
+        return DataCheck(field, what, images, ok, "" if ok else f"{field}: {files[0]} is a {size[0]} x {size[1]} "
+                         f"{fmt}, PPA's HD-CelebA crop is a {HD_SIZE} x {HD_SIZE} PNG (WRONG crop: these are not the "
+                         f"protocol's images); {HD_WHERE}", blocking=False)
 
     def identity(self) -> dict[str, Any]:
         """Parameters, the identity file's SHA-1 and a fingerprint of the image files the kept
@@ -102,7 +148,7 @@ class CelebA(DatasetPlugin):
             for fname, person in sorted(pairs):
                 if person in keep:
                     try:
-                        size = (images / fname).stat().st_size
+                        size = image_file(images, fname).stat().st_size
                     except OSError:
                         size = -1
                     digest.update(f"{person}\0{fname}\0{size}\n".encode())
@@ -129,7 +175,7 @@ class CelebA(DatasetPlugin):
         paths, targets, missing = [], [], 0
         for fname, ident in sorted(pairs):
             if ident in index:
-                p = images / fname
+                p = image_file(images, fname)
                 if not p.is_file():
                     missing += 1
                     continue
