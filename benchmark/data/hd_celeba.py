@@ -2,10 +2,9 @@
 
 Plug & Play Attacks (Struppek et al., ICML 2022) and the label smoothing paper (Struppek et al., ICLR
 2024) train their CelebA targets on a custom crop of CelebA's *in-the-wild* images (``img_celeba``), not
-the aligned 178 x 218 ``img_align_celeba``. Their README (LukasStruppek/Plug-and-Play-Attacks @
-3087a4f098a389ff3c144b5a17db9aad408e425a, README.md line 126): "we used a custom crop of the images using
-the HD CelebA Cropper ... We cropped the images using a face factor of 0.65 and resized them to size
-224x224 with bicubic interpolation. The other parameters were left at default." Their loader
+the aligned 178 x 218 ``img_align_celeba``: HD-CelebA-Cropper at face factor 0.65, 224 x 224, bicubic,
+its other settings at their defaults (LukasStruppek/Plug-and-Play-Attacks @
+3087a4f098a389ff3c144b5a17db9aad408e425a, README.md line 126). Their loader
 (``datasets/celeba.py``, ``CustomCelebA.__getitem__``) reads ``img_align_celeba/<name>.jpg`` and falls back
 to ``<name>.png``: the crops replace the aligned images under the same folder name, as PNG.
 
