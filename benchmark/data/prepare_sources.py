@@ -127,8 +127,11 @@ def _read_landmarks(path: Path, wanted: set[str]) -> tuple[dict[str, tuple[float
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            try:
-                name, values = parse_landmark_line(line, LANDMARKS)
+            name = line.split(maxsplit=1)[0]
+            try:  # every line's length is checked (a truncated file); only the wanted lines are converted
+                values = parse_landmark_line(line, LANDMARKS)[1] if name in wanted else ()
+                if name not in wanted and len(line.split()) != 2 * LANDMARKS + 1:
+                    parse_landmark_line(line, LANDMARKS)  # raises with the count
             except ValueError as exc:
                 errors.append(f"{path} line {i}: {exc}; the file is truncated or not the cropper's landmark.txt: "
                               f"unzip {HD_WHERE.split(' (')[0]} again")
