@@ -186,3 +186,53 @@ def test_doctor_reports_images_that_are_not_the_hd_crop(tmp_path, write_suite, c
     else:
         assert f"dataset.params.expect_crop: no image in {root / 'img_align_celeba'}" in out
     assert "bench data prepare celeba SRC --crop ppa-hd --out ROOT" in out
+
+
+def test_ppa_class_order_ties_by_first_appearance():
+    from inversion_bench.data.celeba import most_frequent, ppa_ranking
+
+    # identity 9 and 3 have 2 images each; 9 appears first in the file, 3 has the smaller id
+    pairs = [("000001.jpg", 7), ("000002.jpg", 9), ("000003.jpg", 7), ("000004.jpg", 3), ("000005.jpg", 9),
+             ("000006.jpg", 3), ("000007.jpg", 7), ("000008.jpg", 4)]
+    assert ppa_ranking(pairs, 3) == [7, 9, 3]
+    assert ppa_ranking(list(reversed(pairs)), 3) == [7, 9, 3]  # positions are taken in name order
+    assert most_frequent(pairs, 3) == [7, 3, 9]  # the 'id' order's tie rule differs
+
+
+def test_ppa_order_gives_ppas_classes_and_its_train_test_split(tmp_path):
+    """The class order and the 90/10 split of PPA's CelebA1000 (datasets/celeba.py), recomputed here the way its
+    code does it: np.random.seed(42) and np.random.shuffle of the kept images' positions."""
+    from inversion_bench.data.splits import SplitSpec, make_splits
+
+    root = tmp_path / "celeba"
+    (root / "img_align_celeba").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    idents = [int(v) for v in rng.choice([11, 12, 13, 14, 15], size=40, p=[0.1, 0.3, 0.25, 0.2, 0.15])]
+    pairs = [(f"{i + 1:06d}.jpg", k) for i, k in enumerate(idents)]
+    for name, _ in pairs:
+        Image.new("RGB", (8, 8), (len(name), 0, 0)).save(root / "img_align_celeba" / f"{Path(name).stem}.png")
+    (root / "identity_CelebA.txt").write_text("".join(f"{n} {k}\n" for n, k in pairs))
+    plugin = CelebA(CelebA.Params(root=str(root), num_identities=4, order="ppa"))
+    # PPA's code, step by step
+    targets = np.array(idents)
+    counts = {}
+    for t in targets.tolist():
+        counts[t] = counts.get(t, 0) + 1
+    ranked = [k for k, _ in sorted(counts.items(), key=lambda kv: kv[1], reverse=True)][:4]
+    indices = np.where(np.isin(targets, ranked))[0]
+    state = np.random.get_state()
+    np.random.seed(42)
+    np.random.shuffle(indices)
+    np.random.set_state(state)
+    train_pos = set(indices[: int(0.9 * len(indices))].tolist())
+    names, _ = plugin.listing()
+    assert names == [f"celeba_{k}" for k in ranked]
+    faces = plugin.load(8)
+    kept = [i for i, k in enumerate(idents) if k in ranked]
+    assert faces.targets.tolist() == [ranked.index(idents[i]) for i in kept]
+    assert faces.published_test.tolist() == [i not in train_pos for i in kept]
+    sp = make_splits(faces, SplitSpec(private_identities="all", public_identities=0, selection="published"))
+    assert len(sp.private_train) == int(0.9 * len(kept)) and len(sp.private_test) == len(kept) - len(sp.private_train)
+    test_per_class = np.bincount(sp.private_test.labels.numpy(), minlength=4)
+    assert (test_per_class == 0).any()  # PPA's draw over all images leaves an identity without a test image: allowed
+    assert CelebA(CelebA.Params(root=str(root))).published_split is False

@@ -17,8 +17,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 
 from inversion_bench.data import DataCheck, DatasetPlugin, FaceCollection, ImageOptions
 from inversion_bench.data.image_folder import ImageFolderFaces
@@ -55,6 +56,30 @@ def most_frequent(pairs: list[tuple[str, int]], n: int) -> list[int]:
     return [ident for ident, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:n]]
 
 
+PPA_SPLIT_SEED = 42  # CelebA1000's split_seed default, which PPA's training and attack code keep
+PPA_TRAIN_FRACTION = 0.9
+
+
+def ppa_ranking(pairs: list[tuple[str, int]], n: int) -> list[int]:
+    """PPA's ``CelebA1000`` classes: the ``n`` identities with the most images, most first, ties in order of first
+    appearance in the file (a stable sort of a ``Counter`` over the images in name order); class k is the k-th.
+
+    Source: LukasStruppek/Plug-and-Play-Attacks @ 3087a4f098a389ff3c144b5a17db9aad408e425a, datasets/celeba.py
+    lines 29-34 (ranking) and 49-52 (class k = the k-th of the ranking).
+    """
+    counts = Counter(ident for _, ident in sorted(pairs))
+    return [ident for ident, _ in sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:n]]
+
+
+def ppa_test_positions(pairs: list[tuple[str, int]], keep: list[int], seed: int = PPA_SPLIT_SEED) -> set[int]:
+    """Positions (in name order) of PPA's test images: the kept identities' image positions, shuffled by NumPy's
+    legacy generator seeded with ``seed``, the last 10 % (datasets/celeba.py lines 36-43 of the same commit)."""
+    idents = np.array([ident for _, ident in sorted(pairs)])
+    indices = np.where(np.isin(idents, np.array(keep)))[0]
+    np.random.RandomState(seed).shuffle(indices)  # the same stream as np.random.seed(seed); np.random.shuffle
+    return set(indices[int(PPA_TRAIN_FRACTION * len(indices)):].tolist())
+
+
 @datasets.register("celeba")
 class CelebA(DatasetPlugin):
     """CelebA: the identities with the most images, from the identity file and an image folder."""
@@ -65,9 +90,32 @@ class CelebA(DatasetPlugin):
         images: str = Field("img_align_celeba", description="image folder (aligned or cropped), relative to root")
         num_identities: int = Field(1000, ge=2, description="keep the identities with the most images")
         cache_images: int = Field(20_000, ge=0, description="decoded images kept in memory (LRU)")
+        order: Literal["id", "ppa"] = Field(
+            "id", description="'id': classes in identity-id order, the split from dataset.split; 'ppa': PPA's "
+            "CelebA1000 (classes by image count, most first; `selection: published` keeps its 90/10 train/test "
+            "split of seed 42), the class order of PPA's released CelebA targets")
         expect_crop: Literal["any", "ppa-hd"] = Field(  # a check, not content: left out of dumps and keys
             "any", exclude=True, description="'ppa-hd': `bench doctor` checks that the images are PPA's 224 x 224 "
             "HD-CelebA crop (the PPA protocol) and reports other images as WRONG; reading is the same either way")
+
+        @model_serializer(mode="wrap")
+        def _drop_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+            """ImageOptions' defaults and ``order: id`` left out: keys from before the options stay valid."""
+            data = handler(self)
+            for field, default in (("crop", "center"), ("grayscale", False), ("order", "id")):
+                if data.get(field) == default:
+                    data.pop(field)
+            return data
+
+    @property
+    def published_split(self) -> bool:  # type: ignore[override]
+        """PPA's order carries PPA's train/test assignment (``selection: published``)."""
+        return self.params.order == "ppa"
+
+    def _classes(self, pairs: list[tuple[str, int]]) -> list[int]:
+        """The kept identity ids in class order."""
+        n = self.params.num_identities
+        return ppa_ranking(pairs, n) if self.params.order == "ppa" else sorted(most_frequent(pairs, n))
 
     def _paths(self) -> tuple[Path, Path, Path]:
         root = Path(self.params.root).expanduser()
@@ -143,7 +191,7 @@ class CelebA(DatasetPlugin):
         if ident_file.is_file():
             ident["identity_file_sha1"] = hashlib.sha1(ident_file.read_bytes()).hexdigest()
             pairs = read_identity_file(ident_file)
-            keep = set(most_frequent(pairs, self.params.num_identities))
+            keep = set(self._classes(pairs))
             digest = hashlib.sha1()
             for fname, person in sorted(pairs):
                 if person in keep:
@@ -161,7 +209,7 @@ class CelebA(DatasetPlugin):
             return None
         pairs = read_identity_file(self._paths()[1])
         counts = Counter(ident for _, ident in pairs)
-        keep = sorted(most_frequent(pairs, self.params.num_identities))
+        keep = self._classes(pairs)
         return [f"celeba_{ident}" for ident in keep], [counts[ident] for ident in keep]
 
     def load(self, resolution: int) -> FaceCollection:
@@ -170,10 +218,11 @@ class CelebA(DatasetPlugin):
             raise MissingResourceError("; ".join(problems))
         _, ident_file, images = self._paths()
         pairs = read_identity_file(ident_file)
-        keep = most_frequent(pairs, self.params.num_identities)
-        index = {ident: k for k, ident in enumerate(sorted(keep))}
-        paths, targets, missing = [], [], 0
-        for fname, ident in sorted(pairs):
+        keep = self._classes(pairs)
+        index = {ident: k for k, ident in enumerate(keep)}
+        test_at = ppa_test_positions(pairs, keep) if self.params.order == "ppa" else set()
+        paths, targets, test, missing = [], [], [], 0
+        for pos, (fname, ident) in enumerate(sorted(pairs)):
             if ident in index:
                 p = image_file(images, fname)
                 if not p.is_file():
@@ -181,10 +230,15 @@ class CelebA(DatasetPlugin):
                     continue
                 paths.append(str(p))
                 targets.append(index[ident])
+                test.append(pos in test_at)
         if missing:
             raise MissingResourceError(f"dataset.params.images: {missing} image(s) listed in {ident_file} are not in "
                                        f"{images}; use the complete image folder")
-        names = [f"celeba_{ident}" for ident in sorted(keep)]
-        return ImageFolderFaces(paths, torch.tensor(targets), names, resolution,
-                                cache_images=self.params.cache_images, crop=self.params.crop,
-                                grayscale=self.params.grayscale, name=f"celeba {self.params.root}")
+        names = [f"celeba_{ident}" for ident in keep]
+        faces = ImageFolderFaces(paths, torch.tensor(targets), names, resolution,
+                                 cache_images=self.params.cache_images, crop=self.params.crop,
+                                 grayscale=self.params.grayscale, name=f"celeba {self.params.root}")
+        if self.params.order == "ppa":
+            faces.published_test = torch.tensor(test, dtype=torch.bool)
+            faces.published_test_by_image = True  # PPA draws over all images: some identities get no test image
+        return faces

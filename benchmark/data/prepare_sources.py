@@ -19,7 +19,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inversion_bench.data.celeba import most_frequent, read_identity_file
+from inversion_bench.data.celeba import ppa_ranking, read_identity_file
 from inversion_bench.data.celeba_split import FFHQ_IMAGES, prepared_name
 from inversion_bench.data.folder_counts import KNOWN_IDENTITIES
 from inversion_bench.data.hd_celeba import LANDMARKS, HdCrop, parse_landmark_line, parse_template
@@ -169,7 +169,7 @@ def celeba_hd_plan(src: Path, out: Path, partial: bool = False, all_images: bool
     if not partial and len(listed) != CELEBA_IMAGES:
         plan.errors.append(f"{ident}: lists {len(listed)} images, CelebA has {CELEBA_IMAGES}; use the complete "
                            "identity file (or --partial for a subset)")
-    keep = set(most_frequent(pairs, identities))
+    keep = set(ppa_ranking(pairs, identities))  # PPA's CelebA1000 ranking (ties in file order), as order: ppa reads
     wanted = set(listed) if all_images else {n for n, k in pairs if k in keep}
     present = {p.name for p in wild.iterdir() if p.is_file() and not p.name.startswith(".")}
     plan.errors += [f"extra file: {wild / n} (not in {ident.name}); remove it or use the complete identity file"
