@@ -31,7 +31,8 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
         "prepare", help="turn a downloaded dataset into the layout the suites read (resumable)",
         description="celeba: img_align_celeba/ + identity_CelebA.txt -> DIR/img_align_celeba_64/ (KED-MI's 64 px "
         "crop of the published split's images) and DIR/identity_CelebA.txt; celeba --crop ppa-hd: img_celeba/ (in the "
-        "wild) + identity_CelebA.txt + HD-CelebA-Cropper's landmark.txt and standard_landmark_68pts.txt -> "
+        "wild) + identity_CelebA.txt + HD-CelebA-Cropper's landmark.txt and standard_landmark_68pts.txt (or its "
+        "annotations.zip) -> "
         "DIR/img_align_celeba/*.png (PPA's 224 px HD crop of the 1,000 identities with the most images); "
         "ffhq: thumbnails128x128/ -> DIR/ffhq64/; facescrub: actors/faces, actresses/faces -> DIR/actors/faces, "
         "DIR/actresses/faces. "

@@ -162,7 +162,31 @@ def test_truncated_and_missing_inputs_are_refused_with_a_message(tmp_path, capsy
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert f"missing folder: {src / 'img_celeba'} (img_celeba.7z is there: unpack it)" in err
-    assert f"missing file: {src / 'standard_landmark_68pts.txt'} (HD-CelebA-Cropper's annotations.zip" in err
+    assert f"missing file: {src / 'standard_landmark_68pts.txt'} (nor in {src / 'annotations.zip'}; " \
+           "HD-CelebA-Cropper's annotations.zip" in err
+
+
+def test_annotations_zip_is_read_in_place_and_a_truncated_one_is_refused(tmp_path, capsys):
+    import zipfile
+
+    src = tmp_path / "celeba"
+    ids = fake_download(src, {5: 2, 9: 1})
+    argv = ["data", "prepare", "celeba", str(src), "--crop", "ppa-hd", "--partial", "--no-progress", "--out"]
+    assert main([*argv, str(tmp_path / "ref")]) == 0
+    with zipfile.ZipFile(src / "annotations.zip", "w", zipfile.ZIP_DEFLATED) as zf:  # as downloaded, not unzipped
+        for name in ("landmark.txt", "standard_landmark_68pts.txt"):
+            zf.write(src / name, name)
+            (src / name).unlink()
+    assert main([*argv, str(tmp_path / "out")]) == 0
+    assert f"celeba: {len(ids)} file(s) written" in capsys.readouterr().out
+    for p in sorted((tmp_path / "ref" / "img_align_celeba").iterdir()):
+        assert (tmp_path / "out" / "img_align_celeba" / p.name).read_bytes() == p.read_bytes()
+    data = (src / "annotations.zip").read_bytes()
+    (src / "annotations.zip").write_bytes(data[: len(data) // 2])  # an interrupted download
+    assert main([*argv, str(tmp_path / "out2")]) == 2
+    err = capsys.readouterr().err
+    assert f"{src / 'annotations.zip'}: not a complete zip archive" in err and "download it again" in err
+    assert not (tmp_path / "out2").exists()
 
 
 @pytest.mark.parametrize("kind", ["aligned", "missing"])

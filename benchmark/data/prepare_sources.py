@@ -14,8 +14,11 @@ actresses (Ng and Winkler, ICIP 2014), the 530 identities of ``suites/facescrub.
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,28 +121,69 @@ def celeba_plan(src: Path, out: Path, split_name: str = "kedmi-celeba", partial:
     return plan
 
 
-def _read_landmarks(path: Path, wanted: set[str]) -> tuple[dict[str, tuple[float, ...]], list[str]]:
+@dataclass(frozen=True)
+class Annotation:
+    """One of HD-CelebA-Cropper's annotation files: unzipped in SRC, or a member of its ``annotations.zip``."""
+
+    label: str  # how messages name it
+    path: Path
+    member: str | None = None
+
+    def lines(self) -> Iterator[str]:
+        """The file's lines.
+
+        Raises:
+            ConfigError: the archive member is damaged (a truncated download).
+        """
+        if self.member is None:
+            with self.path.open(encoding="utf-8", errors="replace") as fh:
+                yield from fh
+            return
+        try:
+            with open_archive(self.path).open(self.member) as raw:
+                yield from io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise ConfigError(f"{self.label}: damaged archive member ({exc}); download {self.path.name} "
+                              "again") from None
+
+
+def _annotation(src: Path, name: str) -> Annotation | None:
+    """``src/name``, else the member of that name in ``src/annotations.zip`` (None: neither).
+
+    Raises:
+        ConfigError: ``annotations.zip`` is truncated or not a zip archive.
+    """
+    if (src / name).is_file():
+        return Annotation(str(src / name), src / name)
+    archive = src / "annotations.zip"
+    if archive.is_file():
+        member = next((m for m in open_archive(archive).namelist() if Path(m).name == name), None)
+        if member is not None:
+            return Annotation(f"{archive}:{member}", archive, member)
+    return None
+
+
+def _read_landmarks(source: Annotation, wanted: set[str]) -> tuple[dict[str, tuple[float, ...]], list[str]]:
     """The 68 landmarks of the ``wanted`` images from HD-CelebA-Cropper's ``landmark.txt``; errors name the
     line (a truncated file ends in a short line) and every name listed twice."""
     found: dict[str, tuple[float, ...]] = {}
     errors: list[str] = []
-    with path.open(encoding="utf-8", errors="replace") as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            name = line.split(maxsplit=1)[0]
-            try:  # every line's length is checked (a truncated file); only the wanted lines are converted
-                values = parse_landmark_line(line, LANDMARKS)[1] if name in wanted else ()
-                if name not in wanted and len(line.split()) != 2 * LANDMARKS + 1:
-                    parse_landmark_line(line, LANDMARKS)  # raises with the count
-            except ValueError as exc:
-                errors.append(f"{path} line {i}: {exc}; the file is truncated or not the cropper's landmark.txt: "
-                              f"unzip {HD_WHERE.split(' (')[0]} again")
-                continue
-            if name in found:
-                errors.append(f"{path} line {i}: {name} listed twice")
-            if name in wanted:
-                found[name] = values
+    for i, line in enumerate(source.lines(), 1):
+        if not line.strip():
+            continue
+        name = line.split(maxsplit=1)[0]
+        try:  # every line's length is checked (a truncated file); only the wanted lines are converted
+            values = parse_landmark_line(line, LANDMARKS)[1] if name in wanted else ()
+            if name not in wanted and len(line.split()) != 2 * LANDMARKS + 1:
+                parse_landmark_line(line, LANDMARKS)  # raises with the count
+        except ValueError as exc:
+            errors.append(f"{source.label} line {i}: {exc}; the file is truncated or not the cropper's "
+                          f"landmark.txt: unzip {HD_WHERE.split(' (')[0]} again")
+            continue
+        if name in found:
+            errors.append(f"{source.label} line {i}: {name} listed twice")
+        if name in wanted:
+            found[name] = values
     return found, errors
 
 
@@ -152,17 +196,21 @@ def celeba_hd_plan(src: Path, out: Path, partial: bool = False, all_images: bool
     plan = Plan()
     ident = _first(src, "identity_CelebA.txt", "Anno/identity_CelebA.txt")
     wild = _first(src, "img_celeba", "Img/img_celeba")
-    marks, template_file = src / "landmark.txt", src / "standard_landmark_68pts.txt"
     if not ident.is_file():
         plan.errors.append(f"missing file: {ident} (CelebA's identity_CelebA.txt, from "
                            "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)")
     if not wild.is_dir():
         hint = " (img_celeba.7z is there: unpack it)" if any(src.glob("img_celeba.7z*")) else ""
         plan.errors.append(f"missing folder: {wild}{hint} ({WILD_WHERE})")
-    for f in (marks, template_file):
-        if not f.is_file():
-            plan.errors.append(f"missing file: {f} ({HD_WHERE})")
-    if plan.errors:
+    try:
+        marks, template_file = _annotation(src, "landmark.txt"), _annotation(src, "standard_landmark_68pts.txt")
+    except ConfigError as exc:  # a truncated annotations.zip
+        plan.errors.append(str(exc))
+        return plan
+    for name, f in (("landmark.txt", marks), ("standard_landmark_68pts.txt", template_file)):
+        if f is None:
+            plan.errors.append(f"missing file: {src / name} (nor in {src / 'annotations.zip'}; {HD_WHERE})")
+    if plan.errors or marks is None or template_file is None:
         return plan
     pairs = read_identity_file(ident)
     listed = dict(pairs)
@@ -178,13 +226,18 @@ def celeba_hd_plan(src: Path, out: Path, partial: bool = False, all_images: bool
         plan.errors += [f"missing file: {wild / n} (listed in {ident.name}; {WILD_WHERE})"
                         for n in sorted(wanted - present)]
     try:
-        template = parse_template(template_file.read_text(encoding="utf-8", errors="replace"), LANDMARKS)
+        template = parse_template("".join(template_file.lines()), LANDMARKS)
+        landmarks, errors = _read_landmarks(marks, wanted)
     except ValueError as exc:
-        plan.errors.append(f"{template_file}: {exc}; unzip {HD_WHERE.split(' (')[0]} again")
-    landmarks, errors = _read_landmarks(marks, wanted)
+        plan.errors.append(f"{template_file.label}: {exc}; unzip {HD_WHERE.split(' (')[0]} again")
+        return plan
+    except ConfigError as exc:
+        plan.errors.append(str(exc))
+        return plan
     plan.errors += errors
     todo = sorted(wanted & present)
-    plan.errors += [f"missing landmarks: {n} has no line in {marks} ({HD_WHERE})" for n in todo if n not in landmarks]
+    plan.errors += [f"missing landmarks: {n} has no line in {marks.label} ({HD_WHERE})"
+                    for n in todo if n not in landmarks]
     if plan.errors:
         return plan
     plan.jobs = [Job(wild / n, out / HD_OUT / f"{Path(n).stem}.png", hd=HdCrop(landmarks[n], template))
