@@ -110,16 +110,24 @@ def test_ppa_hd_crop_gives_the_layout_suites_celeba_reads(tmp_path, capsys, writ
     # resuming: nothing is rewritten
     assert main([*argv, "--partial"]) == 0
     assert f"celeba: 0 file(s) written, {len(ids)} already there" in capsys.readouterr().out
-    # what suites/celeba.yaml reads: the celeba dataset on data/celeba, identity_CelebA.txt, img_align_celeba
-    params = {"root": str(out), "identity_file": "identity_CelebA.txt", "images": "img_align_celeba",
-              "num_identities": 2, "expect_crop": "ppa-hd"}
+    # what suites/celeba.yaml reads: its own dataset section, on this folder and with 2 of its 1,000 identities
+    import yaml
+
+    from inversion_bench.data.splits import SplitSpec, make_splits
+
+    dataset = yaml.safe_load((Path(__file__).resolve().parent.parent / "suites" / "celeba.yaml").read_text())["dataset"]
+    params = {**dataset["params"], "root": str(out), "num_identities": 2}
+    assert params["expect_crop"] == "ppa-hd" and params["order"] == "ppa" and params["images"] == "img_align_celeba"
     plugin = CelebA(CelebA.Params(**params))
     faces = plugin.load(32)
     assert len(faces) == 5 and faces.get(list(range(5))).shape == (5, 3, 32, 32)  # identities 5, 9: 3 + 2 images
+    assert faces.identity_names == ["celeba_5", "celeba_9"]  # PPA's class order: most images first
+    sp = make_splits(faces, SplitSpec(**dataset["split"]))
+    assert len(sp.private_train) + len(sp.private_test) == 5 and len(sp.private_train) == int(0.9 * 5)
     from tests.conftest import tiny_suite
 
     suite = tiny_suite(dataset={"name": "celeba", "resolution": 16, "params": params,
-                                "split": {"private_identities": 2, "public_identities": 0}})
+                                "split": dataset["split"]})
     assert main(["doctor", str(write_suite(suite))]) == 2  # a 6-image identity file is a WRONG count
     printed = capsys.readouterr().out
     assert "[ok     ] dataset.params.images: CelebA images: 6 of 6 listed images" in printed
