@@ -42,7 +42,10 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise ConfigError("bench publish RUN: give --protocol NAME (the protocol the run follows) and --out DIR")
     from inversion_bench.publish import publish, read_entry
 
-    for path in publish(Path(args.run), args.protocol, Path(args.out), by=args.by):
+    result = publish(Path(args.run), args.protocol, Path(args.out), by=args.by)
+    for reason in result.skipped:
+        print(f"not published: {reason}")
+    for path in result.paths:
         e = read_entry(path)
         wc = e.worst_case
         setter = f"set by {wc.evaluation}" if wc.evaluation else "no attack covers every seed"

@@ -452,11 +452,21 @@ def read_entries(folder: str | Path) -> list[tuple[Path, Entry]]:
     return [(p, read_entry(p)) for p in paths]
 
 
-def publish(run_dir: str | Path, protocol: str, out_dir: str | Path, by: str | None = None) -> list[Path]:
-    """Writes one entry per defense of a run folder into ``out_dir``; returns their paths.
+@dataclass
+class PublishResult:
+    """What :func:`publish` wrote, and the defenses it left out with the reason."""
+
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def publish(run_dir: str | Path, protocol: str, out_dir: str | Path, by: str | None = None) -> PublishResult:
+    """Writes one entry per defense of a run folder into ``out_dir``.
 
     An entry already in ``out_dir`` under the same id (the same run published again) keeps its external
-    evaluations (they evaluate the same targets), and its worst case is computed over them again.
+    evaluations (they evaluate the same targets), and its worst case is computed over them again. A defense whose
+    published target (protocol key and target keys) is already an entry of another run folder is left out: one
+    entry per published target; that run's attacks join it with :func:`add_external`.
 
     Raises:
         PublishError: bad protocol name, unreadable run, records of several suites or judges, missing
@@ -467,14 +477,24 @@ def publish(run_dir: str | Path, protocol: str, out_dir: str | Path, by: str | N
     run = read_run(run_dir)
     _one(run.records, "suite_hash", lambda r: r.get("suite_hash"))
     out = Path(out_dir)
+    existing = read_entries(out) if out.is_dir() and any(out.rglob("*.json")) else []
+    published = {(e.protocol.key, json.dumps(e.defense.target_keys, sort_keys=True)): (p, e) for p, e in existing}
+    result = PublishResult()
     entries: list[Entry] = []
     for defense in dict.fromkeys(r["defense"] for r in run.records):
         recs = [r for r in run.records if r["defense"] == defense]
         numbers = entry_numbers(recs, protocol.strip())
+        same = published.get((numbers.protocol.key, json.dumps(numbers.defense.target_keys, sort_keys=True)))
+        if same is not None and Path(same[1].artifacts.run_dir) != run.run_dir:
+            result.skipped.append(f"defense {defense}: its trained targets are already the entry {same[0]} "
+                                  f"(published from {same[1].artifacts.run_dir}); add this run's attacks to it with "
+                                  f"`bench publish --external {run_dir} --into {out_dir}`")
+            continue
         old = out / f"{entry_id(numbers.protocol, numbers.defense)}.json"
         external = read_entry(old).external if old.is_file() else []
         entries.append(make_entry(numbers, artifacts_of(run, recs), external, by=by))
-    return [write_entry(e, out / f"{e.id}.json") for e in entries]
+    result.paths = [write_entry(e, out / f"{e.id}.json") for e in entries]
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
