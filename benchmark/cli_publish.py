@@ -31,7 +31,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
             raise ConfigError("bench publish --external RUN: give --into DIR, the folder of the entries it evaluates")
         from inversion_bench.publish import add_external
 
-        for r in add_external(Path(args.external), Path(args.into), by=args.by):
+        for r in add_external(Path(args.external), Path(args.into), by=args.by, judge=args.judge):
             change = ("worst case unchanged" if r.after == r.before
                       else f"worst case {_percent(r.before)} -> {_percent(r.after)}")
             print(f"{r.path}: {len(r.added)} external evaluation(s) added ({', '.join(r.added) or 'none'}); {change}")
@@ -42,7 +42,7 @@ def cmd_publish(args: argparse.Namespace) -> int:
         raise ConfigError("bench publish RUN: give --protocol NAME (the protocol the run follows) and --out DIR")
     from inversion_bench.publish import publish, read_entry
 
-    result = publish(Path(args.run), args.protocol, Path(args.out), by=args.by)
+    result = publish(Path(args.run), args.protocol, Path(args.out), by=args.by, judge=args.judge)
     for reason in result.skipped:
         print(f"not published: {reason}")
     for path in result.paths:
@@ -96,6 +96,8 @@ def add_publish_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocol", metavar="NAME", help="the protocol the run follows (entries of different "
                    "protocols, data, judges or target setups never share a table)")
     p.add_argument("--out", metavar="DIR", help="folder the entries are written to (one JSON per defense)")
+    p.add_argument("--judge", metavar="KEY", help="publish (or add) the run's records of another judge, "
+                   "records/judges/KEY/ (`bench rescore`), instead of the suite's evaluation model's")
     p.add_argument("--by", metavar="NAME", help="who publishes or submits (shown on the site)")
     p.add_argument("--check", nargs="+", metavar="ENTRY", help="verify entries against the records and stored "
                    "reconstructions they name (exit 1 when one does not match)")

@@ -156,12 +156,19 @@ def store_of(run_dir: Path) -> Path:
     return (Path(store).expanduser() if store else Path(run_dir) / "store").absolute()
 
 
-def read_run(run_dir: str | Path) -> RunFiles:
-    """Every record of a run folder (an unreadable one is an error naming it: an entry must cover all of them).
+JUDGES_DIR = "judges"
+"""Records of another judge (``bench rescore``) are in ``records/judges/<judge key>/``."""
+
+
+def read_run(run_dir: str | Path, judge: str | None = None) -> RunFiles:
+    """Every record of a run folder (an unreadable one is an error naming it: an entry must cover all of them):
+    those of the suite's evaluation model in ``records/``, or with ``judge`` those of that judge in
+    ``records/judges/<judge>/`` (written by ``bench rescore``).
 
     Raises:
-        PublishError: no such folder, no ``suite.json``, no records, or an unreadable record.
+        PublishError: no such folder, no ``suite.json``, no records (of that judge), or an unreadable record.
     """
+    from inversion_bench.paths import inside
     from inversion_bench.results import load_records
 
     run = Path(run_dir).absolute()
@@ -169,6 +176,15 @@ def read_run(run_dir: str | Path) -> RunFiles:
         raise PublishError(f"{run_dir}: no such run folder; give a folder written by `bench run`")
     store = store_of(run)
     rdir = run / "records"
+    if judge is not None:
+        try:
+            rdir = inside(inside(rdir, JUDGES_DIR, "judges folder"), judge, "--judge")
+        except ValueError as exc:
+            raise PublishError(str(exc)) from None
+        if not rdir.is_dir():
+            there = sorted(p.name for p in (run / "records" / JUDGES_DIR).glob("*") if p.is_dir())
+            raise PublishError(f"--judge {judge}: {run_dir} holds no records of that judge ({rdir}); judges there: "
+                               f"{', '.join(there) or 'none (score the run with another judge with `bench rescore`)'}")
     unreadable: list[tuple[Path, str]] = []
     records = load_records(rdir, unreadable) if rdir.is_dir() else []
     if unreadable:
@@ -460,7 +476,8 @@ class PublishResult:
     skipped: list[str] = field(default_factory=list)
 
 
-def publish(run_dir: str | Path, protocol: str, out_dir: str | Path, by: str | None = None) -> PublishResult:
+def publish(run_dir: str | Path, protocol: str, out_dir: str | Path, by: str | None = None,
+            judge: str | None = None) -> PublishResult:
     """Writes one entry per defense of a run folder into ``out_dir``.
 
     An entry already in ``out_dir`` under the same id (the same run published again) keeps its external
@@ -471,10 +488,13 @@ def publish(run_dir: str | Path, protocol: str, out_dir: str | Path, by: str | N
     Raises:
         PublishError: bad protocol name, unreadable run, records of several suites or judges, missing
             reconstructions (nothing is written then).
+
+    ``judge``: publish the records of that judge (``records/judges/<judge>/``) instead of the suite's evaluation
+    model's; its entries get their own protocol key (never in one table with the other judge's).
     """
     if not protocol or not protocol.strip():
         raise PublishError("--protocol: give the protocol's name (e.g. --protocol celeba64)")
-    run = read_run(run_dir)
+    run = read_run(run_dir, judge)
     _one(run.records, "suite_hash", lambda r: r.get("suite_hash"))
     out = Path(out_dir)
     existing = read_entries(out) if out.is_dir() and any(out.rglob("*.json")) else []
@@ -563,14 +583,18 @@ def external_evaluations(run: RunFiles, entry: Entry, by: str | None = None,
     return out, skipped
 
 
-def add_external(run_dir: str | Path, entries_dir: str | Path, by: str | None = None) -> list[ExternalResult]:
+def add_external(run_dir: str | Path, entries_dir: str | Path, by: str | None = None,
+                 judge: str | None = None) -> list[ExternalResult]:
     """Adds a run's attacks on published targets to every entry of ``entries_dir`` whose targets it attacked,
     and rewrites those entries (worst case recomputed). Returns what happened to each entry it touched.
 
     Raises:
         PublishError: the run attacks none of the entries' targets (nothing is written).
+
+    ``judge``: take the run's records of that judge (``records/judges/<judge>/``); they evaluate only entries
+    published under that judge.
     """
-    run = read_run(run_dir)
+    run = read_run(run_dir, judge)
     results = []
     for path, entry in read_entries(entries_dir):
         added, skipped = external_evaluations(run, entry, by=by)

@@ -46,6 +46,7 @@ table.lb td.name,table.lb th.name,table.lb td.text{text-align:left}
 dl.prov{display:grid;grid-template-columns:max-content auto;gap:.2rem 1rem;font-size:.85rem}
 dl.prov dt{font-weight:600} dl.prov dd{margin:0;font-family:ui-monospace,monospace;overflow-wrap:anywhere}
 figure{margin:1.5rem 0} figure img{max-width:100%;border:1px solid #eee;image-rendering:pixelated}
+figure.grid img{height:320px;width:auto}
 figcaption{font-size:.85rem;color:#444;max-width:900px}
 p.small,ul.small{font-size:.85rem;color:#444}
 """
