@@ -22,7 +22,9 @@ from inversion_bench.entry_model import Artifacts, Entry
 from inversion_bench.publish import (
     PublishError,
     combined_worst_case,
+    entry_id,
     entry_numbers,
+    judge_key,
     read_entry,
     sha256_file,
 )
@@ -120,6 +122,21 @@ def differences(a: Any, b: Any, where: str = "", limit: int = 6) -> list[str]:
     return out
 
 
+def _foreign(records: list[dict[str, Any]], entry: Entry) -> list[str]:
+    """Why records of an external evaluation do not evaluate the entry's published targets under its protocol."""
+    out = []
+    for r in records:
+        keys = r.get("keys") if isinstance(r.get("keys"), dict) else {}
+        where = r.get("_path")
+        if keys.get("target") != entry.defense.target_keys.get(str(r.get("seed"))):
+            out.append(f"record {where} attacks target {keys.get('target')}, not the entry's target of seed "
+                       f"{r.get('seed')}")
+        elif r.get("status") == "ok" and (judge_key(r) != entry.protocol.evaluation.key
+                                          or keys.get("data") != entry.protocol.data_key):
+            out.append(f"record {where} is of another judge or data than the entry's protocol")
+    return out
+
+
 def check_entry(path: str | Path) -> CheckReport:
     """Verifies an entry against its artifacts (see the module docstring).
 
@@ -155,7 +172,12 @@ def check_entry(path: str | Path) -> CheckReport:
         held = [m.model_dump(mode="json") for m in theirs] if name == "attacks" else (
             theirs.model_dump(mode="json") if hasattr(theirs, "model_dump") else theirs)
         report.problems += [f"{path}: {d}" for d in differences(held, dumped, name)]
+    if entry.id != entry_id(numbers.protocol, numbers.defense):
+        report.problems.append(f"{path}: id {entry.id!r} is not the id of its protocol and targets "
+                               f"({entry_id(numbers.protocol, numbers.defense)!r})")
     for ext in entry.external:
+        report.problems += [f"{path}: external evaluation {ext.id}: {p}"
+                            for p in _foreign(ext_records[ext.id], entry)]
         try:
             ext_numbers = entry_numbers(ext_records[ext.id], entry.protocol.name)
         except PublishError as exc:

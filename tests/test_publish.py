@@ -198,6 +198,19 @@ def test_external_evaluations_only_lower_the_standing(runs, tmp_path, capsys):
     assert "0 external evaluation(s) added (none); worst case unchanged" in capsys.readouterr().out
     assert read_entry(path).worst_case == after.worst_case
 
+    # an external evaluation whose records attack another target (B's "ls") is named by --check
+    other = tmp_path / "other"
+    assert main(["publish", str(runs["b"]), "--protocol", "tiny", "--out", str(other)]) == 0
+    ls = read_entry(next(other.glob("tiny--ls--*.json")))
+    forged = after.external[1].model_copy(update={"id": "forged@x", "evaluation": ls.attacks[1],
+                                                  "artifacts": ls.artifacts})
+    data = after.model_copy(update={"external": [*after.external, forged]}).model_dump(mode="json")
+    (forged_path := tmp_path / "forged.json").write_text(json.dumps(data))
+    capsys.readouterr()
+    assert main(["publish", "--check", str(forged_path)]) == 1
+    assert "external evaluation forged@x: record " in (err := capsys.readouterr().err)
+    assert "attacks target " in err and "not the entry's target of seed 0" in err
+
     # a run of another protocol evaluates none of these targets: bad input
     assert main(["publish", "--external", str(runs["c"]), "--into", str(out)]) == 2
     assert "none of its records attack a published target" in capsys.readouterr().err
