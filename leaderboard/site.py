@@ -5,6 +5,7 @@ Layout::
     SITE/index.html                    the protocols, each with its number of entries
     SITE/protocol-<name>-<key>.html    one table per protocol key (name, data, judge, target setup, metric)
     SITE/entries/<entry id>.html       one page per entry: numbers, figures, provenance
+    SITE/entries/<entry id>.json       the entry itself (linked from its page)
 
 Entries of different protocol keys never share a table (two settings published under one name get a page
 each, and the index says so). Rows are ranked by the worst case, lowest first (a defense is as strong as the
@@ -23,6 +24,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import json
 import math
 import re
 from collections.abc import Sequence
@@ -347,8 +349,9 @@ def entry_page(entry: Entry) -> str:
             f"external evaluations.</figcaption></figure>{_metric_rows(entry)}"
             f'<h2>Reconstructions</h2>{"".join(_grids(entry))}'
             f"<h2>Protocol</h2>{_protocol_facts(entry)}"
-            '<h2>Provenance</h2><p class="small">Verify with <code>bench publish --check ENTRY.json</code>: it '
-            "recomputes these hashes and numbers from the files.</p>"
+            f'<h2>Provenance</h2><p class="small">The entry: <a href="{_e(entry.id)}.json">{_e(entry.id)}.json</a>. '
+            "Verify it with <code>bench publish --check ENTRY.json</code>: it recomputes these hashes and numbers "
+            "from the files.</p>"
             f'<dl class="prov">{"".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in prov)}</dl>')
     return _page(f"{entry.defense.label} ({entry.protocol.name})", body)
 
@@ -412,6 +415,8 @@ def build_site(entries: Sequence[tuple[Path, Entry]] | Sequence[Entry], out_dir:
         for e in group:
             epage = out / "entries" / f"{e.id}.html"
             epage.write_text(entry_page(e), encoding="utf-8")
+            epage.with_suffix(".json").write_text(json.dumps(e.model_dump(mode="json"), indent=2, sort_keys=True)
+                                                  + "\n", encoding="utf-8")
             site.entry_pages.append(epage)
     body = ("<h1>Inversion Bench leaderboard</h1><p class=\"small\">Defenses against model inversion, one table per "
             "protocol (name, data and split, judge, target setup and worst-case metric). Every entry names the "

@@ -123,6 +123,7 @@ def test_publish_check_site_keeps_protocols_apart(runs, tmp_path, capsys):
     for e in entries.values():
         page = (site_dir / "entries" / f"{e.id}.html").read_text()
         assert "<svg" in page and 'src="data:image/png;base64,' in page  # its figures, inline
+        assert Entry.model_validate_json((site_dir / "entries" / f"{e.id}.json").read_text()) == e
     assert "http://" not in (site_dir / "index.html").read_text() + "".join(p.read_text() for p in pages)
 
 
