@@ -45,7 +45,7 @@ from inversion_bench.entry_model import (
     load_entry,
 )
 from inversion_bench.errors import ConfigError
-from inversion_bench.record_model import DEFAULT_WORST_CASE_METRIC
+from inversion_bench.record_model import DEFAULT_WORST_CASE_METRIC, judge_key
 
 RECONSTRUCTIONS = "attacks"
 """The store kind of stored reconstructions (``<store>/attacks/<key>/``)."""
@@ -79,18 +79,6 @@ def sha256_file(path: Path) -> str:
 def slug(text: str) -> str:
     """``text`` as a file-name part: runs of characters other than letters, digits, ``.``, ``_``, ``-`` -> ``-``."""
     return _SLUG.sub("-", str(text)).strip("-.") or "x"
-
-
-def judge_key(rec: dict[str, Any]) -> str | None:
-    """The key of the judge that scored a record: ``judge.key`` of a re-scored record, else the store key of its
-    evaluation model (``keys.evaluator``); ``None`` for a record without keys. (The rule of ``bench rescore``'s
-    ``record_model.judge_key``; entries of different judges never share a protocol key.)"""
-    judge = rec.get("judge")
-    if isinstance(judge, dict) and judge.get("key"):
-        return str(judge["key"])
-    keys = rec.get("keys")
-    value = keys.get("evaluator") if isinstance(keys, dict) else None
-    return str(value) if value else None
 
 
 def protocol_key(name: str, data_key: str, judge: str, target: dict[str, Any], metric: str) -> str:
@@ -156,10 +144,6 @@ def store_of(run_dir: Path) -> Path:
     return (Path(store).expanduser() if store else Path(run_dir) / "store").absolute()
 
 
-JUDGES_DIR = "judges"
-"""Records of another judge (``bench rescore``) are in ``records/judges/<judge key>/``."""
-
-
 def read_run(run_dir: str | Path, judge: str | None = None) -> RunFiles:
     """Every record of a run folder (an unreadable one is an error naming it: an entry must cover all of them):
     those of the suite's evaluation model in ``records/``, or with ``judge`` those of that judge in
@@ -168,7 +152,7 @@ def read_run(run_dir: str | Path, judge: str | None = None) -> RunFiles:
     Raises:
         PublishError: no such folder, no ``suite.json``, no records (of that judge), or an unreadable record.
     """
-    from inversion_bench.paths import inside
+    from inversion_bench.judges import JUDGES_DIR, judge_records_dir
     from inversion_bench.results import load_records
 
     run = Path(run_dir).absolute()
@@ -178,7 +162,7 @@ def read_run(run_dir: str | Path, judge: str | None = None) -> RunFiles:
     rdir = run / "records"
     if judge is not None:
         try:
-            rdir = inside(inside(rdir, JUDGES_DIR, "judges folder"), judge, "--judge")
+            rdir = judge_records_dir(rdir, judge)
         except ValueError as exc:
             raise PublishError(str(exc)) from None
         if not rdir.is_dir():

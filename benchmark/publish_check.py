@@ -24,10 +24,10 @@ from inversion_bench.publish import (
     combined_worst_case,
     entry_id,
     entry_numbers,
-    judge_key,
     read_entry,
     sha256_file,
 )
+from inversion_bench.record_model import judge_key
 
 
 @dataclass

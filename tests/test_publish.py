@@ -302,29 +302,32 @@ def test_site_opens_offline_in_chromium_and_its_table_is_the_entries(runs, tmp_p
 
 
 def test_entries_of_another_judge_get_their_own_table(runs, tmp_path, capsys):
-    """Records of a second judge (``bench rescore`` writes them to ``records/judges/<key>/`` with ``judge.key``)
-    publish under their own protocol key: the same protocol name, never the same table."""
+    """Records of a second judge (``bench rescore`` writes them to ``records/judges/<key>/``) publish with
+    ``--judge KEY`` under their own protocol key: the same protocol name, never the same table."""
     run = tmp_path / "run"
     shutil.copytree(runs["a"], run)
-    judged = run / "records" / "judges" / "judge2"
-    judged.mkdir(parents=True)
-    for p in (run / "records").glob("*.json"):
-        rec = json.loads(p.read_text())
-        rec["judge"] = {"key": "judge2"}
-        (judged / p.name).write_text(json.dumps(rec))
+    other = tmp_path / "other.yaml"
+    other.write_text(json.dumps({"architecture": {"name": "small-resnet", "params": {"width": 4}},
+                                 "training": {"epochs": 3, "batch_size": 16}}))
+    assert main(["rescore", str(run), "--evaluation", str(other), "--no-progress"]) == 0
+    (judge,) = [p.name for p in (run / "records" / "judges").iterdir()]
     out = tmp_path / "entries"
     assert main(["publish", str(run), "--protocol", "tiny", "--out", str(out)]) == 0
-    assert main(["publish", str(run), "--protocol", "tiny", "--out", str(out), "--judge", "judge2"]) == 0
+    assert main(["publish", str(run), "--protocol", "tiny", "--out", str(out), "--judge", judge]) == 0
     entries = [e for _, e in read_entries(out)]
-    judges = {e.protocol.evaluation.key for e in entries}
-    assert len(entries) == 4 and len(judges) == 2 and "judge2" in judges
-    assert len({e.protocol.key for e in entries}) == 2
-    assert all(f.path.startswith("records/judges/judge2/") for e in entries
-               if e.protocol.evaluation.key == "judge2" for f in e.artifacts.records)
+    assert len(entries) == 4 and {e.protocol.evaluation.key for e in entries} == {
+        json.loads((run / "records" / "hard__grey__seed0.json").read_text())["keys"]["evaluator"], judge}
+    assert len({e.protocol.key for e in entries}) == 2 and {e.protocol.name for e in entries} == {"tiny"}
+    for e in entries:
+        if e.protocol.evaluation.key == judge:
+            assert [f.path for f in e.artifacts.records] == [f"records/judges/{judge}/{e.defense.id}__grey__seed0.json"]
+            rec = json.loads((run / e.artifacts.records[0].path).read_text())
+            assert e.attacks[0].metrics["attack_acc@1"].values == [rec["metrics"]["attack_acc@1"]]
     site = build_site(entries, tmp_path / "site")
     assert len(site.protocol_pages) == 2
     assert all(page.read_text().count('<tr data-entry="') == 2 for page in site.protocol_pages)
+    capsys.readouterr()
     assert main(["publish", "--check", *map(str, out.glob("*.json"))]) == 0
     capsys.readouterr()
     assert main(["publish", str(run), "--protocol", "tiny", "--out", str(out), "--judge", "judge3"]) == 2
-    assert "--judge judge3:" in (err := capsys.readouterr().err) and "judges there: judge2" in err
+    assert "--judge judge3:" in (err := capsys.readouterr().err) and f"judges there: {judge}" in err
