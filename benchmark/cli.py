@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.cli_data import add_data_parser
+from inversion_bench.cli_publish import add_publish_parsers
 from inversion_bench.cli_run import add_run_options, dry_run, run_summary, selection_of
 from inversion_bench.errors import ConfigError
 from inversion_bench.figure_options import add_skip_figure
@@ -388,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_rescore)
     add_data_parser(sub)
+    add_publish_parsers(sub)
     return parser
 
 
