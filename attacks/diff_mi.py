@@ -32,8 +32,12 @@ Defaults are the reference's (README commands, ``free_train.py``, ``fintune_trai
 ``attack.py``); p_reg's ``top_k`` 50 is LeakPro's (the reference ships p_reg precomputed, see
 :mod:`~inversion_bench.attacks.common.diff_mi_train`). Scale: the reference's UNet (128 channels,
 mult 1-2-3-4, 3 blocks, 50,000 pretraining iterations at batch 150) is scaled down through
-``width``, ``channel_mult``, ``num_res_blocks``, ``pretrain_iterations``, ``finetune_epochs`` etc.;
-at quickstart scale a small UNet at 32 px (the dataset's resolution, see ``suites/defenses.yaml``).
+``width``, ``channel_mult``, ``num_res_blocks``, ``pretrain_iterations``, ``finetune_epochs`` etc. The
+UNet works at the dataset's resolution; the quickstart-scale entries (``suites/defenses.yaml``,
+``suites/threat-models.yaml``) use a small UNet at 32 px (width 16, mult 1-2-2, one block per level,
+attention at 8 px), 100 pretraining iterations at batch 16 with EMA 0.98, one fine-tuning epoch and 20
+reconstruction steps. At that scale the fine-tuned model's own samples carry no identity (its
+baseline stays at chance); the target-guided steps and the PGD do the work (docs/attacks.md).
 
 Differences from the reference: augmentations act on the [0, 1] image the target sees (the
 reference applies kornia's colour jitter to [-1, 1] images, which clamps their negative half), the
