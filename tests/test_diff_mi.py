@@ -42,7 +42,7 @@ from inversion_bench.errors import BenchError, ConfigError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = {"top_n": 4, "width": 8, "channel_mult": [1, 2], "num_res_blocks": 1, "attention_resolutions": [8],
-        "num_heads": 1, "pretrain_iterations": 30, "pretrain_batch_size": 8, "ema_rate": 0.9, "p_reg_top_k": 4,
+        "num_heads": 1, "pretrain_iterations": 10, "pretrain_batch_size": 8, "ema_rate": 0.9, "p_reg_top_k": 4,
         "k": 2, "finetune_epochs": 2, "finetune_solver_steps": 4, "num_steps": 10, "samples_per_target": 3,
         "aug_times": 2, "pgd_iterations": 3}
 BASELINE = {"num_steps": 0, "pgd_iterations": 0, "ddim_step": 1000}  # guided DDIM samples of the fine-tuned model
@@ -243,7 +243,7 @@ def test_generator_spec_holds_only_the_diffusion_model_settings() -> None:
     spec = DiffMI(DiffMIParams(**TINY)).generator_spec()
     assert spec == DiffMI(DiffMIParams(**(TINY | BASELINE | {"samples_per_target": 1, "w": 2.0}))).generator_spec()
     assert spec != DiffMI(DiffMIParams(**(TINY | {"finetune_epochs": 3}))).generator_spec()
-    assert "num_steps" not in spec and spec["pretrain_iterations"] == 30
+    assert "num_steps" not in spec and spec["pretrain_iterations"] == 10
 
 
 def _round_trip(state: dict) -> dict:
@@ -263,7 +263,7 @@ def test_end_to_end_beats_its_no_optimisation_baseline() -> None:
     assert state["config"]["num_classes"] == CLASSES and state["config"]["resolution"] == RES
     assert state["p_reg"].shape == (CLASSES, target.feature_dim)
     info = state["info"]
-    assert info["pseudo_labelled"] == CLASSES * 4 and info["pretrain_iterations"] == 30
+    assert info["pseudo_labelled"] == CLASSES * 4 and info["pretrain_iterations"] == 10
     assert 1 <= info["finetune_epochs_run"] <= 2 and info["topk_used"] == 2
     ids = torch.tensor([0, 2, 3])
     ctx = dataclasses.replace(_ctx(), trained=state)
