@@ -89,6 +89,8 @@ GENERATOR_FIELDS = ("top_n", *NETWORK_FIELDS, "pretrain_iterations", "pretrain_b
                     "finetune_batch_size", "finetune_epochs", "threshold", "finetune_guidance",
                     "finetune_solver_steps", "finetune_aug_times")
 DDIM_STEPS = 100  # the reference's DDIM sub-sequence (stride T / 100)
+DIFFUSION_SUMMARY = ("pseudo_labelled", "pretrain_final_loss", "finetune_epochs_run", "finetune_last_acc",
+                     "pretrain_s", "finetune_s")
 
 
 class DiffMIParams(PluginParams):
@@ -281,6 +283,9 @@ class DiffMI(Attack):
                 "mean_confidence": float(conf.mean()) if conf.numel() else 0.0,
                 "image_size": int(out.shape[-1]), "total_s": round(time.perf_counter() - t0, 3),
                 "diffusion": dict(ctx.trained.get("info") or {})}
+        # the fit's outcome as scalars, which the record keeps (it drops nested values)
+        fit = info["diffusion"]
+        info.update({f"diffusion_{k}": fit[k] for k in DIFFUSION_SUMMARY if fit.get(k) is not None})
         rec = Reconstruction(images=out, labels=labels.clone(), latents=None, trace=trace.as_dict(), info=info)
         rec.check()
         log.info("diff-mi: %d identities x %d, mean confidence %.3f (%.1f s)", identities.numel(),

@@ -271,6 +271,7 @@ def test_end_to_end_beats_its_no_optimisation_baseline() -> None:
     assert rec.images.shape == (9, 3, RES, RES) and rec.labels.tolist() == [0, 0, 0, 2, 2, 2, 3, 3, 3]
     assert float(rec.images.min()) >= 0 and float(rec.images.max()) <= 1
     assert len(rec.trace["confidence"]) == 10 and rec.info["diffusion"]["pseudo_labelled"] == CLASSES * 4
+    assert rec.info["diffusion_finetune_epochs_run"] == info["finetune_epochs_run"]  # kept by the record as a scalar
     assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())
     assert all(p.grad is None for p in target.parameters())
     base = DiffMI(DiffMIParams(**(TINY | BASELINE))).run(target, ids, None, ctx)
