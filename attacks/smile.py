@@ -359,21 +359,22 @@ class Smile(Attack):
             timings["query_s"] = time.perf_counter() - t0
         info["surrogate_queries"] = queries["n"]
 
-        t0 = time.perf_counter()
-        surrogate, sinfo = self._surrogate(images, logits, target.num_classes, ctx, g)
-        info.update(sinfo)
-        timings["surrogate_s"] = time.perf_counter() - t0
-        del images
-
         start = ws[best_queried(logits, identities)]
         info["initial_confidence"] = float(logits[best_queried(logits, identities), identities].exp().mean())
-        lo, hi = latent_bounds(ws, p.p_std_ce, slope)
-        t0 = time.perf_counter()
-        w = self._whitebox(surrogate, prior, start, identities, lo, hi, ctx)
-        timings["whitebox_s"] = time.perf_counter() - t0
-        with frozen(surrogate), torch.no_grad():
-            info["whitebox_surrogate_confidence"] = float(self._surrogate_confidence(surrogate, prior, w, identities,
-                                                                                    ctx, bs).mean())
+        w = start.clone()
+        if p.whitebox_steps > 0:  # the surrogate serves only the white-box start
+            t0 = time.perf_counter()
+            surrogate, sinfo = self._surrogate(images, logits, target.num_classes, ctx, g)
+            info.update(sinfo)
+            timings["surrogate_s"] = time.perf_counter() - t0
+            lo, hi = latent_bounds(ws, p.p_std_ce, slope)
+            t0 = time.perf_counter()
+            w = self._whitebox(surrogate, prior, start, identities, lo, hi, ctx)
+            timings["whitebox_s"] = time.perf_counter() - t0
+            with frozen(surrogate), torch.no_grad():
+                info["whitebox_surrogate_confidence"] = float(
+                    self._surrogate_confidence(surrogate, prior, w, identities, ctx, bs).mean())
+        del images
         t0 = time.perf_counter()
         if p.budget > 0:
             lo_s, hi_s = latent_bounds(ws, p.p_std_ce * p.bound_scale, slope)
@@ -445,8 +446,6 @@ class Smile(Attack):
                   hi: Tensor, ctx: AttackContext) -> Tensor:
         """Adam on the surrogate's cross-entropy from ``start`` [K, d] (the reference's ``my_attack_ours_w``)."""
         p: SmileParams = self.params
-        if p.whitebox_steps == 0:
-            return start.clone()
         lo_d, hi_d = lo.to(ctx.device), hi.to(ctx.device)
         w = start.clone().to(ctx.device).requires_grad_(True)
         labels = identities.to(ctx.device)
