@@ -402,8 +402,10 @@ class Smile(Attack):
         backbone.to(ctx.device)
         info: dict[str, Any] = {"surrogate_architecture": p.surrogate.name}
         if p.pretrain_epochs > 0:
+            t0 = time.perf_counter()
             info["pretrain_loss"] = round(pretrain_backbone(backbone, public, p.pretrain_epochs, p.pretrain_lr,
                                                             p.batch_size_surrogate, g, ctx.device, ctx.progress), 6)
+            info["pretrain_s"] = round(time.perf_counter() - t0, 3)
         heads.backbone = backbone
         model = heads.to(ctx.device)
         side = backbone.input_size
