@@ -202,3 +202,24 @@ def test_pretraining_needs_public_data_and_nevergrad_is_named(monkeypatch, one_t
 def test_no_identities(one_thread) -> None:
     rec, oracle = _run(ids=torch.tensor([], dtype=torch.long))
     assert rec.images.shape == (0, 3, 8, 8) and rec.latents.shape == (0, 8) and oracle.queries == 0
+
+
+def test_stylegan_prior_bounds_in_p_space(tmp_path: Path, one_thread) -> None:
+    import pickle
+
+    import tiny_stylegan
+
+    from inversion_bench.attacks.generators.stylegan2_ada import StyleGAN2ADAPlugin
+    from inversion_bench.interfaces import PriorContext
+
+    path = tmp_path / "tiny.pkl"
+    with open(path, "wb") as f:
+        pickle.dump(tiny_stylegan.make_pickle_dict(), f)
+    ctx = PriorContext(public=None, resolution=16, seed=0, device=CPU, weights={"g": path}, progress=False)
+    prior = StyleGAN2ADAPlugin(StyleGAN2ADAPlugin.Params(pickle="g")).fit(ctx)
+    rec, oracle = _run(_cnn(), prior, ids=torch.tensor([1, 2]), query_num=64, epochs=3, whitebox_steps=3, budget=5)
+    assert oracle.queries == 64 + 2 * 5 and rec.latents.shape == (2, prior.w_dim)  # w, searched within the bounds
+    with torch.no_grad():
+        ws = prior.map(prior.sample_z(64, torch.Generator().manual_seed(0)))
+    lo, hi = latent_bounds(ws, 1.7, 0.2)
+    assert ((rec.latents >= lo - 1e-5) & (rec.latents <= hi + 1e-5)).all()
