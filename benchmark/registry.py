@@ -282,6 +282,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.attacks.mi_face", "inversion_bench.attacks.ppa", "inversion_bench.attacks.gmi",
     "inversion_bench.attacks.brep_mi", "inversion_bench.attacks.mirror", "inversion_bench.attacks.ked_mi",
     "inversion_bench.attacks.plg_mi", "inversion_bench.attacks.if_gmi", "inversion_bench.attacks.diff_mi",
+    "inversion_bench.attacks.smile",
     "inversion_bench.attacks.generators.dcgan", "inversion_bench.attacks.generators.stylegan2_ada",
     "inversion_bench.metrics.accuracy", "inversion_bench.metrics.knn", "inversion_bench.metrics.extractors",
     "inversion_bench.metrics.file_extractors", "inversion_bench.metrics.fid", "inversion_bench.metrics.facenet",
