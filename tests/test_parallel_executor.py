@@ -73,6 +73,33 @@ def test_walk_order_is_the_in_process_order():
     ]
 
 
+def test_priority_order_is_the_critical_path_first():
+    pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0), _pair(1, 1, 0)]  # a1 reads the prior
+    jobs = job_graph(_plan(pairs), pairs)
+    order = parallel.priority_order(jobs)
+    assert sorted(order) == sorted(j.id for j in jobs)
+    # the prior has prior (55) + attack (10) + pair (0.3) behind it, the evaluation model 45 + 0.3, a
+    # target 30 + 10 + 0.3: the shared products first, then the targets in suite order, then their attacks
+    assert order[:4] == ["prior", "evaluator", "target:d0:0", "target:d1:0"]
+    assert order[4:8] == ["attack:d0__a0__seed0.json", "attack:d0__a1__seed0.json",
+                          "attack:d1__a0__seed0.json", "attack:d1__a1__seed0.json"]
+    assert all(o.startswith("pair:") for o in order[8:])
+    # every job after the jobs it depends on, so that no order can wait for a job ranked later
+    pos = {job_id: i for i, job_id in enumerate(order)}
+    assert all(pos[d] < pos[j.id] for j in jobs for d in j.deps)
+
+
+def test_priority_order_weighs_the_chain_not_the_job():
+    # one target whose attack needs a generator of its own: target + generator + attack + pair (70.3)
+    # outweighs the prior's chain (65.3), so that target trains first
+    from dataclasses import replace
+
+    pairs = [_pair(0, 1, 0), replace(_pair(1, 0, 0), gan_key="g1")]
+    order = parallel.priority_order(job_graph(_plan(pairs), pairs))
+    assert order[:3] == ["target:d1:0", "prior", "evaluator"]
+    assert order.index("generator:g1") < order.index("attack:d0__a1__seed0.json")  # 40.3 against 10.3
+
+
 # ---- the driver's bookkeeping, with a fake pool that finishes the last job it started first -------
 
 
@@ -135,7 +162,7 @@ def fake_walk(monkeypatch):
 def test_independent_jobs_run_at_once_and_targets_are_released(fake_walk):
     pairs = [_pair(0, 0, 0), _pair(1, 0, 0), _pair(2, 0, 0)]
     started, releases, records, ctx = fake_walk(pairs)
-    assert started[:2] == [["target:d0:0"], ["target:d0:0", "evaluator"]]
+    assert started[:2] == [["evaluator"], ["evaluator", "target:d0:0"]]  # the longest chain first
     assert max(len(s) for s in started) == 2  # never more than the workers
     assert sorted(r[0] for r in records) == [p.record_name for p in pairs]
     assert sorted(ctx.released) == [("d0", 0), ("d1", 0), ("d2", 0)]  # each once, after its pair
@@ -155,10 +182,11 @@ def test_a_failed_job_fails_only_its_dependents(fake_walk):
 def test_a_full_disk_stops_the_run_after_recording_the_pairs_it_failed(fake_walk, caplog):
     pairs = [_pair(0, 0, 0), _pair(1, 0, 0), _pair(2, 0, 0)]
     full = "no space left on device writing store/reconstructions/k100 (0 bytes free)"
-    # the fake pool finishes the evaluation model, then target 1, then attack 1 hits the full disk
-    _, _, records, ctx = fake_walk(pairs, fail={"attack:d1__a0__seed0.json"}, full=full)
+    # the fake pool finishes the targets and attacks, then the evaluation model; pairs 0 and 1 start, and
+    # scoring pair 1 hits the full disk
+    _, _, records, ctx = fake_walk(pairs, fail={"pair:d1__a0__seed0.json"}, full=full)
     assert records == [("d1__a0__seed0.json", "failed", f"DiskFullError: {full}")]
-    assert ctx.in_flight_at_close == ["target:d0:0"]  # stopped, not waited for; target 2 never started
+    assert ctx.in_flight_at_close == ["pair:d0__a0__seed0.json"]  # stopped, not waited for; pair 2 never started
     assert "stopping the run: the disk is full (2 pair(s) not run)" in caplog.text
 
 
