@@ -100,6 +100,29 @@ def test_priority_order_weighs_the_chain_not_the_job():
     assert order.index("generator:g1") < order.index("attack:d0__a1__seed0.json")  # 40.3 against 10.3
 
 
+def test_workers_started_early_end_when_the_run_stops_before_its_jobs(tmp_path, monkeypatch, capsys):
+    """The workers start while the driver prepares the run (executor.start); a run refused after that (here:
+    its folder is locked by another run) ends them: exit 2, no worker process left."""
+    import multiprocessing
+
+    from inversion_bench.cli import main
+    from inversion_bench.lock import RunLock
+
+    starts = []
+    monkeypatch.setattr(parallel.ParallelExecutor, "start", lambda self, ctx, orig=parallel.ParallelExecutor.start:
+                        (starts.append(self.workers), orig(self, ctx))[1])
+    monkeypatch.chdir(tmp_path)
+    data = tiny_suite()
+    data["run"] = {**data["run"], "output": str(tmp_path / "runs"), "threads": 1}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    with RunLock(tmp_path / "runs" / "tiny"):
+        assert main(["run", "tiny.yaml", "--workers", "2", "--no-tracking", "--no-figures"]) == 2
+    assert "in use" in capsys.readouterr().err
+    assert starts == [2]  # the workers had been started
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "runs" / "tiny" / "records").exists()  # nothing ran
+
+
 # ---- the driver's bookkeeping, with a fake pool that finishes the last job it started first -------
 
 

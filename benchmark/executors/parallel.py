@@ -94,10 +94,34 @@ class ParallelExecutor(Executor):
             raise ValueError(f"workers and threads must be at least 1, got {workers} and {threads}")
         self.workers = workers
         self.threads = threads
+        self._started: tuple[ContextSpec, WorkerPool] | None = None  # by start(), for execute()
+
+    def start(self, ctx: RunContext) -> None:
+        """Starts the worker processes now: each imports torch and the plugins, rebuilds the run's context and
+        loads its data (:func:`~inversion_bench.executors.worker.serve`) while this process still prepares
+        the run (the MLflow store, the run folder), instead of after. :meth:`execute` runs the jobs on them;
+        :meth:`close` ends them when the run stops before that."""
+        if self._started is None:
+            spec = ContextSpec.of(ctx)
+            log.info("starting %d worker process(es), %d torch thread(s) each", self.workers, self.threads)
+            self._started = (spec, WorkerPool(self.workers, spec, self.threads))
+
+    def close(self) -> None:
+        if self._started is not None:
+            self._started[1].close()
+            self._started = None
 
     def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
-        if jobs:
-            _ParallelWalk(ctx, jobs, on_record).run_in(min(self.workers, len(jobs)), self.threads)
+        started, self._started = self._started, None
+        if started is not None and (not jobs or started[0] != ContextSpec.of(ctx)):
+            started[1].close()  # nothing to run, or started for another run
+            started = None
+        if not jobs:
+            return
+        workers = min(self.workers, len(jobs))
+        log.info("running the jobs in %d worker process(es), %d torch thread(s) each", workers, self.threads)
+        pool = started[1] if started is not None else WorkerPool(workers, ContextSpec.of(ctx), self.threads)
+        _ParallelWalk(ctx, jobs, on_record).run_in(pool)
 
 
 class _ParallelWalk(_Walk):
@@ -113,10 +137,8 @@ class _ParallelWalk(_Walk):
         heapq.heapify(self.ready)
         self.released: set[tuple[str, int]] = set()  # targets no pending job uses: workers drop them
 
-    def run_in(self, workers: int, threads: int) -> None:
-        """Runs the graph with a pool of ``workers`` processes (the in-process :meth:`run` is not used)."""
-        log.info("running the jobs in %d worker process(es), %d torch thread(s) each", workers, threads)
-        pool = WorkerPool(workers, ContextSpec.of(self.ctx), threads)
+    def run_in(self, pool: WorkerPool) -> None:
+        """Runs the graph on the worker processes of ``pool`` and closes it (the in-process :meth:`run` is not used)."""
         try:
             while self.disk_full is None:
                 while self.ready and pool.idle:

@@ -29,6 +29,7 @@ class _Slot:
     process: BaseProcess
     conn: Connection
     job: Job | None = None
+    ran: bool = False  # has been sent a job (else it may still be warming up: terminated at close, not waited for)
 
 
 class WorkerPool:
@@ -57,7 +58,7 @@ class WorkerPool:
     def submit(self, job: Job, release: frozenset[tuple[str, int]]) -> None:
         """Sends ``job`` to an idle worker (there must be one)."""
         slot = next(s for s in self._slots if s.job is None)
-        slot.job = job
+        slot.job, slot.ran = job, True
         slot.conn.send((job, release))
 
     def next_outcome(self) -> tuple[Job, Outcome]:
@@ -92,10 +93,11 @@ class WorkerPool:
         return job, ("failed", job.id, f"WorkerDied: {reason}", f"job {job.id}: {reason}", None)
 
     def close(self) -> None:
-        """Ends every worker: idle ones are asked to stop, busy ones terminated, stragglers killed."""
+        """Ends every worker: idle ones are asked to stop, busy ones and those never sent a job (still warming
+        up, :func:`~inversion_bench.executors.worker.warm_up`) terminated, stragglers killed."""
         for slot in self._slots:
             try:
-                if slot.job is None:
+                if slot.job is None and slot.ran:
                     slot.conn.send(None)
                 else:
                     slot.process.terminate()
