@@ -225,6 +225,19 @@ def test_a_job_outside_a_worker_reports_its_error_as_text(tmp_path):
     assert error.startswith("BenchError: ") and "working directory" in error and "Traceback" in trace_text
 
 
+def test_a_failed_warm_up_is_left_to_the_first_job(tmp_path):
+    """A worker loads the run's context and data before its first job; when that fails, the worker still
+    serves, and the job reports the error as its own (with the message a job alone gives)."""
+    from inversion_bench.executors import worker
+
+    spec = worker.ContextSpec(raw={}, source="x.yaml", cwd=str(tmp_path / "gone"), plugin_files=(),
+                              run_dir=str(tmp_path), suite_hash="h")
+    worker.warm_up(spec, 1)  # no exception
+    pairs = [_pair(0, 0, 0)]
+    outcome = run_local_job(spec, job_graph(_plan(pairs), pairs)[0], 1, frozenset())
+    assert outcome[0] == "failed" and "working directory" in outcome[2]
+
+
 # ---- end to end: 1 worker against 2, a failing defense, a driver killed mid-run -------------------
 
 PLUGINS = """
