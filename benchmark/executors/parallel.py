@@ -4,13 +4,14 @@ Independent jobs of the graph run at the same time in spawned worker processes
 (:mod:`inversion_bench.executors.pool`), each with the same torch thread count; products move
 through the store as on Ray (a product job's result is its store key, a worker reads its inputs
 from the store). This process keeps the bookkeeping: it starts a job once the jobs it depends on
-are done, the job with the longest chain of work behind it first (:func:`priority_order`: the shared
-prior and evaluation model, then the targets, then attacks and scoring; ties in the order of the
-in-process walk, so targets train in suite order), writes every record (one writer), mirrors it and
-logs one progress line per pair. A failed job fails only its dependents, with its error; a full disk stops
-the run (the jobs in flight are stopped); Ctrl-C or SIGTERM terminates the workers. Every product is
-stored atomically and every record written by this process, so an interrupted run leaves nothing
-partial and its rerun resumes. Records equal those of the in-process walk at the same thread count.
+are done, a pair's scoring first, else the job with the longest chain of work behind it
+(:func:`priority_order`: the shared prior and evaluation model, then the targets, then the attacks; ties
+in the order of the in-process walk, so targets train in suite order), writes every record (one
+writer), mirrors it and logs one progress line per pair. A failed job fails only its dependents, with
+its error; a full disk stops the run (the jobs in flight are stopped); Ctrl-C or SIGTERM terminates
+the workers. Every product is stored atomically and every record written by this process, so an
+interrupted run leaves nothing partial and its rerun resumes. Records equal those of the in-process
+walk at the same thread count.
 """
 
 from __future__ import annotations
@@ -64,13 +65,15 @@ JOB_COST: dict[str, float] = {
 
 def priority_order(jobs: Sequence[Job]) -> list[str]:
     """The ids of ``jobs`` by the order in which worker processes take them up when several are ready:
-    the longest chain of work from the job to the end of the graph first (its own :data:`JOB_COST` and
-    that of its costliest chain of dependents: critical path first, so that no worker waits at the end
-    for a job that could have started earlier), ties in :func:`walk_order`.
+    pair jobs first (scoring takes a second and writes the record: records and progress lines come as
+    each attack finishes), then the longest chain of work from the job to the end of the graph first (its
+    own :data:`JOB_COST` and that of its costliest chain of dependents: critical path first, so that no
+    worker waits at the end for a job that could have started earlier), ties in :func:`walk_order`.
 
     For the quickstart this starts the prior (which 9 attacks wait for) and the evaluation model first,
     then trains the targets before their attacks; in the walk's order, the prior started after a target and
-    its first attack, and the last target's attacks ran on one worker while the other waited."""
+    its first attack, and the last target's attacks ran on one worker while the other waited. The order
+    only ranks jobs that are ready (it is not a dependency order: a pair ranks before its attack)."""
     by_id = {j.id: j for j in jobs}
     dependents: dict[str, list[str]] = defaultdict(list)
     for j in jobs:
@@ -81,7 +84,7 @@ def priority_order(jobs: Sequence[Job]) -> list[str]:
     for job_id in reversed(walk):  # dependents come later in the walk: their chains are known
         chain[job_id] = JOB_COST[by_id[job_id].kind] + max((chain[d] for d in dependents[job_id]), default=0.0)
     rank = {job_id: i for i, job_id in enumerate(walk)}
-    return sorted(walk, key=lambda job_id: (-chain[job_id], rank[job_id]))
+    return sorted(walk, key=lambda job_id: (by_id[job_id].kind != "pair", -chain[job_id], rank[job_id]))
 
 
 class ParallelExecutor(Executor):
