@@ -223,6 +223,26 @@ def test_a_job_outside_a_worker_reports_its_error_as_text(tmp_path):
     assert error.startswith("BenchError: ") and "working directory" in error and "Traceback" in trace_text
 
 
+def test_workers_start_with_blas_and_openmp_pools_of_their_thread_count(monkeypatch):
+    import multiprocessing
+
+    from inversion_bench.executors.pool import worker_environment
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's setting is kept
+    with worker_environment(3):
+        child = multiprocessing.get_context("spawn").Pool(1)
+        try:
+            seen = [child.apply(os.getenv, (name,)) for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                                 "OMP_NUM_THREADS")]
+        finally:
+            child.terminate()
+    assert seen == ["3", "3", "7"]
+    assert "OPENBLAS_NUM_THREADS" not in os.environ and "MKL_NUM_THREADS" not in os.environ  # restored here
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
 def test_a_failed_warm_up_is_left_to_the_first_job(tmp_path):
     """A worker loads the run's context and data before its first job; when that fails, the worker still
     serves, and the job reports the error as its own (with the message a job alone gives)."""
