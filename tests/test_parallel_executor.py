@@ -53,8 +53,9 @@ def test_a_plugin_registered_in_this_process_keeps_the_run_here(monkeypatch):
     from inversion_bench.errors import ConfigError
     from inversion_bench.executors import make_executor
     from inversion_bench.executors.local import LocalExecutor
-    from inversion_bench.registry import defenses
+    from inversion_bench.registry import defenses, load_plugins
 
+    load_plugins()  # into the registry itself: loaded into the copy below, the built-ins would vanish with it
     monkeypatch.setattr(defenses, "_entries", dict(defenses._entries))  # the registration is undone after
     defenses.add("made-here", type("MadeHere", (), {}), origin="module __main__")
     assert "defense made-here (module __main__)" in executors.unshareable_plugins()
