@@ -127,7 +127,7 @@ def _full_run(args: argparse.Namespace) -> int:
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
                     tracking_uri=args.tracking_uri, progress=False if args.no_progress else None, selection=subset)
     try:
-        if executor is not None and runner.pending()[0]:
+        if executor is not None and executor.starts_ahead and runner.pending()[0]:
             executor.start(runner.ctx)  # worker processes load torch and the data while this one prepares the run
         return _run_and_report(args, loaded, runner, executor)
     finally:

@@ -19,6 +19,9 @@ class Executor(ABC):
 
     name: str
 
+    starts_ahead = False
+    """Whether :meth:`start` does something (the caller may skip looking for pending pairs otherwise)."""
+
     def start(self, ctx: RunContext) -> None:  # noqa: B027 (optional: most executors start nothing ahead)
         """Prepares to run jobs of ``ctx`` (e.g. starts worker processes) while the caller prepares the run;
         :meth:`execute` follows, or :meth:`close` when the run stops before it."""

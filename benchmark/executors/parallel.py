@@ -91,6 +91,7 @@ class ParallelExecutor(Executor):
     """Runs the graph with ``workers`` worker processes of ``threads`` torch threads each."""
 
     name = "local"
+    starts_ahead = True
 
     def __init__(self, workers: int, threads: int) -> None:
         if workers < 1 or threads < 1:
