@@ -7,7 +7,8 @@ records of other judges (other evaluation models, same stored reconstructions) t
 
 * one line per judge: its key, architecture, test accuracy and the public impostors' Acc@1 of its audit
   (chance level under the top-1 rule),
-* per (defense, attack): the mean ``attack_acc@1`` over seeds under each judge, and for each other judge the
+* per (defense, attack): the mean over seeds of the worst-case metric (``attack_acc@1`` unless the suite names
+  another) under each judge, and for each other judge the
   agreement of its top-1 decisions with the default judge's on the same reconstructions (pooled over seeds:
   the share of reconstructions both accept or both reject as the attacked identity, Cohen's kappa of those
   decisions, the share with the same top-1 class),
@@ -30,7 +31,6 @@ from inversion_bench.leaderboard.records import current, dedupe, finite, is_ok
 from inversion_bench.leaderboard.worst_case import worst_case
 from inversion_bench.record_model import DEFAULT_WORST_CASE_METRIC
 
-ACC = "attack_acc@1"
 INTRO = ("The same stored reconstructions scored by more than one evaluation model (judge): the suite's own (the "
          "leaderboard's numbers) and those of `bench rescore`. Attack accuracy (Acc@1) is the mean over seeds; "
          "agreement compares each other judge's top-1 decisions with the run's own judge on the same reconstructions, "
@@ -103,7 +103,7 @@ def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _pair_rows(judges: list[Judge]) -> list[dict[str, Any]]:
+def _pair_rows(judges: list[Judge], metric: str) -> list[dict[str, Any]]:
     pairs: dict[tuple[str, str], dict[str, Any]] = {}
     for j in judges:
         for r in j.records:
@@ -114,7 +114,7 @@ def _pair_rows(judges: list[Judge]) -> list[dict[str, Any]]:
                 "attack_label": str(r.get("attack_label") or key[1]), "acc": {}, "seeds": {}, "agree": {}})
             if not is_ok(r):
                 continue
-            v = finite((r.get("metrics") or {}).get(ACC))
+            v = finite((r.get("metrics") or {}).get(metric))
             if v is not None:
                 row["acc"].setdefault(j.key, []).append(v)
             row["seeds"].setdefault(j.key, set()).add(int(r["seed"]))
@@ -164,7 +164,8 @@ def judges_section(run_dirs: Sequence[Path], records: Sequence[dict[str, Any]],
         return None
     metrics = [str(r.get("worst_case_metric") or DEFAULT_WORST_CASE_METRIC) for r in judges[0].records]
     metric = max(dict.fromkeys(metrics), key=metrics.count) if metrics else DEFAULT_WORST_CASE_METRIC
-    return JudgesSection(judges=judges, pairs=_pair_rows(judges), worst=_worst_rows(judges, metric), metric=metric)
+    return JudgesSection(judges=judges, pairs=_pair_rows(judges, metric), worst=_worst_rows(judges, metric),
+                         metric=metric)
 
 
 def _pct(x: float | None) -> str:
@@ -195,7 +196,7 @@ def _pair_cells(s: JudgesSection, row: dict[str, Any]) -> list[str]:
 
 
 def _pair_heads(s: JudgesSection) -> list[str]:
-    heads = [f"Acc@1 {j.key}" + (" (run)" if j.default else "") for j in s.judges]
+    heads = [f"{s.metric} {j.key}" + (" (run)" if j.default else "") for j in s.judges]
     for j in s.judges[1:]:
         heads += [f"agreement {j.key}", f"kappa {j.key}", f"same top-1 {j.key}"]
     return heads
@@ -251,7 +252,7 @@ def write_judges_csv(s: JudgesSection, path: Path) -> Path:
         for j in s.judges:
             a = row["agreement"].get(j.key) or {}
             rows.append({"judge": j.key, "default": j.default, "defense": row["defense"], "attack": row["attack"],
-                         "seeds": len(row["seeds"].get(j.key, ())), "attack_acc@1": row["acc"].get(j.key),
+                         "seeds": len(row["seeds"].get(j.key, ())), s.metric: row["acc"].get(j.key),
                          "agreement": a.get("agreement"), "kappa": a.get("kappa"), "same_top1": a.get("same_top1"),
                          "n": a.get("n")})
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -325,12 +325,14 @@ def test_mlflow_store_deleted_mid_run_loses_no_record(write_suite, tmp_path, cap
 
 
 def test_only_the_driver_takes_the_lock():
-    """Ray workers rebuild a RunContext (executors.ray), never a Runner: the lock is the runner's and the CLI's."""
+    """Ray workers rebuild a RunContext (executors.ray), never a Runner: the lock is taken only by the processes that
+    write a run folder's records (the runner, the CLI and ``bench rescore``, which writes another judge's records)."""
     from tests.test_architecture import import_graph, package_modules
 
     graph = import_graph(package_modules())
     users = sorted(m for m, edges in graph.items() if "inversion_bench.lock" in edges)
-    assert "inversion_bench.runner" in users and set(users) <= {"inversion_bench.cli", "inversion_bench.runner"}
+    assert "inversion_bench.runner" in users and set(users) <= {"inversion_bench.cli", "inversion_bench.runner",
+                                                                      "inversion_bench.rescore"}
 
 
 def test_attacked_identity_outside_the_classes_stops_the_run_before_any_write(write_suite, tmp_path, capsys):
