@@ -163,7 +163,8 @@ class StealthyShieldDefense(Defense):
         temperature: float = Field(0.1, gt=0.0, description="T: labels are drawn from softmax(probabilities / T)")
         epsilon: float = Field(0.5, gt=0.0, description="distortion controller: L1 budget = epsilon * entropy")
         seed: int = Field(0, ge=0, description="seed of the label sampling stream (each attack job starts it afresh)")
-        floor: float = Field(1e-8, gt=0.0, lt=1.0, description="released probabilities below this become it before the log")
+        floor: float = Field(1e-8, gt=0.0, lt=1.0,
+                             description="released probabilities below this become it before the log")
 
     def __init__(self, params: PluginParams) -> None:
         super().__init__(params)

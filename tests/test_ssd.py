@@ -89,10 +89,11 @@ def test_water_fill_is_the_optimum_of_an_independent_convex_solver():
     """min KL(p || q) s.t. ||p - f||_1 <= b, p in the simplex, by SciPy's SLSQP over (p, t) with t >= |p - f|."""
     from scipy.optimize import minimize
 
-    f, q, budget = _random_pairs(12, 5, seed=7)
+    c = 5
+    f, q, budget = _random_pairs(12, c, seed=7)
     p = water_fill(f, q, budget).numpy()
     for i in range(12):
-        fi, qi, b, c = f[i].numpy(), q[i].numpy(), float(budget[i]), 5
+        fi, qi, b = f[i].numpy(), q[i].numpy(), float(budget[i])
         cons = [{"type": "eq", "fun": lambda x: x[:c].sum() - 1.0},
                 {"type": "ineq", "fun": lambda x, b=b: b - x[c:].sum()},
                 {"type": "ineq", "fun": lambda x, fi=fi: x[c:] - (x[:c] - fi)},
