@@ -244,3 +244,25 @@ def test_suite_run_calibrates_stores_and_binds(tmp_path):
     hard, ssd = records["hard"]["target"], records["ssd"]["target"]
     assert ssd["test_accuracy"] == hard["test_accuracy"]
     assert 0.0 <= ssd["ssd_test_accuracy"] <= 1.0 and ssd["ssd_distortion"] > 0
+
+
+def test_a_checkpoint_without_class_means_loads_and_calibrates(tmp_path, defense_splits):
+    """A published target file carries no ``ssd_class_means``: it loads (the buffer is the defense's,
+    ``model.defense_state``), and calibrate fills it; every other missing key is still an error."""
+    from inversion_bench.checkpoints import CheckpointError, load_into
+
+    torch.manual_seed(0)
+    plain = SmallCNN(SmallCNN.Params(width=8)).build(DEFENSE_CLASSES, 16, {})
+    path = tmp_path / "target.pt"
+    torch.save(plain.state_dict(), path)
+    d = StealthyShieldDefense(StealthyShieldDefense.Params())
+    model = d.configure_model(SmallCNN(SmallCNN.Params(width=8)).build(DEFENSE_CLASSES, 16, {}))
+    load_into(model, path, "native", "small-cnn", {})
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in plain.state_dict().items())
+    assert torch.isnan(getattr(model, BUFFER)).all()
+    d.calibrate(model, defense_splits.private_test, RunSettings(progress=False))
+    assert torch.isfinite(getattr(model, BUFFER)).all()
+    torch.save({k: v for k, v in plain.state_dict().items() if k != "head.weight"}, path)
+    with pytest.raises(CheckpointError, match="missing key"):
+        load_into(d.configure_model(SmallCNN(SmallCNN.Params(width=8)).build(DEFENSE_CLASSES, 16, {})), path,
+                  "native", "small-cnn", {})
