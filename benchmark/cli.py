@@ -14,6 +14,7 @@ from pathlib import Path
 
 from inversion_bench.builtin_suites import DEFAULT_SUITE, default_suite
 from inversion_bench.cli_data import add_data_parser
+from inversion_bench.cli_publish import add_publish_parsers
 from inversion_bench.cli_run import add_run_options, dry_run, run_summary, selection_of
 from inversion_bench.errors import ConfigError
 from inversion_bench.figure_options import add_skip_figure
@@ -225,6 +226,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """A run folder's stored reconstructions scored by another evaluation model (no attack rerun)."""
+    from inversion_bench.registry import load_plugin_file, load_plugins
+    from inversion_bench.rescore import rescore_run
+
+    load_plugins()
+    for f in args.plugin or []:
+        load_plugin_file(f)
+    run_dir = Path(args.run_dir)
+    s = rescore_run(run_dir, Path(args.evaluation), progress=not args.no_progress)
+    print(f"judge {s.judge} (the run's own: {s.default_judge}): {len(s.written)} record(s) written, "
+          f"{len(s.unchanged)} already judged, {len(s.failed)} failed, in {s.records_dir}")
+    if s.not_recorded:
+        print(f"not judged ({len(s.not_recorded)}, no ok record of the run's present configuration; `bench run` "
+              f"first): {', '.join(n[:-5] for n in s.not_recorded)}", file=sys.stderr)
+    if s.written or s.failed or not (run_dir / "leaderboard" / "index.html").is_file():
+        report = _write_report([run_dir], None, figures=False)
+        for section in report.sections_markdown:
+            print(section)
+        print(f"report with every judge: {report.files['html']} (judges.csv beside it)")
+    return 1 if s.failed else 0
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from inversion_bench.registry import REGISTRIES, load_plugin_file, load_plugins
 
@@ -355,7 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="private training images per identity written under DIR/references (default 5)")
     p.add_argument("--force", action="store_true", help="write into a non-empty DIR (same-named files replaced)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("rescore", help="score a run folder's stored reconstructions with another evaluation model "
+                       "(no attack rerun); its records go to RUN_DIR/records/judges/<judge key>/")
+    common(p, suite=False)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `bench run`")
+    p.add_argument("--evaluation", required=True, metavar="FILE.yaml",
+                   help="the other evaluation model: a suite's evaluation: block (architecture, training, checkpoint)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_rescore)
     add_data_parser(sub)
+    add_publish_parsers(sub)
     return parser
 
 

@@ -126,6 +126,22 @@ class Record(BaseModel):
     evaluator: Any = None
     setup: Any = None
     report_settings: Any = None
+    judge: Any = None  # records of another judge (``bench rescore``): :func:`judge_key`, the default judge, ...
+    judge_agreement: Any = None  # those records: top-1 decisions compared with the default judge's
+
+
+def judge_key(rec: Mapping[str, Any]) -> str | None:
+    """The key of the judge that scored ``rec``: the store key of its evaluation model (``keys.evaluator``),
+    which every record of any version names. Records of the suite's own evaluation model and records written by
+    ``bench rescore`` with another one (``judge.key``, in ``records/judges/<key>/``) differ in it; two records
+    of one (defense, attack, seed) are comparable only under the same judge key. ``None`` for a record without
+    keys (a hand-made one)."""
+    judge = rec.get("judge")
+    if isinstance(judge, Mapping) and judge.get("key"):
+        return str(judge["key"])
+    keys = rec.get("keys")
+    value = keys.get("evaluator") if isinstance(keys, Mapping) else None
+    return str(value) if value else None
 
 
 # --------------------------------------------------------------------------------------------------

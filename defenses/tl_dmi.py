@@ -13,6 +13,11 @@ last layers on the private data:
    eval mode, so not even running statistics move) and fine-tune the last ``finetune_stages``
    stages plus the (fresh) private head on the private data.
 
+With ``pretrain: none`` step 1 is left out: the architecture's own pretrained weights are the public
+stage, as in the authors' configurations of the 64 px CelebA protocol (``classify.json``: VGG16 from
+ImageNet, ``"public_dataset": "IN1K"``; IR-152 and FaceNet64 from the face.evoLVe MS1M backbones named
+in ``"resume"``), and only the private fine-tuning runs.
+
 Default: the authors' VGG16/CelebA configuration (github.com/hosytuyen/TL-DMI,
 ``config/celeba/training_classifiers/classify.json``, ``freeze_layers: 26``) freezes the
 children 0..26 of ``vgg16_bn.features`` and fine-tunes the remaining 5 of 13 convolutions plus
@@ -21,8 +26,10 @@ the head, about 40 % of the conv layers; for the 4-stage CPU networks that is th
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 import torch
-from pydantic import Field
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import nn
 
 from inversion_bench.defenses._parts import body_stages, under
@@ -72,6 +79,17 @@ class TLDMI(Defense):
             None, description="module names fine-tuned instead (e.g. ['body.6', 'head']); overrides finetune_stages")
         pretrain_epochs: int | None = Field(
             None, ge=1, description="epochs of public pretraining (default: the recipe's epochs)")
+        pretrain: Literal["public", "none"] = Field(
+            "public", description="'public': pretrain on the public identities first; 'none': the architecture's "
+            "pretrained weights (ImageNet, face.evoLVe) are the public stage, as TL-DMI's 64 px configurations")
+
+        @model_serializer(mode="wrap")
+        def _drop_default_pretrain(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+            """Leaves ``pretrain`` out at its default: the keys of targets trained before it existed stay valid."""
+            data = handler(self)
+            if data.get("pretrain") == "public":
+                data.pop("pretrain")
+            return data
 
     def __init__(self, params: PluginParams) -> None:
         super().__init__(params)
@@ -79,21 +97,10 @@ class TLDMI(Defense):
 
     def fit(self, model: Classifier, trainer: Trainer) -> Classifier:
         p = self.params
-        public = trainer.public
-        if public is None or len(public) == 0:
-            raise ConfigError("tl_dmi needs the public split for pretraining (dataset.split.public_identities > 0)")
         trainable = trainable_prefixes(model, p.finetune_stages, p.trainable)
-
-        # 1. public pretraining of the whole body with a temporary head of P classes
-        torch.manual_seed(trainer.seed)
-        n_public = int(public.labels.max()) + 1
-        temp = Classifier(model.body, nn.Linear(model.feature_dim, n_public), feature_dim=model.feature_dim,
-                          num_classes=n_public, input_size=model.input_size,
-                          mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()))
-        recipe = trainer.recipe.model_copy(update={"epochs": p.pretrain_epochs or trainer.recipe.epochs})
-        pre = Trainer(recipe, public, public, trainer.settings, trainer.seed,
-                      desc=f"{trainer.desc} (public pretraining)")
-        pre_result = pre.fit(temp, cross_entropy)
+        self._report = {}
+        if p.pretrain == "public":
+            self._report["public_accuracy"] = self._pretrain(model, trainer)
 
         # 2. private fine-tuning of the last layers; frozen ones stay in eval mode
         frozen = freeze(model, trainable)
@@ -109,9 +116,27 @@ class TLDMI(Defense):
             handle.remove()
         n_train = sum(q.numel() for q in model.parameters() if q.requires_grad)
         n_all = sum(q.numel() for q in model.parameters())
-        self._report = {"public_accuracy": pre_result.test_accuracy,
-                        "trainable_fraction": n_train / max(n_all, 1)}
+        self._report["trainable_fraction"] = n_train / max(n_all, 1)
         return model
+
+    def _pretrain(self, model: Classifier, trainer: Trainer) -> float:
+        """Step 1: the whole body trained on the public identities; returns the public test accuracy."""
+        p = self.params
+        public = trainer.public
+        if public is None or len(public) == 0:
+            raise ConfigError("tl_dmi needs the public split for pretraining (dataset.split.public_identities > 0), "
+                              "or pretrain: none to start from the architecture's pretrained weights")
+
+        # 1. public pretraining of the whole body with a temporary head of P classes
+        torch.manual_seed(trainer.seed)
+        n_public = int(public.labels.max()) + 1
+        temp = Classifier(model.body, nn.Linear(model.feature_dim, n_public), feature_dim=model.feature_dim,
+                          num_classes=n_public, input_size=model.input_size,
+                          mean=tuple(model.mean.flatten().tolist()), std=tuple(model.std.flatten().tolist()))
+        recipe = trainer.recipe.model_copy(update={"epochs": p.pretrain_epochs or trainer.recipe.epochs})
+        pre = Trainer(recipe, public, public, trainer.settings, trainer.seed,
+                      desc=f"{trainer.desc} (public pretraining)")
+        return pre.fit(temp, cross_entropy).test_accuracy
 
     def report(self) -> dict[str, float]:
         return dict(self._report)

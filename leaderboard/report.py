@@ -4,6 +4,8 @@
 
 * ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.tex`` (see :mod:`inversion_bench.leaderboard.render`),
 * ``index.html``: a self-contained sortable page with the figures inline (:mod:`inversion_bench.leaderboard.html`),
+* ``judges.csv`` and a "Judges" section when ``bench rescore`` scored a run with another evaluation model
+  (:mod:`inversion_bench.leaderboard.judges`),
 * ``figures/*.png`` and ``*.svg`` (:mod:`inversion_bench.leaderboard.figures`): the qualitative grid, privacy vs
   utility, the t-SNE embedding of each defense's penultimate features, the gradient stability of the
   attacks and, for 2-D suites, the toy example's decision regions.
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from inversion_bench.leaderboard.baseline import choose_baseline
 from inversion_bench.leaderboard.build import Leaderboard, build, unreadable_notes
 from inversion_bench.leaderboard.costs import costs_html, write_costs
+from inversion_bench.leaderboard.judges import append_judges
 from inversion_bench.leaderboard.model import DEFAULT_ACCESS
 from inversion_bench.leaderboard.page_files import page_path, save_figure_list
 from inversion_bench.leaderboard.paper_table import with_table
@@ -192,6 +195,7 @@ def build_report(run_dirs: Sequence[str | Path], out_dir: str | Path | None = No
     report = Report(out_dir=out, board=board)
     report.files.update(board.write(out))
     sections = append_published(report.files["markdown"], reference, board, records, report.sections_markdown)
+    sections += append_judges(dirs, records, out, report.files, report.sections_markdown, report.notes)
     costs = _record_tables(report, records)  # records.csv, costs.csv; the page's cost section
     check_grid_attack(records, grid_attack)
     notes_before = len(report.notes)

@@ -2,9 +2,10 @@
 
 :func:`report_key` hashes everything a report folder depends on:
 
-* each run folder's records (file names and bytes; a record carries the store ``keys`` of the
-  products its figures read, so a recomputed target or reconstruction changes its record too) and
-  its ``suite.json`` (the default baseline and the report settings come from there),
+* each run folder's records, those of other judges (``records/judges/*/``) included (file names and
+  bytes; a record carries the store ``keys`` of the products its figures read, so a recomputed target or
+  reconstruction changes its record too) and its ``suite.json`` (the default baseline and the report
+  settings come from there),
 * the report options (run folders, output folder, baseline, figures on/off, grid attack and size,
   t-SNE sizes),
 * the report code: the source files of this package (``inversion_bench.leaderboard``) and the
@@ -65,7 +66,8 @@ def report_key(run_dirs: Sequence[str | Path], out_dir: str | Path | None = None
                 **DEFAULT_OPTIONS, **options}
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for i, d in enumerate(dirs):
-        for p in [d / "suite.json", *sorted((d / "records").glob("*.json"))]:
+        for p in [d / "suite.json", *sorted((d / "records").glob("*.json")),
+                  *sorted((d / "records" / "judges").glob("*/*.json"))]:  # other judges (bench rescore)
             h.update(f"\0{i}/{p.relative_to(d).as_posix()}\0".encode())
             h.update(hashlib.sha256(_read(p)).digest())
     return h.hexdigest()[:32]

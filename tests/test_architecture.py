@@ -164,6 +164,9 @@ CORE_PLUGIN_IMPORTS = {
     ("inversion_bench.export", "inversion_bench.metrics.accuracy"):
         "bench export labels each reconstruction with the evaluation model's prediction as attack accuracy does "
         "(model_logits)",
+    ("inversion_bench.rescore", "inversion_bench.metrics.accuracy"):
+        "bench rescore compares two evaluation models' top-1 decisions on the same reconstructions exactly as attack "
+        "accuracy takes them (model_logits)",
 }
 
 

@@ -37,6 +37,8 @@ class FaceCollection(ABC):
     resolution: int
     grayscale: bool = False  # True: the three channels of every image are equal
     published_test: Tensor | None = None  # [N] bool: the published split's test images (``selection: published``)
+    published_test_by_image: bool = False  # True: the published split was drawn over all images (PPA's), so a
+    # private identity may have no test image; False: each private identity has both (checked)
     listing_only: bool = False  # True: identities and counts of a listing, no pixels (``bench validate``)
 
     @abstractmethod

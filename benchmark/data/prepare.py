@@ -17,6 +17,8 @@ The crops are the references' (facts, re-implemented here):
   same 108 px centre crop.
 * FFHQ: the same function's FFHQ note: a centre 88 x 88 crop of the 128 px thumbnail (offset
   ``(128 - 88) // 2 = 20``), resized to 64 px.
+* CelebA, PPA's 224 px protocol: the HD-CelebA crop of the in-the-wild images by 68 landmarks
+  (:mod:`inversion_bench.data.hd_celeba`), written as ``img_align_celeba/<name>.png`` as PPA reads it.
 * FaceScrub: the actors'/actresses' face crops are copied byte for byte into
   ``actors/faces/<name>/`` and ``actresses/faces/<name>/`` (what ``suites/facescrub.yaml`` reads; the
   suite resizes them).
@@ -37,6 +39,7 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from inversion_bench.data.hd_celeba import HdCrop, align_crop
 from inversion_bench.errors import ConfigError
 
 CELEBA_BOX = (35, 55, 143, 163)
@@ -51,13 +54,20 @@ MAX_LISTED = 20  # errors listed one by one, then counted
 
 @dataclass(frozen=True)
 class Job:
-    """One output file: ``src`` cropped to ``box`` and resized to 64 px (PNG), or copied (``box`` None)."""
+    """One output file: ``src`` cropped to ``box`` and resized to 64 px (PNG), aligned by ``hd`` (PPA's
+    HD-CelebA crop, PNG), or copied (both None)."""
 
     src: Path
     dst: Path
     box: tuple[int, int, int, int] | None = None
     source_size: tuple[int, int] | None = None  # the size ``box`` is defined on
     member: str | None = None  # ``src`` is a zip archive and this its member (CelebA's img_align_celeba.zip)
+    hd: HdCrop | None = None
+
+    @property
+    def output_size(self) -> int | None:
+        """The side of the square image written (None: a copy)."""
+        return self.hd.size if self.hd else OUTPUT_SIZE if self.box else None
 
     @property
     def name(self) -> str:
@@ -121,17 +131,31 @@ def crop_resize(job: Job) -> Image.Image:
         return im.convert("RGB").crop(job.box).resize((OUTPUT_SIZE, OUTPUT_SIZE), Image.Resampling.BILINEAR)
 
 
+def hd_crop(job: Job) -> Image.Image:
+    """``job``'s in-the-wild source aligned and cropped by its landmarks (:func:`hd_celeba.align_crop`).
+
+    Raises:
+        ValueError: the landmarks place the crop far outside the image.
+        OSError: Pillow cannot read the file (e.g. a truncated JPEG).
+    """
+    assert job.hd is not None
+    with Image.open(job.src) as im:
+        im.load()  # a truncated file fails here, naming no pixel of it
+        return align_crop(im, job.hd)
+
+
 def is_valid(job: Job) -> bool:
     """Whether ``job.dst`` is already a complete output: a readable 64 x 64 image, or a copy as long as
     its source."""
     if not job.dst.is_file():
         return False
-    if job.box is None:
+    size = job.output_size
+    if size is None:
         return job.dst.stat().st_size == job.src.stat().st_size
     try:
         with Image.open(job.dst) as im:
             im.verify()
-            return im.size == (OUTPUT_SIZE, OUTPUT_SIZE)
+            return im.size == (size, size)
     except Exception:  # Pillow raises many types for a truncated or foreign file
         return False
 
@@ -141,7 +165,9 @@ def write_atomic(job: Job) -> None:
     job.dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = job.dst.with_name(f".{job.dst.name}.part")
     try:
-        if job.box is None:
+        if job.hd is not None:
+            hd_crop(job).save(tmp, format="PNG")
+        elif job.box is None:
             shutil.copyfile(job.src, tmp)
         else:
             crop_resize(job).save(tmp, format="PNG")

@@ -5,21 +5,27 @@ at once; :func:`prepare` raises them together (exit 2) before a file is written.
 a subset of a dataset (a scaled-down run): missing files are then not errors, extra ones still are.
 
 Expected numbers: CelebA's identity file lists 202,599 images (Liu et al., ICCV 2015) and every image
-of the published split must be among them, each split label one CelebA identity; FFHQ has 70,000
+of the published split must be among them, each split label one CelebA identity; for PPA's HD crop
+every image of the 1,000 identities with the most images (PPA's ``CelebA1000``) must be in ``img_celeba/``
+with a line of 68 landmarks in the cropper's ``landmark.txt``; FFHQ has 70,000
 images ``00000.png`` ... ``69999.png`` (NVlabs/ffhq-dataset); FaceScrub has 265 actors and 265
 actresses (Ng and Winkler, ICIP 2014), the 530 identities of ``suites/facescrub.yaml``.
 """
 
 from __future__ import annotations
 
+import io
 import re
+import zipfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from inversion_bench.data.celeba import read_identity_file
+from inversion_bench.data.celeba import ppa_ranking, read_identity_file
 from inversion_bench.data.celeba_split import FFHQ_IMAGES, prepared_name
 from inversion_bench.data.folder_counts import KNOWN_IDENTITIES
+from inversion_bench.data.hd_celeba import LANDMARKS, HdCrop, parse_landmark_line, parse_template
 from inversion_bench.data.image_folder import DEFAULT_EXTENSIONS
 from inversion_bench.data.prepare import (
     CELEBA_BOX,
@@ -37,6 +43,12 @@ from inversion_bench.errors import ConfigError
 CELEBA_IMAGES = 202_599
 FACESCRUB_IDENTITIES = KNOWN_IDENTITIES
 CELEBA_OUT, FFHQ_OUT = "img_align_celeba_64", "ffhq64"
+HD_OUT = "img_align_celeba"  # PPA's loader reads its HD crops from this folder, as <name>.png
+PPA_IDENTITIES = 1000  # PPA's CelebA1000: the 1,000 identities with the most images
+HD_WHERE = ("HD-CelebA-Cropper's annotations.zip (https://github.com/LynnHo/HD-CelebA-Cropper, README 'Dataset'; "
+            "unzip it into SRC)")
+WILD_WHERE = ("CelebA's in-the-wild img_celeba.7z (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, 'In-The-Wild "
+              "Images'), unpacked into SRC with `7z x img_celeba.7z.001`")
 
 
 @dataclass
@@ -65,8 +77,10 @@ def _celeba_images(src: Path) -> tuple[Path, dict[str, str | None]]:
         return folder, {p.name: None for p in folder.iterdir() if p.is_file()}
     archive = _first(src, "img_align_celeba.zip", "Img/img_align_celeba.zip")
     if not archive.is_file():
+        hint = ("; img_celeba/ is there: for PPA's HD-CelebA crop give --crop ppa-hd"
+                if _first(src, "img_celeba", "Img/img_celeba").is_dir() else "")
         raise ConfigError(f"missing folder: {folder} (CelebA's img_align_celeba, or img_align_celeba.zip, from "
-                          "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)")
+                          f"https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html){hint}")
     members = [m for m in open_archive(archive).namelist() if not m.endswith("/")]
     return archive, {Path(m).name: m for m in members if not Path(m).name.startswith(".")}
 
@@ -103,6 +117,134 @@ def celeba_plan(src: Path, out: Path, split_name: str = "kedmi-celeba", partial:
     for part, pairs_ in parts.items():
         names = [n for n, _ in pairs_ if partial is False or n in listed]
         plan.expected[f"{split_name} {part}"] = ([out / CELEBA_OUT / prepared_name(n) for n in names], len(names))
+    plan.copies.append((ident, out / "identity_CelebA.txt"))
+    return plan
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """One of HD-CelebA-Cropper's annotation files: unzipped in SRC, or a member of its ``annotations.zip``."""
+
+    label: str  # how messages name it
+    path: Path
+    member: str | None = None
+
+    def lines(self) -> Iterator[str]:
+        """The file's lines.
+
+        Raises:
+            ConfigError: the archive member is damaged (a truncated download).
+        """
+        if self.member is None:
+            with self.path.open(encoding="utf-8", errors="replace") as fh:
+                yield from fh
+            return
+        try:
+            with open_archive(self.path).open(self.member) as raw:
+                yield from io.TextIOWrapper(raw, encoding="utf-8", errors="replace")
+        except (zipfile.BadZipFile, EOFError, OSError) as exc:
+            raise ConfigError(f"{self.label}: damaged archive member ({exc}); download {self.path.name} "
+                              "again") from None
+
+
+def _annotation(src: Path, name: str) -> Annotation | None:
+    """``src/name``, else the member of that name in ``src/annotations.zip`` (None: neither).
+
+    Raises:
+        ConfigError: ``annotations.zip`` is truncated or not a zip archive.
+    """
+    if (src / name).is_file():
+        return Annotation(str(src / name), src / name)
+    archive = src / "annotations.zip"
+    if archive.is_file():
+        member = next((m for m in open_archive(archive).namelist() if Path(m).name == name), None)
+        if member is not None:
+            return Annotation(f"{archive}:{member}", archive, member)
+    return None
+
+
+def _read_landmarks(source: Annotation, wanted: set[str]) -> tuple[dict[str, tuple[float, ...]], list[str]]:
+    """The 68 landmarks of the ``wanted`` images from HD-CelebA-Cropper's ``landmark.txt``; errors name the
+    line (a truncated file ends in a short line) and every name listed twice."""
+    found: dict[str, tuple[float, ...]] = {}
+    errors: list[str] = []
+    for i, line in enumerate(source.lines(), 1):
+        if not line.strip():
+            continue
+        name = line.split(maxsplit=1)[0]
+        try:  # every line's length is checked (a truncated file); only the wanted lines are converted
+            values = parse_landmark_line(line, LANDMARKS)[1] if name in wanted else ()
+            if name not in wanted and len(line.split()) != 2 * LANDMARKS + 1:
+                parse_landmark_line(line, LANDMARKS)  # raises with the count
+        except ValueError as exc:
+            errors.append(f"{source.label} line {i}: {exc}; the file is truncated or not the cropper's "
+                          f"landmark.txt: unzip {HD_WHERE.split(' (')[0]} again")
+            continue
+        if name in found:
+            errors.append(f"{source.label} line {i}: {name} listed twice")
+        if name in wanted:
+            found[name] = values
+    return found, errors
+
+
+def celeba_hd_plan(src: Path, out: Path, partial: bool = False, all_images: bool = False,
+                   identities: int = PPA_IDENTITIES) -> Plan:
+    """CelebA for PPA's 224 px protocol: ``img_celeba/`` (in the wild), ``identity_CelebA.txt`` (flat or
+    ``Anno/``), ``landmark.txt`` and ``standard_landmark_68pts.txt`` (HD-CelebA-Cropper's annotations) ->
+    ``out/img_align_celeba/<name>.png`` (224 x 224) for the images of the ``identities`` identities with the
+    most images (every listed image with ``all_images``), and ``out/identity_CelebA.txt``."""
+    plan = Plan()
+    ident = _first(src, "identity_CelebA.txt", "Anno/identity_CelebA.txt")
+    wild = _first(src, "img_celeba", "Img/img_celeba")
+    if not ident.is_file():
+        plan.errors.append(f"missing file: {ident} (CelebA's identity_CelebA.txt, from "
+                           "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html)")
+    if not wild.is_dir():
+        hint = " (img_celeba.7z is there: unpack it)" if any(src.glob("img_celeba.7z*")) else ""
+        plan.errors.append(f"missing folder: {wild}{hint} ({WILD_WHERE})")
+    try:
+        marks, template_file = _annotation(src, "landmark.txt"), _annotation(src, "standard_landmark_68pts.txt")
+    except ConfigError as exc:  # a truncated annotations.zip
+        plan.errors.append(str(exc))
+        return plan
+    for name, f in (("landmark.txt", marks), ("standard_landmark_68pts.txt", template_file)):
+        if f is None:
+            plan.errors.append(f"missing file: {src / name} (nor in {src / 'annotations.zip'}; {HD_WHERE})")
+    if plan.errors or marks is None or template_file is None:
+        return plan
+    pairs = read_identity_file(ident)
+    listed = dict(pairs)
+    if not partial and len(listed) != CELEBA_IMAGES:
+        plan.errors.append(f"{ident}: lists {len(listed)} images, CelebA has {CELEBA_IMAGES}; use the complete "
+                           "identity file (or --partial for a subset)")
+    keep = set(ppa_ranking(pairs, identities))  # PPA's CelebA1000 ranking (ties in file order), as order: ppa reads
+    wanted = set(listed) if all_images else {n for n, k in pairs if k in keep}
+    present = {p.name for p in wild.iterdir() if p.is_file() and not p.name.startswith(".")}
+    plan.errors += [f"extra file: {wild / n} (not in {ident.name}); remove it or use the complete identity file"
+                    for n in sorted(present - set(listed))]
+    if not partial:
+        plan.errors += [f"missing file: {wild / n} (listed in {ident.name}; {WILD_WHERE})"
+                        for n in sorted(wanted - present)]
+    try:
+        template = parse_template("".join(template_file.lines()), LANDMARKS)
+        landmarks, errors = _read_landmarks(marks, wanted)
+    except ValueError as exc:
+        plan.errors.append(f"{template_file.label}: {exc}; unzip {HD_WHERE.split(' (')[0]} again")
+        return plan
+    except ConfigError as exc:
+        plan.errors.append(str(exc))
+        return plan
+    plan.errors += errors
+    todo = sorted(wanted & present)
+    plan.errors += [f"missing landmarks: {n} has no line in {marks.label} ({HD_WHERE})"
+                    for n in todo if n not in landmarks]
+    if plan.errors:
+        return plan
+    plan.jobs = [Job(wild / n, out / HD_OUT / f"{Path(n).stem}.png", hd=HdCrop(landmarks[n], template))
+                 for n in todo]
+    names = sorted(wanted & present) if partial else sorted(wanted)
+    label = "all images" if all_images else f"the {len(keep)} identities with the most images"
+    plan.expected[f"celeba HD crop, {label}"] = ([out / HD_OUT / f"{Path(n).stem}.png" for n in names], len(names))
     plan.copies.append((ident, out / "identity_CelebA.txt"))
     return plan
 
@@ -179,7 +321,7 @@ def facescrub_plan(src: Path, out: Path, partial: bool = False) -> Plan:
 
 
 def prepare(kind: str, src: Path, out: Path, *, partial: bool = False, all_images: bool = False,
-            split: str = "kedmi-celeba", progress: bool | None = None) -> list[str]:
+            split: str = "kedmi-celeba", progress: bool | None = None, crop: str = "kedmi64") -> list[str]:
     """Checks the source, writes the outputs (skipping valid ones), checks the counts; returns summary lines.
 
     Raises:
@@ -188,8 +330,13 @@ def prepare(kind: str, src: Path, out: Path, *, partial: bool = False, all_image
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file; give a folder")
-    if kind == "celeba":
+    if kind == "celeba" and crop == "ppa-hd":
+        plan = celeba_hd_plan(src, out, partial, all_images)
+    elif kind == "celeba" and crop == "kedmi64":
         plan = celeba_plan(src, out, split, partial, all_images)
+    elif kind == "celeba":
+        raise ConfigError(f"bench data prepare celeba: unknown --crop {crop!r}; use kedmi64 (the 64 px protocol) "
+                          "or ppa-hd (PPA's 224 px HD-CelebA crop)")
     elif kind == "ffhq":
         plan = ffhq_plan(src, out, partial)
     elif kind == "facescrub":

@@ -116,7 +116,8 @@ def make_splits(collection: FaceCollection, spec: SplitSpec) -> Splits:
             )
         if fixed is not None:
             test, train = idx[fixed[idx]], idx[~fixed[idx]]
-            if not len(test) or not len(train):
+            by_image = getattr(collection, "published_test_by_image", False)
+            if not len(train) or not (len(test) or by_image):
                 raise ConfigError(f"dataset: identity {collection.identity_names[ident]!r} has {len(train)} training "
                                   f"and {len(test)} test image(s) in the published split; each private identity "
                                   "needs both: choose private identities of the split")
