@@ -113,7 +113,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _full_run(args: argparse.Namespace) -> int:
     from inversion_bench.executors import make_executor
-    from inversion_bench.plan import describe
     from inversion_bench.preflight import check_run
     from inversion_bench.resources import missing_resources
     from inversion_bench.run_context import run_dir_of
@@ -128,6 +127,18 @@ def _full_run(args: argparse.Namespace) -> int:
     executor = None if args.dry_run else make_executor(loaded.suite.run)  # exits 2 here when Ray is missing
     runner = Runner(loaded, run_dir=Path(args.run_dir) if args.run_dir else None,
                     tracking_uri=args.tracking_uri, progress=False if args.no_progress else None, selection=subset)
+    try:
+        if executor is not None and executor.starts_ahead and runner.pending()[0]:
+            executor.start(runner.ctx)  # worker processes load torch and the data while this one prepares the run
+        return _run_and_report(args, loaded, runner, executor)
+    finally:
+        if executor is not None:
+            executor.close()  # workers started for a run that stopped before its jobs (e.g. a locked folder)
+
+
+def _run_and_report(args: argparse.Namespace, loaded, runner, executor) -> int:
+    from inversion_bench.plan import describe
+
     for line in describe(loaded, runner.plan):
         log.info(line)
     if args.dry_run:

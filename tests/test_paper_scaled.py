@@ -1,6 +1,6 @@
 """A scaled copy of suites/facescrub.yaml runs end to end on CPU.
 
-Same architectures as the paper setup (ResNet-152 targets at 224 px, Inception-v3 evaluation at
+Same architectures as the paper setup (a ResNet-152 target at 224 px, Inception-v3 evaluation at
 299 px, randomly initialised), a handful of synthetic identities at 224 px, a tiny generator with
 the StyleGAN2-ADA interface pickled to a temp file and loaded through the real adapter, PPA, and all
 four metrics (attack accuracy, KNN distance, FaceNet distance, FID with the FID Inception network,
@@ -54,8 +54,9 @@ def scaled_suite(weights: Path, out: Path) -> dict:
                    "training": {"epochs": 1, "batch_size": 8, "workers": 0}},
         "evaluation": {"architecture": {"params": {"pretrained": None}},
                        "training": {"epochs": 1, "batch_size": 8, "workers": 0}},
-        "defenses": [{"id": "hard", "name": "label_smoothing", "params": {"alpha": 0.0}},
-                     {"id": "negls", "name": "label_smoothing", "params": {"alpha": -0.05}}],
+        # one target: a second ResNet-152 (negative smoothing, the same architecture, attack and metrics; its
+        # criterion is tested at small scale in test_label_smoothing) cost 40 % of the test's CPU time
+        "defenses": [{"id": "hard", "name": "label_smoothing", "params": {"alpha": 0.0}}],
         "attacks": [{"id": "ppa", "name": "ppa", "label": "PPA", "params": {
             "search_space_size": 8, "num_candidates": 2, "num_steps": 2, "center_crop": 50, "resize": 224,
             "samples_per_target": 2, "iterations": 2}}],
@@ -95,7 +96,7 @@ def test_scaled_facescrub_runs_end_to_end(weights, tmp_path, capsys):
     torch.set_num_threads(max(1, torch.get_num_threads()))
     assert main(["run", str(suite), "--no-tracking"]) == 0, capsys.readouterr().err
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs" / "facescrub-scaled" / "records").glob("*.json")]
-    assert len(records) == 2
+    assert len(records) == 1
     for r in records:
         assert r["status"] == "ok", r.get("traceback")
         assert set(r["metrics"]) >= {"test_accuracy", "attack_acc@1", "attack_acc@5", "knn_distance",

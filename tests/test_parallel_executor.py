@@ -53,8 +53,9 @@ def test_a_plugin_registered_in_this_process_keeps_the_run_here(monkeypatch):
     from inversion_bench.errors import ConfigError
     from inversion_bench.executors import make_executor
     from inversion_bench.executors.local import LocalExecutor
-    from inversion_bench.registry import defenses
+    from inversion_bench.registry import defenses, load_plugins
 
+    load_plugins()  # into the registry itself: loaded into the copy below, the built-ins would vanish with it
     monkeypatch.setattr(defenses, "_entries", dict(defenses._entries))  # the registration is undone after
     defenses.add("made-here", type("MadeHere", (), {}), origin="module __main__")
     assert "defense made-here (module __main__)" in executors.unshareable_plugins()
@@ -71,6 +72,54 @@ def test_walk_order_is_the_in_process_order():
         "prior", "attack:d0__a1__seed0.json", "pair:d0__a1__seed0.json",
         "target:d1:0", "attack:d1__a0__seed0.json", "pair:d1__a0__seed0.json",
     ]
+
+
+def test_priority_order_is_the_critical_path_first():
+    pairs = [_pair(0, 0, 0), _pair(0, 1, 0), _pair(1, 0, 0), _pair(1, 1, 0)]  # a1 reads the prior
+    jobs = job_graph(_plan(pairs), pairs)
+    order = parallel.priority_order(jobs)
+    assert sorted(order) == sorted(j.id for j in jobs)
+    # pairs whenever one is ready (a second of scoring, and the record comes at once); then the prior, with
+    # prior (55) + attack (10) + pair (0.3) behind it, the evaluation model 45 + 0.3, a target 30 + 10 + 0.3:
+    # the shared products first, then the targets in suite order, then their attacks
+    assert order[:4] == [f"pair:{p.record_name}" for p in pairs]
+    assert order[4:8] == ["prior", "evaluator", "target:d0:0", "target:d1:0"]
+    assert order[8:] == ["attack:d0__a0__seed0.json", "attack:d0__a1__seed0.json",
+                         "attack:d1__a0__seed0.json", "attack:d1__a1__seed0.json"]
+
+
+def test_priority_order_weighs_the_chain_not_the_job():
+    # one target whose attack needs a generator of its own: target + generator + attack + pair (70.3)
+    # outweighs the prior's chain (65.3), so that target trains first
+    from dataclasses import replace
+
+    pairs = [_pair(0, 1, 0), replace(_pair(1, 0, 0), gan_key="g1")]
+    order = parallel.priority_order(job_graph(_plan(pairs), pairs))
+    assert order[2:5] == ["target:d1:0", "prior", "evaluator"]  # after the two pairs
+    assert order.index("generator:g1") < order.index("attack:d0__a1__seed0.json")  # 40.3 against 10.3
+
+
+def test_workers_started_early_end_when_the_run_stops_before_its_jobs(tmp_path, monkeypatch, capsys):
+    """The workers start while the driver prepares the run (executor.start); a run refused after that (here:
+    its folder is locked by another run) ends them: exit 2, no worker process left."""
+    import multiprocessing
+
+    from inversion_bench.cli import main
+    from inversion_bench.lock import RunLock
+
+    starts = []
+    monkeypatch.setattr(parallel.ParallelExecutor, "start", lambda self, ctx, orig=parallel.ParallelExecutor.start:
+                        (starts.append(self.workers), orig(self, ctx))[1])
+    monkeypatch.chdir(tmp_path)
+    data = tiny_suite()
+    data["run"] = {**data["run"], "output": str(tmp_path / "runs"), "threads": 1}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(data))
+    with RunLock(tmp_path / "runs" / "tiny"):
+        assert main(["run", "tiny.yaml", "--workers", "2", "--no-tracking", "--no-figures"]) == 2
+    assert "in use" in capsys.readouterr().err
+    assert starts == [2]  # the workers had been started
+    assert multiprocessing.active_children() == []
+    assert not (tmp_path / "runs" / "tiny" / "records").exists()  # nothing ran
 
 
 # ---- the driver's bookkeeping, with a fake pool that finishes the last job it started first -------
@@ -135,7 +184,7 @@ def fake_walk(monkeypatch):
 def test_independent_jobs_run_at_once_and_targets_are_released(fake_walk):
     pairs = [_pair(0, 0, 0), _pair(1, 0, 0), _pair(2, 0, 0)]
     started, releases, records, ctx = fake_walk(pairs)
-    assert started[:2] == [["target:d0:0"], ["target:d0:0", "evaluator"]]
+    assert started[:2] == [["evaluator"], ["evaluator", "target:d0:0"]]  # the longest chain first
     assert max(len(s) for s in started) == 2  # never more than the workers
     assert sorted(r[0] for r in records) == [p.record_name for p in pairs]
     assert sorted(ctx.released) == [("d0", 0), ("d1", 0), ("d2", 0)]  # each once, after its pair
@@ -155,10 +204,11 @@ def test_a_failed_job_fails_only_its_dependents(fake_walk):
 def test_a_full_disk_stops_the_run_after_recording_the_pairs_it_failed(fake_walk, caplog):
     pairs = [_pair(0, 0, 0), _pair(1, 0, 0), _pair(2, 0, 0)]
     full = "no space left on device writing store/reconstructions/k100 (0 bytes free)"
-    # the fake pool finishes the evaluation model, then target 1, then attack 1 hits the full disk
-    _, _, records, ctx = fake_walk(pairs, fail={"attack:d1__a0__seed0.json"}, full=full)
+    # the fake pool finishes the targets and attacks, then the evaluation model; pairs 0 and 1 start, and
+    # scoring pair 1 hits the full disk
+    _, _, records, ctx = fake_walk(pairs, fail={"pair:d1__a0__seed0.json"}, full=full)
     assert records == [("d1__a0__seed0.json", "failed", f"DiskFullError: {full}")]
-    assert ctx.in_flight_at_close == ["target:d0:0"]  # stopped, not waited for; target 2 never started
+    assert ctx.in_flight_at_close == ["pair:d0__a0__seed0.json"]  # stopped, not waited for; pair 2 never started
     assert "stopping the run: the disk is full (2 pair(s) not run)" in caplog.text
 
 
@@ -172,6 +222,39 @@ def test_a_job_outside_a_worker_reports_its_error_as_text(tmp_path):
     status, job_id, error, trace_text, full = run_local_job(spec, job, 1, frozenset())
     assert (status, job_id, full) == ("failed", "evaluator", None)
     assert error.startswith("BenchError: ") and "working directory" in error and "Traceback" in trace_text
+
+
+def test_workers_start_with_blas_and_openmp_pools_of_their_thread_count(monkeypatch):
+    import multiprocessing
+
+    from inversion_bench.executors.pool import worker_environment
+
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")  # the user's setting is kept
+    with worker_environment(3):
+        child = multiprocessing.get_context("spawn").Pool(1)
+        try:
+            seen = [child.apply(os.getenv, (name,)) for name in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                                                                 "OMP_NUM_THREADS")]
+        finally:
+            child.terminate()
+    assert seen == ["3", "3", "7"]
+    assert "OPENBLAS_NUM_THREADS" not in os.environ and "MKL_NUM_THREADS" not in os.environ  # restored here
+    assert os.environ["OMP_NUM_THREADS"] == "7"
+
+
+def test_a_failed_warm_up_is_left_to_the_first_job(tmp_path):
+    """A worker loads the run's context and data before its first job; when that fails, the worker still
+    serves, and the job reports the error as its own (with the message a job alone gives)."""
+    from inversion_bench.executors import worker
+
+    spec = worker.ContextSpec(raw={}, source="x.yaml", cwd=str(tmp_path / "gone"), plugin_files=(),
+                              run_dir=str(tmp_path), suite_hash="h")
+    worker.warm_up(spec, 1)  # no exception
+    pairs = [_pair(0, 0, 0)]
+    outcome = run_local_job(spec, job_graph(_plan(pairs), pairs)[0], 1, frozenset())
+    assert outcome[0] == "failed" and "working directory" in outcome[2]
 
 
 # ---- end to end: 1 worker against 2, a failing defense, a driver killed mid-run -------------------

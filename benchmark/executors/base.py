@@ -19,6 +19,16 @@ class Executor(ABC):
 
     name: str
 
+    starts_ahead = False
+    """Whether :meth:`start` does something (the caller may skip looking for pending pairs otherwise)."""
+
+    def start(self, ctx: RunContext) -> None:  # noqa: B027 (optional: most executors start nothing ahead)
+        """Prepares to run jobs of ``ctx`` (e.g. starts worker processes) while the caller prepares the run;
+        :meth:`execute` follows, or :meth:`close` when the run stops before it."""
+
+    def close(self) -> None:  # noqa: B027
+        """Releases what :meth:`start` took when :meth:`execute` did not (idempotent)."""
+
     @abstractmethod
     def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
         """Runs ``jobs`` (listed in dependency order) and calls ``on_record`` for every pair job."""

@@ -4,12 +4,14 @@ Independent jobs of the graph run at the same time in spawned worker processes
 (:mod:`inversion_bench.executors.pool`), each with the same torch thread count; products move
 through the store as on Ray (a product job's result is its store key, a worker reads its inputs
 from the store). This process keeps the bookkeeping: it starts a job once the jobs it depends on
-are done, earliest first in the order of the in-process walk (so targets train in suite order and
-a pair's record comes as soon as it can), writes every record (one writer), mirrors it and logs one
-progress line per pair. A failed job fails only its dependents, with its error; a full disk stops
-the run (the jobs in flight are stopped); Ctrl-C or SIGTERM terminates the workers. Every product is
-stored atomically and every record written by this process, so an interrupted run leaves nothing
-partial and its rerun resumes. Records equal those of the in-process walk at the same thread count.
+are done, a pair's scoring first, else the job with the longest chain of work behind it
+(:func:`priority_order`: the shared prior and evaluation model, then the targets, then the attacks; ties
+in the order of the in-process walk, so targets train in suite order), writes every record (one
+writer), mirrors it and logs one progress line per pair. A failed job fails only its dependents, with
+its error; a full disk stops the run (the jobs in flight are stopped); Ctrl-C or SIGTERM terminates
+the workers. Every product is stored atomically and every record written by this process, so an
+interrupted run leaves nothing partial and its rerun resumes. Records equal those of the in-process
+walk at the same thread count.
 """
 
 from __future__ import annotations
@@ -53,26 +55,83 @@ def walk_order(jobs: Sequence[Job]) -> list[str]:
     return order
 
 
+JOB_COST: dict[str, float] = {
+    "prior": 55.0, "evaluator": 45.0, "second_evaluator": 45.0, "target": 30.0, "attack_generator": 30.0,
+    "attack": 10.0, "pair": 0.3,
+}
+"""The typical cost of a job of each kind, in CPU seconds of the quickstart at one thread (measured
+2026-12-07; the attacks there take 2-15 s): only its order matters, for :func:`priority_order`."""
+
+
+def priority_order(jobs: Sequence[Job]) -> list[str]:
+    """The ids of ``jobs`` by the order in which worker processes take them up when several are ready:
+    pair jobs first (scoring takes a second and writes the record: records and progress lines come as
+    each attack finishes), then the longest chain of work from the job to the end of the graph first (its
+    own :data:`JOB_COST` and that of its costliest chain of dependents: critical path first, so that no
+    worker waits at the end for a job that could have started earlier), ties in :func:`walk_order`.
+
+    For the quickstart this starts the prior (which 9 attacks wait for) and the evaluation model first,
+    then trains the targets before their attacks; in the walk's order, the prior started after a target and
+    its first attack, and the last target's attacks ran on one worker while the other waited. The order
+    only ranks jobs that are ready (it is not a dependency order: a pair ranks before its attack)."""
+    by_id = {j.id: j for j in jobs}
+    dependents: dict[str, list[str]] = defaultdict(list)
+    for j in jobs:
+        for dep in j.deps:
+            dependents[dep].append(j.id)
+    chain: dict[str, float] = {}
+    walk = walk_order(jobs)
+    for job_id in reversed(walk):  # dependents come later in the walk: their chains are known
+        chain[job_id] = JOB_COST[by_id[job_id].kind] + max((chain[d] for d in dependents[job_id]), default=0.0)
+    rank = {job_id: i for i, job_id in enumerate(walk)}
+    return sorted(walk, key=lambda job_id: (by_id[job_id].kind != "pair", -chain[job_id], rank[job_id]))
+
+
 class ParallelExecutor(Executor):
     """Runs the graph with ``workers`` worker processes of ``threads`` torch threads each."""
 
     name = "local"
+    starts_ahead = True
 
     def __init__(self, workers: int, threads: int) -> None:
         if workers < 1 or threads < 1:
             raise ValueError(f"workers and threads must be at least 1, got {workers} and {threads}")
         self.workers = workers
         self.threads = threads
+        self._started: tuple[ContextSpec, WorkerPool] | None = None  # by start(), for execute()
+
+    def start(self, ctx: RunContext) -> None:
+        """Starts the worker processes now: each imports torch and the plugins, rebuilds the run's context and
+        loads its data (:func:`~inversion_bench.executors.worker.serve`) while this process still prepares
+        the run (the MLflow store, the run folder), instead of after. :meth:`execute` runs the jobs on them;
+        :meth:`close` ends them when the run stops before that."""
+        if self._started is None:
+            spec = ContextSpec.of(ctx)
+            log.info("starting %d worker process(es), %d torch thread(s) each", self.workers, self.threads)
+            self._started = (spec, WorkerPool(self.workers, spec, self.threads))
+
+    def close(self) -> None:
+        if self._started is not None:
+            self._started[1].close()
+            self._started = None
 
     def execute(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
-        if jobs:
-            _ParallelWalk(ctx, jobs, on_record).run_in(min(self.workers, len(jobs)), self.threads)
+        started, self._started = self._started, None
+        if started is not None and (not jobs or started[0] != ContextSpec.of(ctx)):
+            started[1].close()  # nothing to run, or started for another run
+            started = None
+        if not jobs:
+            return
+        workers = min(self.workers, len(jobs))
+        log.info("running the jobs in %d worker process(es), %d torch thread(s) each", workers, self.threads)
+        pool = started[1] if started is not None else WorkerPool(workers, ContextSpec.of(ctx), self.threads)
+        _ParallelWalk(ctx, jobs, on_record).run_in(pool)
 
 
 class _ParallelWalk(_Walk):
     def __init__(self, ctx: RunContext, jobs: Sequence[Job], on_record: RecordSink) -> None:
         super().__init__(ctx, jobs, on_record)
-        self.rank = {job_id: i for i, job_id in enumerate(walk_order(self.jobs))}
+        self.rank = {job_id: i for i, job_id in enumerate(priority_order(self.jobs))}
         self.waiting = {j.id: set(j.deps) for j in self.jobs}
         self.dependents: dict[str, list[str]] = defaultdict(list)
         for j in self.jobs:
@@ -82,10 +141,8 @@ class _ParallelWalk(_Walk):
         heapq.heapify(self.ready)
         self.released: set[tuple[str, int]] = set()  # targets no pending job uses: workers drop them
 
-    def run_in(self, workers: int, threads: int) -> None:
-        """Runs the graph with a pool of ``workers`` processes (the in-process :meth:`run` is not used)."""
-        log.info("running the jobs in %d worker process(es), %d torch thread(s) each", workers, threads)
-        pool = WorkerPool(workers, ContextSpec.of(self.ctx), threads)
+    def run_in(self, pool: WorkerPool) -> None:
+        """Runs the graph on the worker processes of ``pool`` and closes it (the in-process :meth:`run` is not used)."""
         try:
             while self.disk_full is None:
                 while self.ready and pool.idle:

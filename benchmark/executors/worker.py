@@ -24,6 +24,7 @@ from typing import Any
 from inversion_bench.config import validate_suite
 from inversion_bench.errors import BenchError, disk_full
 from inversion_bench.jobs import Job, run_job
+from inversion_bench.products.data import splits
 from inversion_bench.products.record import score_pair
 from inversion_bench.registry import load_plugin_file, load_plugins, loaded_plugin_files
 from inversion_bench.run_context import RunContext
@@ -110,6 +111,19 @@ def run_local_job(spec: ContextSpec, job: Job, threads: int, release: frozenset[
                 None if full is None else str(full))
 
 
+def warm_up(spec: ContextSpec, threads: int) -> None:
+    """Rebuilds the run's context and loads its data before the first job arrives (every job reads the
+    data), so that a worker started early does it while the driver prepares the run. A failure is left to
+    the first job, which reports it as its own."""
+    import torch
+
+    try:
+        torch.set_num_threads(threads)
+        splits(worker_context(spec))
+    except Exception as exc:  # reported by the first job, with its traceback
+        log.debug("warm-up failed: %s", exc)
+
+
 def _exit_with_parent(parent: int) -> None:
     """Ends this process as soon as the driver ``parent`` is gone (e.g. killed with SIGKILL), so that no
     orphan keeps computing; products are written atomically, so nothing partial stays behind."""
@@ -129,6 +143,7 @@ def serve(conn: Connection, spec: ContextSpec, threads: int, log_level: int, par
     _exit_with_parent(parent)
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s %(name)s [worker {os.getpid()}]: "
                         "%(message)s", datefmt="%H:%M:%S")
+    warm_up(spec, threads)
     while True:
         try:
             message = conn.recv()
