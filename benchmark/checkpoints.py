@@ -212,10 +212,13 @@ def load_into(model: nn.Module, path: Path, fmt: str, arch: str,
         raise CheckpointError(f"checkpoint {path} is MIBench's {named!r}, not {mibench_name!r} ({arch}); give "
                               "the matching file or architecture")
     renamed = rename(state, prefixes.get(fmt, ()))
-    expected = model.state_dict()
+    # buffers a defense fills after loading (``Defense.calibrate``; named in ``model.defense_state``) are
+    # not in a checkpoint file: they keep the model's values
+    own = set(getattr(model, "defense_state", ()))
+    expected = {k: v for k, v in model.state_dict().items() if k not in own}
     problems = mismatch(renamed, expected, dict(zip(renamed, state, strict=True)))
     if any(problems):
         head = renamed.get("head.weight")
         raise fit_error(path, fmt, arch, problems, int(getattr(model, "num_classes", 0)),
                         int(head.shape[0]) if head is not None and head.ndim else None)
-    model.load_state_dict({**expected, **renamed})
+    model.load_state_dict({**model.state_dict(), **renamed})

@@ -24,7 +24,7 @@ from inversion_bench.registry import Plugin
 if TYPE_CHECKING:
     from inversion_bench.data import LabeledImages
     from inversion_bench.features import FeatureCache
-    from inversion_bench.training import Trainer
+    from inversion_bench.training import RunSettings, Trainer
 
 Direction = Literal["higher", "lower"]
 
@@ -132,6 +132,20 @@ class Defense(Plugin, ABC):  # noqa: B024 - every hook has a default; subclasses
     @property
     def has_postprocess(self) -> bool:
         return type(self).postprocess is not Defense.postprocess
+
+    def calibrate(self, model: Classifier, held_out: LabeledImages, settings: RunSettings) -> dict[str, float]:
+        """Fits what ``postprocess`` needs on held-out private data (the private test split), after the
+        target is trained or read from a checkpoint and before it is stored (default: nothing).
+
+        What it fits must live in ``model``'s buffers, so it is stored with the target (a buffer that
+        a checkpoint file does not carry is named in ``model.defense_state``); returns numbers for the
+        target's report.
+        """
+        return {}
+
+    def bind(self, model: Classifier) -> None:
+        """Called with the target (trained, or read from the store) before ``postprocess`` wraps it
+        for an attack: reads what ``calibrate`` kept in the model (default: nothing)."""
 
     def fit(self, model: Classifier, trainer: Trainer) -> Classifier:
         """Trains ``model`` (already passed through ``configure_model``) and returns it."""

@@ -278,7 +278,7 @@ BUILTIN_MODULES: tuple[str, ...] = (
     "inversion_bench.defenses.label_smoothing", "inversion_bench.defenses.mid", "inversion_bench.defenses.bido",
     "inversion_bench.defenses.tl_dmi", "inversion_bench.defenses.dp_sgd", "inversion_bench.defenses.output",
     "inversion_bench.defenses.trap_mid", "inversion_bench.defenses.random_erasing",
-    "inversion_bench.defenses.robust_smoothing",
+    "inversion_bench.defenses.robust_smoothing", "inversion_bench.defenses.ssd",
     "inversion_bench.defenses.loft",
     "inversion_bench.attacks.mi_face", "inversion_bench.attacks.ppa", "inversion_bench.attacks.gmi",
     "inversion_bench.attacks.brep_mi", "inversion_bench.attacks.mirror", "inversion_bench.attacks.ked_mi",

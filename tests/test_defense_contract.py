@@ -63,7 +63,7 @@ def _build(defense: Defense, seed: int) -> Classifier:
 
 def test_the_project_defenses_are_registered():
     for name in ("label-smoothing", "mid", "bido", "tl-dmi", "dp-sgd", "top-k-logits", "confidence-rounding",
-                 "trap-mid", "random-erasing", "online-label-smoothing", "gaussian-noise"):
+                 "trap-mid", "random-erasing", "online-label-smoothing", "gaussian-noise", "ssd"):
         assert name in NAMES
         assert defenses.info(name).doc  # `bench list` shows the first docstring line
     for old in ("label_smoothing", "tl_dmi", "dp_sgd", "top_k_logits", "confidence_rounding"):  # aliases
@@ -91,11 +91,18 @@ def test_defense_trains_and_reloads(name, splits):
         feats = model.features(x)
     assert logits.shape == (len(x), NUM_CLASSES) and torch.isfinite(logits).all()
     assert feats.shape == (len(x), model.feature_dim) and torch.isfinite(feats).all()
-    for key, value in defense.report().items():
+    # what the runner does next, after training or a checkpoint and before storing the target
+    calibrated = defense.calibrate(model, splits.private_test, RunSettings(progress=False))
+    for key, value in {**defense.report(), **calibrated}.items():
         assert isinstance(key, str) and isinstance(value, int | float) and not math.isnan(value), (key, value)
     if defense.has_postprocess:
         with torch.no_grad():
             seen = PostprocessedClassifier(model, defense.postprocess)(x)
+        assert seen.shape == logits.shape and torch.isfinite(seen).all()
+        attacked = _defense(name)  # what the runner builds for every attack job
+        attacked.bind(model)
+        with torch.no_grad():
+            seen = PostprocessedClassifier(model, attacked.postprocess)(x)
         assert seen.shape == logits.shape and torch.isfinite(seen).all()
 
     # the stored state dict reloads into a fresh, configured model (new defense instance, other seed)
@@ -107,6 +114,11 @@ def test_defense_trains_and_reloads(name, splits):
     with torch.no_grad():
         assert torch.equal(fresh(x), logits)
         assert torch.equal(fresh.features(x), feats)
+    reloaded = _defense(name)
+    reloaded.bind(fresh)  # what calibrate kept travels with the stored state
+    if defense.has_postprocess:
+        with torch.no_grad():
+            assert torch.isfinite(PostprocessedClassifier(fresh, reloaded.postprocess)(x)).all()
 
 
 def test_defenses_suite_validates():

@@ -89,6 +89,8 @@ def train_or_load(ctx: RunContext, kind: str, key: str, arch: Any, arch_params: 
             report = _checkpoint_report(ctx, model, checkpoint, arch.name)
         else:
             report = _train_report(ctx, model, recipe, seed, desc, defense)
+        if defense is not None:  # after training or the checkpoint, before storing: what postprocess needs
+            report.update(defense.calibrate(model, splits(ctx).private_test, ctx.settings))
         report["seconds"] = time.perf_counter() - t0
         report.update(ctx.compute_setting())
         ctx.store.save_torch(kind, key, {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},

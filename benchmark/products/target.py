@@ -30,6 +30,7 @@ def attacked_target(ctx: RunContext, defense: str, seed: int) -> tuple[Classifie
     """(target, its training report, the target as attacks see it: behind the defense's postprocess)."""
     model, report = target(ctx, defense, seed)
     d = ctx.loaded.defenses[defense].build()
+    d.bind(model)
     attacked = PostprocessedClassifier(model, d.postprocess) if d.has_postprocess else model
     return model, report, attacked
 
