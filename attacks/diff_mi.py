@@ -197,10 +197,7 @@ class DiffMI(Attack):
     Params = DiffMIParams
     access = "white-box"
     trains_generator = True
-
-    def generator_spec(self) -> dict[str, Any]:
-        dump = self.params.model_dump(mode="json")
-        return {k: dump[k] for k in GENERATOR_FIELDS}
+    generator_fields = GENERATOR_FIELDS
 
     def train_generator(self, target: nn.Module, ctx: AttackContext) -> dict[str, Any]:
         p: DiffMIParams = self.params

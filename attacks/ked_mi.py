@@ -104,10 +104,7 @@ class KEDMI(Attack):
     Params = KEDMIParams
     access = "white-box"
     trains_generator = True
-
-    def generator_spec(self) -> dict:
-        dump = self.params.model_dump(mode="json")
-        return {k: dump[k] for k in GAN_FIELDS}
+    generator_fields = GAN_FIELDS
 
     # -------------------------------------------------------------------------------- stage 1
     def train_generator(self, target: nn.Module, ctx: AttackContext) -> dict:

@@ -128,10 +128,7 @@ class PLGMI(Attack):
     Params = PLGMIParams
     access = "white-box"
     trains_generator = True
-
-    def generator_spec(self) -> dict[str, Any]:
-        dump = self.params.model_dump(mode="json")
-        return {k: dump[k] for k in GAN_FIELDS}
+    generator_fields = GAN_FIELDS
 
     def train_generator(self, target: nn.Module, ctx: AttackContext) -> dict[str, Any]:
         p: PLGMIParams = self.params

@@ -326,6 +326,8 @@ class Attack(Plugin, ABC):
     access: ClassVar[Literal["white-box", "black-box", "label-only"]] = "white-box"
     needs_prior: ClassVar[bool] = False
     trains_generator: ClassVar[bool] = False  # fits its own GAN with the target's knowledge (KED-MI, PLG-MI)
+    generator_fields: ClassVar[tuple[str, ...] | None] = None
+    """The parameters ``train_generator`` reads, in key order (:meth:`generator_spec`); ``None``: all of them."""
     worst_case_metric: ClassVar[str | None] = None
     """The metric output the worst case takes for this attack's records (its value is leakage: declared
     ``better="lower"``); ``None``: the suite's ``report: {worst_case: ...}`` (``attack_acc@1`` by default)."""
@@ -343,9 +345,11 @@ class Attack(Plugin, ABC):
 
     def generator_spec(self) -> dict[str, Any]:
         """The parameters that decide what ``train_generator`` fits (part of its store key): an attack
-        whose other parameters change reuses the stored generator. Default: every parameter."""
+        whose other parameters change reuses the stored generator: the :attr:`generator_fields`, or every
+        parameter when that is ``None``."""
         params = getattr(self, "params", None)
-        return params.model_dump(mode="json") if hasattr(params, "model_dump") else {}
+        dump = params.model_dump(mode="json") if hasattr(params, "model_dump") else {}
+        return dump if self.generator_fields is None else {k: dump[k] for k in self.generator_fields}
 
     def train_generator(self, target: Any, ctx: AttackContext) -> dict[str, Any]:
         """Fits the attack's own generator with the target's knowledge (attacks with ``trains_generator``).
