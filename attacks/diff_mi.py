@@ -43,7 +43,12 @@ Differences from the reference: augmentations act on the [0, 1] image the target
 reference applies kornia's colour jitter to [-1, 1] images, which clamps their negative half), the
 fine-tuning's stop accuracy counts the final sample of every augmented view, the UNet's group norm
 uses at most 32 groups that divide the width, and ``top_k`` of the logit loss is capped at the
-number of classes minus one (recorded as ``topk_used``). Randomness comes from the job seed.
+number of classes minus one (recorded as ``topk_used``). The fine-tuning covers every class of the
+target: the diffusion model is fitted once per target, before the attacked identities are known, and
+shared by the attack entries; the reference fine-tunes on its 300 attacked classes of 1,000
+(``train_util.py``, ``np.arange(0, 300)``), the same thing when a suite attacks every class, as the
+shipped Diff-MI entries do. ``pretrain_batch_size`` 150 is the README command's value per process (it
+runs two processes under ``mpiexec``, 300 images per step in all). Randomness comes from the job seed.
 """
 
 from __future__ import annotations
@@ -58,7 +63,12 @@ from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from inversion_bench.attack_budget import AttackBudget
-from inversion_bench.attacks.common.diff_mi_train import alphas_cumprod_f32, logits_and_features, train_diffusion
+from inversion_bench.attacks.common.diff_mi_train import (
+    alphas_cumprod_f32,
+    logits_and_features,
+    target_views,
+    train_diffusion,
+)
 from inversion_bench.attacks.common.diffusion import (
     attack_timestep,
     clip_to_running_norm,
@@ -195,6 +205,7 @@ class DiffMI(Attack):
     """Diff-MI (Li et al., 2024): a target-specific conditional diffusion model, then guided reconstruction."""
 
     Params = DiffMIParams
+    version = "2"  # 2: the target's views are clamped after augmenting, as the reference (1 clamped before)
     access = "white-box"
     trains_generator = True
     generator_fields = GENERATOR_FIELDS
@@ -314,7 +325,7 @@ class DiffMI(Attack):
             loss.backward()
             running = clip_to_running_norm(float(img.grad.norm()), running)
             opt.step()
-            views = torch.cat([attack_augment(((img + 1) / 2).clamp(0, 1), g) for _ in range(p.aug_times)])
+            views = target_views(img, attack_augment, p.aug_times, g)
             yy = y.repeat(p.aug_times)
             logits, feats = logits_and_features(target, views)
             loss_t = topk_loss(logits, yy, k) + p.p_reg_weight * p_reg_loss(feats, yy, p_reg)

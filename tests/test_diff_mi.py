@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_suite
 from test_plg_mi import CLASSES, RES, _ctx, _public, _target
 
-from inversion_bench.attacks.common.diff_mi_train import dpm_solver_x0s
+from inversion_bench.attacks.common.diff_mi_train import dpm_solver_x0s, target_views
 from inversion_bench.attacks.common.diffusion import (
     DiscreteVP,
     alphas_cumprod,
@@ -330,3 +330,17 @@ def test_generator_is_fitted_once_per_target_and_reused_from_the_store(tmp_path:
     assert second["status"] == "ok" and second["timings"]["generator_s"] == first["timings"]["generator_s"]
     assert list((run / "store" / "generators").iterdir()) == stored
     assert {p: p.stat().st_mtime_ns for p in stored[0].rglob("*") if p.is_file()} == stamp  # not refitted
+
+
+def test_target_views_clamp_after_augmenting_so_out_of_range_pixels_keep_their_gradient() -> None:
+    """The reference's ``aug(x).clamp(-1, 1)``: a pixel outside [-1, 1] reaches the target through the blurred
+    neighbours that are in range; clamping before the blur (version 1) gave it no gradient."""
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, :, 4, 4] = 3.0  # 2.0 on the [0, 1] scale
+    x.requires_grad_(True)
+    blur = lambda v, _g: gaussian_blur(v, 3, 1.0)  # noqa: E731
+    views = target_views(x, blur, 2, torch.Generator().manual_seed(0))
+    want = gaussian_blur((x.detach() + 1) / 2, 3, 1.0).clamp(0, 1)
+    assert views.shape == (2, 3, 8, 8) and torch.equal(views, torch.cat([want, want]))
+    views.sum().backward()
+    assert float(x.grad[0, 0, 4, 4]) > 0.0

@@ -32,8 +32,8 @@ SUITES = ROOT / "suites"
 PINNED = {
     "quickstart.yaml": ("249ba7129b4052c7", "c4e6b8121747872f", "ce3dca1dfb64394d", "a43489e7a7df6b15"),
     "alpha-sweep.yaml": ("d47dc154ea9f835c", "c4e6b8121747872f", "ce3dca1dfb64394d", "a43489e7a7df6b15"),
-    "defenses.yaml": ("6bf40ee7167ba7fb", "c4e6b8121747872f", "ce3dca1dfb64394d", "a43489e7a7df6b15"),
-    "threat-models.yaml": ("80f97cc6d0bbd207", "c4e6b8121747872f", "ce3dca1dfb64394d", "a43489e7a7df6b15"),
+    "defenses.yaml": ("78034b147a0e0488", "c4e6b8121747872f", "ce3dca1dfb64394d", "a43489e7a7df6b15"),
+    "threat-models.yaml": ("d79048a7f2e06eb6", "c4e6b8121747872f", "ce3dca1dfb64394d", "a43489e7a7df6b15"),
     "toy2d.yaml": ("a059672f0983e6e3", "d412a37092bcf9df", "eb2dcc9895b2faf2", None),
 }
 

@@ -82,6 +82,17 @@ def logits_and_features(target: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     return logits, seen[-1]
 
 
+def target_views(x: Tensor, augment: Callable[[Tensor, torch.Generator], Tensor], times: int,
+                 g: torch.Generator) -> Tensor:
+    """``times`` augmented views of images ``x`` ([-1, 1] scale) as the target sees them, concatenated:
+    each view is augmented on the [0, 1] scale and clamped *after* augmenting, as the reference's
+    ``aug(x).clamp(-1, 1)`` (``3_attack/attack.py``, ``2_finetune/guided_diffusion/train_util.py``), so a pixel
+    outside the range still gets the target's gradient through a view that mixes it with others (the blur,
+    a resized crop). Clamping before augmenting would cut it off."""
+    x01 = (x + 1) / 2
+    return torch.cat([augment(x01, g).clamp(0, 1) for _ in range(times)])
+
+
 def _finite(value: Tensor, what: str) -> float:
     v = float(value.detach())
     if v != v or v in (float("inf"), float("-inf")):
@@ -202,7 +213,7 @@ def finetune(unet: ConditionalUNet, target: nn.Module, p_reg: Tensor, p: Any, *,
             bs = y.numel()
             x_t = torch.randn(bs, 3, unet.resolution, unet.resolution, generator=g).to(device)
             x0s = torch.cat(dpm_solver_x0s(unet, x_t, y, p.finetune_guidance, p.finetune_solver_steps, vp))
-            views = torch.cat([aug(((x0s + 1) / 2).clamp(0, 1), g) for _ in range(p.finetune_aug_times)])
+            views = target_views(x0s, aug, p.finetune_aug_times, g)
             yy = y.repeat(views.shape[0] // bs)
             logits, feats = logits_and_features(target, views)
             l1 = topk_loss(logits, yy, k)
