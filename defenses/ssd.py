@@ -139,6 +139,14 @@ def water_fill(f: Tensor, q: Tensor, budget: Tensor) -> Tensor:
     return torch.where(reachable.unsqueeze(1), q, p)
 
 
+def positive_means(class_means: Tensor) -> Tensor:
+    """``D'`` with every entry at least the smallest positive float64: :func:`water_fill` divides by ``q``. A class
+    mean is a mean of softmax outputs, positive in float64, but the target stores it in a float32 buffer, where a
+    mean below 1.4e-45 (a logit margin above about 103 on every held-out image of the class) becomes 0 and the
+    division would release NaN. Entries above the floor are unchanged."""
+    return class_means.clamp_min(torch.finfo(torch.float64).tiny)
+
+
 def ssd_probabilities(probs: Tensor, class_means: Tensor, labels: Tensor, epsilon: float) -> Tensor:
     """Algorithm 1 for given sampled ``labels``: ``water_fill(f, D'[y], epsilon * H(f))``."""
     return water_fill(probs, class_means[labels], epsilon * output_entropy(probs))
@@ -150,7 +158,7 @@ def ssd_logits(logits: Tensor, class_means: Tensor, temperature: float, epsilon:
     softmax is what SSD releases (up to the floor)."""
     probs = torch.softmax(logits.double(), dim=1)
     labels = sample_labels(probs, temperature, g)
-    means = class_means.to(probs.device, torch.float64)
+    means = positive_means(class_means.to(probs.device, torch.float64))
     released = ssd_probabilities(probs, means, labels, epsilon)
     return torch.log(released.clamp_min(floor)).to(logits.dtype)
 
@@ -187,12 +195,14 @@ class StealthyShieldDefense(Defense):
         except ValueError as exc:
             raise BenchError(f"SSD: {exc} in the private test split (the held-out images SSD's class means come "
                              "from); give every private identity test images (dataset.split.test_fraction)") from None
-        getattr(model, BUFFER).copy_(means.to(getattr(model, BUFFER)))
-        self._class_means = means
+        buffer = getattr(model, BUFFER)
+        buffer.copy_(means.to(buffer))
+        self._class_means = buffer.detach()  # as stored: what bind() gives the attack jobs
         g = torch.Generator().manual_seed(self.params.seed)
         t0 = time.perf_counter()
-        released = torch.softmax(ssd_logits(logits.double(), means, self.params.temperature, self.params.epsilon, g,
-                                            self.params.floor), dim=1)
+        p = self.params
+        released = torch.softmax(ssd_logits(logits.double(), self._class_means, p.temperature, p.epsilon, g, p.floor),
+                                 dim=1)
         post_s = time.perf_counter() - t0
         return {"ssd_test_accuracy": float((released.argmax(1) == held_out.labels.cpu()).double().mean()),
                 "ssd_distortion": float((released - probs).abs().sum(dim=1).mean()),

@@ -14,6 +14,7 @@ from inversion_bench.defenses.ssd import (
     StealthyShieldDefense,
     class_mean_outputs,
     output_entropy,
+    positive_means,
     sample_labels,
     sampling_weights,
     ssd_logits,
@@ -164,6 +165,22 @@ def test_ssd_logits_release_the_sampled_class_mean_direction():
     f = _t([[0.7, 0.2, 0.1]])
     want = water_fill(f, means[:1], 0.3 * output_entropy(f))
     assert torch.allclose(torch.softmax(out.double(), 1), want, atol=1e-6)
+
+
+def test_a_class_mean_that_underflows_float32_storage_releases_no_nan():
+    """The target stores D' in float32, where a mean below 1.4e-45 is 0: f puts most of its mass on that class
+    and the sampled class's mean has (almost) none, so the reverse water-filling divides by it. The float64
+    mean gives p* = [1, tiny, tiny]; the stored one must give a finite distribution close to it."""
+    f = torch.softmax(_t([[0.0, -120.0, -120.0]]), 1)
+    exact = _t([[1.69e-48, 0.5, 0.5], [1.69e-48, 0.5, 0.5], [1.69e-48, 0.5, 0.5]])
+    stored = exact.float()
+    assert stored[0, 0] == 0.0
+    logits = torch.log(f)
+    out = ssd_logits(logits, stored, 0.1, 0.5, torch.Generator().manual_seed(0), floor=1e-300)
+    want = ssd_logits(logits, exact, 0.1, 0.5, torch.Generator().manual_seed(0), floor=1e-300)
+    assert torch.isfinite(out).all()
+    assert torch.allclose(torch.softmax(out, 1), torch.softmax(want, 1), atol=1e-12)
+    assert torch.equal(positive_means(exact), exact)  # entries above the floor are unchanged
 
 
 # ------------------------------------------------------------------------------------ the defense
