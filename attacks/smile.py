@@ -45,7 +45,12 @@ reference's optimiser library) for the gradient-free search: ``pip install "inve
 Search space: as the reference (and Mirror), statistics and bounds are taken in "p space" before StyleGAN's
 mapping network's last leaky ReLU (slope 0.2, ``p = lrelu^-1(w)``; bounds map back through ``lrelu``) when the
 prior maps z to w (``p_space: auto``); for priors whose latent is z itself (DCGAN) they are taken in z, and the
-prior's own support (``prior.constrain``, e.g. ``latent_bound``) is applied as well.
+prior's own support (``prior.constrain``, e.g. ``latent_bound``) is applied as well. One difference with a
+StyleGAN prior: the latent here is the prior's ``map``, the *truncated* layer-0 w of the project's StyleGAN2-ADA
+adapter (psi 0.5, cutoff 8, PPA's setting) copied to every layer, while the reference stores the untruncated
+mapping output (``my_sample_z_w_space.py``) and its genforce generator truncates inside synthesis (psi 0.7, the
+first 8 of 14 layers): the same p gives other fine-layer styles and the bounds another shape. The shipped
+suites' SMILE entries use the DCGAN prior (the search is in z), where this does not arise.
 
 Access: black-box. The target is only ever called on images through the score oracle (its probabilities);
 gradients flow only through the surrogate. ``info["queries"]`` is ``query_num + budget x identities``
