@@ -83,7 +83,7 @@ from inversion_bench.attacks.common.diffusion import (
 from inversion_bench.attacks.common.losses import target_confidence
 from inversion_bench.attacks.common.optimize import frozen
 from inversion_bench.attacks.common.plg_gan import top_n_selection
-from inversion_bench.attacks.common.plg_train import public_confidences
+from inversion_bench.attacks.common.plg_train import fitting_against, public_confidences, required_public
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.attacks.generators.diffusion_unet import ConditionalUNet
 from inversion_bench.augment import color_jitter, horizontal_flip
@@ -212,14 +212,9 @@ class DiffMI(Attack):
 
     def train_generator(self, target: nn.Module, ctx: AttackContext) -> dict[str, Any]:
         p: DiffMIParams = self.params
-        public = ctx.public
-        if public is None or len(public) == 0:
-            raise ConfigError("diff-mi needs the attacker's public images (AttackContext.public) to pseudo-label "
-                              "and train its diffusion model")
-        target.to(ctx.device)
+        public = required_public(ctx.public, "diff-mi", "pseudo-label and train its diffusion model")
         t0 = time.perf_counter()
-        fork = [ctx.device] if ctx.device.type == "cuda" else []
-        with frozen(target), torch.random.fork_rng(devices=fork):
+        with fitting_against(target, ctx.device):
             probs = public_confidences(target, public, ctx.batch_size, ctx.device)
             positions, labels = top_n_selection(probs, p.top_n)
             config = {"num_classes": int(probs.shape[1]), "resolution": int(public.images([0]).shape[-1]),

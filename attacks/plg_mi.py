@@ -53,7 +53,7 @@ from inversion_bench.attacks.common.plg_gan import (
     max_margin_loss,
     plg_augment,
 )
-from inversion_bench.attacks.common.plg_train import pseudo_label, train_cgan
+from inversion_bench.attacks.common.plg_train import fitting_against, pseudo_label, required_public, train_cgan
 from inversion_bench.attacks.common.trace import StepTrace
 from inversion_bench.errors import BenchError, ConfigError, DivergedError
 from inversion_bench.interfaces import Attack, AttackContext, Generator, Reconstruction
@@ -132,14 +132,9 @@ class PLGMI(Attack):
 
     def train_generator(self, target: nn.Module, ctx: AttackContext) -> dict[str, Any]:
         p: PLGMIParams = self.params
-        public = ctx.public
-        if public is None or len(public) == 0:
-            raise ConfigError("plg-mi needs the attacker's public images (AttackContext.public) to pseudo-label "
-                              "and train its cGAN")
-        target.to(ctx.device)
+        public = required_public(ctx.public, "plg-mi", "pseudo-label and train its cGAN")
         t0 = time.perf_counter()
-        fork = [ctx.device] if ctx.device.type == "cuda" else []
-        with frozen(target), torch.random.fork_rng(devices=fork):
+        with fitting_against(target, ctx.device):
             probe = public.images([0]).to(ctx.device)
             config = {"num_classes": _num_classes(target, probe), "resolution": int(probe.shape[-1]),
                       **{k: getattr(p, k) for k in NETWORK_FIELDS}}

@@ -14,6 +14,7 @@ changes nothing but the cost.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -22,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from inversion_bench.attacks.common.optimize import frozen
 from inversion_bench.attacks.common.plg_gan import (
     ConditionalGenerator,
     ProjectionDiscriminator,
@@ -31,9 +33,28 @@ from inversion_bench.attacks.common.plg_gan import (
     top_n_selection,
 )
 from inversion_bench.data import LabeledImages
-from inversion_bench.errors import DivergedError
+from inversion_bench.errors import ConfigError, DivergedError
 
 __all__ = ["pseudo_label", "train_cgan"]
+
+
+def required_public(public: LabeledImages | None, attack: str, purpose: str) -> LabeledImages:
+    """The attacker's public images an attack's stage 1 fits on; a ConfigError naming ``attack`` and ``purpose``
+    when there are none."""
+    if public is None or len(public) == 0:
+        raise ConfigError(f"{attack} needs the attacker's public images (AttackContext.public) to {purpose}")
+    return public
+
+
+@contextlib.contextmanager
+def fitting_against(target: nn.Module, device: torch.device) -> Iterator[None]:
+    """Stage 1's frame (PLG-MI's cGAN, Diff-MI's diffusion model): the target on ``device``, frozen, and the
+    global random state (CUDA's too on a GPU) restored afterwards, so the fit draws leave the run's stream as
+    they found it."""
+    target.to(device)
+    fork = [device] if device.type == "cuda" else []
+    with frozen(target), torch.random.fork_rng(devices=fork):
+        yield
 
 
 @torch.no_grad()
