@@ -21,7 +21,7 @@ from inversion_bench.figure_options import figure_names
 from inversion_bench.leaderboard.equal_utility import sweep_groups
 from inversion_bench.leaderboard.escape import write_csv
 from inversion_bench.leaderboard.model import TEST_ACCURACY, WORST_CASE
-from inversion_bench.leaderboard.runs import RunView
+from inversion_bench.leaderboard.runs import ReportError, RunView
 from inversion_bench.leaderboard.tsne_cache import CACHE_DIR as TSNE_CACHE
 from inversion_bench.leaderboard.tsne_cache import cached_tsne
 
@@ -197,8 +197,10 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
               per_id: int) -> dict[str, Any] | None:
     panels = []
     labels_out: np.ndarray | None = None
+    # a target can be loaded only where the folder's last run planned it: after `--seeds 3`, seed 3's
+    loadable = [r for r in _ok(records) if views.of(r).has_target(r)]
     for info in board.defenses:
-        r = _record(records, info.defense)
+        r = _record(loadable, info.defense)
         if r is None:
             continue
         view = views.of(r)
@@ -211,6 +213,9 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
         emb, _ = cached_tsne(feats.numpy(), view.run_dir / TSNE_CACHE, fig.tsne_2d, seed=0)  # by its inputs
         panels.append((f"{info.label} (seed {r['seed']})", emb))
         labels_out = train.labels[pos].numpy()
+    if not loadable and _ok(records):
+        raise ReportError("no record's target is among those its run folder's last run planned (suite.json's "
+                          "seeds and defenses); run the suite again for one of the recorded seeds")
     if not panels or labels_out is None:
         return None
     paths = fig.draw_embeddings(panels, labels_out, out / "embedding")
@@ -263,8 +268,9 @@ def toy2d(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Pat
     attack = next((r["attack"] for r in _ok(records) if (r.get("attack_params") or {}).get("record_trajectory")),
                   None)
     panels = []
+    loadable = [r for r in _ok(records) if views.of(r).has_target(r)]
     for info in board.defenses:
-        r = _record(records, info.defense, attack)
+        r = _record(loadable, info.defense, attack)
         if r is None:
             continue
         rec = views.of(r).reconstruction(r)

@@ -56,6 +56,11 @@ class RunView:
 
         return splits(self.ctx)
 
+    def has_target(self, record: dict[str, Any]) -> bool:
+        """Whether the suite as this folder last ran it plans the record's target: its defense and seed are
+        among the run's (a ``bench run --seeds 3`` into a folder holding seeds 0-2 plans seed 3 only)."""
+        return (str(record["defense"]), int(record["seed"])) in self.ctx.plan.target_keys
+
     def target(self, record: dict[str, Any]) -> torch.nn.Module:
         """The target model of a record, loaded from the store."""
         from inversion_bench.products.target import target
@@ -65,7 +70,11 @@ class RunView:
         store = self.ctx.store
         if not key or not store.has("targets", key):
             raise ReportError(f"target of {record['defense']} seed {seed} is not in {store.root}")
-        if self.ctx.plan.target_keys.get((defense, seed)) != key:
+        if not self.has_target(record):
+            raise ReportError(f"target of {record['defense']} seed {seed}: the last run of {self.run_dir} planned "
+                              f"seeds {list(self.suite.seeds)} only, so this target's key cannot be checked; "
+                              "use a record of those seeds, or run the suite with this seed")
+        if self.ctx.plan.target_keys[(defense, seed)] != key:
             raise ReportError(f"target of {record['defense']} seed {seed}: the suite now gives another key "
                               "(code or plugin versions changed since the run); re-run the suite")
         return target(self.ctx, defense, seed)[0]

@@ -206,6 +206,29 @@ def test_missing_store_leaves_figures_out_with_reason(run_dir: Path, tmp_path: P
     assert "figure embedding not drawn" in (bare / "leaderboard" / "index.html").read_text()
 
 
+def test_figures_use_the_seeds_the_last_run_planned(run_dir: Path, tmp_path: Path) -> None:
+    """`bench run --seeds 1` into a folder that holds seeds 0 and 1 writes suite.json with seed 1 only: the
+    embedding is drawn from seed 1's targets, and a seed-0 target is refused with the reason, not as a key
+    change."""
+    from inversion_bench.leaderboard.runs import RunView
+
+    folder = tmp_path / "resumed"
+    shutil.copytree(run_dir, folder, ignore=shutil.ignore_patterns("leaderboard"))
+    suite_json = folder / "suite.json"
+    data = json.loads(suite_json.read_text())
+    data["suite"]["seeds"] = [1]
+    suite_json.write_text(json.dumps(data))
+    rep = build_report([folder])
+    assert "embedding" in [f["name"] for f in rep.figures], rep.notes
+    panels = pd.read_csv(folder / "leaderboard" / "figures" / "embedding.csv")["defense"].unique()
+    assert len(panels) == 3 and all(p.endswith("(seed 1)") for p in panels)
+    view = RunView(folder)
+    seed0 = next(r for r in load_records(folder / "records") if r["seed"] == 0 and r["status"] == "ok")
+    assert not view.has_target(seed0)
+    with pytest.raises(ReportError, match=r"planned seeds \[1\] only"):
+        view.target(seed0)
+
+
 @pytest.mark.skipif(chromium() is None, reason=NEEDS_CHROMIUM)
 def test_html_sorts_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     By = pytest.importorskip("selenium.webdriver.common.by").By  # noqa: N806 (selenium's class)
