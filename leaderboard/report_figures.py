@@ -66,6 +66,17 @@ def _record(records: Sequence[dict[str, Any]], defense: str, attack: str | None 
     return min(cands, key=lambda r: (int(r["seed"]), int(r.get("attack_index") or 0))) if cands else None
 
 
+def _loadable(views: _Views, records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ok records whose target can be loaded: those the run folder's last run planned (after
+    `bench run --seeds 3` into a folder holding seeds 0-2, seed 3's)."""
+    ok = _ok(records)
+    loadable = [r for r in ok if views.of(r).has_target(r)]
+    if ok and not loadable:
+        raise ReportError("no record's target is among those its run folder's last run planned (suite.json's "
+                          "seeds and defenses); run the suite again for one of the recorded seeds")
+    return loadable
+
+
 @torch.no_grad()
 def _batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
              batch: int = 128) -> torch.Tensor:
@@ -197,8 +208,7 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
               per_id: int) -> dict[str, Any] | None:
     panels = []
     labels_out: np.ndarray | None = None
-    # a target can be loaded only where the folder's last run planned it: after `--seeds 3`, seed 3's
-    loadable = [r for r in _ok(records) if views.of(r).has_target(r)]
+    loadable = _loadable(views, records)
     for info in board.defenses:
         r = _record(loadable, info.defense)
         if r is None:
@@ -213,9 +223,6 @@ def embedding(board: Any, views: _Views, records: Sequence[dict[str, Any]], out:
         emb, _ = cached_tsne(feats.numpy(), view.run_dir / TSNE_CACHE, fig.tsne_2d, seed=0)  # by its inputs
         panels.append((f"{info.label} (seed {r['seed']})", emb))
         labels_out = train.labels[pos].numpy()
-    if not loadable and _ok(records):
-        raise ReportError("no record's target is among those its run folder's last run planned (suite.json's "
-                          "seeds and defenses); run the suite again for one of the recorded seeds")
     if not panels or labels_out is None:
         return None
     paths = fig.draw_embeddings(panels, labels_out, out / "embedding")
@@ -268,7 +275,7 @@ def toy2d(board: Any, views: _Views, records: Sequence[dict[str, Any]], out: Pat
     attack = next((r["attack"] for r in _ok(records) if (r.get("attack_params") or {}).get("record_trajectory")),
                   None)
     panels = []
-    loadable = [r for r in _ok(records) if views.of(r).has_target(r)]
+    loadable = _loadable(views, records)
     for info in board.defenses:
         r = _record(loadable, info.defense, attack)
         if r is None:
